@@ -1,0 +1,1 @@
+# HIP backend (filled in with the HIP kernels).

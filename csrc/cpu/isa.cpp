@@ -1,0 +1,70 @@
+// Run-time choice among the per-ISA CPU kernel builds. ZAYA_RT_CPU_ISA=base|avx2|avx512 caps it.
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu/isa_kernels.h"
+
+namespace zaya_rt::cpu {
+namespace {
+
+Isa isa_from_env(Isa best) {
+  const char* env = std::getenv("ZAYA_RT_CPU_ISA");
+  if (env == nullptr) return best;
+  Isa wanted = best;
+  if (std::strcmp(env, "base") == 0) wanted = Isa::kBase;
+  else if (std::strcmp(env, "avx2") == 0) wanted = Isa::kAvx2;
+  else if (std::strcmp(env, "avx512") == 0) wanted = Isa::kAvx512;
+  return static_cast<int>(wanted) < static_cast<int>(best) ? wanted : best;
+}
+
+std::atomic<int>& active() {
+  static std::atomic<int> isa{static_cast<int>(isa_from_env(best_supported_isa()))};
+  return isa;
+}
+
+}  // namespace
+
+Isa best_supported_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("f16c"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return Isa::kAvx2;
+  return Isa::kBase;
+}
+
+Isa active_isa() { return static_cast<Isa>(active().load()); }
+
+Isa set_max_isa(Isa isa) {
+  const Isa best = best_supported_isa();
+  const Isa chosen = static_cast<int>(isa) < static_cast<int>(best) ? isa : best;
+  active().store(static_cast<int>(chosen));
+  return chosen;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "base";
+  }
+}
+
+#define ZAYA_RT_CPU_ROUTE(FN, PARAMS)                        \
+  const char* FN(const PARAMS& p) {                          \
+    switch (active_isa()) {                                  \
+      case Isa::kAvx512: return avx512::FN(p);               \
+      case Isa::kAvx2: return avx2::FN(p);                   \
+      default: return base::FN(p);                           \
+    }                                                        \
+  }
+
+ZAYA_RT_CPU_ROUTE(rms_norm_fwd, RmsNormFwdParams)
+ZAYA_RT_CPU_ROUTE(rms_norm_bwd, RmsNormBwdParams)
+ZAYA_RT_CPU_ROUTE(residual_rms_norm_fwd, ResidualRmsNormFwdParams)
+ZAYA_RT_CPU_ROUTE(residual_rms_norm_bwd, ResidualRmsNormBwdParams)
+
+}  // namespace zaya_rt::cpu

@@ -1,0 +1,343 @@
+"""The ZAYA1 MoE++ model (SPEC section 3), numerically equal to transformers' `ZayaForCausalLM`.
+
+Module and parameter names follow the transformers-native checkpoint layout, so `state_dict()` keys are
+checkpoint keys. Ops with a zaya_rt kernel come from `zaya_rt.ops`; the rest from `zaya_rt.ref` until their
+kernels land. Legend: B batch, T new tokens, S keys (cached + new), D hidden, R router width, E experts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zaya_rt import ops, ref
+from zaya_rt.model.cache import LayerCache, ZayaCache
+from zaya_rt.model.config import ZayaConfig
+
+
+class ZayaRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
+
+class ZayaResidualScaling(nn.Module):
+    """r = (y + hidden_states_bias) * hidden_states_scale + (h + residual_bias) * residual_scale, in fp32."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_states_scale = nn.Parameter(torch.ones(hidden_size))
+        self.hidden_states_bias = nn.Parameter(torch.zeros(hidden_size))
+        self.residual_scale = nn.Parameter(torch.ones(hidden_size))
+        self.residual_bias = nn.Parameter(torch.zeros(hidden_size))
+
+    def fused_with_norm(self, y: torch.Tensor, h: torch.Tensor, norm: ZayaRMSNorm):
+        """(r, norm(r)) in one pass."""
+        return ops.residual_rms_norm(
+            y, h, self.hidden_states_bias, self.hidden_states_scale, self.residual_bias, self.residual_scale,
+            norm.weight, norm.eps,
+        )
+
+
+class ZayaCCAProjection(nn.Module):
+    def __init__(self, config: ZayaConfig) -> None:
+        super().__init__()
+        hq, hk, d, dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.hidden_size
+        bias = config.attention_bias
+        self.num_q_heads, self.num_kv_heads = hq, hk
+        self.q_proj = nn.Linear(dim, hq * d, bias=bias)
+        self.k_proj = nn.Linear(dim, hk * d, bias=bias)
+        self.v_proj_current = nn.Linear(dim, hk * d // 2, bias=bias)
+        self.v_proj_delayed = nn.Linear(dim, hk * d // 2, bias=bias)
+        channels = (hq + hk) * d
+        self.conv_qk_depthwise = nn.Conv1d(channels, channels, config.cca_time0, groups=channels)
+        self.conv_qk_grouped = nn.Conv1d(channels, channels, config.cca_time1, groups=hq + hk)
+
+    def forward(self, x_BTD: torch.Tensor, conv_state=None, v_state=None):
+        return ref.cca_project(
+            x_BTD,
+            self.q_proj.weight, self.q_proj.bias, self.k_proj.weight, self.k_proj.bias,
+            self.v_proj_current.weight, self.v_proj_current.bias,
+            self.v_proj_delayed.weight, self.v_proj_delayed.bias,
+            self.conv_qk_depthwise.weight, self.conv_qk_depthwise.bias,
+            self.conv_qk_grouped.weight, self.conv_qk_grouped.bias,
+            self.num_q_heads, self.num_kv_heads, conv_state, v_state,
+        )
+
+
+class ZayaQKNorm(nn.Module):
+    def __init__(self, config: ZayaConfig) -> None:
+        super().__init__()
+        self.temp = nn.Parameter(torch.zeros(config.num_key_value_heads))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor):
+        return ref.qk_norm(q, k, self.temp)
+
+
+class ZayaAttention(nn.Module):
+    def __init__(self, config: ZayaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.layer_type = config.layer_types[layer_idx]
+        self.window = config.window(layer_idx)
+        self.qkv_proj = ZayaCCAProjection(config)
+        self.qk_norm = ZayaQKNorm(config)
+        self.o_proj = nn.Linear(config.num_attention_heads * config.head_dim, config.hidden_size,
+                                bias=config.attention_bias)
+
+    def forward(self, x_BTD, cos, sin, allowed_BTS, conv_mask_BT, layer_cache: LayerCache | None, past: int):
+        B, T, _ = x_BTD.shape
+        if conv_mask_BT is not None:
+            x_BTD = x_BTD * conv_mask_BT[..., None].to(x_BTD.dtype)
+        continuing = layer_cache is not None and past > 0
+        q, k, v, conv_state, v_state = self.qkv_proj(
+            x_BTD,
+            layer_cache.conv_state if continuing else None,
+            layer_cache.v_state if continuing else None,
+        )
+        q, k = self.qk_norm(q, k)
+        q, k = ref.partial_rope(q, cos, sin), ref.partial_rope(k, cos, sin)
+        if layer_cache is not None:
+            layer_cache.k[:, past : past + T] = k
+            layer_cache.v[:, past : past + T] = v
+            layer_cache.conv_state.copy_(conv_state)
+            layer_cache.v_state.copy_(v_state)
+            k, v = layer_cache.k[:, : past + T], layer_cache.v[:, : past + T]
+        out = ref.attention(q, k, v, allowed_BTS, self.head_dim**-0.5)
+        return self.o_proj(out.reshape(B, T, -1))
+
+
+class ZayaRouterMLP(nn.Module):
+    def __init__(self, width: int, num_classes: int, eps: float) -> None:
+        super().__init__()
+        self.norm = ZayaRMSNorm(width, eps)
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, num_classes, bias=False)
+
+
+class ZayaRouter(nn.Module):
+    def __init__(self, config: ZayaConfig, layer_idx: int) -> None:
+        super().__init__()
+        r = config.router_hidden_size
+        self.num_experts = config.num_experts
+        self.down_proj = nn.Linear(config.hidden_size, r)
+        self.router_states_scale = nn.Parameter(torch.ones(r)) if layer_idx > 0 else None
+        self.router_mlp = ZayaRouterMLP(r, config.num_experts + 1, config.rms_norm_eps)
+        bias = torch.zeros(config.num_experts + 1, dtype=torch.float32)
+        bias[-1] = -1.0
+        self.register_buffer("balancing_biases", bias)
+
+    def forward(self, x_TD: torch.Tensor, z_prev_TR: torch.Tensor | None):
+        """Returns logits [T, E+1], gate [T], choice [T] (E = skip), z [T, R]."""
+        mlp = self.router_mlp
+        return ref.zaya_router(
+            x_TD, z_prev_TR, self.down_proj.weight, self.down_proj.bias, self.router_states_scale,
+            mlp.norm.weight, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, mlp.out_proj.weight,
+            self.balancing_biases, mlp.norm.eps,
+        )
+
+
+class ZayaExperts(nn.Module):
+    def __init__(self, config: ZayaConfig) -> None:
+        super().__init__()
+        e, i, d = config.num_experts, config.moe_intermediate_size, config.hidden_size
+        self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, d))
+        self.down_proj = nn.Parameter(torch.empty(e, d, i))
+
+    def forward(self, x_TD, choice_T, gate_T):
+        return ref.moe_experts(x_TD, choice_T, gate_T.to(x_TD.dtype), self.gate_up_proj, self.down_proj)
+
+
+class ZayaSparseMoeBlock(nn.Module):
+    def __init__(self, config: ZayaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.skip_passthrough = config.skip_passthrough
+        self.gate = ZayaRouter(config, layer_idx)
+        self.experts = ZayaExperts(config)
+
+    def forward(self, x_BTD: torch.Tensor, z_prev_BTR: torch.Tensor | None):
+        B, T, D = x_BTD.shape
+        x_TD = x_BTD.reshape(B * T, D)
+        z_prev = None if z_prev_BTR is None else z_prev_BTR.reshape(B * T, -1)
+        logits, gate, choice, z = self.gate(x_TD, z_prev)
+        y = self.experts(x_TD, choice, gate)
+        if self.skip_passthrough:
+            skipped = choice == self.gate.num_experts
+            p_skip = torch.softmax(logits, dim=-1)[:, -1]
+            y = y + torch.where(skipped, p_skip, 0).to(y.dtype)[:, None] * x_TD
+        return y.view(B, T, D), z.view(B, T, -1)
+
+
+class ZayaDecoderLayer(nn.Module):
+    def __init__(self, config: ZayaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = ZayaAttention(config, layer_idx)
+        self.mlp = ZayaSparseMoeBlock(config, layer_idx)
+        self.input_layernorm = ZayaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = ZayaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_residual_scale = ZayaResidualScaling(config.hidden_size)
+        self.post_mlp_residual_scale = ZayaResidualScaling(config.hidden_size)
+
+    def forward(self, x, h, z_prev, next_norm: ZayaRMSNorm, rope, allowed, conv_mask, layer_cache, past):
+        """x = input_layernorm(h) (already applied), h the fp32 residual stream [B, T, D].
+
+        Returns (h_next, next_norm(h_next), z): the post-MoE residual scaling is fused with the next norm.
+        """
+        attn = self.self_attn(x, *rope, allowed, conv_mask, layer_cache, past)
+        r, x2 = self.post_attention_residual_scale.fused_with_norm(attn, h, self.post_attention_layernorm)
+        y, z = self.mlp(x2, z_prev)
+        h_next, x_next = self.post_mlp_residual_scale.fused_with_norm(y, r, next_norm)
+        return h_next, x_next, z
+
+
+class ZayaModel(nn.Module):
+    def __init__(self, config: ZayaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.input_hidden_states_scale = nn.Parameter(torch.ones(config.hidden_size))
+        self.input_hidden_states_bias = nn.Parameter(torch.zeros(config.hidden_size))
+        self.layers = nn.ModuleList(ZayaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = ZayaRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask=None, cache: ZayaCache | None = None):
+        """Final-normed hidden states [B, T, D] in the weights' dtype."""
+        cfg = self.config
+        B, T = input_ids.shape
+        past = 0 if cache is None else cache.length
+        new_valid = _new_token_mask(attention_mask, B, T, past, input_ids.device)
+        if cache is not None:
+            cache.reserve(B, T)
+            cache.valid[:, past : past + T] = new_valid
+            valid = cache.valid[:, : past + T]
+        else:
+            valid = new_valid
+        conv_mask = None if bool(new_valid.all()) else new_valid
+        dtype = self.norm.weight.dtype
+        positions = torch.arange(past, past + T, device=input_ids.device)[None]
+        rope = {
+            lt: ref.rope_cos_sin(positions, cfg.head_dim, cfg.partial_rotary_factor(lt), cfg.rope_theta(lt), dtype)
+            for lt in set(cfg.layer_types)
+        }
+        allowed = {w: _allowed_mask(valid, past, T, w) for w in {cfg.window(i) for i in range(len(self.layers))}}
+
+        h = (self.embed_tokens(input_ids).float() + self.input_hidden_states_bias.float()) * (
+            self.input_hidden_states_scale.float()
+        )
+        x = self.layers[0].input_layernorm(h)
+        z = None
+        for i, layer in enumerate(self.layers):
+            next_norm = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
+            layer_cache = None if cache is None else cache.layers[i]
+            h, x, z = layer(
+                x, h, z, next_norm, rope[cfg.layer_types[i]], allowed[cfg.window(i)], conv_mask, layer_cache, past
+            )
+        if cache is not None:
+            cache.length += T
+        return x
+
+
+class ZayaForCausalLM(nn.Module):
+    """ZAYA1 causal LM. `model(input_ids, attention_mask=None, cache=None)` -> logits [B, T, vocab]."""
+
+    def __init__(self, config: ZayaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = ZayaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: ZayaCache | None = None,
+    ) -> torch.Tensor:
+        """input_ids [B, T] int; attention_mask [B, T] or [B, cached + T] (1 = real token, 0 = left padding);
+        cache from `new_cache` to continue earlier calls. Returns logits [B, T, vocab] in the weights' dtype."""
+        _check_input_ids(input_ids, self.config.vocab_size)
+        return self.lm_head(self.model(input_ids, attention_mask, cache))
+
+    def new_cache(self, batch_size: int, max_seq_len: int) -> ZayaCache:
+        """An empty contiguous cache for `batch_size` sequences of up to `max_seq_len` tokens."""
+        w = self.model.norm.weight
+        return ZayaCache(self.config, batch_size, max_seq_len, dtype=w.dtype, device=w.device)
+
+    @torch.inference_mode()
+    def generate_greedy(
+        self, input_ids: torch.Tensor, max_new_tokens: int, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Greedy decoding with the contiguous cache: prefill, then one token per step.
+        Returns the generated ids [B, max_new_tokens]."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        B, T = input_ids.shape
+        cache = self.new_cache(B, T + max_new_tokens)
+        logits = self(input_ids, attention_mask, cache)
+        out = [logits[:, -1].argmax(-1)]
+        for _ in range(max_new_tokens - 1):
+            logits = self(out[-1][:, None], None, cache)
+            out.append(logits[:, -1].argmax(-1))
+        return torch.stack(out, dim=1)
+
+    @torch.no_grad()
+    def init_random(self, seed: int = 0, std: float = 0.02) -> "ZayaForCausalLM":
+        """Fills every parameter with random values (scales and biases around their neutral values), for
+        demos and tests; returns self."""
+        gen = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.endswith("scale") or name.endswith("norm.weight"):
+                value = 1.0 + 0.1 * noise
+            elif leaf == "temp":
+                value = 1.0 + 0.2 * noise.abs()
+            elif leaf.endswith("bias") and "proj" not in name and "fc" not in name and "conv" not in name:
+                value = 0.05 * noise
+            else:
+                value = std * noise
+            p.copy_(value.to(p.dtype))
+        for router in (m for m in self.modules() if isinstance(m, ZayaRouter)):
+            router.balancing_biases.copy_(0.05 * torch.randn(router.balancing_biases.shape, generator=gen))
+        return self
+
+
+def _check_input_ids(input_ids, vocab_size: int) -> None:
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must be int64 or int32, got {input_ids.dtype}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must have shape [batch, tokens] with tokens >= 1, got {tuple(input_ids.shape)}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise ValueError(f"input_ids must lie in [0, {vocab_size}), got [{int(input_ids.min())}, {int(input_ids.max())}]")
+
+
+def _new_token_mask(attention_mask, B: int, T: int, past: int, device) -> torch.Tensor:
+    if attention_mask is None:
+        return torch.ones(B, T, dtype=torch.bool, device=device)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+        raise ValueError("attention_mask must be a [batch, tokens] tensor")
+    if attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, past + T):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({B}, {T}) or ({B}, {past + T})"
+        )
+    return attention_mask[:, -T:].to(device=device, dtype=torch.bool)
+
+
+def _allowed_mask(valid_BS: torch.Tensor, past: int, T: int, window: int | None) -> torch.Tensor:
+    """[B, T, S]: causal, within the sliding window if any, and only real keys."""
+    S = valid_BS.shape[1]
+    q_pos = torch.arange(past, past + T, device=valid_BS.device)[:, None]
+    k_pos = torch.arange(S, device=valid_BS.device)[None, :]
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed = allowed & (k_pos > q_pos - window)
+    return allowed[None] & valid_BS[:, None, :]

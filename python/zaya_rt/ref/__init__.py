@@ -1,0 +1,20 @@
+"""Plain-PyTorch references of every zaya_rt op: the oracle for tests (run them in float64), and the model's
+implementation of ops that have no kernel yet. Each function works in the dtype it is given."""
+
+from zaya_rt.ref.attention import attention
+from zaya_rt.ref.cca import cca_project, partial_rope, qk_norm, rope_cos_sin
+from zaya_rt.ref.moe import moe_experts
+from zaya_rt.ref.norms import residual_rms_norm, rms_norm
+from zaya_rt.ref.router import zaya_router
+
+__all__ = [
+    "attention",
+    "cca_project",
+    "moe_experts",
+    "partial_rope",
+    "qk_norm",
+    "residual_rms_norm",
+    "rms_norm",
+    "rope_cos_sin",
+    "zaya_router",
+]
