@@ -42,11 +42,13 @@ def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             p.copy_(0.5 + 0.5 * noise.abs())
         elif leaf.endswith("bias") and ("residual" in name or "hidden_states" in name):
             p.copy_(0.1 * noise)
+        elif "router_mlp" in name:
+            p.copy_(0.6 * noise)  # spread the router's probabilities so choices differ between tokens
         else:
             p.copy_(0.08 * noise)
     for name, b in model.named_buffers():
         if name.endswith("balancing_biases"):
-            b.copy_(0.1 * torch.randn(b.shape, generator=gen))
+            b.copy_(0.05 * torch.randn(b.shape, generator=gen))
     return model
 
 

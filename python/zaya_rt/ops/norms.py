@@ -178,8 +178,8 @@ def _residual_rms_norm_backward_impl(grad_r, grad_out, y, h, y_bias, y_scale, h_
         r2.data_ptr(), row_stride(r2), rstd.data_ptr(), grad_y.data_ptr(), dim, grad_h.data_ptr(), dim,
         partials.data_ptr(), num_partials, grad_params.data_ptr(), rows, dim, *dev,
     )
-    gp = grad_params.to(weight.dtype)
-    return grad_y.view(y.shape), grad_h.view(h.shape), gp[1], gp[2], gp[3], gp[4], gp[0]
+    gw, gyb, gys, ghb, ghs = (g.to(weight.dtype, copy=True) for g in grad_params)  # 5 unaliased outputs
+    return grad_y.view(y.shape), grad_h.view(h.shape), gyb, gys, ghb, ghs, gw
 
 
 def _residual_rms_norm_backward_fake(grad_r, grad_out, y, h, y_bias, y_scale, h_bias, h_scale, weight, r, rstd):
@@ -224,6 +224,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.
     x: [..., D] float32/float16/bfloat16; weight: [D]. Returns [..., D] in weight.dtype:
     weight * cast(x * rsqrt(mean(x^2) + eps)), statistics in fp32.
     """
+    _check_norm_args("rms_norm", x, weight, eps)
     return torch.ops.zaya_rt.rms_norm(x, weight, eps)[0]
 
 
@@ -243,5 +244,6 @@ def residual_rms_norm(
     all in weight's dtype. Returns (r, out): r = (y + y_bias) * y_scale + (h + h_bias) * h_scale in fp32
     and out = rms_norm(r, weight, eps) in weight.dtype.
     """
+    _check_residual_args("residual_rms_norm", y, h, (y_bias, y_scale, h_bias, h_scale), weight, eps)
     r, out, _ = torch.ops.zaya_rt.residual_rms_norm(y, h, y_bias, y_scale, h_bias, h_scale, weight, eps)
     return r, out

@@ -1,0 +1,128 @@
+"""Norms ops vs the float64 reference: forward and backward, every dtype and CPU ISA, edge shapes."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import zaya_rt
+from conftest import tolerance
+from zaya_rt import ref
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    scale = want.abs().max().item() if want.numel() else 1.0
+    return (got.double() - want).abs().max().item() / max(scale, 1e-30) if want.numel() else 0.0
+
+
+def _assert_close_to_ref(got, want, dtype, what, naive=None):
+    """got within tolerance(dtype) of the float64 reference, relative to its scale; or, where cancellation
+    makes the true value tiny, at most 2x the error of `naive` (the same math in PyTorch at the test's
+    precision), flash-attention's rule."""
+    err = _rel_err(got, want)
+    if err <= tolerance(dtype):
+        return
+    assert naive is not None, f"{what}: relative error {err:.3g} over {tolerance(dtype):.3g}"
+    naive_err = _rel_err(naive, want)
+    assert err <= 2 * naive_err + tolerance(dtype), f"{what}: error {err:.3g}, naive PyTorch {naive_err:.3g}"
+
+
+def _rows_input(rows, dim, dtype, *, noncontig, seed):
+    gen = torch.Generator().manual_seed(seed)
+    if noncontig:
+        base = torch.randn(rows, 2 * dim + 3, generator=gen).to(dtype)
+        return base[:, 1 : dim + 1]
+    return (torch.randn(rows, dim, generator=gen) * 3).to(dtype)
+
+
+shapes = st.tuples(st.integers(0, 40), st.sampled_from([1, 7, 64, 130, 512]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, x_dtype=st.sampled_from(DTYPES), w_dtype=st.sampled_from(DTYPES),
+       noncontig=st.booleans(), seed=st.integers(0, 2**16))
+def test_rms_norm_forward_backward_matches_reference(shape, x_dtype, w_dtype, noncontig, seed):
+    rows, dim = shape
+    x = _rows_input(rows, dim, x_dtype, noncontig=noncontig, seed=seed).requires_grad_()
+    w = (1 + 0.3 * torch.randn(dim, generator=torch.Generator().manual_seed(seed + 1))).to(w_dtype).requires_grad_()
+    out, rstd = torch.ops.zaya_rt.rms_norm(x, w, 1e-5)
+    assert out.dtype == w_dtype and out.shape == x.shape and rstd.shape == x.shape[:-1]
+
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    want = ref.rms_norm(x64, w64, 1e-5)
+    _assert_close_to_ref(out, want, w_dtype, "out")
+
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 2)).to(w_dtype)
+    out.backward(grad)
+    want.backward(grad.double())
+    x_naive, w_naive = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref.rms_norm(x_naive, w_naive, 1e-5).backward(grad)
+    worst = x_dtype if tolerance(x_dtype) > tolerance(w_dtype) else w_dtype
+    _assert_close_to_ref(x.grad, x64.grad, worst, "grad_x", x_naive.grad)
+    if rows:
+        _assert_close_to_ref(w.grad, w64.grad, worst, "grad_weight")
+    else:
+        assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, y_dtype=st.sampled_from(DTYPES), w_dtype=st.sampled_from(DTYPES),
+       h_fp32=st.booleans(), noncontig=st.booleans(), seed=st.integers(0, 2**16))
+def test_residual_rms_norm_matches_reference(shape, y_dtype, w_dtype, h_fp32, noncontig, seed):
+    rows, dim = shape
+    h_dtype = torch.float32 if h_fp32 else y_dtype
+    y = _rows_input(rows, dim, y_dtype, noncontig=noncontig, seed=seed).requires_grad_()
+    h = _rows_input(rows, dim, h_dtype, noncontig=False, seed=seed + 7).requires_grad_()
+    gen = torch.Generator().manual_seed(seed + 3)
+    params = [(c + 0.3 * torch.randn(dim, generator=gen)).to(w_dtype).requires_grad_() for c in (0, 1, 0, 1, 1)]
+    r, out, _ = torch.ops.zaya_rt.residual_rms_norm(y, h, *params, 1e-5)
+    assert r.dtype == torch.float32 and out.dtype == w_dtype
+
+    y64, h64 = y.detach().double().requires_grad_(), h.detach().double().requires_grad_()
+    p64 = [p.detach().double().requires_grad_() for p in params]
+    r_want, out_want = ref.residual_rms_norm(y64, h64, *p64, 1e-5)
+    _assert_close_to_ref(r, r_want, torch.float32, "r")
+    _assert_close_to_ref(out, out_want, w_dtype, "out")
+
+    gen = torch.Generator().manual_seed(seed + 4)
+    g_r, g_out = torch.randn(r.shape, generator=gen), torch.randn(out.shape, generator=gen).to(w_dtype)
+    torch.autograd.backward([r, out], [g_r, g_out])
+    torch.autograd.backward([r_want, out_want], [g_r.double(), g_out.double()])
+    y_n, h_n = y.detach().clone().requires_grad_(), h.detach().clone().requires_grad_()
+    torch.autograd.backward(list(ref.residual_rms_norm(y_n, h_n, *[p.detach() for p in params], 1e-5)),
+                            [g_r, g_out])
+    worst = max((y_dtype, h_dtype, w_dtype), key=tolerance)
+    _assert_close_to_ref(y.grad, y64.grad, worst, "grad_y", y_n.grad)
+    _assert_close_to_ref(h.grad, h64.grad, worst, "grad_h", h_n.grad)
+    if rows:
+        for name, p, p_ref in zip(("y_bias", "y_scale", "h_bias", "h_scale", "weight"), params, p64):
+            _assert_close_to_ref(p.grad, p_ref.grad, worst, f"grad_{name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,dim", [(1, 2048), (300, 4100), (4097, 64)])
+def test_every_cpu_isa_agrees(cpu_isa, dtype, rows, dim):
+    x = torch.randn(rows, dim).to(dtype)
+    w = (1 + 0.1 * torch.randn(dim)).to(dtype)
+    out = zaya_rt.ops.rms_norm(x, w, 1e-6)
+    _assert_close_to_ref(out, ref.rms_norm(x.double(), w.double(), 1e-6), dtype, f"{cpu_isa} out")
+
+
+def test_outputs_are_fully_written():
+    # Poison the allocator's memory: a kernel that skips elements would leave NaNs behind.
+    for _ in range(3):
+        torch.full((4096, 512), float("nan")).sum()
+    x = torch.randn(33, 512)
+    out = zaya_rt.ops.rms_norm(x, torch.ones(512), 1e-5)
+    assert torch.isfinite(out).all()
+
+
+def test_matches_transformers_rmsnorm_fp32():
+    hf = pytest.importorskip("transformers.models.zaya.modeling_zaya")
+    norm = hf.ZayaRMSNorm(96, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 5, 96)
+    torch.testing.assert_close(zaya_rt.ops.rms_norm(x, norm.weight, 1e-5), norm(x), rtol=1e-6, atol=1e-6)
