@@ -148,3 +148,16 @@ def test_bf16_model_stays_close_to_fp32(tmp_path):
         q = torch.log_softmax(bf16(ids).double(), -1)
     kl = (p.exp() * (p - q)).sum(-1).mean().item()
     assert kl < 1e-2, f"KL(fp32 || bf16) = {kl}"
+
+
+def test_original_zyphra_layout_equals_transformers(tmp_path):
+    hf = hf_model(seed=21, num_hidden_layers=3, layer_types=["hybrid", "hybrid_sliding", "hybrid"], sliding_window=3)
+    hf.save_pretrained(tmp_path / "native")
+    native = zaya_rt.load(tmp_path / "native")
+    zaya_rt.save(native, tmp_path / "zyphra", layout="zyphra", max_shard_bytes=30_000)
+    legacy = zaya_rt.load(tmp_path / "zyphra")
+    ids = torch.randint(1, hf.config.vocab_size, (2, 10))
+    with torch.no_grad():
+        want = hf(ids).logits
+        assert _rel(legacy(ids), want) < TOL
+        assert torch.equal(legacy(ids), native(ids))

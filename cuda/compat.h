@@ -1,0 +1,116 @@
+// The one CUDA/HIP compat header: lets a kernel body written once compile under nvcc (CUDA) and
+// under clang -x hip (HIP, CDNA). Kernel files include this and then use only the names below
+// (plus threadIdx/blockIdx/blockDim/gridDim, __shared__, __syncthreads and <<<...>>> launches,
+// which both languages spell the same way).
+//
+//   runtime:   gpuStream_t, gpuError_t, gpuSuccess, gpu_last_error(), gpu_error_string(),
+//              gpu_multiprocessor_count()
+//   device:    ZAYA_RT_DEVICE_INLINE, ZAYA_RT_LAUNCH_BOUNDS(n), kWarpSize, warp_sum(),
+//              float_to_bits(), bits_to_float()
+//
+// Only HIP API that both ROCm 5.2 (Debian's) and ROCm 6 have is used here. AMD-only
+// specialisations belong in hip/, NVIDIA-only ones in cuda/.
+#pragma once
+#include <cstdint>
+
+#if defined(__HIP__) || defined(__HIPCC__)
+#define ZAYA_RT_GPU_HIP 1
+#include <hip/hip_runtime.h>
+#elif defined(__CUDACC__)
+#define ZAYA_RT_GPU_CUDA 1
+#include <cuda_runtime.h>
+#else
+#error "cuda/compat.h is for nvcc (CUDA) or clang -x hip (HIP) translation units only"
+#endif
+
+namespace zaya_rt::gpu {
+
+// ---- runtime types and calls ---------------------------------------------------------------------------
+#if defined(ZAYA_RT_GPU_HIP)
+using gpuStream_t = hipStream_t;
+using gpuError_t = hipError_t;
+constexpr gpuError_t gpuSuccess = hipSuccess;
+inline gpuError_t gpu_last_error() { return hipGetLastError(); }  // also clears the error
+inline const char* gpu_error_string(gpuError_t e) { return hipGetErrorString(e); }
+// Multiprocessors (CUs) of the current device, or `fallback` when the runtime cannot say.
+// A plain attribute query: no stream work, safe while a graph is being captured.
+inline int gpu_multiprocessor_count(int fallback) {
+  int dev = 0, n = 0;
+  if (hipGetDevice(&dev) != hipSuccess) return (void)hipGetLastError(), fallback;
+  if (hipDeviceGetAttribute(&n, hipDeviceAttributeMultiprocessorCount, dev) != hipSuccess)
+    return (void)hipGetLastError(), fallback;
+  return n > 0 ? n : fallback;
+}
+#else
+using gpuStream_t = cudaStream_t;
+using gpuError_t = cudaError_t;
+constexpr gpuError_t gpuSuccess = cudaSuccess;
+inline gpuError_t gpu_last_error() { return cudaGetLastError(); }  // also clears the error
+inline const char* gpu_error_string(gpuError_t e) { return cudaGetErrorString(e); }
+inline int gpu_multiprocessor_count(int fallback) {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return (void)cudaGetLastError(), fallback;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return (void)cudaGetLastError(), fallback;
+  return n > 0 ? n : fallback;
+}
+#endif
+
+inline gpuStream_t as_stream(void* s) { return reinterpret_cast<gpuStream_t>(s); }
+
+// ---- device-side attributes ----------------------------------------------------------------------------
+#if defined(ZAYA_RT_GPU_HIP)
+#define ZAYA_RT_DEVICE_INLINE __device__ inline __attribute__((always_inline))
+#else
+#define ZAYA_RT_DEVICE_INLINE __device__ __forceinline__
+#endif
+// Both languages accept __launch_bounds__(max threads per block); kernels must state it so the
+// compiler keeps register use within what a block of that size can have.
+#define ZAYA_RT_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+
+// ---- warps ---------------------------------------------------------------------------------------------
+// A compile-time constant for host and device code alike: 32 on NVIDIA, 64 on CDNA (gfx9 family,
+// MI100/MI200/MI300). RDNA (wave32 by default) is not a target; refuse it rather than miscount lanes.
+#if defined(ZAYA_RT_GPU_HIP)
+constexpr int kWarpSize = 64;
+#if defined(__HIP_DEVICE_COMPILE__) && !defined(__GFX9__)
+#error "zaya_rt HIP kernels assume 64-lane wavefronts (CDNA / gfx9 family targets only)"
+#endif
+#if defined(__HIP_DEVICE_COMPILE__) && defined(__AMDGCN_WAVEFRONT_SIZE__)
+static_assert(__AMDGCN_WAVEFRONT_SIZE__ == kWarpSize, "wavefront size mismatch");
+#endif
+#else
+constexpr int kWarpSize = 32;
+#endif
+
+// Sum over the kWarpSize lanes of a warp by xor butterfly; every lane gets the total, in the same
+// order on every lane. All lanes of the warp must call it (blocks are whole warps).
+ZAYA_RT_DEVICE_INLINE float warp_sum(float v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) {
+#if defined(ZAYA_RT_GPU_HIP)
+    v += __shfl_xor(v, offset, kWarpSize);
+#else
+    v += __shfl_xor_sync(0xffffffffu, v, offset, kWarpSize);
+#endif
+  }
+  return v;
+}
+
+// ---- bit casts -----------------------------------------------------------------------------------------
+ZAYA_RT_DEVICE_INLINE uint32_t float_to_bits(float f) {
+#if defined(ZAYA_RT_GPU_HIP)
+  return __builtin_bit_cast(uint32_t, f);
+#else
+  return __float_as_uint(f);
+#endif
+}
+ZAYA_RT_DEVICE_INLINE float bits_to_float(uint32_t u) {
+#if defined(ZAYA_RT_GPU_HIP)
+  return __builtin_bit_cast(float, u);
+#else
+  return __uint_as_float(u);
+#endif
+}
+
+}  // namespace zaya_rt::gpu
