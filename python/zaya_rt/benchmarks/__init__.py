@@ -1,0 +1,7 @@
+"""Benchmark cases shared by `zaya-rt bench` and bench/ (pytest-benchmark): ours against a peer measured in
+the same run, reported as time, bandwidth and the ratio peer/ours (> 1 means zaya_rt is faster)."""
+
+from zaya_rt.benchmarks.harness import Case, Result, format_table, run_cases
+from zaya_rt.benchmarks.norms import norm_cases
+
+__all__ = ["Case", "Result", "format_table", "norm_cases", "run_cases"]

@@ -1,0 +1,93 @@
+"""Timing harness: median of repeated calls (CUDA events on GPU), a peer timed in the same run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Case:
+    """One benchmark: `ours` and `peer` are zero-argument callables doing the same work on prepared inputs."""
+
+    op: str
+    shape: str
+    dtype: str
+    ours: Callable[[], object]
+    peer: Callable[[], object]
+    peer_name: str
+    bytes_moved: int = 0
+    flops: int = 0
+
+
+@dataclass
+class Result:
+    case: Case
+    ours_us: float
+    peer_us: float
+
+    @property
+    def ratio(self) -> float:
+        """Peer time over ours: above 1 means zaya_rt is faster."""
+        return self.peer_us / self.ours_us
+
+    @property
+    def gbps(self) -> float:
+        return self.case.bytes_moved / (self.ours_us * 1e-6) / 1e9 if self.case.bytes_moved else 0.0
+
+
+def time_us(fn: Callable[[], object], device: str, *, min_time_s: float = 0.2, max_iters: int = 2000) -> float:
+    """Median microseconds per call of fn after a warm-up, over batches of calls."""
+    for _ in range(3):
+        fn()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    once = max(time.perf_counter() - start, 1e-7)
+    per_batch = max(1, min(max_iters, int(0.02 / once)))
+    samples = []
+    deadline = time.perf_counter() + min_time_s
+    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 50):
+        if device == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(per_batch):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(begin.elapsed_time(end) * 1e3 / per_batch)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(per_batch):
+                fn()
+            samples.append((time.perf_counter() - t0) * 1e6 / per_batch)
+    return statistics.median(samples)
+
+
+def run_cases(cases: list[Case], device: str, *, min_time_s: float = 0.2) -> list[Result]:
+    """Times ours and the peer alternately for each case."""
+    results = []
+    with torch.inference_mode():
+        for case in cases:
+            ours = time_us(case.ours, device, min_time_s=min_time_s)
+            peer = time_us(case.peer, device, min_time_s=min_time_s)
+            results.append(Result(case, ours, peer))
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    header = f"{'op':<22} {'shape':<14} {'dtype':<9} {'ours us':>10} {'peer us':>10} {'peer/ours':>9} {'GB/s':>8}  peer"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        c = r.case
+        lines.append(
+            f"{c.op:<22} {c.shape:<14} {c.dtype:<9} {r.ours_us:>10.1f} {r.peer_us:>10.1f} {r.ratio:>9.2f} "
+            f"{r.gbps:>8.1f}  {c.peer_name}"
+        )
+    return "\n".join(lines)
