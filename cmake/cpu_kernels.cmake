@@ -1,7 +1,8 @@
 # CPU kernels are compiled once per instruction set into their own namespace
 # (zaya_rt::cpu::avx512, ::avx2, ::base); csrc/cpu/isa.cpp picks one at run time.
 set(ZAYA_RT_CPU_KERNEL_SOURCES
-  csrc/cpu/norms.cpp)
+  csrc/cpu/norms.cpp
+  csrc/cpu/moe.cpp)
 
 set(ZAYA_RT_CPU_ISAS base avx2 avx512)
 set(ZAYA_RT_CPU_FLAGS_base "")

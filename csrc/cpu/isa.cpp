@@ -66,5 +66,9 @@ ZAYA_RT_CPU_ROUTE(rms_norm_fwd, RmsNormFwdParams)
 ZAYA_RT_CPU_ROUTE(rms_norm_bwd, RmsNormBwdParams)
 ZAYA_RT_CPU_ROUTE(residual_rms_norm_fwd, ResidualRmsNormFwdParams)
 ZAYA_RT_CPU_ROUTE(residual_rms_norm_bwd, ResidualRmsNormBwdParams)
+ZAYA_RT_CPU_ROUTE(moe_dispatch, MoeDispatchParams)
+ZAYA_RT_CPU_ROUTE(grouped_gemm, GroupedGemmParams)
+ZAYA_RT_CPU_ROUTE(grouped_gemm_weight_grad, GroupedGemmWeightGradParams)
+ZAYA_RT_CPU_ROUTE(moe_experts, MoeExpertsParams)
 
 }  // namespace zaya_rt::cpu

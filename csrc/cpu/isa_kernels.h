@@ -1,5 +1,6 @@
 // Declares the CPU kernels once per ISA namespace; csrc/cpu/isa.cpp picks one at run time.
 #pragma once
+#include "zaya_rt/moe.h"
 #include "zaya_rt/norms.h"
 
 #define ZAYA_RT_DECLARE_CPU_KERNELS(ISA)                                   \
@@ -8,6 +9,10 @@
   const char* rms_norm_bwd(const RmsNormBwdParams& p);                     \
   const char* residual_rms_norm_fwd(const ResidualRmsNormFwdParams& p);    \
   const char* residual_rms_norm_bwd(const ResidualRmsNormBwdParams& p);    \
+  const char* moe_dispatch(const MoeDispatchParams& p);                    \
+  const char* grouped_gemm(const GroupedGemmParams& p);                    \
+  const char* grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p); \
+  const char* moe_experts(const MoeExpertsParams& p);                      \
   }
 
 ZAYA_RT_DECLARE_CPU_KERNELS(base)

@@ -5,7 +5,10 @@
 """
 
 from zaya_rt import _C, ops, ref
+from zaya_rt.integrations import transformers as _transformers_integration
 from zaya_rt.model import ZayaCache, ZayaConfig, ZayaForCausalLM, load, save
+
+_transformers_integration.install()
 
 __version__ = "0.1.0"
 __all__ = ["ZayaCache", "ZayaConfig", "ZayaForCausalLM", "_C", "load", "ops", "ref", "save"]

@@ -151,7 +151,8 @@ class ZayaExperts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(e, d, i))
 
     def forward(self, x_TD, choice_T, gate_T):
-        return ref.moe_experts(x_TD, choice_T, gate_T.to(x_TD.dtype), self.gate_up_proj, self.down_proj)
+        """x [T, D], choice [T] (E = skip), gate [T] -> [T, D]."""
+        return ops.moe_experts(x_TD, choice_T, gate_T, self.gate_up_proj, self.down_proj)
 
 
 class ZayaSparseMoeBlock(nn.Module):

@@ -2,6 +2,7 @@
 implementation of ops that have no kernel yet. Each function works in the dtype it is given."""
 
 from zaya_rt.ref.attention import attention
+from zaya_rt.ref.grouped_gemm import grouped_gemm
 from zaya_rt.ref.cca import cca_project, partial_rope, qk_norm, rope_cos_sin
 from zaya_rt.ref.moe import moe_experts
 from zaya_rt.ref.norms import residual_rms_norm, rms_norm
@@ -10,6 +11,7 @@ from zaya_rt.ref.router import zaya_router
 __all__ = [
     "attention",
     "cca_project",
+    "grouped_gemm",
     "moe_experts",
     "partial_rope",
     "qk_norm",

@@ -17,8 +17,9 @@ def moe_experts(
     y_t = sum over slots of gate * down_e(SiLU(gate_e x_t) * up_e x_t). Returns [T, D] in hidden's dtype.
     """
     T = hidden_TD.shape[0]
-    index_Tk = expert_index.reshape(T, -1)
-    gate_Tk = gate.reshape(T, -1)
+    top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
+    index_Tk = expert_index.reshape(T, top_k)
+    gate_Tk = gate.reshape(T, top_k)
     out = torch.zeros_like(hidden_TD)
     for e in range(gate_up_proj_EFD.shape[0]):
         tokens, slots = torch.where(index_Tk == e)

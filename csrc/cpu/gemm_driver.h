@@ -1,0 +1,118 @@
+// Runs a list of GEMM jobs C_j[M_j, N_j] = A_j . B_j^T on all threads: packs each job's A once into MR-row
+// panels, then hands out (job, NC-column block) tasks; each task packs its B block into the thread's
+// buffer and sweeps every A panel of the job. Jobs with few rows and contiguous K take a dot-product path
+// that reads each B row once (decode). Results reach the caller tile by tile through an epilogue.
+#pragma once
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/gemm_core.h"
+
+namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
+
+constexpr int kNC = kGemmNC;      // columns per B block
+constexpr int kDotMaxRows = 4;   // jobs with at most this many rows use dot products
+
+template <typename T> struct GemmJob {
+  Source<T> a, b;
+  int64_t M, N, K;
+};
+
+// Entries (4 bytes each) of workspace the driver needs for these job sizes.
+inline int64_t gemm_packed_a_entries(int64_t total_rows, int64_t jobs, int64_t kp) {
+  return (total_rows + jobs * kMR) * kp;
+}
+inline int64_t gemm_b_block_entries(int64_t kp) { return kp * kNC; }
+
+inline bool use_dot_path(int64_t M, int64_t a_cs, int64_t b_cs) {
+  return M <= kDotMaxRows && a_cs == 1 && b_cs == 1;
+}
+
+// epi(job, tile[kMR][kNR], m0, mr, n0, nr, sub): tile rows 0..mr-1 and columns 0..nr-1 are C_job[m0 + r,
+// n0 + c]; sub is the NR-panel index within the B block (sub-panels arrive in order for each A panel).
+template <typename T, typename Epi>
+void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T>::Entry* packed_a,
+                   typename PackMode<T>::Entry* b_blocks, int max_threads, const Epi& epi) {
+  using Entry = typename PackMode<T>::Entry;
+  const int64_t njobs = static_cast<int64_t>(jobs.size());
+  std::vector<int64_t> a_offset(njobs + 1, 0), panel_start(njobs + 1, 0);
+  int64_t kp_max = 0;
+  for (int64_t j = 0; j < njobs; ++j) {
+    const auto& job = jobs[j];
+    const int64_t kp = packed_k<T>(job.K);
+    kp_max = std::max(kp_max, kp);
+    const bool dot = use_dot_path(job.M, job.a.col_stride, job.b.col_stride);
+    const int64_t panels = dot ? 0 : (job.M + kMR - 1) / kMR;
+    panel_start[j + 1] = panel_start[j] + panels;
+    a_offset[j + 1] = a_offset[j] + panels * kMR * kp;
+  }
+  struct Task { int64_t job, n0; };
+  std::vector<Task> tasks;
+  for (int64_t j = 0; j < njobs; ++j) {
+    const auto& job = jobs[j];
+    if (job.M == 0 || job.N == 0) continue;
+    for (int64_t n0 = 0; n0 < job.N; n0 += kNC) tasks.push_back({j, n0});
+  }
+  const int64_t total_panels = panel_start[njobs];
+  const int64_t ntasks = static_cast<int64_t>(tasks.size());
+  const int64_t work = total_panels + ntasks;
+  const int threads = std::max(1, std::min<int>(max_threads, static_cast<int>(std::max<int64_t>(1, work))));
+
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < total_panels; ++p) {
+      const int64_t j = std::upper_bound(panel_start.begin(), panel_start.end(), p) - panel_start.begin() - 1;
+      const auto& job = jobs[j];
+      const int64_t local = p - panel_start[j];
+      const int64_t kp = packed_k<T>(job.K);
+      const int64_t m0 = local * kMR;
+      pack_rows<kMR>(job.a, m0, static_cast<int>(std::min<int64_t>(kMR, job.M - m0)), job.K,
+                     packed_a + a_offset[j] + local * kMR * kp);
+    }
+    Entry* b_block = b_blocks + omp_get_thread_num() * kp_max * kNC;
+    alignas(64) float tile[kMR * kNR];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < ntasks; ++t) {
+      const auto& job = jobs[tasks[t].job];
+      const int64_t n0 = tasks[t].n0;
+      const int64_t nc = std::min<int64_t>(kNC, job.N - n0);
+      const int subs = static_cast<int>((nc + kNR - 1) / kNR);
+      if (use_dot_path(job.M, job.a.col_stride, job.b.col_stride)) {
+        const T* a_rows[kDotMaxRows];
+        for (int64_t r = 0; r < job.M; ++r) a_rows[r] = job.a.row(r);
+        float dots[kDotMaxRows];
+        for (int s = 0; s < subs; ++s) {
+          const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR));
+          for (int c = 0; c < nr; ++c) {
+            const T* brow = job.b.row(n0 + s * kNR + c);
+            if (brow == nullptr) {
+              for (int r = 0; r < job.M; ++r) tile[r * kNR + c] = 0.f;
+              continue;
+            }
+            dot_rows(a_rows, static_cast<int>(job.M), brow, job.K, dots);
+            for (int r = 0; r < job.M; ++r) tile[r * kNR + c] = dots[r];
+          }
+          epi(tasks[t].job, tile, int64_t{0}, static_cast<int>(job.M), n0 + s * kNR, nr, s);
+        }
+        continue;
+      }
+      const int64_t kp = packed_k<T>(job.K);
+      for (int s = 0; s < subs; ++s)
+        pack_rows<kNR>(job.b, n0 + s * kNR, static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), job.K,
+                       b_block + s * kp * kNR);
+      const Entry* pa = packed_a + a_offset[tasks[t].job];
+      for (int64_t m0 = 0; m0 < job.M; m0 += kMR) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, job.M - m0));
+        for (int s = 0; s < subs; ++s) {
+          micro_kernel<T>(kp, pa + (m0 / kMR) * kMR * kp, b_block + s * kp * kNR, tile);
+          epi(tasks[t].job, tile, m0, mr, n0 + s * kNR, static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), s);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA

@@ -1,0 +1,35 @@
+// Host-side workspace sizes of the CPU MoE kernels (upper bounds; see csrc/cpu/moe.cpp for the layout).
+#include <omp.h>
+
+#include <algorithm>
+
+#include "cpu/gemm_shape.h"
+#include "zaya_rt/moe.h"
+
+namespace zaya_rt::cpu {
+namespace {
+constexpr int64_t kAlign = 64;
+int64_t aligned(int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+int64_t threads() { return std::max(1, omp_get_max_threads()); }
+}  // namespace
+
+int64_t grouped_gemm_workspace(int64_t M, int64_t, int64_t K, int64_t G, DType) {
+  return aligned((M + G * kGemmMR) * K * kPackedEntryBytes) + threads() * K * kGemmNC * kPackedEntryBytes;
+}
+
+int64_t grouped_gemm_weight_grad_workspace(int64_t M, int64_t N, int64_t, int64_t G, DType) {
+  return aligned((N + kGemmMR) * (M + G) * kPackedEntryBytes) + threads() * std::max<int64_t>(M, 1) * kGemmNC *
+                                                                     kPackedEntryBytes;
+}
+
+int64_t moe_experts_workspace(int64_t T, int64_t top_k, int64_t D, int64_t I, int64_t E, DType) {
+  const int64_t slots = T * top_k, width = std::max(D, I);
+  const int64_t i_pad = (I + kGemmNR - 1) / kGemmNR * kGemmNR;
+  int64_t bytes = 2 * aligned(E * 4) + 3 * aligned(slots * 4) + aligned(slots * 4) + aligned(2 * i_pad * 4);
+  bytes += aligned(slots * I * 4);
+  if (top_k > 1) bytes += aligned(slots * D * 4);
+  bytes += aligned((slots + E * kGemmMR) * width * kPackedEntryBytes);
+  return bytes + threads() * width * kGemmNC * kPackedEntryBytes;
+}
+
+}  // namespace zaya_rt::cpu

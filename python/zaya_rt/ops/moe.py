@@ -1,0 +1,308 @@
+"""MoE family (SPEC section 4): token dispatch, grouped GEMM, and the fused ZAYA1 expert block.
+
+Legend: T tokens, k slots per token, E experts (= groups G), M grouped rows, D hidden, I expert width.
+Ops (namespace `torch.ops.zaya_rt`):
+  moe_dispatch(expert_index[T] or [T, k], E) -> (offsets[E] int32, sorted_slots[T*k] int32, slot_rows[T*k] int32)
+  grouped_gemm(a[M, K], b[G, N, K], offsets[G] int32) -> out[M, N]         (autograd for a and b)
+  grouped_gemm_weight_grad(dy[M, N], a[M, K], offsets[G] int32) -> [G, N, K]
+  moe_experts(hidden[T, D], expert_index, gate, gate_up_proj[E, 2I, D], down_proj[E, D, I]) -> [T, D]
+                                                                             (autograd for hidden, gate, weights)
+Offsets are cumulative group ends on the tensors' device (torch._grouped_mm's `offs`); nothing reads them on
+the host, so the ops are CUDA-graph friendly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zaya_rt import _C
+from zaya_rt.ops._lib import (
+    DTYPE_CODES,
+    FLOAT_DTYPES,
+    check_same_device,
+    check_tensor,
+    device_args,
+    lib,
+    register_autograd,
+)
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+lib.define("moe_dispatch(Tensor expert_index, int num_experts) -> (Tensor, Tensor, Tensor)")
+lib.define("grouped_gemm(Tensor a, Tensor b, Tensor offsets) -> Tensor")
+lib.define("grouped_gemm_weight_grad(Tensor dy, Tensor a, Tensor offsets) -> Tensor")
+lib.define(
+    "moe_experts(Tensor hidden, Tensor expert_index, Tensor gate, Tensor gate_up_proj, Tensor down_proj) -> Tensor"
+)
+
+
+def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
+    return torch.empty(max(int(nbytes), 64), dtype=torch.uint8, device=device)
+
+
+def _unit_inner(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+# ---- moe_dispatch -------------------------------------------------------------------------------------------
+
+
+def _check_dispatch(expert_index, num_experts):
+    check_tensor("moe_dispatch", "expert_index", expert_index, dtypes=INDEX_DTYPES)
+    if expert_index.dim() not in (1, 2):
+        raise ValueError(f"zaya_rt.moe_dispatch: expert_index must be [T] or [T, k], got {tuple(expert_index.shape)}")
+    if not isinstance(num_experts, int) or num_experts < 1:
+        raise ValueError(f"zaya_rt.moe_dispatch: num_experts must be a positive int, got {num_experts!r}")
+
+
+def _moe_dispatch_impl(expert_index, num_experts):
+    _check_dispatch(expert_index, num_experts)
+    idx = expert_index.contiguous()
+    slots = idx.numel()
+    dev = idx.device
+    offsets = torch.empty(num_experts, dtype=torch.int32, device=dev)
+    counts = torch.empty(num_experts, dtype=torch.int32, device=dev)
+    sorted_slots = torch.empty(slots, dtype=torch.int32, device=dev)
+    slot_rows = torch.empty(slots, dtype=torch.int32, device=dev)
+    _C.moe_dispatch(idx.data_ptr(), DTYPE_CODES[idx.dtype], slots, num_experts, offsets.data_ptr(),
+                    sorted_slots.data_ptr(), slot_rows.data_ptr(), counts.data_ptr(), *device_args(idx))
+    return offsets, sorted_slots, slot_rows
+
+
+def _moe_dispatch_fake(expert_index, num_experts):
+    _check_dispatch(expert_index, num_experts)
+    n = expert_index.numel()
+    new = expert_index.new_empty
+    return new(num_experts, dtype=torch.int32), new(n, dtype=torch.int32), new(n, dtype=torch.int32)
+
+
+# ---- grouped_gemm -------------------------------------------------------------------------------------------
+
+
+def _check_grouped(op, a, b, offsets):
+    check_tensor(op, "a", a, ndim=2)
+    check_tensor(op, "b", b, ndim=3)
+    check_tensor(op, "offsets", offsets, dtypes=(torch.int32,), ndim=1)
+    if b.dtype != a.dtype:
+        raise TypeError(f"zaya_rt.{op}: b has dtype {b.dtype} but a has {a.dtype}")
+    if b.shape[2] != a.shape[1]:
+        raise ValueError(f"zaya_rt.{op}: a is [M, K={a.shape[1]}] but b is [G, N, K={b.shape[2]}]")
+    if offsets.shape[0] != b.shape[0] or b.shape[0] < 1:
+        raise ValueError(f"zaya_rt.{op}: offsets has {offsets.shape[0]} entries for {b.shape[0]} groups in b")
+    check_same_device(op, a=a, b=b, offsets=offsets)
+
+
+def _grouped_gemm_impl(a, b, offsets):
+    _check_grouped("grouped_gemm", a, b, offsets)
+    a, b, offsets = _unit_inner(a), _unit_inner(b), offsets.contiguous()
+    M, K = a.shape
+    G, N, _ = b.shape
+    out = torch.empty((M, N), dtype=a.dtype, device=a.device)
+    dev = device_args(a)
+    ws = _workspace(_C.grouped_gemm_workspace(dev[0], M, N, K, G, DTYPE_CODES[a.dtype]), a.device)
+    _C.grouped_gemm(a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1), b.stride(2),
+                    offsets.data_ptr(), out.data_ptr(), N, DTYPE_CODES[a.dtype], M, N, K, G, ws.data_ptr(),
+                    ws.numel(), *dev)
+    return out
+
+
+def _grouped_gemm_fake(a, b, offsets):
+    _check_grouped("grouped_gemm", a, b, offsets)
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+def _check_weight_grad(dy, a, offsets):
+    op = "grouped_gemm_weight_grad"
+    check_tensor(op, "dy", dy, ndim=2)
+    check_tensor(op, "a", a, ndim=2)
+    check_tensor(op, "offsets", offsets, dtypes=(torch.int32,), ndim=1)
+    if dy.dtype != a.dtype or dy.shape[0] != a.shape[0]:
+        raise ValueError(f"zaya_rt.{op}: dy {tuple(dy.shape)} {dy.dtype} and a {tuple(a.shape)} {a.dtype} must "
+                         "share dtype and row count")
+    if offsets.shape[0] < 1:
+        raise ValueError(f"zaya_rt.{op}: offsets must name at least one group")
+    check_same_device(op, dy=dy, a=a, offsets=offsets)
+
+
+def _weight_grad_impl(dy, a, offsets):
+    _check_weight_grad(dy, a, offsets)
+    offsets = offsets.contiguous()
+    M, N = dy.shape
+    K = a.shape[1]
+    G = offsets.shape[0]
+    grad = torch.empty((G, N, K), dtype=a.dtype, device=a.device)
+    dev = device_args(a)
+    code = DTYPE_CODES[a.dtype]
+    ws = _workspace(_C.grouped_gemm_weight_grad_workspace(dev[0], M, N, K, G, code), a.device)
+    _C.grouped_gemm_weight_grad(dy.data_ptr(), dy.stride(0), dy.stride(1), a.data_ptr(), a.stride(0), a.stride(1),
+                                offsets.data_ptr(), grad.data_ptr(), N * K, K, code, code, M, N, K, G,
+                                ws.data_ptr(), ws.numel(), *dev)
+    return grad
+
+
+def _weight_grad_fake(dy, a, offsets):
+    _check_weight_grad(dy, a, offsets)
+    return a.new_empty((offsets.shape[0], dy.shape[1], a.shape[1]))
+
+
+def _grouped_gemm_setup(ctx, inputs, output):
+    a, b, offsets = inputs
+    ctx.save_for_backward(a, b, offsets)
+
+
+def _grouped_gemm_backward(ctx, grad_out):
+    a, b, offsets = ctx.saved_tensors
+    grad_out = grad_out.to(a.dtype)
+    grad_a = torch.ops.zaya_rt.grouped_gemm(grad_out, b.transpose(1, 2), offsets) if ctx.needs_input_grad[0] else None
+    grad_b = torch.ops.zaya_rt.grouped_gemm_weight_grad(grad_out, a, offsets) if ctx.needs_input_grad[1] else None
+    return grad_a, grad_b, None
+
+
+# ---- moe_experts --------------------------------------------------------------------------------------------
+
+
+def _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj):
+    op = "moe_experts"
+    check_tensor(op, "hidden", hidden, ndim=2)
+    check_tensor(op, "expert_index", expert_index, dtypes=INDEX_DTYPES)
+    check_tensor(op, "gate", gate)
+    check_tensor(op, "gate_up_proj", gate_up_proj, ndim=3)
+    check_tensor(op, "down_proj", down_proj, ndim=3)
+    T, D = hidden.shape
+    if expert_index.dim() not in (1, 2) or expert_index.shape[0] != T:
+        raise ValueError(f"zaya_rt.{op}: expert_index must be [T={T}] or [T, k], got {tuple(expert_index.shape)}")
+    if gate.shape != expert_index.shape:
+        raise ValueError(f"zaya_rt.{op}: gate has shape {tuple(gate.shape)}, expert_index {tuple(expert_index.shape)}")
+    E, two_i, d_in = gate_up_proj.shape
+    if d_in != D or two_i % 2:
+        raise ValueError(f"zaya_rt.{op}: gate_up_proj must be [E, 2I, D={D}], got {tuple(gate_up_proj.shape)}")
+    if down_proj.shape != (E, D, two_i // 2):
+        raise ValueError(f"zaya_rt.{op}: down_proj must be [E={E}, D={D}, I={two_i // 2}], got {tuple(down_proj.shape)}")
+    for name, t in (("gate_up_proj", gate_up_proj), ("down_proj", down_proj)):
+        if t.dtype != hidden.dtype:
+            raise TypeError(f"zaya_rt.{op}: {name} has dtype {t.dtype}, hidden has {hidden.dtype}")
+    check_same_device(op, hidden=hidden, expert_index=expert_index, gate=gate, gate_up_proj=gate_up_proj,
+                      down_proj=down_proj)
+    if E < 1:
+        raise ValueError(f"zaya_rt.{op}: need at least one expert")
+
+
+def _check_index_values(expert_index, num_experts):
+    # Reading the indices costs a host sync on GPU, so only CPU inputs are checked.
+    if expert_index.device.type == "cpu" and expert_index.numel():
+        lo, hi = int(expert_index.min()), int(expert_index.max())
+        if lo < 0 or hi > num_experts:
+            raise ValueError(f"zaya_rt.moe_experts: expert_index values must lie in [0, {num_experts}] "
+                             f"({num_experts} = skip), got [{lo}, {hi}]")
+
+
+def _moe_experts_impl(hidden, expert_index, gate, gate_up_proj, down_proj):
+    _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj)
+    E, two_i, D = gate_up_proj.shape
+    _check_index_values(expert_index, E)
+    T = hidden.shape[0]
+    top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
+    hidden, w1, w2 = _unit_inner(hidden), _unit_inner(gate_up_proj), _unit_inner(down_proj)
+    idx, gate = expert_index.contiguous(), gate.contiguous()
+    out = torch.empty((T, D), dtype=hidden.dtype, device=hidden.device)
+    dev = device_args(hidden)
+    code = DTYPE_CODES[hidden.dtype]
+    ws = _workspace(_C.moe_experts_workspace(dev[0], T, top_k, D, two_i // 2, E, code), hidden.device)
+    _C.moe_experts(hidden.data_ptr(), hidden.stride(0), idx.data_ptr(), DTYPE_CODES[idx.dtype], gate.data_ptr(),
+                   DTYPE_CODES[gate.dtype], top_k, w1.data_ptr(), w1.stride(0), w1.stride(1), w2.data_ptr(),
+                   w2.stride(0), w2.stride(1), out.data_ptr(), D, code, T, D, two_i // 2, E, ws.data_ptr(),
+                   ws.numel(), *dev)
+    return out
+
+
+def _moe_experts_fake(hidden, expert_index, gate, gate_up_proj, down_proj):
+    _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj)
+    return hidden.new_empty(hidden.shape)
+
+
+def _moe_experts_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _moe_experts_backward(ctx, grad_out):
+    """Recomputes the expert activations from the saved inputs (no activation memory kept by the forward),
+    then differentiates with grouped GEMMs; rows of skipped slots stay zero throughout."""
+    hidden, expert_index, gate, w1, w2 = ctx.saved_tensors
+    E, two_i, _ = w1.shape
+    top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
+    offsets, sorted_slots, _ = torch.ops.zaya_rt.moe_dispatch(expert_index, E)
+    sorted_slots = sorted_slots.long()
+    tokens = torch.div(sorted_slots, top_k, rounding_mode="floor")
+    x = hidden[tokens]
+    h = torch.ops.zaya_rt.grouped_gemm(x, w1, offsets).float()
+    g, u = h.split(two_i // 2, dim=-1)
+    s = torch.sigmoid(g)
+    act = (g * s * u).to(hidden.dtype)
+    y = torch.ops.zaya_rt.grouped_gemm(act, w2, offsets)
+    dout_rows = grad_out[tokens].float()
+    gate_rows = gate.reshape(-1)[sorted_slots].float()
+    grad_gate = None
+    if ctx.needs_input_grad[2]:
+        grad_gate = torch.zeros(gate.numel(), dtype=torch.float32, device=gate.device)
+        grad_gate[sorted_slots] = (dout_rows * y.float()).sum(-1)
+        grad_gate = grad_gate.view(gate.shape).to(gate.dtype)
+    dy = (dout_rows * gate_rows[:, None]).to(hidden.dtype)
+    grad_w2 = torch.ops.zaya_rt.grouped_gemm_weight_grad(dy, act, offsets) if ctx.needs_input_grad[4] else None
+    dact = torch.ops.zaya_rt.grouped_gemm(dy, w2.transpose(1, 2), offsets).float()
+    dh = torch.cat([dact * u * s * (1 + g * (1 - s)), dact * g * s], dim=-1).to(hidden.dtype)
+    grad_w1 = torch.ops.zaya_rt.grouped_gemm_weight_grad(dh, x, offsets) if ctx.needs_input_grad[3] else None
+    grad_hidden = None
+    if ctx.needs_input_grad[0]:
+        dx = torch.ops.zaya_rt.grouped_gemm(dh, w1.transpose(1, 2), offsets)
+        grad_hidden = torch.zeros_like(hidden).index_add_(0, tokens, dx)
+    return grad_hidden, None, grad_gate, grad_w1, grad_w2
+
+
+for _key in ("CPU", "CUDA"):
+    lib.impl("moe_dispatch", _moe_dispatch_impl, _key)
+    lib.impl("grouped_gemm", _grouped_gemm_impl, _key)
+    lib.impl("grouped_gemm_weight_grad", _weight_grad_impl, _key)
+    lib.impl("moe_experts", _moe_experts_impl, _key)
+torch.library.register_fake("zaya_rt::moe_dispatch", _moe_dispatch_fake, lib=lib)
+torch.library.register_fake("zaya_rt::grouped_gemm", _grouped_gemm_fake, lib=lib)
+torch.library.register_fake("zaya_rt::grouped_gemm_weight_grad", _weight_grad_fake, lib=lib)
+torch.library.register_fake("zaya_rt::moe_experts", _moe_experts_fake, lib=lib)
+register_autograd("grouped_gemm", _grouped_gemm_setup, _grouped_gemm_backward)
+register_autograd("moe_experts", _moe_experts_setup, _moe_experts_backward)
+
+
+def moe_dispatch(expert_index: torch.Tensor, num_experts: int):
+    """Sorts token slots by expert. expert_index: [T] or [T, k] int32/int64, value num_experts = skip.
+
+    Returns (offsets [E] int32 cumulative row ends, sorted_slots [T*k] int32 slot ids in expert order with the
+    skipped slots last, slot_rows [T*k] int32 row of each slot or -1 when skipped)."""
+    if not isinstance(expert_index, torch.Tensor):
+        _check_dispatch(expert_index, num_experts)
+    return torch.ops.zaya_rt.moe_dispatch(expert_index, num_experts)
+
+
+def grouped_gemm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """out_g = a_g @ b_g^T over row groups: a [M, K], b [G, N, K], offsets [G] int32 cumulative group ends
+    (the convention of `torch._grouped_mm(a, b.transpose(1, 2), offs=offsets)`). Returns [M, N] in a's dtype;
+    rows past offsets[-1] are zero. Groups may be empty. Differentiable in a and b."""
+    if not all(isinstance(t, torch.Tensor) for t in (a, b, offsets)):
+        _check_grouped("grouped_gemm", a, b, offsets)
+    return torch.ops.zaya_rt.grouped_gemm(a, b, offsets)
+
+
+def moe_experts(
+    hidden: torch.Tensor,
+    expert_index: torch.Tensor,
+    gate: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+) -> torch.Tensor:
+    """The ZAYA1 expert block: y_t = sum_j gate[t, j] * down_e(SiLU(gate_e x_t) * up_e x_t), e = expert_index[t, j].
+
+    hidden [T, D]; expert_index [T] or [T, k] int32/int64 where E (= gate_up_proj.shape[0]) means skip (no
+    work, no output); gate same shape as expert_index, any float dtype; gate_up_proj [E, 2I, D] gate rows first;
+    down_proj [E, D, I]; weights in hidden's dtype. Returns [T, D] in hidden's dtype. Differentiable in hidden,
+    gate and both weights."""
+    if not all(isinstance(t, torch.Tensor) for t in (hidden, expert_index, gate, gate_up_proj, down_proj)):
+        _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj)
+    return torch.ops.zaya_rt.moe_experts(hidden, expert_index, gate, gate_up_proj, down_proj)

@@ -1,0 +1,128 @@
+"""MoE ops as library citizens: opcheck, torch.compile(fullgraph=True) without graph breaks, clear errors."""
+
+import pytest
+import torch
+
+import zaya_rt
+
+
+def _experts(T=9, D=16, I=8, E=3, k=1, dtype=torch.float32, grad=False):
+    gen = torch.Generator().manual_seed(0)
+    shape = (T,) if k == 1 else (T, k)
+    tensors = [
+        torch.randn(T, D, generator=gen).to(dtype),
+        torch.randint(0, E + 1, shape, generator=gen),
+        torch.rand(shape, generator=gen),
+        (0.3 * torch.randn(E, 2 * I, D, generator=gen)).to(dtype),
+        (0.3 * torch.randn(E, D, I, generator=gen)).to(dtype),
+    ]
+    if grad:
+        for i in (0, 2, 3, 4):
+            tensors[i].requires_grad_()
+    return tensors
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_moe_experts(k, dtype):
+    torch.library.opcheck(torch.ops.zaya_rt.moe_experts, tuple(_experts(k=k, dtype=dtype, grad=True)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_grouped_gemm(dtype):
+    a = torch.randn(10, 12, dtype=dtype, requires_grad=True)
+    b = torch.randn(3, 5, 12, dtype=dtype, requires_grad=True)
+    offsets = torch.tensor([4, 4, 9], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.zaya_rt.grouped_gemm, (a, b, offsets))
+    torch.library.opcheck(torch.ops.zaya_rt.grouped_gemm_weight_grad, (torch.randn(10, 5, dtype=dtype), a.detach(), offsets))
+
+
+def test_opcheck_dispatch():
+    torch.library.opcheck(torch.ops.zaya_rt.moe_dispatch, (torch.randint(0, 5, (13, 2)), 4))
+
+
+def test_compile_fullgraph_has_no_graph_break():
+    def block(hidden, index, gate, w1, w2):
+        offsets, sorted_slots, _ = zaya_rt.ops.moe_dispatch(index, w1.shape[0])
+        x = hidden[sorted_slots.long()]
+        grouped = zaya_rt.ops.grouped_gemm(x, w1, offsets)
+        return zaya_rt.ops.moe_experts(hidden, index, gate, w1, w2).sum() + grouped.sum()
+
+    args = _experts(grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    got = compiled(*args)
+    got.backward()
+    grads = [args[i].grad.clone() for i in (0, 2, 3, 4)]
+    for i in (0, 2, 3, 4):
+        args[i].grad = None
+    want = block(*args)
+    want.backward()
+    torch.testing.assert_close(got, want)
+    for g, i in zip(grads, (0, 2, 3, 4)):
+        torch.testing.assert_close(g, args[i].grad)
+
+
+def _bad(**change):
+    names = ("hidden", "expert_index", "gate", "gate_up_proj", "down_proj")
+    args = dict(zip(names, _experts()))
+    args.update(change)
+    return tuple(args[n] for n in names)
+
+
+BAD_EXPERTS = {
+    "hidden 1-D": (_bad(hidden=torch.randn(16)), ValueError, "hidden must have 2"),
+    "hidden int": (_bad(hidden=torch.ones(9, 16, dtype=torch.int32)), TypeError, "hidden has dtype int32"),
+    "hidden float64": (_bad(hidden=torch.randn(9, 16, dtype=torch.float64)), TypeError, "float64"),
+    "hidden list": (_bad(hidden=[[0.0] * 16] * 9), TypeError, "hidden must be a torch.Tensor"),
+    "index float": (_bad(expert_index=torch.zeros(9)), TypeError, "expert_index has dtype float32"),
+    "index rows": (_bad(expert_index=torch.zeros(8, dtype=torch.long)), ValueError, r"expert_index must be \[T=9\]"),
+    "index 3-D": (_bad(expert_index=torch.zeros(9, 1, 1, dtype=torch.long)), ValueError, "expert_index must be"),
+    "index too big": (_bad(expert_index=torch.full((9,), 7)), ValueError, r"lie in \[0, 3\]"),
+    "index negative": (_bad(expert_index=torch.full((9,), -1)), ValueError, r"lie in \[0, 3\]"),
+    "gate shape": (_bad(gate=torch.rand(9, 2)), ValueError, "gate has shape"),
+    "gate int": (_bad(gate=torch.ones(9, dtype=torch.int64)), TypeError, "gate has dtype int64"),
+    "gate_up 2-D": (_bad(gate_up_proj=torch.randn(16, 16)), ValueError, "gate_up_proj must have 3"),
+    "gate_up D": (_bad(gate_up_proj=torch.randn(3, 16, 15)), ValueError, r"gate_up_proj must be \[E, 2I, D=16\]"),
+    "gate_up odd": (_bad(gate_up_proj=torch.randn(3, 15, 16)), ValueError, "gate_up_proj must be"),
+    "down shape": (_bad(down_proj=torch.randn(3, 16, 9)), ValueError, r"down_proj must be \[E=3, D=16, I=8\]"),
+    "down experts": (_bad(down_proj=torch.randn(4, 16, 8)), ValueError, "down_proj must be"),
+    "weight dtype": (_bad(down_proj=torch.randn(3, 16, 8, dtype=torch.bfloat16)), TypeError, "down_proj has dtype"),
+    "meta weight": (_bad(gate_up_proj=torch.randn(3, 16, 16, device="meta")), ValueError, "one device"),
+    "no experts": (_bad(gate_up_proj=torch.randn(0, 16, 16), down_proj=torch.randn(0, 16, 8),
+                        expert_index=torch.zeros(9, dtype=torch.long)), ValueError, "at least one expert"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EXPERTS))
+def test_moe_experts_rejects_bad_input(case):
+    args, exc, pattern = BAD_EXPERTS[case]
+    with pytest.raises(exc, match=pattern):
+        zaya_rt.ops.moe_experts(*args)
+
+
+BAD_GROUPED = {
+    "a 3-D": ((torch.randn(2, 3, 4), torch.randn(1, 5, 4), torch.tensor([2], dtype=torch.int32)), ValueError, "a must have 2"),
+    "K mismatch": ((torch.randn(6, 4), torch.randn(2, 5, 3), torch.tensor([2, 6], dtype=torch.int32)), ValueError, "K="),
+    "offsets int64": ((torch.randn(6, 4), torch.randn(2, 5, 4), torch.tensor([2, 6])), TypeError, "offsets has dtype int64"),
+    "offsets count": ((torch.randn(6, 4), torch.randn(2, 5, 4), torch.tensor([6], dtype=torch.int32)), ValueError, "offsets has 1"),
+    "dtype mismatch": ((torch.randn(6, 4), torch.randn(2, 5, 4, dtype=torch.bfloat16),
+                        torch.tensor([2, 6], dtype=torch.int32)), TypeError, "b has dtype"),
+    "offsets decreasing": ((torch.randn(6, 4), torch.randn(2, 5, 4), torch.tensor([5, 2], dtype=torch.int32)),
+                           ValueError, r"non-decreasing .*offsets\[1\] = 2"),
+    "offsets past rows": ((torch.randn(6, 4), torch.randn(2, 5, 4), torch.tensor([2, 9], dtype=torch.int32)),
+                          ValueError, r"at most the row count \(6\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GROUPED))
+def test_grouped_gemm_rejects_bad_input(case):
+    args, exc, pattern = BAD_GROUPED[case]
+    with pytest.raises(exc, match=pattern):
+        zaya_rt.ops.grouped_gemm(*args)
+
+
+def test_dispatch_rejects_bad_input():
+    with pytest.raises(TypeError, match="expert_index has dtype float32"):
+        zaya_rt.ops.moe_dispatch(torch.zeros(4), 2)
+    with pytest.raises(ValueError, match="num_experts must be a positive int"):
+        zaya_rt.ops.moe_dispatch(torch.zeros(4, dtype=torch.long), 0)
