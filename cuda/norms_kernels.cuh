@@ -33,9 +33,10 @@ namespace norms_detail {
 constexpr int kVec = 8;               // elements per vector access
 constexpr int kFwdMaxThreads = 512;
 constexpr int kBwdMaxThreads = 512;
+constexpr int kResBwdMaxThreads = 256;  // its five accumulators and ten loads per step want ~200 registers
 // Register accumulators per thread per gradient (the residual backward keeps five gradients).
 constexpr int kRmsBwdItems = 16;
-constexpr int kResBwdItems = 8;
+constexpr int kResBwdItems = 16;
 constexpr int kMaxWarps = std::max(kFwdMaxThreads, kBwdMaxThreads) / kWarpSize;
 constexpr int64_t kMaxRowBlocks = 65535;
 constexpr int64_t kMaxPartials = 1 << 20;
@@ -211,7 +212,7 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(kBwdMaxThreads) rms_norm_bwd_kernel(const 
 constexpr int kNumParamGrads = kResidualNormParamGrads;  // norm_weight, y_bias, y_scale, h_bias, h_scale
 
 template <typename TY, typename TH, typename TW, int V>
-__global__ void ZAYA_RT_LAUNCH_BOUNDS(kBwdMaxThreads)
+__global__ void ZAYA_RT_LAUNCH_BOUNDS(kResBwdMaxThreads)
     residual_rms_norm_bwd_kernel(const ResidualRmsNormBwdParams p) {
   constexpr int K = kResBwdItems / V;
   constexpr int S = kNumParamGrads;
@@ -439,10 +440,10 @@ const char* launch_residual_rms_norm_bwd(const ResidualRmsNormBwdParams& p, gpuS
                    vec_ok(p.partials, p.dim, kNumParamGrads * p.num_partials, 4);
   const dim3 grid(static_cast<unsigned>(p.num_partials));
   if (vec) {
-    const dim3 block(block_threads(ceil_div(p.dim / kVec, kResBwdItems / kVec), kBwdMaxThreads));
+    const dim3 block(block_threads(ceil_div(p.dim / kVec, kResBwdItems / kVec), kResBwdMaxThreads));
     residual_rms_norm_bwd_kernel<TY, TH, TW, kVec><<<grid, block, 0, s>>>(p);
   } else {
-    const dim3 block(block_threads(ceil_div(p.dim, kResBwdItems), kBwdMaxThreads));
+    const dim3 block(block_threads(ceil_div(p.dim, kResBwdItems), kResBwdMaxThreads));
     residual_rms_norm_bwd_kernel<TY, TH, TW, 1><<<grid, block, 0, s>>>(p);
   }
   if (const char* err = launch_result("residual_rms_norm_bwd")) return err;
@@ -509,7 +510,7 @@ int64_t norm_bwd_num_partials(int64_t rows, int64_t dim) {
   constexpr int64_t kThreadsPerSm = 1024, kMinRowsPerPartial = 4;
   const int64_t sms = gpu_multiprocessor_count(128);
   const int64_t work = dim % kVec == 0 ? ceil_div(dim / kVec, kResBwdItems / kVec) : ceil_div(dim, kResBwdItems);
-  const int64_t blocks_per_sm = std::max<int64_t>(1, kThreadsPerSm / block_threads(work, kBwdMaxThreads));
+  const int64_t blocks_per_sm = std::max<int64_t>(1, kThreadsPerSm / block_threads(work, kResBwdMaxThreads));
   const int64_t want = std::min(sms * blocks_per_sm, ceil_div(rows, kMinRowsPerPartial));
   return std::clamp<int64_t>(want, 1, kMaxPartials);
 }

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The one script to run on a machine with an NVIDIA GPU (no network needed): builds and installs the CUDA
+# backend, runs the GPU tests, then times the GPU kernels and prints the tables last.
+#
+#   bash bench/device_check.sh
+#
+# Needs: Python with torch (CUDA build), cmake, ninja, pybind11, scikit-build-core, pytest; nvcc (CUDACXX, or
+# nvcc on PATH, or /usr/local/cuda/bin/nvcc). Environment: CUDA_ARCH (default 90a: H100/H200 only, to keep the
+# build short), OUT (if set, the log goes to $OUT/device_check.log and the build log to $OUT/build.log),
+# SKIP_BUILD=1 to test an already installed zaya_rt. Takes about 3-5 minutes on an H200 host.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT"
+  exec > >(tee "$OUT/device_check.log") 2>&1
+  BUILD_LOG="$OUT/build.log"
+else
+  BUILD_LOG=$(mktemp "${TMPDIR:-/tmp}/zaya_rt_build.XXXXXX.log")
+fi
+START=$SECONDS
+step() { echo; echo "=== [$((SECONDS - START)) s] $*"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
+python - <<'PY'
+import torch
+print(f"torch {torch.__version__}, built for CUDA {torch.version.cuda}, GPU available: {torch.cuda.is_available()}")
+if torch.cuda.is_available():
+    print("device 0:", torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0))
+PY
+NVCC=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+[[ -x "$NVCC" ]] || { echo "no nvcc (set CUDACXX)"; exit 1; }
+"$NVCC" --version | tail -n 1
+
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  step "build + install: ZAYA_RT_CUDA=ON, sm_${CUDA_ARCH:-90a} (verbose log: $BUILD_LOG)"
+  export ZAYA_RT_CUDA=ON CUDACXX="$NVCC"
+  export CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90a} ${CMAKE_ARGS:-}"
+  export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+  if ! python -m pip install --no-build-isolation --no-deps -v . >"$BUILD_LOG" 2>&1; then
+    tail -n 60 "$BUILD_LOG"
+    echo "BUILD FAILED"
+    exit 1
+  fi
+  grep -E "zaya_rt:|Successfully installed" "$BUILD_LOG" || true
+  grep -oE "nvcc .*--generate-code=[^ ]+" "$BUILD_LOG" | grep -oE -- "--generate-code=[^ ]+" | sort -u || true
+fi
+
+step "import"
+(cd / && python -c "
+from zaya_rt import _C
+print('zaya_rt._C gpu_backend =', _C.gpu_backend)
+assert _C.gpu_backend == 'cuda', 'this zaya_rt._C has no CUDA backend'
+")
+
+step "GPU tests: pytest -m cuda tests"
+tests_rc=0
+python -m pytest -m cuda -q -p no:cacheprovider tests || tests_rc=$?
+
+step "GPU kernel timings (CUDA graphs, bytes each op must move / time)"
+bench_rc=0
+python - <<'PY' || bench_rc=$?
+import torch
+import zaya_rt  # noqa: F401  registers torch.ops.zaya_rt
+
+PEAK_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0}
+name = torch.cuda.get_device_name(0)
+peak = next((v for k, v in PEAK_GBS.items() if k in name), None)
+ops = torch.ops.zaya_rt
+D = 2048
+rows = []
+
+
+def timed(fn, iters=20, reps=5):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(iters):
+            fn()
+    best = float("inf")
+    for _ in range(reps):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, begin.elapsed_time(end) * 1e3 / iters)
+    return best
+
+
+for dtype in (torch.bfloat16, torch.float32):
+    es = torch.finfo(dtype).bits // 8
+    for T in (16, 4096, 16384):
+        x = torch.randn(T, D, device="cuda", dtype=dtype)
+        h = torch.randn(T, D, device="cuda")
+        w = torch.randn(D, device="cuda", dtype=dtype)
+        p = [torch.randn(D, device="cuda", dtype=dtype) for _ in range(4)]
+        g = torch.randn(T, D, device="cuda", dtype=dtype)
+        g_r = torch.randn(T, D, device="cuda")
+        _, rstd = ops.rms_norm(x, w, 1e-5)
+        r, _, rstd_r = ops.residual_rms_norm(x, h, *p, w, 1e-5)
+        cases = [
+            ("rms_norm fwd", lambda: ops.rms_norm(x, w, 1e-5), T * D * 2 * es),
+            ("rms_norm bwd", lambda: ops.rms_norm_backward(g, x, w, rstd), T * D * 3 * es),
+            ("residual_rms_norm fwd", lambda: ops.residual_rms_norm(x, h, *p, w, 1e-5), T * D * (2 * es + 8)),
+            ("residual_rms_norm bwd", lambda: ops.residual_rms_norm_backward(g_r, g, x, h, *p, w, r, rstd_r),
+             T * D * (3 * es + 16)),
+        ]
+        for op, fn, nbytes in cases:
+            us = timed(fn)
+            gbs = nbytes / us / 1e3
+            rows.append((op, f"{T}x{D}", str(dtype).removeprefix("torch."), us, gbs, gbs / peak if peak else None))
+
+print(f"{name}; roofline {peak or '?'} GB/s; h is fp32 (the residual stream), the rest in the listed dtype")
+print(f"{'op':<22} {'shape':<11} {'dtype':<9} {'us':>8} {'GB/s':>8} {'of peak':>8}")
+for op, shape, dt, us, gbs, frac in rows:
+    print(f"{op:<22} {shape:<11} {dt:<9} {us:>8.1f} {gbs:>8.0f} {'' if frac is None else f'{frac:>7.0%}':>8}")
+PY
+
+step "zaya-rt bench --device cuda (ours vs PyTorch eager)"
+if command -v zaya-rt >/dev/null 2>&1; then
+  zaya-rt bench --device cuda --min-time 0.1 || bench_rc=$?
+elif python -c "import zaya_rt.cli" 2>/dev/null; then
+  python -m zaya_rt.cli bench --device cuda --min-time 0.1 || bench_rc=$?
+else
+  echo "(no zaya-rt bench command in this checkout: skipped)"
+fi
+
+step "done: tests $([[ $tests_rc == 0 ]] && echo passed || echo "FAILED (rc $tests_rc)"), benchmarks $([[ $bench_rc == 0 ]] && echo ran || echo "FAILED (rc $bench_rc)")"
+exit $(( tests_rc != 0 || bench_rc != 0 ))

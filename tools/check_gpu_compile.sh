@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# CI compile check of the GPU backends (no GPU needed): builds the whole _C extension once with
+# -DZAYA_RT_CUDA=ON (nvcc, sm_80 + sm_90a) and once with -DZAYA_RT_HIP=ON (clang -x hip, the gfx94x
+# targets this ROCm can build), in throwaway build folders, and shows what device code each holds.
+# Exits non-zero when either build fails or lacks a target.
+#
+#   bash tools/check_gpu_compile.sh            # both
+#   bash tools/check_gpu_compile.sh cuda|hip   # one
+# Environment: NVCC (default /usr/local/bin/nvcc), HIP_CLANG (clang++-19), HIP_ARCH (gfx940;gfx941;gfx942),
+# JOBS (2), KEEP_BUILD=1 to keep the build folders.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WHICH=${1:-all}
+JOBS=${JOBS:-2}
+NVCC=${NVCC:-/usr/local/bin/nvcc}
+HIP_CLANG=${HIP_CLANG:-clang++-19}
+HIP_ARCH=${HIP_ARCH:-gfx940;gfx941;gfx942}
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
+PYBIND11_DIR=$("$PYTHON" -m pybind11 --cmakedir)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/zaya_rt_gpu_check.XXXXXX")
+if [[ "${KEEP_BUILD:-0}" != 1 ]]; then trap 'rm -rf "$WORK"' EXIT; fi
+GENERATOR=()
+command -v ninja >/dev/null && GENERATOR=(-G Ninja)
+
+common_args=(-DPython_EXECUTABLE="$PYTHON" -Dpybind11_DIR="$PYBIND11_DIR" -DCMAKE_BUILD_TYPE=Release "${GENERATOR[@]}")
+
+# Imports the built module (no GPU needed to load it): catches unresolved symbols, which a Python
+# extension module only reports at load time, and a missing GPU runtime library.
+import_check() {
+  local dir=$1 want=$2
+  "$PYTHON" - "$dir" "$want" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+try:
+    import _C
+except ImportError as e:
+    print(f"  FAIL: the built _C does not load: {e}")
+    sys.exit(1)
+print(f"  import _C: ok, gpu_backend = {_C.gpu_backend!r}")
+sys.exit(0 if _C.gpu_backend == sys.argv[2] else 1)
+PY
+}
+
+# Lists the device code objects in a CUDA fat binary (the .nv_fatbin section of an ELF file).
+list_cuda_fatbin() {
+  "$PYTHON" - "$1" <<'PY'
+import re, struct, subprocess, sys, tempfile, os
+so = sys.argv[1]
+with tempfile.TemporaryDirectory() as d:
+    out = os.path.join(d, "fatbin")
+    objcopy = next(t for t in ("llvm-objcopy-19", "llvm-objcopy", "objcopy")
+                   if subprocess.run(["which", t], capture_output=True).returncode == 0)
+    subprocess.run([objcopy, "--dump-section=.nv_fatbin=" + out, so], check=True)
+    blob = open(out, "rb").read()
+found, off = [], 0
+while off + 16 <= len(blob):
+    magic, _ver, hsize, fsize = struct.unpack_from("<IHHQ", blob, off)
+    if magic != 0xBA55ED50:
+        break
+    e, end = off + hsize, off + hsize + fsize
+    while e < end:
+        kind, _u, ehsize, psize = struct.unpack_from("<HHIQ", blob, e)
+        arch = struct.unpack_from("<I", blob, e + 28)[0]
+        payload = blob[e + ehsize : e + ehsize + psize]
+        if kind == 2:
+            names = sorted(set(m.decode() for m in re.findall(rb"sm_\d+a?", payload))) or [f"sm_{arch}"]
+            found.append(f"ELF (SASS) for {', '.join(names)}")
+        elif kind == 1:
+            flags = struct.unpack_from("<I", blob, e + 40)[0]
+            found.append(f"PTX for compute_{arch}{'a' if flags & 0x100000 else ''}")
+        e += ehsize + psize
+    off = end
+for f in found:
+    print("  cuda fatbin:", f)
+sys.exit(0 if found else 1)
+PY
+}
+
+check_cuda() {
+  echo "=== CUDA: configure + build _C with ZAYA_RT_CUDA=ON ($NVCC)"
+  "$NVCC" --version | tail -1
+  local b="$WORK/cuda"
+  cmake -S "$ROOT" -B "$b" "${common_args[@]}" -DZAYA_RT_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
+        -DCMAKE_CUDA_ARCHITECTURES="80;90a" -DCMAKE_CUDA_FLAGS="--threads=$JOBS" >"$b.configure.log" 2>&1 || { cat "$b.configure.log"; return 1; }
+  grep -E "zaya_rt:" "$b.configure.log" || true
+  cmake --build "$b" --target _C -j "$JOBS" -v >"$b.build.log" 2>&1 || { tail -n 80 "$b.build.log"; return 1; }
+  # The nvcc command line(s), cut to the code generation flags.
+  grep -E "nvcc .* -c .*\.cu" "$b.build.log" | grep -oE "(nvcc|--generate-code=[^ ]+|-c [^ ]+\.cu)" | tr '\n' ' ' | sed 's/^/  /'; echo
+  local so
+  so=$(ls "$b"/_C*.so)
+  echo "  built $(basename "$so") ($(du -h "$so" | cut -f1))"
+  local listing
+  listing=$(list_cuda_fatbin "$so") || { echo "no CUDA fat binary in $so"; return 1; }
+  echo "$listing"
+  for sm in sm_80 sm_90a; do
+    grep -q "ELF (SASS) for .*\b$sm\b" <<<"$listing" || { echo "FAIL: no $sm device code in $so"; return 1; }
+  done
+  import_check "$b" cuda || return 1
+  echo "CUDA OK"
+}
+
+check_hip() {
+  echo "=== HIP: configure + build _C with ZAYA_RT_HIP=ON ($HIP_CLANG)"
+  "$HIP_CLANG" --version | head -1
+  local b="$WORK/hip"
+  cmake -S "$ROOT" -B "$b" "${common_args[@]}" -DZAYA_RT_HIP=ON -DZAYA_RT_HIP_CLANG="$HIP_CLANG" \
+        -DZAYA_RT_HIP_ARCH="$HIP_ARCH" >"$b.configure.log" 2>&1 || { cat "$b.configure.log"; return 1; }
+  grep -E -A1 "zaya_rt:" "$b.configure.log" | grep -E "zaya_rt:|^  " || true
+  cmake --build "$b" --target _C -j "$JOBS" -v >"$b.build.log" 2>&1 || { tail -n 80 "$b.build.log"; return 1; }
+  grep -E -- "-x hip .* -c .*\.hip" "$b.build.log" | grep -oE "(clang\+\+[-0-9]*|--offload-arch=[a-z0-9]+|-c [^ ]+\.hip)" | tr '\n' ' ' | sed 's/^/  /'; echo
+  local so
+  so=$(ls "$b"/_C*.so)
+  echo "  built $(basename "$so") ($(du -h "$so" | cut -f1)); links $(ldd "$so" | grep -oE 'libamdhip64[^ ]*' | head -1 || echo 'NO libamdhip64')"
+  local objcopy bundler ok=0
+  objcopy=$(command -v llvm-objcopy-19 || command -v llvm-objcopy)
+  bundler=$(command -v clang-offload-bundler-19 || command -v clang-offload-bundler)
+  for obj in "$b"/zaya_rt_hip/*.o; do
+    "$objcopy" --dump-section=.hip_fatbin="$obj.fatbin" "$obj"
+    while read -r target; do
+      echo "  $(basename "$obj") offload bundle: $target"
+      [[ "$target" == *amdgcn-amd-amdhsa--gfx94* ]] && ok=1
+    done < <("$bundler" --list --type=o --input="$obj.fatbin")
+  done
+  [[ $ok == 1 ]] || { echo "FAIL: no gfx94x code object in the HIP objects"; return 1; }
+  import_check "$b" hip || return 1
+  echo "HIP OK"
+}
+
+status=0
+start=$SECONDS
+case "$WHICH" in
+  all) check_cuda || status=1; check_hip || status=1 ;;
+  cuda) check_cuda || status=1 ;;
+  hip) check_hip || status=1 ;;
+  *) echo "usage: $0 [all|cuda|hip]"; exit 2 ;;
+esac
+echo "=== GPU compile check: $([[ $status == 0 ]] && echo passed || echo FAILED) in $((SECONDS - start)) s"
+exit $status
