@@ -118,13 +118,26 @@ def test_moe_experts_matches_reference(T, D, I, E, top_k, dtype, route, nonconti
         _close(got.grad, want_grad, dtype, f"grad_{name}", scale=scale)
 
 
+@pytest.fixture(params=[0, 1], ids=["bf16-via-fp32-fma", "bf16-dot"])
+def bf16_path(request):
+    """Runs a test with each way the CPU kernels can compute bf16 GEMMs (vdpbf16ps, or fp32 FMAs)."""
+    zaya_rt._C.set_cpu_bf16_dot(request.param)
+    yield request.param
+    zaya_rt._C.set_cpu_bf16_dot(-1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T", [1, 3, 300])
-def test_moe_experts_every_isa(cpu_isa, dtype, T):
+def test_moe_experts_every_isa(cpu_isa, bf16_path, dtype, T):
     gen = torch.Generator().manual_seed(T)
     hidden, index, gate, w1, w2 = _experts_inputs(T, 96, 80, 4, 1, dtype, gen)
     want = ref.moe_experts(hidden.double(), index, gate.double(), w1.double(), w2.double())
     _close(zaya_rt.ops.moe_experts(hidden, index, gate, w1, w2), want, dtype, cpu_isa, scale=max(want.abs().max().item(), 1.0))
+    a = torch.randn(T, 96, generator=gen).to(dtype)
+    b = torch.randn(3, 50, 96, generator=gen).to(dtype)
+    offsets = torch.tensor([T // 3, T // 3, T], dtype=torch.int32)
+    want = ref.grouped_gemm(a.double(), b.double(), offsets)
+    _close(zaya_rt.ops.grouped_gemm(a, b, offsets), want, dtype, f"{cpu_isa} grouped", scale=max(want.abs().max().item(), 1.0))
 
 
 def test_matches_transformers_eager_experts():

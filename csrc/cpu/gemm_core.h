@@ -7,6 +7,7 @@
 // micro-kernel serves A.B^T, A.B and A^T.B.
 #pragma once
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #if defined(__AVX512F__)
@@ -27,20 +28,21 @@ constexpr bool kHasBf16Dot = true;
 constexpr bool kHasBf16Dot = false;
 #endif
 
-// Packing mode chosen from the source dtype: bf16 sources use bf16 pairs where the ISA has vdpbf16ps.
-template <typename T> struct PackMode {
+// Packing mode: F32 (entries are floats, any source dtype) or, with Dot for bf16 sources on ISAs that have
+// vdpbf16ps, bf16 pairs. Which one is faster depends on the CPU (see prefer_bf16_dot in moe.cpp).
+template <typename T, bool Dot> struct PackMode {
   static constexpr bool bf16 = false;
   using Entry = float;
   static constexpr int kPerEntry = 1;
 };
-template <> struct PackMode<bf16> {
+template <> struct PackMode<bf16, true> {
   static constexpr bool bf16 = kHasBf16Dot;
   using Entry = std::conditional_t<kHasBf16Dot, uint32_t, float>;
   static constexpr int kPerEntry = kHasBf16Dot ? 2 : 1;
 };
 
-template <typename T> inline int64_t packed_k(int64_t K) {
-  return (K + PackMode<T>::kPerEntry - 1) / PackMode<T>::kPerEntry;
+template <typename T, bool Dot> inline int64_t packed_k(int64_t K) {
+  return (K + PackMode<T, Dot>::kPerEntry - 1) / PackMode<T, Dot>::kPerEntry;
 }
 
 // A strided 2-D source: element (r, k) at base + row(r) * row_stride + k * col_stride, where row(r) is
@@ -56,68 +58,81 @@ template <typename T> struct Source {
 };
 
 // Packs `count` (<= LANES) source rows starting at r0, over K, into [Kp][LANES] entries (zero padded).
-template <int LANES, typename T>
-void pack_rows(const Source<T>& src, int64_t r0, int count, int64_t K, typename PackMode<T>::Entry* dst) {
-  using Entry = typename PackMode<T>::Entry;
-  const int64_t kp = packed_k<T>(K);
-  for (int i = 0; i < LANES; ++i) {
-    const T* row = i < count ? src.row(r0 + i) : nullptr;
-    if (row == nullptr) {
-      for (int64_t q = 0; q < kp; ++q) dst[q * LANES + i] = Entry{};
-      continue;
-    }
-    const int64_t cs = src.col_stride;
-    if constexpr (PackMode<T>::bf16) {
-      const uint16_t* bits = reinterpret_cast<const uint16_t*>(row);
-      int64_t q = 0;
-      for (; 2 * q + 1 < K; ++q)
-        dst[q * LANES + i] = uint32_t(bits[2 * q * cs]) | (uint32_t(bits[(2 * q + 1) * cs]) << 16);
-      if (q < kp) dst[q * LANES + i] = uint32_t(bits[2 * q * cs]);
-    } else {
-      for (int64_t q = 0; q < K; ++q) dst[q * LANES + i] = load(row, q * cs);
+// Works in blocks of 16 packed entries so both the row reads and the interleaved writes stay in L1.
+template <int LANES, typename T, bool Dot>
+void pack_rows(const Source<T>& src, int64_t r0, int count, int64_t K, typename PackMode<T, Dot>::Entry* dst) {
+  using Entry = typename PackMode<T, Dot>::Entry;
+  constexpr int64_t kBlock = 16;
+  const int64_t kp = packed_k<T, Dot>(K);
+  const int64_t cs = src.col_stride;
+  const T* rows[LANES];
+  for (int i = 0; i < LANES; ++i) rows[i] = i < count ? src.row(r0 + i) : nullptr;
+  for (int64_t q0 = 0; q0 < kp; q0 += kBlock) {
+    const int64_t q1 = std::min(kp, q0 + kBlock);
+    for (int i = 0; i < LANES; ++i) {
+      const T* row = rows[i];
+      if (row == nullptr) {
+        for (int64_t q = q0; q < q1; ++q) dst[q * LANES + i] = Entry{};
+        continue;
+      }
+      if constexpr (PackMode<T, Dot>::bf16) {
+        const uint16_t* bits = reinterpret_cast<const uint16_t*>(row);
+        for (int64_t q = q0; q < q1; ++q) {
+          const uint32_t lo = bits[2 * q * cs];
+          const uint32_t hi = 2 * q + 1 < K ? bits[(2 * q + 1) * cs] : 0u;
+          dst[q * LANES + i] = lo | (hi << 16);
+        }
+      } else {
+        for (int64_t q = q0; q < q1; ++q) dst[q * LANES + i] = load(row, q * cs);
+      }
     }
   }
 }
 
-// tile[MR][NR] = sum over Kp of A panel x B panel.
-template <typename T>
-void micro_kernel(int64_t kp, const typename PackMode<T>::Entry* pa, const typename PackMode<T>::Entry* pb,
-                  float* tile) {
+// tile[MR][NR] (+)= sum over kp entries of A panel x B panel (accumulating onto tile when `accumulate`).
+template <typename T, bool Dot>
+void micro_kernel(int64_t kp, const typename PackMode<T, Dot>::Entry* pa, const typename PackMode<T, Dot>::Entry* pb,
+                  float* tile, bool accumulate) {
 #if defined(__AVX512F__)
-  __m512 acc[kMR][2];
-#pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  constexpr int NZ = kNR / 16;
+  __m512 acc[kMR][NZ];
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int z = 0; z < NZ; ++z) acc[r][z] = accumulate ? _mm512_loadu_ps(tile + r * kNR + 16 * z) : _mm512_setzero_ps();
   for (int64_t q = 0; q < kp; ++q) {
-    if constexpr (PackMode<T>::bf16) {
+    if constexpr (PackMode<T, Dot>::bf16) {
 #if defined(__AVX512BF16__)
-      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(pb + q * kNR);
-      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(pb + q * kNR + 16);
-#pragma GCC unroll 12
+      __m512bh b[NZ];
+#pragma GCC unroll 4
+      for (int z = 0; z < NZ; ++z) b[z] = (__m512bh)_mm512_loadu_si512(pb + q * kNR + 16 * z);
+#pragma GCC unroll 16
       for (int r = 0; r < kMR; ++r) {
         const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(pa[q * kMR + r]));
-        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
-        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+#pragma GCC unroll 4
+        for (int z = 0; z < NZ; ++z) acc[r][z] = _mm512_dpbf16_ps(acc[r][z], a, b[z]);
       }
 #endif
     } else {
-      const __m512 b0 = _mm512_loadu_ps(pb + q * kNR);
-      const __m512 b1 = _mm512_loadu_ps(pb + q * kNR + 16);
-#pragma GCC unroll 12
+      __m512 b[NZ];
+#pragma GCC unroll 4
+      for (int z = 0; z < NZ; ++z) b[z] = _mm512_loadu_ps(pb + q * kNR + 16 * z);
+#pragma GCC unroll 16
       for (int r = 0; r < kMR; ++r) {
         const __m512 a = _mm512_set1_ps(pa[q * kMR + r]);
-        acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+#pragma GCC unroll 4
+        for (int z = 0; z < NZ; ++z) acc[r][z] = _mm512_fmadd_ps(a, b[z], acc[r][z]);
       }
     }
   }
-#pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) {
-    _mm512_storeu_ps(tile + r * kNR, acc[r][0]);
-    _mm512_storeu_ps(tile + r * kNR + 16, acc[r][1]);
-  }
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int z = 0; z < NZ; ++z) _mm512_storeu_ps(tile + r * kNR + 16 * z, acc[r][z]);
 #else
-  static_assert(!PackMode<T>::bf16, "bf16 pairs need AVX512-BF16");
+  static_assert(!PackMode<T, Dot>::bf16, "bf16 pairs need AVX512-BF16");
   float acc[kMR][kNR] = {};
+  if (accumulate) std::memcpy(acc, tile, sizeof(acc));
   for (int64_t q = 0; q < kp; ++q) {
     const float* b = pb + q * kNR;
     for (int r = 0; r < kMR; ++r) {
@@ -130,37 +145,57 @@ void micro_kernel(int64_t kp, const typename PackMode<T>::Entry* pa, const typen
 #endif
 }
 
-// Dot products of `m` (<= 4) rows of A with one row of B, both contiguous along K: the decode path, which
-// reads each weight row once and needs no packing. out[i] = <A_i, B>.
-template <typename T>
-inline void dot_rows(const T* const* a_rows, int m, const T* b, int64_t K, float* out) {
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+// Dot products of M rows of A with one row of B, both contiguous along K: the decode path, which reads each
+// weight row once and needs no packing. out[i] = <A_i, B>.
+template <typename T, int M>
+inline void dot_rows_m(const T* const* a_rows, const T* b, int64_t K, float* out) {
   int64_t k = 0;
-#if defined(__AVX512BF16__)
-  if constexpr (std::is_same_v<T, bf16>) {
-    __m512 v[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (; k + 32 <= K; k += 32) {
-      const __m512bh bv = (__m512bh)_mm512_loadu_si512(b + k);
-      for (int i = 0; i < m; ++i) v[i] = _mm512_dpbf16_ps(v[i], (__m512bh)_mm512_loadu_si512(a_rows[i] + k), bv);
-    }
-    for (int i = 0; i < m; ++i) acc[i] = _mm512_reduce_add_ps(v[i]);
-  }
-#endif
+  float acc[M];
+  for (int i = 0; i < M; ++i) acc[i] = 0.f;
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
-    __m512 v[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (; k + 16 <= K; k += 16) {
-      const __m512 bv = _mm512_loadu_ps(b + k);
-      for (int i = 0; i < m; ++i) v[i] = _mm512_fmadd_ps(_mm512_loadu_ps(a_rows[i] + k), bv, v[i]);
+  if constexpr (std::is_same_v<T, float> || (std::is_same_v<T, bf16> && kHasBf16Dot)) {
+    constexpr int64_t step = std::is_same_v<T, float> ? 16 : 32;
+    __m512 v[M];
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) v[i] = _mm512_setzero_ps();
+    for (; k + step <= K; k += step) {
+      if constexpr (std::is_same_v<T, float>) {
+        const __m512 bv = _mm512_loadu_ps(b + k);
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i) v[i] = _mm512_fmadd_ps(_mm512_loadu_ps(a_rows[i] + k), bv, v[i]);
+      } else {
+#if defined(__AVX512BF16__)
+        const __m512bh bv = (__m512bh)_mm512_loadu_si512(b + k);
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i)
+          v[i] = _mm512_dpbf16_ps(v[i], (__m512bh)_mm512_loadu_si512(a_rows[i] + k), bv);
+#endif
+      }
     }
-    for (int i = 0; i < m; ++i) acc[i] = _mm512_reduce_add_ps(v[i]);
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) acc[i] = _mm512_reduce_add_ps(v[i]);
   }
 #endif
-  for (int i = 0; i < m; ++i) {
+  for (int i = 0; i < M; ++i) {
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
     for (int64_t q = k; q < K; ++q) s += load(a_rows[i], q) * load(b, q);
     out[i] = acc[i] + s;
+  }
+}
+
+constexpr int kDotMaxRows = 12;  // jobs with at most this many rows use dot products
+
+template <typename T>
+inline void dot_rows(const T* const* a_rows, int m, const T* b, int64_t K, float* out) {
+  switch (m) {
+#define ZAYA_RT_DOT_CASE(N) \
+  case N: return dot_rows_m<T, N>(a_rows, b, K, out);
+    ZAYA_RT_DOT_CASE(1) ZAYA_RT_DOT_CASE(2) ZAYA_RT_DOT_CASE(3) ZAYA_RT_DOT_CASE(4) ZAYA_RT_DOT_CASE(5)
+    ZAYA_RT_DOT_CASE(6) ZAYA_RT_DOT_CASE(7) ZAYA_RT_DOT_CASE(8) ZAYA_RT_DOT_CASE(9) ZAYA_RT_DOT_CASE(10)
+    ZAYA_RT_DOT_CASE(11) ZAYA_RT_DOT_CASE(12)
+#undef ZAYA_RT_DOT_CASE
+    default: return;
   }
 }
 

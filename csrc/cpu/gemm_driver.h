@@ -13,7 +13,7 @@
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 
 constexpr int kNC = kGemmNC;      // columns per B block
-constexpr int kDotMaxRows = 4;   // jobs with at most this many rows use dot products
+constexpr int64_t kKC = 256;     // packed K entries per L1-resident slice of a B panel
 
 template <typename T> struct GemmJob {
   Source<T> a, b;
@@ -31,17 +31,18 @@ inline bool use_dot_path(int64_t M, int64_t a_cs, int64_t b_cs) {
 }
 
 // epi(job, tile[kMR][kNR], m0, mr, n0, nr, sub): tile rows 0..mr-1 and columns 0..nr-1 are C_job[m0 + r,
-// n0 + c]; sub is the NR-panel index within the B block (sub-panels arrive in order for each A panel).
-template <typename T, typename Epi>
-void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T>::Entry* packed_a,
-                   typename PackMode<T>::Entry* b_blocks, int max_threads, const Epi& epi) {
-  using Entry = typename PackMode<T>::Entry;
+// n0 + c]; sub is the NR-panel index within its B block. One task (a job's B block) runs on one thread and
+// delivers its sub-panels in order, each sweeping all rows of the job before the next sub-panel starts.
+template <typename T, bool Dot, typename Epi>
+void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot>::Entry* packed_a,
+                   typename PackMode<T, Dot>::Entry* b_blocks, int max_threads, const Epi& epi) {
+  using Entry = typename PackMode<T, Dot>::Entry;
   const int64_t njobs = static_cast<int64_t>(jobs.size());
   std::vector<int64_t> a_offset(njobs + 1, 0), panel_start(njobs + 1, 0);
   int64_t kp_max = 0;
   for (int64_t j = 0; j < njobs; ++j) {
     const auto& job = jobs[j];
-    const int64_t kp = packed_k<T>(job.K);
+    const int64_t kp = packed_k<T, Dot>(job.K);
     kp_max = std::max(kp_max, kp);
     const bool dot = use_dot_path(job.M, job.a.col_stride, job.b.col_stride);
     const int64_t panels = dot ? 0 : (job.M + kMR - 1) / kMR;
@@ -67,9 +68,9 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T>::En
       const int64_t j = std::upper_bound(panel_start.begin(), panel_start.end(), p) - panel_start.begin() - 1;
       const auto& job = jobs[j];
       const int64_t local = p - panel_start[j];
-      const int64_t kp = packed_k<T>(job.K);
+      const int64_t kp = packed_k<T, Dot>(job.K);
       const int64_t m0 = local * kMR;
-      pack_rows<kMR>(job.a, m0, static_cast<int>(std::min<int64_t>(kMR, job.M - m0)), job.K,
+      pack_rows<kMR, T, Dot>(job.a, m0, static_cast<int>(std::min<int64_t>(kMR, job.M - m0)), job.K,
                      packed_a + a_offset[j] + local * kMR * kp);
     }
     Entry* b_block = b_blocks + omp_get_thread_num() * kp_max * kNC;
@@ -99,16 +100,29 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T>::En
         }
         continue;
       }
-      const int64_t kp = packed_k<T>(job.K);
+      const int64_t kp = packed_k<T, Dot>(job.K);
       for (int s = 0; s < subs; ++s)
-        pack_rows<kNR>(job.b, n0 + s * kNR, static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), job.K,
+        pack_rows<kNR, T, Dot>(job.b, n0 + s * kNR, static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), job.K,
                        b_block + s * kp * kNR);
+      // Sub-panel outer, K blocks, A panels inner: one B panel slice (kKC entries) stays in L1 while the
+      // A panel slices stream; partial C tiles of the whole job wait in a per-thread buffer.
+      thread_local std::vector<float> c_tiles;
+      const int64_t panels = (job.M + kMR - 1) / kMR;
+      if (c_tiles.size() < static_cast<size_t>(panels * kMR * kNR)) c_tiles.resize(panels * kMR * kNR);
       const Entry* pa = packed_a + a_offset[tasks[t].job];
-      for (int64_t m0 = 0; m0 < job.M; m0 += kMR) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMR, job.M - m0));
-        for (int s = 0; s < subs; ++s) {
-          micro_kernel<T>(kp, pa + (m0 / kMR) * kMR * kp, b_block + s * kp * kNR, tile);
-          epi(tasks[t].job, tile, m0, mr, n0 + s * kNR, static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), s);
+      for (int s = 0; s < subs; ++s) {
+        const Entry* pb = b_block + s * kp * kNR;
+        for (int64_t k0 = 0; k0 < kp; k0 += kKC) {
+          const int64_t kc = std::min<int64_t>(kKC, kp - k0);
+          for (int64_t panel = 0; panel < panels; ++panel)
+            micro_kernel<T, Dot>(kc, pa + panel * kMR * kp + k0 * kMR, pb + k0 * kNR, c_tiles.data() + panel * kMR * kNR,
+                            k0 > 0);
+        }
+        if (kp == 0) std::fill(c_tiles.begin(), c_tiles.begin() + panels * kMR * kNR, 0.f);
+        for (int64_t panel = 0; panel < panels; ++panel) {
+          const int64_t m0 = panel * kMR;
+          epi(tasks[t].job, c_tiles.data() + panel * kMR * kNR, m0, static_cast<int>(std::min<int64_t>(kMR, job.M - m0)),
+              n0 + s * kNR, static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), s);
         }
       }
     }

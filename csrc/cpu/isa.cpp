@@ -45,6 +45,20 @@ Isa set_max_isa(Isa isa) {
   return chosen;
 }
 
+namespace {
+std::atomic<int>& bf16_dot_mode() {
+  static std::atomic<int> mode{[] {
+    const char* env = std::getenv("ZAYA_RT_CPU_BF16_DOT");
+    if (env == nullptr) return -1;
+    return std::strcmp(env, "1") == 0 ? 1 : std::strcmp(env, "0") == 0 ? 0 : -1;
+  }()};
+  return mode;
+}
+}  // namespace
+
+int bf16_dot_override() { return bf16_dot_mode().load(); }
+void set_bf16_dot_override(int mode) { bf16_dot_mode().store(mode < 0 ? -1 : (mode ? 1 : 0)); }
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return "avx512";

@@ -26,4 +26,8 @@ Isa active_isa();
 // Caps the ISA used (never above what the CPU supports); returns the one now active.
 Isa set_max_isa(Isa isa);
 const char* isa_name(Isa isa);
+// How bf16 GEMMs compute: -1 = measure once per process and take the faster of vdpbf16ps and fp32 FMAs,
+// 0 = fp32 FMAs, 1 = vdpbf16ps (where the ISA has it). ZAYA_RT_CPU_BF16_DOT=0|1 sets it at start-up.
+int bf16_dot_override();
+void set_bf16_dot_override(int mode);
 }  // namespace zaya_rt::cpu

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/epilogue.h"
 #include "cpu/gemm_driver.h"
 #include "cpu/isa_kernels.h"
 #include "cpu/numeric.h"
@@ -58,10 +59,10 @@ const char* check_offsets(const int32_t* offsets, int64_t groups, int64_t rows) 
   return nullptr;
 }
 
-template <typename T>
+template <typename T, bool Dot>
 const char* grouped_gemm_t(const GroupedGemmParams& p) {
   if (const char* err = check_offsets(p.offsets, p.G, p.M)) return err;
-  using Entry = typename PackMode<T>::Entry;
+  using Entry = typename PackMode<T, Dot>::Entry;
   const T* a = static_cast<const T*>(p.a);
   const T* b = static_cast<const T*>(p.b);
   T* out = static_cast<T*>(p.out);
@@ -75,29 +76,27 @@ const char* grouped_gemm_t(const GroupedGemmParams& p) {
     row0.push_back(start);
     start = end;
   }
-  const int64_t kp = packed_k<T>(p.K);
+  const int64_t kp = packed_k<T, Dot>(p.K);
   char* cursor = static_cast<char*>(p.workspace);
   Entry* packed_a = carve<Entry>(cursor, gemm_packed_a_entries(p.M, p.G, kp));
   Entry* b_blocks = carve<Entry>(cursor, 0);
   const int64_t room = (static_cast<char*>(p.workspace) + p.workspace_bytes - cursor) /
                        (gemm_b_block_entries(kp) * static_cast<int64_t>(sizeof(Entry)));
   if (room < 1) return "workspace too small";
-  run_gemm_jobs<T>(jobs, packed_a, b_blocks, static_cast<int>(std::min<int64_t>(room, omp_get_max_threads())),
+  run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, static_cast<int>(std::min<int64_t>(room, omp_get_max_threads())),
                    [&](int64_t j, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
-                     for (int r = 0; r < mr; ++r) {
-                       T* dst = out + (row0[j] + m0 + r) * p.out_row_stride + n0;
-                       for (int c = 0; c < nr; ++c) store(dst, c, tile[r * kNR + c]);
-                     }
+                     for (int r = 0; r < mr; ++r)
+                       store_scaled(out + (row0[j] + m0 + r) * p.out_row_stride + n0, tile + r * kNR, 1.f, nr);
                    });
   for (int64_t r = start; r < p.M; ++r)
     for (int64_t n = 0; n < p.N; ++n) store(out + r * p.out_row_stride, n, 0.f);
   return nullptr;
 }
 
-template <typename T, typename TG>
+template <typename T, bool Dot, typename TG>
 const char* weight_grad_t(const GroupedGemmWeightGradParams& p) {
   if (const char* err = check_offsets(p.offsets, p.G, p.M)) return err;
-  using Entry = typename PackMode<T>::Entry;
+  using Entry = typename PackMode<T, Dot>::Entry;
   const T* dy = static_cast<const T*>(p.dy);
   const T* a = static_cast<const T*>(p.a);
   TG* grad = static_cast<TG*>(p.grad_b);
@@ -108,7 +107,7 @@ const char* weight_grad_t(const GroupedGemmWeightGradParams& p) {
     // grad[g][n, k] = sum_r dy[start + r, n] * a[start + r, k]: A = dy_g^T, B = a_g^T, inner dim = rows.
     jobs.push_back({Source<T>{dy + start * p.dy_row_stride, p.dy_col_stride, p.dy_row_stride},
                     Source<T>{a + start * p.a_row_stride, p.a_col_stride, p.a_row_stride}, p.N, p.K, rows});
-    kp_max = std::max(kp_max, packed_k<T>(rows));
+    kp_max = std::max(kp_max, packed_k<T, Dot>(rows));
     rows_total += p.N;
     start = p.offsets[g];
   }
@@ -128,21 +127,18 @@ const char* weight_grad_t(const GroupedGemmWeightGradParams& p) {
   }
   for (auto& job : jobs)
     if (job.K == 0) job.M = 0;
-  run_gemm_jobs<T>(jobs, packed_a, b_blocks, static_cast<int>(std::min<int64_t>(room, omp_get_max_threads())),
+  run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, static_cast<int>(std::min<int64_t>(room, omp_get_max_threads())),
                    [&](int64_t g, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
-                     for (int r = 0; r < mr; ++r) {
-                       TG* dst = grad + g * p.grad_b_group_stride + (m0 + r) * p.grad_b_row_stride + n0;
-                       for (int c = 0; c < nr; ++c) store(dst, c, tile[r * kNR + c]);
-                     }
+                     for (int r = 0; r < mr; ++r)
+                       store_scaled(grad + g * p.grad_b_group_stride + (m0 + r) * p.grad_b_row_stride + n0,
+                                    tile + r * kNR, 1.f, nr);
                    });
   return nullptr;
 }
 
-inline float silu(float x) { return x / (1.f + std::exp(-x)); }
-
-template <typename T, typename TG>
+template <typename T, bool Dot, typename TG>
 const char* moe_experts_t(const MoeExpertsParams& p) {
-  using Entry = typename PackMode<T>::Entry;
+  using Entry = typename PackMode<T, Dot>::Entry;
   const int64_t slots = p.T * p.top_k, E = p.E, D = p.D, I = p.I;
   const int64_t i_blocks = (I + kNR - 1) / kNR;  // virtual gate_up rows: [gate 32 | up 32] per block
   char* cursor = static_cast<char*>(p.workspace);
@@ -154,8 +150,8 @@ const char* moe_experts_t(const MoeExpertsParams& p) {
   int32_t* virtual_rows = carve<int32_t>(cursor, 2 * i_blocks * kNR);
   T* act = carve<T>(cursor, slots * I);
   float* y_rows = p.top_k > 1 ? carve<float>(cursor, slots * D) : nullptr;
-  Entry* packed_a = carve<Entry>(cursor, gemm_packed_a_entries(slots, E, std::max(packed_k<T>(D), packed_k<T>(I))));
-  const int64_t kp_max = std::max(packed_k<T>(D), packed_k<T>(I));
+  Entry* packed_a = carve<Entry>(cursor, gemm_packed_a_entries(slots, E, std::max(packed_k<T, Dot>(D), packed_k<T, Dot>(I))));
+  const int64_t kp_max = std::max(packed_k<T, Dot>(D), packed_k<T, Dot>(I));
   const int64_t room = (static_cast<char*>(p.workspace) + p.workspace_bytes - cursor) /
                        (gemm_b_block_entries(kp_max) * static_cast<int64_t>(sizeof(Entry)));
   if (room < 1) return "workspace too small";
@@ -191,20 +187,21 @@ const char* moe_experts_t(const MoeExpertsParams& p) {
     row0.push_back(start);
     start = offsets[e];
   }
-  run_gemm_jobs<T>(jobs, packed_a, b_blocks, threads,
+  run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads,
                    [&](int64_t j, const float* tile, int64_t m0, int mr, int64_t n0, int, int sub) {
-                     thread_local float gate_tile[kMR * kNR];
+                     // Gate tiles (even sub-panels) wait in a per-thread buffer for their up tiles (odd ones).
+                     thread_local std::vector<float> gate_tiles;
+                     const size_t need = static_cast<size_t>((m0 / kMR + 1) * kMR * kNR);
+                     if (gate_tiles.size() < need) gate_tiles.resize(std::max(need, gate_tiles.size() * 2));
+                     float* gate_tile = gate_tiles.data() + (m0 / kMR) * kMR * kNR;
                      if (sub % 2 == 0) {
                        std::copy(tile, tile + kMR * kNR, gate_tile);
                        return;
                      }
                      const int64_t i0 = (n0 / kNR - 1) / 2 * kNR;
                      const int nr = static_cast<int>(std::min<int64_t>(kNR, I - i0));
-                     for (int r = 0; r < mr; ++r) {
-                       T* dst = act + (row0[j] + m0 + r) * I + i0;
-                       for (int c = 0; c < nr; ++c)
-                         store(dst, c, silu(round_to<T>(gate_tile[r * kNR + c])) * round_to<T>(tile[r * kNR + c]));
-                     }
+                     for (int r = 0; r < mr; ++r)
+                       store_swiglu(act + (row0[j] + m0 + r) * I + i0, gate_tile + r * kNR, tile + r * kNR, nr);
                    });
 
   // down GEMM; the epilogue scales by the gate and writes each token's row (or its slot's row for top-k).
@@ -214,19 +211,16 @@ const char* moe_experts_t(const MoeExpertsParams& p) {
     jobs[e].N = D;
     jobs[e].K = I;
   }
-  run_gemm_jobs<T>(jobs, packed_a, b_blocks, threads,
+  run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads,
                    [&](int64_t j, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
                      for (int r = 0; r < mr; ++r) {
                        const int64_t row = row0[j] + m0 + r;
                        const int32_t slot = sorted_slots[row];
                        const float g = load(gate, slot);
-                       if (p.top_k == 1) {
-                         T* dst = out + static_cast<int64_t>(slot) * p.out_row_stride + n0;
-                         for (int c = 0; c < nr; ++c) store(dst, c, g * tile[r * kNR + c]);
-                       } else {
-                         float* dst = y_rows + row * D + n0;
-                         for (int c = 0; c < nr; ++c) dst[c] = g * tile[r * kNR + c];
-                       }
+                       if (p.top_k == 1)
+                         store_scaled(out + static_cast<int64_t>(slot) * p.out_row_stride + n0, tile + r * kNR, g, nr);
+                       else
+                         store_scaled(y_rows + row * D + n0, tile + r * kNR, g, nr);
                      }
                    });
 
@@ -251,6 +245,45 @@ const char* moe_experts_t(const MoeExpertsParams& p) {
   return nullptr;
 }
 
+// Times a small bf16 grouped GEMM (packing included) both ways: on some CPUs vdpbf16ps is no faster per FLOP
+// than fp32 FMAs, and then converting bf16 to fp32 while packing wins.
+template <bool Dot> double time_small_gemm(const std::vector<bf16>& a, const std::vector<bf16>& b, int64_t M,
+                                           int64_t N, int64_t K) {
+  using Entry = typename PackMode<bf16, Dot>::Entry;
+  const int64_t kp = packed_k<bf16, Dot>(K);
+  std::vector<Entry> packed_a(gemm_packed_a_entries(M, 1, kp)), b_block(gemm_b_block_entries(kp));
+  std::vector<GemmJob<bf16>> jobs{{Source<bf16>{a.data(), K, 1}, Source<bf16>{b.data(), K, 1}, M, N, K}};
+  double sink = 0.0, best = 1e30;
+  for (int trial = 0; trial < 4; ++trial) {
+    const double t0 = omp_get_wtime();
+    run_gemm_jobs<bf16, Dot>(jobs, packed_a.data(), b_block.data(), 1,
+                             [&](int64_t, const float* tile, int64_t, int, int64_t, int, int) { sink += tile[0]; });
+    best = std::min(best, omp_get_wtime() - t0);
+  }
+  return best + (sink == 12345.0 ? 1e-9 : 0.0);
+}
+
+bool measure_bf16_dot_faster() {
+#if !defined(__AVX512BF16__)
+  return false;
+#else
+  constexpr int64_t M = 96, N = 256, K = 512;
+  std::vector<bf16> a(M * K), b(N * K);
+  for (int64_t i = 0; i < M * K; ++i) a[i].bits = static_cast<uint16_t>(0x3f80 + (i % 64));
+  for (int64_t i = 0; i < N * K; ++i) b[i].bits = static_cast<uint16_t>(0x3f00 + (i % 32));
+  const double fma = time_small_gemm<false>(a, b, M, N, K);
+  const double dot = time_small_gemm<true>(a, b, M, N, K);
+  return dot < fma;
+#endif
+}
+
+bool bf16_dot() {
+  const int forced = bf16_dot_override();
+  if (forced >= 0) return forced == 1;
+  static const bool faster = measure_bf16_dot_faster();
+  return faster;
+}
+
 }  // namespace
 
 const char* moe_dispatch(const MoeDispatchParams& p) {
@@ -258,18 +291,30 @@ const char* moe_dispatch(const MoeDispatchParams& p) {
                        p.sorted_slots, p.slot_rows);
 }
 
+// Runs BODY with bool DOT = whether bf16 inputs take the vdpbf16ps path (a run-time choice, see bf16_dot).
+#define ZAYA_RT_WITH_DOT(T, DOT, ...)                                        \
+  if (std::is_same_v<T, bf16> && kHasBf16Dot && bf16_dot()) {                \
+    constexpr bool DOT = true;                                               \
+    __VA_ARGS__;                                                             \
+  } else {                                                                   \
+    constexpr bool DOT = false;                                              \
+    __VA_ARGS__;                                                             \
+  }
+
 const char* grouped_gemm(const GroupedGemmParams& p) {
-  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, return grouped_gemm_t<T>(p));
+  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, ZAYA_RT_WITH_DOT(T, Dot, return grouped_gemm_t<T, Dot>(p)));
   return nullptr;
 }
 
 const char* grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p) {
-  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, ZAYA_RT_DISPATCH_FLOAT(p.grad_dtype, TG, return weight_grad_t<T, TG>(p)));
+  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, ZAYA_RT_DISPATCH_FLOAT(p.grad_dtype, TG, ZAYA_RT_WITH_DOT(
+      T, Dot, return weight_grad_t<T, Dot, TG>(p))));
   return nullptr;
 }
 
 const char* moe_experts(const MoeExpertsParams& p) {
-  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, ZAYA_RT_DISPATCH_FLOAT(p.gate_dtype, TG, return moe_experts_t<T, TG>(p)));
+  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, ZAYA_RT_DISPATCH_FLOAT(p.gate_dtype, TG, ZAYA_RT_WITH_DOT(
+      T, Dot, return moe_experts_t<T, Dot, TG>(p))));
   return nullptr;
 }
 

@@ -41,14 +41,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from zaya_rt.benchmarks import format_table, norm_cases, run_cases
+    from zaya_rt.benchmarks import format_table, moe_cases, norm_cases, run_cases
 
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         print("zaya-rt bench: --device cuda needs a CUDA GPU", file=sys.stderr)
         return 2
     tokens = tuple(int(t) for t in args.tokens.split(",")) if args.tokens else None
-    cases = norm_cases(device, tokens=tokens, hidden=args.hidden)
+    cases = []
+    if "norms" in args.ops:
+        cases += norm_cases(device, tokens=tokens, hidden=args.hidden)
+    if "moe" in args.ops:
+        cases += moe_cases(device)
     results = run_cases(cases, device, min_time_s=args.min_time)
     print(f"device={device}  (peer/ours > 1 means zaya_rt is faster; medians)")
     print(format_table(results))
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="kernel benchmarks against PyTorch peers")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
-    bench.add_argument("--hidden", type=int, default=2048)
+    bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
+    bench.add_argument("--ops", default="norms,moe", help="comma-separated op families: norms, moe")
     bench.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)

@@ -36,6 +36,10 @@ class Result:
         return self.peer_us / self.ours_us
 
     @property
+    def tflops(self) -> float:
+        return self.case.flops / (self.ours_us * 1e-6) / 1e12 if self.case.flops else 0.0
+
+    @property
     def gbps(self) -> float:
         return self.case.bytes_moved / (self.ours_us * 1e-6) / 1e9 if self.case.bytes_moved else 0.0
 
@@ -82,12 +86,13 @@ def run_cases(cases: list[Case], device: str, *, min_time_s: float = 0.2) -> lis
 
 
 def format_table(results: list[Result]) -> str:
-    header = f"{'op':<22} {'shape':<14} {'dtype':<9} {'ours us':>10} {'peer us':>10} {'peer/ours':>9} {'GB/s':>8}  peer"
+    header = (f"{'op':<18} {'shape':<22} {'dtype':<9} {'ours us':>10} {'peer us':>10} {'peer/ours':>9} "
+              f"{'GB/s':>8} {'TFLOP/s':>8}  peer")
     lines = [header, "-" * len(header)]
     for r in results:
         c = r.case
         lines.append(
-            f"{c.op:<22} {c.shape:<14} {c.dtype:<9} {r.ours_us:>10.1f} {r.peer_us:>10.1f} {r.ratio:>9.2f} "
-            f"{r.gbps:>8.1f}  {c.peer_name}"
+            f"{c.op:<18} {c.shape:<22} {c.dtype:<9} {r.ours_us:>10.1f} {r.peer_us:>10.1f} {r.ratio:>9.2f} "
+            f"{r.gbps:>8.1f} {r.tflops:>8.3f}  {c.peer_name}"
         )
     return "\n".join(lines)

@@ -1,0 +1,90 @@
+// Vectorised row epilogues for the CPU GEMMs: scaled stores and SwiGLU, with AVX-512 paths and scalar
+// fallbacks that compute the same values (a polynomial exp within ~2 ulp of expf on AVX-512).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "cpu/numeric.h"
+
+namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
+
+#if defined(__AVX512F__)
+inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f)), _mm512_set1_ps(-87.33654475f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+template <typename T> inline __m512 round_vec(__m512 v) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+    const __m512 r = _mm512_castsi512_ps(_mm512_and_si512(rounded, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, v);
+  } else if constexpr (std::is_same_v<T, f16>) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  } else {
+    return v;
+  }
+}
+
+template <typename T> inline void store_vec(T* dst, __m512 v, __mmask16 m) {
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_storeu_ps(dst, m, v);
+  } else if constexpr (std::is_same_v<T, f16>) {
+    _mm256_mask_storeu_epi16(dst, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  } else {
+    const __m512 r = round_vec<bf16>(v);
+    _mm256_mask_storeu_epi16(dst, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(r), 16)));
+  }
+}
+#endif
+
+// dst[c] = scale * src[c] for c < n.
+template <typename T> inline void store_scaled(T* dst, const float* src, float scale, int n) {
+  int c = 0;
+#if defined(__AVX512F__)
+  const __m512 s = _mm512_set1_ps(scale);
+  for (; c < n; c += 16) {
+    const __mmask16 m = n - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - c)) - 1);
+    store_vec(dst + c, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, src + c)), m);
+  }
+#endif
+  for (; c < n; ++c) store(dst, c, scale * src[c]);
+}
+
+// dst[c] = SiLU(round_T(gate[c])) * round_T(up[c]) for c < n (the rounding mirrors a GEMM whose outputs are
+// stored in T before the activation, as transformers computes it).
+template <typename T> inline void store_swiglu(T* dst, const float* gate, const float* up, int n) {
+  int c = 0;
+#if defined(__AVX512F__)
+  for (; c < n; c += 16) {
+    const __mmask16 m = n - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - c)) - 1);
+    const __m512 g = round_vec<T>(_mm512_maskz_loadu_ps(m, gate + c));
+    const __m512 u = round_vec<T>(_mm512_maskz_loadu_ps(m, up + c));
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e));
+    store_vec(dst + c, _mm512_mul_ps(silu, u), m);
+  }
+#endif
+  for (; c < n; ++c) {
+    const float g = round_to<T>(gate[c]);
+    store(dst, c, g / (1.f + std::exp(-g)) * round_to<T>(up[c]));
+  }
+}
+
+}  // namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA

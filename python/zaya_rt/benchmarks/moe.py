@@ -1,0 +1,73 @@
+"""MoE benchmark cases: zaya_rt's fused experts against transformers' eager expert loop, torch._grouped_mm and
+a dense matmul chain with the same FLOPs (every token through one [2I, D] and one [D, I] matmul)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from zaya_rt import ops
+from zaya_rt.benchmarks.harness import Case
+
+DEFAULT_SHAPES = {
+    "cpu": [(4096, 512, 512, 16), (16, 512, 512, 16), (1, 512, 512, 16), (64, 512, 512, 16)],
+    "cuda": [(16384, 2048, 2048, 16), (4096, 2048, 2048, 16), (64, 2048, 2048, 16), (16, 2048, 2048, 16),
+             (1, 2048, 2048, 16)],
+}
+
+
+def _eager_loop(x, index, gate, w1, w2):
+    """transformers' ZayaExperts eager forward (loop over the experts that received tokens)."""
+    out = torch.zeros_like(x)
+    for e in index.unique().tolist():
+        if e >= w1.shape[0]:
+            continue
+        tokens = torch.where(index == e)[0]
+        g, u = F.linear(x[tokens], w1[e]).chunk(2, dim=-1)
+        y = F.linear(F.silu(g) * u, w2[e]) * gate[tokens, None]
+        out.index_add_(0, tokens, y.to(out.dtype))
+    return out
+
+
+def _grouped_mm(x, index, gate, w1, w2):
+    order = index.argsort()
+    counts = torch.bincount(index, minlength=w1.shape[0] + 1)[: w1.shape[0]]
+    offsets = counts.cumsum(0).to(torch.int32)
+    xs = x[order]
+    g, u = torch._grouped_mm(xs, w1.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
+    y = torch._grouped_mm(F.silu(g) * u, w2.transpose(1, 2), offs=offsets) * gate[order, None]
+    return torch.zeros_like(x).index_add_(0, order, y)
+
+
+def moe_cases(device: str = "cpu", shapes=None, dtypes=(torch.bfloat16, torch.float32), peers=None):
+    """(T, D, I, E) shapes; peers from 'dense', 'transformers', 'grouped_mm'."""
+    peers = peers or ("dense", "transformers", "grouped_mm")
+    cases = []
+    for dtype in dtypes:
+        for T, D, I, E in shapes or DEFAULT_SHAPES[device]:
+            gen = torch.Generator().manual_seed(T + D)
+            x = torch.randn(T, D, generator=gen).to(device=device, dtype=dtype)
+            w1 = (torch.randn(E, 2 * I, D, generator=gen) / D**0.5).to(device=device, dtype=dtype)
+            w2 = (torch.randn(E, D, I, generator=gen) / I**0.5).to(device=device, dtype=dtype)
+            index = torch.randint(0, E, (T,), generator=gen).to(device)
+            gate = torch.rand(T, generator=gen).to(device=device, dtype=dtype)
+            dense1, dense2 = w1[0].clone(), w2[0].clone()
+            flops = 2 * T * D * 3 * I
+            hit = int(torch.unique(index).numel())
+            weight_bytes = hit * 3 * I * D * x.element_size()
+            name = str(dtype).removeprefix("torch.")
+            ours = lambda x=x, i=index, g=gate, a=w1, b=w2: ops.moe_experts(x, i, g, a, b)
+            peer_fns = {
+                "dense": (lambda x=x, a=dense1, b=dense2: F.linear(
+                    (lambda h: F.silu(h[:, : h.shape[1] // 2]) * h[:, h.shape[1] // 2 :])(F.linear(x, a)), b),
+                    "dense matmul chain, same FLOPs"),
+                "transformers": (lambda x=x, i=index, g=gate, a=w1, b=w2: _eager_loop(x, i, g, a, b),
+                                 "transformers eager expert loop"),
+                "grouped_mm": (lambda x=x, i=index, g=gate, a=w1, b=w2: _grouped_mm(x, i, g, a, b),
+                               "torch._grouped_mm"),
+            }
+            for peer in peers:
+                fn, label = peer_fns[peer]
+                cases.append(Case("moe_experts", f"T{T} D{D} I{I} E{E}", name, ours=ours, peer=fn, peer_name=label,
+                                  bytes_moved=weight_bytes, flops=flops))
+    return cases
