@@ -122,6 +122,10 @@ PYBIND11_MODULE(_C, m) {
           return zaya_rt::cpu::isa_name(zaya_rt::cpu::set_max_isa(isa));
         },
         "Caps the CPU kernel build (never above what the CPU supports); returns the one now in use.");
+  m.def("set_cpu_bf16_dot", [](int mode) { zaya_rt::cpu::set_bf16_dot_override(mode); },
+        "bf16 CPU GEMMs: -1 = measure and take the faster of vdpbf16ps and fp32 FMAs (default), 0 = fp32 FMAs, "
+        "1 = vdpbf16ps where the CPU has it.");
+  m.def("cpu_bf16_dot", [] { return zaya_rt::cpu::bf16_dot_override(); });
   m.def("rms_norm_fwd", &rms_norm_fwd);
   m.def("rms_norm_bwd", &rms_norm_bwd);
   m.def("residual_rms_norm_fwd", &residual_rms_norm_fwd);
