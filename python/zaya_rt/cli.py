@@ -41,7 +41,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from zaya_rt.benchmarks import format_table, moe_cases, norm_cases, run_cases
+    from zaya_rt.benchmarks import format_table, grouped_gemm_cases, moe_cases, norm_cases, run_cases
 
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -52,10 +52,20 @@ def _bench(args: argparse.Namespace) -> int:
     if "norms" in args.ops:
         cases += norm_cases(device, tokens=tokens, hidden=args.hidden)
     if "moe" in args.ops:
-        cases += moe_cases(device)
+        shapes = None
+        if args.moe_shapes:
+            shapes = [tuple(int(v) for v in shape.split(",")) for shape in args.moe_shapes.split(";")]
+        cases += moe_cases(device, shapes=shapes)
+    if "grouped_gemm" in args.ops:
+        cases += grouped_gemm_cases(device)
     results = run_cases(cases, device, min_time_s=args.min_time)
-    print(f"device={device}  (peer/ours > 1 means zaya_rt is faster; medians)")
-    print(format_table(results))
+    from zaya_rt.benchmarks.harness import peak_gbps_for
+
+    peak = args.peak_gbps or peak_gbps_for(device)
+    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    print(f"device={device} ({name})  peer/ours > 1 means zaya_rt is faster; medians"
+          + (f"; roofline {peak:.0f} GB/s" if peak else ""))
+    print(format_table(results, peak))
     return 0
 
 
@@ -74,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
-    bench.add_argument("--ops", default="norms,moe", help="comma-separated op families: norms, moe")
+    bench.add_argument("--ops", default="norms,moe,grouped_gemm", help="comma-separated op families: norms, moe, grouped_gemm")
+    bench.add_argument("--moe-shapes", default=None,
+                       help="semicolon-separated T,D,I,E shapes for the moe cases (default: decode and prefill)")
+    bench.add_argument("--peak-gbps", type=float, default=None,
+                       help="bandwidth roofline for the %%peak column (default: known GPUs by name)")
     bench.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)

@@ -85,14 +85,30 @@ def run_cases(cases: list[Case], device: str, *, min_time_s: float = 0.2) -> lis
     return results
 
 
-def format_table(results: list[Result]) -> str:
+# HBM bandwidth (GB/s) of GPUs we report against, matched on the device name.
+PEAK_GBPS = {"H200": 4800.0, "H100": 3350.0, "MI300X": 5300.0}
+
+
+def peak_gbps_for(device: str) -> float | None:
+    """The bandwidth roofline of the current GPU when known (None on CPU or an unknown GPU)."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_GBPS.items() if k in name), None)
+
+
+def format_table(results: list[Result], peak_gbps: float | None = None) -> str:
+    """One row per case; `%peak` is GB/s over the bandwidth roofline when peak_gbps is given (the bytes an op
+    must read and write, e.g. the routed experts' weights for MoE decode)."""
+    roof = f" {'%peak':>6}" if peak_gbps else ""
     header = (f"{'op':<18} {'shape':<22} {'dtype':<9} {'ours us':>10} {'peer us':>10} {'peer/ours':>9} "
-              f"{'GB/s':>8} {'TFLOP/s':>8}  peer")
+              f"{'GB/s':>8}{roof} {'TFLOP/s':>8}  peer")
     lines = [header, "-" * len(header)]
     for r in results:
         c = r.case
+        pct = f" {100 * r.gbps / peak_gbps:>6.1f}" if peak_gbps else ""
         lines.append(
             f"{c.op:<18} {c.shape:<22} {c.dtype:<9} {r.ours_us:>10.1f} {r.peer_us:>10.1f} {r.ratio:>9.2f} "
-            f"{r.gbps:>8.1f} {r.tflops:>8.3f}  {c.peer_name}"
+            f"{r.gbps:>8.1f}{pct} {r.tflops:>8.3f}  {c.peer_name}"
         )
     return "\n".join(lines)

@@ -71,3 +71,33 @@ def moe_cases(device: str = "cpu", shapes=None, dtypes=(torch.bfloat16, torch.fl
                 cases.append(Case("moe_experts", f"T{T} D{D} I{I} E{E}", name, ours=ours, peer=fn, peer_name=label,
                                   bytes_moved=weight_bytes, flops=flops))
     return cases
+
+
+GROUPED_SHAPES = {
+    "cpu": [(4096, 1024, 512, 16)],
+    "cuda": [(16384, 4096, 2048, 16), (16384, 2048, 2048, 16), (4096, 4096, 2048, 16)],
+}
+
+
+def grouped_gemm_cases(device: str = "cpu", shapes=None, dtypes=(torch.bfloat16,)):
+    """(M, N, K, G) with rows spread evenly over the groups: zaya_rt.ops.grouped_gemm against one dense
+    [M, K] x [K, N] matmul (cuBLAS / oneDNN, the same FLOPs) and torch._grouped_mm."""
+    cases = []
+    for dtype in dtypes:
+        for M, N, K, G in shapes or GROUPED_SHAPES[device]:
+            gen = torch.Generator().manual_seed(M + N)
+            a = torch.randn(M, K, generator=gen).to(device=device, dtype=dtype)
+            b = (torch.randn(G, N, K, generator=gen) / K**0.5).to(device=device, dtype=dtype)
+            offsets = (torch.arange(1, G + 1) * (M // G)).to(device=device, dtype=torch.int32)
+            dense = b[0].clone()
+            name = str(dtype).removeprefix("torch.")
+            flops = 2 * M * N * K
+            nbytes = (M * K + G * N * K + M * N) * a.element_size()
+            ours = lambda a=a, b=b, o=offsets: ops.grouped_gemm(a, b, o)
+            for fn, label in (
+                (lambda a=a, w=dense: a @ w.T, "dense matmul, same FLOPs"),
+                (lambda a=a, b=b, o=offsets: torch._grouped_mm(a, b.transpose(1, 2), offs=o), "torch._grouped_mm"),
+            ):
+                cases.append(Case("grouped_gemm", f"M{M} N{N} K{K} G{G}", name, ours=ours, peer=fn,
+                                  peer_name=label, bytes_moved=nbytes, flops=flops))
+    return cases
