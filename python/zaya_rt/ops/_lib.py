@@ -68,6 +68,14 @@ def check_eps(op: str, eps: float) -> None:
         raise ValueError(f"zaya_rt.{op}: eps must be a finite non-negative number, got {eps!r}")
 
 
+def register_kernels(name: str, impl, fake) -> None:
+    """Registers `impl` as the CPU and CUDA kernel of `zaya_rt::name` (it calls _C, which picks the backend
+    from the tensors' device) and `fake` as its meta kernel."""
+    for key in ("CPU", "CUDA"):
+        lib.impl(name, impl, key)
+    torch.library.register_fake(f"zaya_rt::{name}", fake, lib=lib)
+
+
 def register_autograd(name: str, setup_context, backward) -> None:
     """Registers an Autograd-key kernel for `zaya_rt::name`, like `torch.library.register_autograd`, but
     calls straight below autograd when no input needs a gradient (the inference hot path), which saves

@@ -24,6 +24,7 @@ from zaya_rt.ops._lib import (
     device_args,
     lib,
     register_autograd,
+    register_kernels,
 )
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -258,15 +259,10 @@ def _moe_experts_backward(ctx, grad_out):
     return grad_hidden, None, grad_gate, grad_w1, grad_w2
 
 
-for _key in ("CPU", "CUDA"):
-    lib.impl("moe_dispatch", _moe_dispatch_impl, _key)
-    lib.impl("grouped_gemm", _grouped_gemm_impl, _key)
-    lib.impl("grouped_gemm_weight_grad", _weight_grad_impl, _key)
-    lib.impl("moe_experts", _moe_experts_impl, _key)
-torch.library.register_fake("zaya_rt::moe_dispatch", _moe_dispatch_fake, lib=lib)
-torch.library.register_fake("zaya_rt::grouped_gemm", _grouped_gemm_fake, lib=lib)
-torch.library.register_fake("zaya_rt::grouped_gemm_weight_grad", _weight_grad_fake, lib=lib)
-torch.library.register_fake("zaya_rt::moe_experts", _moe_experts_fake, lib=lib)
+register_kernels("moe_dispatch", _moe_dispatch_impl, _moe_dispatch_fake)
+register_kernels("grouped_gemm", _grouped_gemm_impl, _grouped_gemm_fake)
+register_kernels("grouped_gemm_weight_grad", _weight_grad_impl, _weight_grad_fake)
+register_kernels("moe_experts", _moe_experts_impl, _moe_experts_fake)
 register_autograd("grouped_gemm", _grouped_gemm_setup, _grouped_gemm_backward)
 register_autograd("moe_experts", _moe_experts_setup, _moe_experts_backward)
 

@@ -22,6 +22,7 @@ from zaya_rt.ops._lib import (
     device_args,
     lib,
     register_autograd,
+    register_kernels,
     row_stride,
 )
 
@@ -215,16 +216,10 @@ def _residual_rms_norm_backward(ctx, grad_r, grad_out, _grad_rstd):
     return (*torch.ops.zaya_rt.residual_rms_norm_backward(grad_r, grad_out, *ctx.saved_tensors), None)
 
 
-for _dispatch_key in ("CPU", "CUDA"):
-    lib.impl("rms_norm", _rms_norm_impl, _dispatch_key)
-    lib.impl("rms_norm_backward", _rms_norm_backward_impl, _dispatch_key)
-    lib.impl("residual_rms_norm", _residual_rms_norm_impl, _dispatch_key)
-    lib.impl("residual_rms_norm_backward", _residual_rms_norm_backward_impl, _dispatch_key)
-
-torch.library.register_fake("zaya_rt::rms_norm", _rms_norm_fake, lib=lib)
-torch.library.register_fake("zaya_rt::rms_norm_backward", _rms_norm_backward_fake, lib=lib)
-torch.library.register_fake("zaya_rt::residual_rms_norm", _residual_rms_norm_fake, lib=lib)
-torch.library.register_fake("zaya_rt::residual_rms_norm_backward", _residual_rms_norm_backward_fake, lib=lib)
+register_kernels("rms_norm", _rms_norm_impl, _rms_norm_fake)
+register_kernels("rms_norm_backward", _rms_norm_backward_impl, _rms_norm_backward_fake)
+register_kernels("residual_rms_norm", _residual_rms_norm_impl, _residual_rms_norm_fake)
+register_kernels("residual_rms_norm_backward", _residual_rms_norm_backward_impl, _residual_rms_norm_backward_fake)
 register_autograd("rms_norm", _rms_norm_setup, _rms_norm_backward)
 register_autograd("residual_rms_norm", _residual_rms_norm_setup, _residual_rms_norm_backward)
 
