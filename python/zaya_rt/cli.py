@@ -41,7 +41,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from zaya_rt.benchmarks import format_table, grouped_gemm_cases, moe_cases, norm_cases, run_cases
+    from zaya_rt.benchmarks import (
+        dispatch_cases,
+        format_table,
+        grouped_gemm_cases,
+        moe_cases,
+        norm_cases,
+        run_cases,
+    )
 
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -58,6 +65,8 @@ def _bench(args: argparse.Namespace) -> int:
         cases += moe_cases(device, shapes=shapes)
     if "grouped_gemm" in args.ops:
         cases += grouped_gemm_cases(device)
+    if "dispatch" in args.ops:
+        cases += dispatch_cases(device)
     results = run_cases(cases, device, min_time_s=args.min_time)
     from zaya_rt.benchmarks.harness import peak_gbps_for
 
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
-    bench.add_argument("--ops", default="norms,moe,grouped_gemm", help="comma-separated op families: norms, moe, grouped_gemm")
+    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch", help="comma-separated op families: norms, moe, grouped_gemm, dispatch")
     bench.add_argument("--moe-shapes", default=None,
                        help="semicolon-separated T,D,I,E shapes for the moe cases (default: decode and prefill)")
     bench.add_argument("--peak-gbps", type=float, default=None,

@@ -101,3 +101,25 @@ def grouped_gemm_cases(device: str = "cpu", shapes=None, dtypes=(torch.bfloat16,
                 cases.append(Case("grouped_gemm", f"M{M} N{N} K{K} G{G}", name, ours=ours, peer=fn,
                                   peer_name=label, bytes_moved=nbytes, flops=flops))
     return cases
+
+
+def dispatch_cases(device: str = "cpu", tokens=(16, 4096, 16384), num_experts: int = 16):
+    """moe_dispatch (stable sort of token slots by expert with offsets and inverse rows) against the PyTorch
+    composition transformers uses (sort + histc + cumsum + inverse permutation)."""
+    cases = []
+    for T in tokens:
+        gen = torch.Generator().manual_seed(T)
+        index = torch.randint(0, num_experts + 1, (T,), generator=gen).to(device)
+
+        def peer(index=index):
+            ids, perm = torch.sort(index, stable=True)
+            counts = torch.histc(ids.float(), bins=num_experts, min=0, max=num_experts - 1)
+            offsets = counts.cumsum(0).to(torch.int32)
+            rows = torch.empty_like(perm)
+            rows[perm] = torch.arange(perm.numel(), device=perm.device)
+            return offsets, perm, rows
+
+        cases.append(Case("moe_dispatch", f"T{T} E{num_experts}", "int64",
+                          ours=lambda index=index: ops.moe_dispatch(index, num_experts), peer=peer,
+                          peer_name="torch.sort + histc + cumsum + inverse", bytes_moved=T * (8 + 4 + 4)))
+    return cases
