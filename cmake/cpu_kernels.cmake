@@ -2,7 +2,8 @@
 # (zaya_rt::cpu::avx512, ::avx2, ::base); csrc/cpu/isa.cpp picks one at run time.
 set(ZAYA_RT_CPU_KERNEL_SOURCES
   csrc/cpu/norms.cpp
-  csrc/cpu/moe.cpp)
+  csrc/cpu/moe.cpp
+  csrc/cpu/router.cpp)
 
 set(ZAYA_RT_CPU_ISAS base avx2 avx512)
 set(ZAYA_RT_CPU_FLAGS_base "")

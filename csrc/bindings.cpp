@@ -106,6 +106,18 @@ void moe_experts(Ptr hidden, int64_t hidden_rs, Ptr index, int index_dt, Ptr gat
   zaya_rt::moe_experts(p, dev(dev_type, dev_index, stream));
 }
 
+void zaya_router(Ptr x, int64_t x_rs, Ptr z_prev, int64_t zp_rs, int zp_dt, Ptr down_w, Ptr down_b, Ptr eda,
+                 Ptr norm_w, Ptr fc1_w, Ptr fc1_b, Ptr fc2_w, Ptr fc2_b, Ptr out_w, Ptr bias, int dtype, double eps,
+                 Ptr logits, Ptr gate, Ptr choice, Ptr z, int64_t T, int64_t D, int64_t R, int64_t C, Ptr ws,
+                 int64_t ws_bytes, int dev_type, int dev_index, Ptr stream) {
+  zaya_rt::RouterParams p{ptr(x), x_rs, ptr(z_prev), zp_rs, dt(zp_dt), ptr(down_w), ptr(down_b), ptr(eda),
+                          ptr(norm_w), ptr(fc1_w), ptr(fc1_b), ptr(fc2_w), ptr(fc2_b), ptr(out_w),
+                          ptr<const float>(bias), dt(dtype), static_cast<float>(eps), ptr<float>(logits),
+                          ptr<float>(gate), ptr<int64_t>(choice), ptr<float>(z), T, D, R, C, ptr(ws), ws_bytes};
+  py::gil_scoped_release nogil;
+  zaya_rt::zaya_router(p, dev(dev_type, dev_index, stream));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -144,6 +156,8 @@ PYBIND11_MODULE(_C, m) {
         [](int dev_type, int64_t T, int64_t top_k, int64_t D, int64_t I, int64_t E, int dtype) {
           return zaya_rt::moe_experts_workspace(dev(dev_type, 0, 0), T, top_k, D, I, E, dt(dtype));
         });
+  m.def("zaya_router", &zaya_router);
+  m.def("zaya_router_workspace", &zaya_rt::zaya_router_workspace);
   m.def("norm_bwd_num_partials", [](int dev_type, int rows, int64_t dim) {
     return zaya_rt::norm_bwd_num_partials(dev(dev_type, 0, 0), rows, dim);
   });

@@ -262,6 +262,26 @@ void moe_experts(const MoeExpertsParams& p, const Device& d) {
   route(op, p, d, cpu::moe_experts, gpu::moe_experts);
 }
 
+void zaya_router(const RouterParams& p, const Device& d) {
+  const char* op = "zaya_router";
+  check_sizes(op, {{"T", p.T}});
+  if (p.D < 1 || p.R < 1 || p.C < 2) bad(op, "need D >= 1, R >= 1 and at least one expert plus the skip class");
+  check_dtype(op, "x", p.dtype);
+  for (const void* q : {p.down_w, p.down_b, p.norm_w, p.fc1_w, p.fc1_b, p.fc2_w, p.fc2_b, p.out_w,
+                        static_cast<const void*>(p.balancing_bias)})
+    check_ptr(op, "weight", q, 1);
+  if ((p.z_prev == nullptr) != (p.eda_scale == nullptr)) bad(op, "z_prev and eda_scale come together");
+  if (p.z_prev != nullptr) check_dtype(op, "z_prev", p.z_prev_dtype);
+  check_ptr(op, "workspace", p.workspace, 1);
+  if (d.type != DeviceType::kCpu) bad(op, "the fused router kernel runs on the CPU only so far");
+  if (p.T == 0) return;
+  finish(op, cpu::zaya_router(p));
+}
+
+int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t C) {
+  return cpu::zaya_router_workspace(T, D, R, C);
+}
+
 int64_t grouped_gemm_workspace(const Device& d, int64_t M, int64_t N, int64_t K, int64_t G, DType t) {
   if (d.type == DeviceType::kGpu) return gpu::grouped_gemm_workspace(M, N, K, G, t);
   return cpu::grouped_gemm_workspace(M, N, K, G, t);

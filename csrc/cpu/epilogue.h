@@ -87,4 +87,42 @@ template <typename T> inline void store_swiglu(T* dst, const float* gate, const 
   }
 }
 
+// dst[c] = GELU(round_T(src[c] + bias[c])) (exact, erf form) for c < n; bias in TB.
+#if defined(__AVX512F__)
+inline __m512 erf_avx512(__m512 x) {
+  // Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), odd extension.
+  const __m512 ax = _mm512_abs_ps(x);
+  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), ax, _mm512_set1_ps(1.f)));
+  __m512 poly = _mm512_set1_ps(1.061405429f);
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-1.453152027f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
+  poly = _mm512_mul_ps(poly, t);
+  const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(ax, ax)));
+  const __m512 y = _mm512_fnmadd_ps(poly, e, _mm512_set1_ps(1.f));
+  return _mm512_mask_sub_ps(y, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps(), y);
+}
+#endif
+
+template <typename T, typename TB>
+inline void store_bias_gelu(T* dst, const float* src, const TB* bias, int n) {
+  int c = 0;
+#if defined(__AVX512F__)
+  for (; c < n; c += 16) {
+    const __mmask16 m = n - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - c)) - 1);
+    alignas(64) float b[16] = {};
+    for (int i = 0; i < 16 && c + i < n; ++i) b[i] = load(bias, c + i);
+    const __m512 v = round_vec<T>(_mm512_add_ps(_mm512_maskz_loadu_ps(m, src + c), _mm512_load_ps(b)));
+    const __m512 g = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v),
+                                   _mm512_add_ps(_mm512_set1_ps(1.f), erf_avx512(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)))));
+    store_vec(dst + c, g, m);
+  }
+#endif
+  for (; c < n; ++c) {
+    const float v = round_to<T>(src[c] + load(bias, c));
+    store(dst, c, 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f)));
+  }
+}
+
 }  // namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA

@@ -84,5 +84,6 @@ ZAYA_RT_CPU_ROUTE(moe_dispatch, MoeDispatchParams)
 ZAYA_RT_CPU_ROUTE(grouped_gemm, GroupedGemmParams)
 ZAYA_RT_CPU_ROUTE(grouped_gemm_weight_grad, GroupedGemmWeightGradParams)
 ZAYA_RT_CPU_ROUTE(moe_experts, MoeExpertsParams)
+ZAYA_RT_CPU_ROUTE(zaya_router, RouterParams)
 
 }  // namespace zaya_rt::cpu

@@ -2,6 +2,7 @@
 #pragma once
 #include "zaya_rt/moe.h"
 #include "zaya_rt/norms.h"
+#include "zaya_rt/router.h"
 
 #define ZAYA_RT_DECLARE_CPU_KERNELS(ISA)                                   \
   namespace zaya_rt::cpu::ISA {                                            \
@@ -13,6 +14,7 @@
   const char* grouped_gemm(const GroupedGemmParams& p);                    \
   const char* grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p); \
   const char* moe_experts(const MoeExpertsParams& p);                      \
+  const char* zaya_router(const RouterParams& p);                          \
   }
 
 ZAYA_RT_DECLARE_CPU_KERNELS(base)

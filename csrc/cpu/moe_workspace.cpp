@@ -5,6 +5,7 @@
 
 #include "cpu/gemm_shape.h"
 #include "zaya_rt/moe.h"
+#include "zaya_rt/router.h"
 
 namespace zaya_rt::cpu {
 namespace {
@@ -30,6 +31,12 @@ int64_t moe_experts_workspace(int64_t T, int64_t top_k, int64_t D, int64_t I, in
   if (top_k > 1) bytes += aligned(slots * D * 4);
   bytes += aligned((slots + E * kGemmMR) * width * kPackedEntryBytes);
   return bytes + threads() * width * kGemmNC * kPackedEntryBytes;
+}
+
+int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t) {
+  const int64_t width = std::max(D, R);
+  return 2 * aligned(T * R * 4) + aligned((T + kGemmMR) * width * kPackedEntryBytes) +
+         threads() * width * kGemmNC * kPackedEntryBytes + 64;
 }
 
 }  // namespace zaya_rt::cpu

@@ -136,7 +136,7 @@ class ZayaRouter(nn.Module):
     def forward(self, x_TD: torch.Tensor, z_prev_TR: torch.Tensor | None):
         """Returns logits [T, E+1], gate [T], choice [T] (E = skip), z [T, R]."""
         mlp = self.router_mlp
-        return ref.zaya_router(
+        return ops.zaya_router(
             x_TD, z_prev_TR, self.down_proj.weight, self.down_proj.bias, self.router_states_scale,
             mlp.norm.weight, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, mlp.out_proj.weight,
             self.balancing_biases, mlp.norm.eps,

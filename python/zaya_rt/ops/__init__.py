@@ -2,5 +2,6 @@
 
 from zaya_rt.ops.moe import grouped_gemm, moe_dispatch, moe_experts
 from zaya_rt.ops.norms import residual_rms_norm, rms_norm
+from zaya_rt.ops.router import zaya_router
 
-__all__ = ["grouped_gemm", "moe_dispatch", "moe_experts", "residual_rms_norm", "rms_norm"]
+__all__ = ["grouped_gemm", "moe_dispatch", "moe_experts", "residual_rms_norm", "rms_norm", "zaya_router"]

@@ -1,0 +1,124 @@
+// CPU ZAYA1 router forward: four GEMMs on the shared driver with fused epilogues (bias + EDA, bias + GELU),
+// the RMSNorm between them, and a per-token softmax / biased argmax. Compiled once per ISA.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/epilogue.h"
+#include "cpu/gemm_driver.h"
+#include "cpu/isa_kernels.h"
+#include "zaya_rt/router.h"
+
+namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
+namespace {
+
+
+template <typename T>
+const char* router_t(const RouterParams& p) {
+  constexpr bool Dot = false;
+  using Entry = typename PackMode<T, Dot>::Entry;
+  const int64_t T_ = p.T, D = p.D, R = p.R, C = p.C;
+  char* cursor = static_cast<char*>(p.workspace);
+  auto carve_bytes = [&](int64_t bytes) {
+    char* at = cursor;
+    cursor += (bytes + 63) / 64 * 64;
+    return at;
+  };
+  T* h0 = reinterpret_cast<T*>(carve_bytes(T_ * R * static_cast<int64_t>(sizeof(T))));
+  T* h1 = reinterpret_cast<T*>(carve_bytes(T_ * R * static_cast<int64_t>(sizeof(T))));
+  const int64_t kp_max = std::max(packed_k<T, Dot>(D), packed_k<T, Dot>(R));
+  Entry* packed_a = reinterpret_cast<Entry*>(carve_bytes(gemm_packed_a_entries(T_, 1, kp_max) * 4));
+  const int64_t room = (static_cast<char*>(p.workspace) + p.workspace_bytes - cursor) /
+                       (gemm_b_block_entries(kp_max) * 4);
+  if (room < 1) return "workspace too small";
+  Entry* b_blocks = reinterpret_cast<Entry*>(cursor);
+  const int threads = static_cast<int>(std::min<int64_t>(room, omp_get_max_threads()));
+
+  const T* x = static_cast<const T*>(p.x);
+  const T* norm_w = static_cast<const T*>(p.norm_w);
+  auto run = [&](Source<T> a, const void* w, int64_t N, int64_t K, auto&& epi) {
+    std::vector<GemmJob<T>> jobs{{a, Source<T>{static_cast<const T*>(w), K, 1}, T_, N, K}};
+    run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads, epi);
+  };
+
+  // z = x W_down^T + b (+ eda_scale * z_prev), fp32.
+  const T* down_b = static_cast<const T*>(p.down_b);
+  const T* eda = static_cast<const T*>(p.eda_scale);
+  run(Source<T>{x, p.x_row_stride, 1}, p.down_w, R, D,
+      [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
+        for (int r = 0; r < mr; ++r) {
+          float* zr = p.z + (m0 + r) * R + n0;
+          for (int c = 0; c < nr; ++c) {
+            float v = round_to<T>(tile[r * kNR + c] + load(down_b, n0 + c));
+            if (p.z_prev != nullptr && eda != nullptr) {
+              const int64_t zi = (m0 + r) * p.z_prev_row_stride + n0 + c;
+              const float zp = p.z_prev_dtype == DType::kFloat32 ? static_cast<const float*>(p.z_prev)[zi]
+                               : p.z_prev_dtype == DType::kBFloat16 ? load(static_cast<const bf16*>(p.z_prev), zi)
+                                                                    : load(static_cast<const f16*>(p.z_prev), zi);
+              v = round_to<T>(v + round_to<T>(zp * load(eda, n0 + c)));
+            }
+            zr[c] = v;
+          }
+        }
+      });
+
+  // h0 = RMSNorm(z) * norm_w in T.
+#pragma omp parallel for schedule(static) num_threads(threads) if (T_ * R >= (1 << 14))
+  for (int64_t t = 0; t < T_; ++t) {
+    const float* zr = p.z + t * R;
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t j = 0; j < R; ++j) ss += zr[j] * zr[j];
+    const float rstd = 1.f / std::sqrt(ss / static_cast<float>(R) + p.eps);
+    for (int64_t j = 0; j < R; ++j) store(h0 + t * R, j, round_to<T>(zr[j] * rstd) * load(norm_w, j));
+  }
+
+  // h1 = GELU(h0 W1^T + b1), h0 <- GELU(h1 W2^T + b2) (h0's buffer is free again).
+  const T* fc1_b = static_cast<const T*>(p.fc1_b);
+  const T* fc2_b = static_cast<const T*>(p.fc2_b);
+  run(Source<T>{h0, R, 1}, p.fc1_w, R, R, [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
+    for (int r = 0; r < mr; ++r) store_bias_gelu(h1 + (m0 + r) * R + n0, tile + r * kNR, fc1_b + n0, nr);
+  });
+  run(Source<T>{h1, R, 1}, p.fc2_w, R, R, [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
+    for (int r = 0; r < mr; ++r) store_bias_gelu(h0 + (m0 + r) * R + n0, tile + r * kNR, fc2_b + n0, nr);
+  });
+
+  // logits = h2 W_out^T (rounded to T like a T-typed linear), then softmax and the biased choice per token.
+  run(Source<T>{h0, R, 1}, p.out_w, C, R, [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
+    for (int r = 0; r < mr; ++r)
+      for (int c = 0; c < nr; ++c) p.logits[(m0 + r) * C + n0 + c] = round_to<T>(tile[r * kNR + c]);
+  });
+#pragma omp parallel for schedule(static) num_threads(threads) if (T_ * C >= (1 << 14))
+  for (int64_t t = 0; t < T_; ++t) {
+    const float* lr = p.logits + t * C;
+    float mx = lr[0];
+    for (int64_t c = 1; c < C; ++c) mx = std::max(mx, lr[c]);
+    float sum = 0.f;
+    for (int64_t c = 0; c < C; ++c) sum += std::exp(lr[c] - mx);
+    int64_t best = 0;
+    float best_score = -INFINITY, best_p = 0.f;
+    for (int64_t c = 0; c < C; ++c) {
+      const float prob = round_to<T>(std::exp(lr[c] - mx) / sum);
+      const float score = prob + p.balancing_bias[c];
+      if (score > best_score) {
+        best_score = score;
+        best = c;
+        best_p = prob;
+      }
+    }
+    p.choice[t] = best;
+    p.gate[t] = best == C - 1 ? 0.f : best_p;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+const char* zaya_router(const RouterParams& p) {
+  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, return router_t<T>(p));
+  return nullptr;
+}
+
+}  // namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA

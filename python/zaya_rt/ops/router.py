@@ -1,0 +1,204 @@
+"""ZAYA1 router (SPEC section 3, step 6) as one op.
+
+  zaya_router(x[T, D], z_prev[T, R]?, down_w[R, D], down_b[R], eda_scale[R]?, norm_w[R], fc1_w[R, R], fc1_b[R],
+              fc2_w[R, R], fc2_b[R], out_w[C, R], balancing_bias[C] fp32, eps)
+      -> (logits[T, C] fp32, gate[T] fp32, choice[T] int64, z[T, R] fp32)
+
+z = x W_down^T + b (+ eda_scale * z_prev), logits = W_out GELU(W2 GELU(W1 RMSNorm(z) + b1) + b2), p = softmax,
+choice = argmax(p + balancing_bias) (C - 1 = skip), gate = p[choice] (0 for skip). Gradients flow through
+logits, gate and z to every weight, x and z_prev; choice and balancing_bias get none.
+The fused kernel runs on the CPU (f32/f16/bf16); other devices and float64 (for gradcheck) use the same math
+composed of PyTorch ops, until GPU kernels land.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from zaya_rt import _C
+from zaya_rt.ops._lib import (
+    DTYPE_CODES,
+    FLOAT_DTYPES,
+    check_eps,
+    check_same_device,
+    check_tensor,
+    device_args,
+    lib,
+    register_autograd,
+    register_kernels,
+)
+
+lib.define(
+    "zaya_router(Tensor x, Tensor? z_prev, Tensor down_w, Tensor down_b, Tensor? eda_scale, Tensor norm_w, "
+    "Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b, Tensor out_w, Tensor balancing_bias, float eps) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
+)
+
+_ALL_FLOATS = (*FLOAT_DTYPES, torch.float64)
+_NAMES = ("x", "z_prev", "down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w",
+          "balancing_bias")
+
+
+def _check(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
+    op = "zaya_router"
+    check_tensor(op, "x", x, dtypes=_ALL_FLOATS, ndim=2)
+    T, D = x.shape
+    check_tensor(op, "down_w", down_w, dtypes=_ALL_FLOATS, ndim=2)
+    R = down_w.shape[0]
+    check_tensor(op, "out_w", out_w, dtypes=_ALL_FLOATS, ndim=2)
+    C = out_w.shape[0]
+    want = {"down_w": (R, D), "down_b": (R,), "norm_w": (R,), "fc1_w": (R, R), "fc1_b": (R,), "fc2_w": (R, R),
+            "fc2_b": (R,), "out_w": (C, R), "z_prev": (T, R), "eda_scale": (R,)}
+    given = dict(zip(_NAMES, (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w)))
+    if (z_prev is None) != (eda_scale is None):
+        raise ValueError(f"zaya_rt.{op}: z_prev and eda_scale come together (both None on the first layer)")
+    for name, shape in want.items():
+        t = given[name]
+        if t is None:
+            continue
+        check_tensor(op, name, t, dtypes=_ALL_FLOATS)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"zaya_rt.{op}: {name} has shape {tuple(t.shape)}, expected {shape}")
+        if name != "z_prev" and t.dtype != x.dtype:
+            raise TypeError(f"zaya_rt.{op}: {name} has dtype {t.dtype}, x has {x.dtype}")
+    check_tensor(op, "balancing_bias", balancing_bias, dtypes=(torch.float32, torch.float64), ndim=1)
+    if balancing_bias.shape[0] != C or C < 2:
+        raise ValueError(f"zaya_rt.{op}: balancing_bias has {balancing_bias.shape[0]} entries for {C} classes "
+                         "(experts + skip, at least 2)")
+    check_same_device(op, **{k: v for k, v in given.items() if v is not None}, balancing_bias=balancing_bias)
+    check_eps(op, eps)
+
+
+def _reference(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
+    """The router in PyTorch ops at max(dtype, fp32) precision; returns the op's four outputs."""
+    wide = torch.promote_types(x.dtype, torch.float32)
+    w = lambda t: None if t is None else t.to(wide)  # noqa: E731
+    z = F.linear(w(x), w(down_w), w(down_b))
+    if z_prev is not None:
+        z = z + w(z_prev) * w(eda_scale)
+    n = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + eps)
+    h = F.gelu(F.linear(n * w(norm_w), w(fc1_w), w(fc1_b)))
+    logits = F.linear(F.gelu(F.linear(h, w(fc2_w), w(fc2_b))), w(out_w))
+    p = torch.softmax(logits, dim=-1)
+    choice = (p + balancing_bias.to(wide)).argmax(dim=-1)
+    gate = p.gather(-1, choice[:, None]).squeeze(-1).masked_fill(choice == logits.shape[-1] - 1, 0)
+    return logits, gate, choice, z
+
+
+def _impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
+    args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
+    _check(*args)
+    if x.device.type != "cpu" or x.dtype == torch.float64:
+        return _reference(*args)
+    T, D = x.shape
+    R, C = down_w.shape[0], out_w.shape[0]
+    x = x if x.stride(-1) == 1 or D == 1 else x.contiguous()
+    weights = [t.contiguous() for t in (down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w)]
+    eda = eda_scale.contiguous() if eda_scale is not None else None
+    zp = z_prev.contiguous() if z_prev is not None else None
+    bias = balancing_bias.to(torch.float32).contiguous()
+    logits = x.new_empty((T, C), dtype=torch.float32)
+    gate = x.new_empty((T,), dtype=torch.float32)
+    choice = x.new_empty((T,), dtype=torch.int64)
+    z = x.new_empty((T, R), dtype=torch.float32)
+    ws = torch.empty(_C.zaya_router_workspace(T, D, R, C), dtype=torch.uint8)
+    down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w = weights
+    _C.zaya_router(
+        x.data_ptr(), x.stride(0), zp.data_ptr() if zp is not None else 0, R,
+        DTYPE_CODES[zp.dtype] if zp is not None else 0, down_w.data_ptr(), down_b.data_ptr(),
+        eda.data_ptr() if eda is not None else 0, norm_w.data_ptr(), fc1_w.data_ptr(), fc1_b.data_ptr(),
+        fc2_w.data_ptr(), fc2_b.data_ptr(), out_w.data_ptr(), bias.data_ptr(), DTYPE_CODES[x.dtype], float(eps),
+        logits.data_ptr(), gate.data_ptr(), choice.data_ptr(), z.data_ptr(), T, D, R, C, ws.data_ptr(), ws.numel(),
+        *device_args(x),
+    )
+    return logits, gate, choice, z
+
+
+def _fake(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
+    _check(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
+    T, R, C = x.shape[0], down_w.shape[0], out_w.shape[0]
+    wide = torch.promote_types(x.dtype, torch.float32)
+    return (x.new_empty((T, C), dtype=wide), x.new_empty((T,), dtype=wide), x.new_empty((T,), dtype=torch.int64),
+            x.new_empty((T, R), dtype=wide))
+
+
+def _setup(ctx, inputs, output):
+    x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, _, eps = inputs
+    ctx.eps = eps
+    ctx.has_prev = z_prev is not None
+    prev = (z_prev, eda_scale) if z_prev is not None else ()
+    ctx.save_for_backward(x, down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, output[2], *prev)
+    ctx.mark_non_differentiable(output[2])
+
+
+def _gelu_grad(a):
+    return 0.5 * (1 + torch.erf(a * (0.5**0.5))) + a * torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+
+
+def _backward(ctx, g_logits, g_gate, _g_choice, g_z):
+    """Recomputes the router's activations from the saved inputs and differentiates by hand (no autograd inside
+    backward, so torch.compile can trace it)."""
+    x, down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, choice, *prev = ctx.saved_tensors
+    z_prev, eda = prev if ctx.has_prev else (None, None)
+    wide = torch.promote_types(x.dtype, torch.float32)
+    w = lambda t: t.to(wide)  # noqa: E731
+    xw = w(x)
+    z = F.linear(xw, w(down_w), w(down_b))
+    if z_prev is not None:
+        z = z + w(z_prev) * w(eda)
+    rstd = torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + ctx.eps)
+    n = z * rstd
+    h0 = n * w(norm_w)
+    a1 = F.linear(h0, w(fc1_w), w(fc1_b))
+    h1 = F.gelu(a1)
+    a2 = F.linear(h1, w(fc2_w), w(fc2_b))
+    h2 = F.gelu(a2)
+    p = torch.softmax(F.linear(h2, w(out_w)), dim=-1)
+    g_gate = g_gate.to(wide).masked_fill(choice == p.shape[-1] - 1, 0)
+    dp = torch.zeros_like(p).scatter_(-1, choice[:, None], g_gate[:, None])
+    dlogits = g_logits.to(wide) + p * (dp - (dp * p).sum(-1, keepdim=True))
+    da2 = (dlogits @ w(out_w)) * _gelu_grad(a2)
+    da1 = (da2 @ w(fc2_w)) * _gelu_grad(a1)
+    dh0 = da1 @ w(fc1_w)
+    dn = dh0 * w(norm_w)
+    dz = g_z.to(wide) + rstd * (dn - n * (dn * n).mean(-1, keepdim=True))
+    grads = {
+        "x": dz @ w(down_w), "down_w": dz.T @ xw, "down_b": dz.sum(0), "norm_w": (dh0 * n).sum(0),
+        "fc1_w": da1.T @ h0, "fc1_b": da1.sum(0), "fc2_w": da2.T @ h1, "fc2_b": da2.sum(0), "out_w": dlogits.T @ h2,
+    }
+    dtype = {"x": x.dtype}
+    if z_prev is not None:
+        grads["z_prev"], grads["eda_scale"] = dz * w(eda), (dz * w(z_prev)).sum(0)
+        dtype["z_prev"] = z_prev.dtype
+    out = [grads.get(name) for name in _NAMES[:11]]
+    out = [None if g is None else g.to(dtype.get(name, x.dtype)) for g, name in zip(out, _NAMES[:11])]
+    return (*out, None, None)
+
+
+register_kernels("zaya_router", _impl, _fake)
+register_autograd("zaya_router", _setup, _backward)
+
+
+def zaya_router(
+    x: torch.Tensor,
+    z_prev: torch.Tensor | None,
+    down_w: torch.Tensor,
+    down_b: torch.Tensor,
+    eda_scale: torch.Tensor | None,
+    norm_w: torch.Tensor,
+    fc1_w: torch.Tensor,
+    fc1_b: torch.Tensor,
+    fc2_w: torch.Tensor,
+    fc2_b: torch.Tensor,
+    out_w: torch.Tensor,
+    balancing_bias: torch.Tensor,
+    eps: float = 1e-5,
+):
+    """The ZAYA1 router; see the module docstring for shapes. Returns (logits, gate, choice, z)."""
+    args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
+    if not all(t is None or isinstance(t, torch.Tensor) for t in args[:-1]):
+        _check(*args)
+    return torch.ops.zaya_rt.zaya_router(*args)

@@ -1,0 +1,161 @@
+"""zaya_router vs transformers' ZayaRouter and the float64 reference: forward, gradients (gradcheck in float64),
+opcheck, torch.compile and bad inputs."""
+
+import pytest
+import torch
+
+import zaya_rt
+from zaya_rt.ops.router import _reference
+
+
+def _weights(D=48, R=20, E=5, dtype=torch.float32, seed=0, eda=True, grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    C = E + 1
+    mk = lambda *shape, scale=0.3, shift=0.0: (shift + scale * torch.randn(*shape, generator=gen)).to(dtype)  # noqa: E731
+    w = dict(
+        down_w=mk(R, D, scale=D**-0.5), down_b=mk(R, scale=0.1), eda_scale=mk(R, shift=1.0, scale=0.2) if eda else None,
+        norm_w=mk(R, shift=1.0, scale=0.2), fc1_w=mk(R, R, scale=R**-0.5), fc1_b=mk(R, scale=0.1),
+        fc2_w=mk(R, R, scale=R**-0.5), fc2_b=mk(R, scale=0.1), out_w=mk(C, R, scale=1.5),
+    )
+    if grad:
+        for t in w.values():
+            if t is not None:
+                t.requires_grad_()
+    bias = 0.05 * torch.randn(C, generator=gen)
+    return w, bias
+
+
+def _call(x, z_prev, w, bias, eps=1e-5):
+    return zaya_rt.ops.zaya_router(x, z_prev, w["down_w"], w["down_b"], w["eda_scale"], w["norm_w"], w["fc1_w"],
+                                   w["fc1_b"], w["fc2_w"], w["fc2_b"], w["out_w"], bias, eps)
+
+
+@pytest.mark.parametrize("eda", [False, True])
+def test_matches_transformers_router(eda):
+    hf = pytest.importorskip("transformers.models.zaya.modeling_zaya")
+    from hf_helpers import hf_config
+
+    cfg = hf_config(hidden_size=48, router_hidden_size=20, num_experts=5)
+    router = hf.ZayaRouter(cfg, layer_idx=1 if eda else 0)
+    w, bias = _weights(eda=eda, seed=3)
+    with torch.no_grad():
+        router.down_proj.weight.copy_(w["down_w"])
+        router.down_proj.bias.copy_(w["down_b"])
+        if eda:
+            router.router_states_scale.copy_(w["eda_scale"])
+        mlp = router.router_mlp
+        mlp.norm.weight.copy_(w["norm_w"])
+        for name in ("fc1", "fc2"):
+            getattr(mlp, name).weight.copy_(w[f"{name}_w"])
+            getattr(mlp, name).bias.copy_(w[f"{name}_b"])
+        mlp.out_proj.weight.copy_(w["out_w"])
+    x = torch.randn(3, 17, 48)
+    z_prev = torch.randn(3, 17, 20) if eda else None
+    choices_seen = set()
+    for shift in (0.0, 0.3, -0.3):  # balancing biases that move the choice, the skip class's included
+        b = bias.clone()
+        b[-1] += shift
+        router.balancing_biases.copy_(b)
+        with torch.no_grad():
+            h_logits, h_probs, h_index, h_next = router(x, z_prev)
+            logits, gate, choice, z = _call(x.view(-1, 48), None if z_prev is None else z_prev.view(-1, 20), w, b)
+        skip = choice == 5
+        assert torch.equal(torch.where(skip, 0, choice), h_index.view(-1))
+        torch.testing.assert_close(logits, h_logits, rtol=1e-5, atol=1e-5 * h_logits.abs().max().item())
+        torch.testing.assert_close(gate, h_probs.view(-1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(z, h_next.reshape(-1, 20), rtol=1e-5, atol=1e-6)
+        choices_seen.update(choice.tolist())
+    assert 5 in choices_seen and len(choices_seen) >= 3
+
+
+@pytest.mark.parametrize("eda", [False, True])
+def test_gradcheck_float64(eda):
+    w, bias = _weights(D=6, R=5, E=3, dtype=torch.float64, eda=eda, grad=True, seed=1)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    z_prev = torch.randn(4, 5, dtype=torch.float64, requires_grad=True) if eda else None
+
+    def fn(x, z_prev, *weights):
+        ws = dict(zip([k for k in w if w[k] is not None], weights))
+        ws.setdefault("eda_scale", None)
+        logits, gate, _, z = _call(x, z_prev, ws, bias)
+        return logits, gate, z
+
+    inputs = (x, z_prev, *[t for t in w.values() if t is not None])
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [1, 16, 300])
+def test_kernel_matches_float64_reference_with_gradients(dtype, T):
+    w, bias = _weights(dtype=dtype, grad=True, seed=T)
+    x = torch.randn(T, 48).to(dtype).requires_grad_()
+    z_prev = torch.randn(T, 20).requires_grad_()
+    logits, gate, choice, z = _call(x, z_prev, w, bias)
+    ref_in = {k: None if v is None else v.detach().double().requires_grad_() for k, v in w.items()}
+    x64, zp64 = x.detach().double().requires_grad_(), z_prev.detach().double().requires_grad_()
+    r_logits, r_gate, r_choice, r_z = _call(x64, zp64, ref_in, bias)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    scale = r_logits.abs().max().item()
+    assert (logits.double() - r_logits).abs().max().item() <= tol * scale
+    agree = (choice == r_choice).float().mean().item()
+    assert agree == 1.0 if dtype == torch.float32 else agree > 0.8
+    same = choice == r_choice
+    g = [torch.randn_like(t, dtype=torch.float32) for t in (logits, gate, z)]
+    torch.autograd.backward([logits, gate, z], g)
+    # compare gradients with the choices the kernel made, so bf16 rounding of a near-tie cannot diverge them
+    r_gate_same = r_logits.softmax(-1).gather(-1, choice[:, None]).squeeze(-1).masked_fill(choice == 5, 0)
+    torch.autograd.backward([r_logits, r_gate_same, r_z], [t.double() for t in g])
+    for name in ("down_w", "fc1_w", "fc2_w", "out_w", "norm_w", "eda_scale"):
+        got, want = w[name].grad.double(), ref_in[name].grad
+        err = (got - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
+        assert err <= (1e-4 if dtype == torch.float32 else 8e-2), f"grad {name}: {err}"
+    assert same.any()
+
+
+def test_opcheck_and_compile():
+    w, bias = _weights(grad=True)
+    x = torch.randn(9, 48, requires_grad=True)
+    z_prev = torch.randn(9, 20, requires_grad=True)
+    args = (x, z_prev, w["down_w"], w["down_b"], w["eda_scale"], w["norm_w"], w["fc1_w"], w["fc1_b"], w["fc2_w"],
+            w["fc2_b"], w["out_w"], bias, 1e-5)
+    torch.library.opcheck(torch.ops.zaya_rt.zaya_router, args)
+    first = (x, None, w["down_w"], w["down_b"], None, *args[5:])
+    torch.library.opcheck(torch.ops.zaya_rt.zaya_router, first)
+
+    def fn(*a):
+        logits, gate, choice, z = zaya_rt.ops.zaya_router(*a)
+        return logits.sum() + gate.sum() + z.sum() + choice.sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), fn(*args))
+
+
+def _bad(**change):
+    w, bias = _weights()
+    base = dict(x=torch.randn(4, 48), z_prev=torch.randn(4, 20), **w, balancing_bias=bias)
+    base.update(change)
+    names = ("x", "z_prev", "down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w",
+             "balancing_bias")
+    return tuple(base[n] for n in names) + (1e-5,)
+
+
+BAD = {
+    "x 1-D": (_bad(x=torch.randn(48)), ValueError, "x must have 2"),
+    "x int": (_bad(x=torch.ones(4, 48, dtype=torch.int32)), TypeError, "x has dtype int32"),
+    "x width": (_bad(x=torch.randn(4, 47)), ValueError, r"down_w has shape \(20, 48\), expected \(20, 47\)"),
+    "z_prev rows": (_bad(z_prev=torch.randn(5, 20)), ValueError, r"z_prev has shape \(5, 20\)"),
+    "z_prev without eda": (_bad(eda_scale=None), ValueError, "come together"),
+    "fc1 shape": (_bad(fc1_w=torch.randn(20, 21)), ValueError, "fc1_w has shape"),
+    "weight dtype": (_bad(fc2_b=torch.randn(20, dtype=torch.bfloat16)), TypeError, "fc2_b has dtype"),
+    "bias count": (_bad(balancing_bias=torch.zeros(5)), ValueError, "balancing_bias has 5 entries for 6"),
+    "bias dtype": (_bad(balancing_bias=torch.zeros(6, dtype=torch.bfloat16)), TypeError, "balancing_bias has dtype"),
+    "meta weight": (_bad(norm_w=torch.randn(20, device="meta")), ValueError, "one device"),
+    "weight list": (_bad(out_w=[[0.0] * 20] * 6), TypeError, "out_w must be a torch.Tensor"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_rejects_bad_input(case):
+    args, exc, pattern = BAD[case]
+    with pytest.raises(exc, match=pattern):
+        zaya_rt.ops.zaya_router(*args)
