@@ -47,6 +47,7 @@ def _bench(args: argparse.Namespace) -> int:
         grouped_gemm_cases,
         moe_cases,
         norm_cases,
+        router_cases,
         run_cases,
     )
 
@@ -67,6 +68,8 @@ def _bench(args: argparse.Namespace) -> int:
         cases += grouped_gemm_cases(device)
     if "dispatch" in args.ops:
         cases += dispatch_cases(device)
+    if "router" in args.ops:
+        cases += router_cases(device)
     results = run_cases(cases, device, min_time_s=args.min_time)
     from zaya_rt.benchmarks.harness import peak_gbps_for
 
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
-    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch", help="comma-separated op families: norms, moe, grouped_gemm, dispatch")
+    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router")
     bench.add_argument("--moe-shapes", default=None,
                        help="semicolon-separated T,D,I,E shapes for the moe cases (default: decode and prefill)")
     bench.add_argument("--peak-gbps", type=float, default=None,

@@ -4,5 +4,6 @@ the same run, reported as time, bandwidth and the ratio peer/ours (> 1 means zay
 from zaya_rt.benchmarks.harness import Case, Result, format_table, run_cases
 from zaya_rt.benchmarks.moe import dispatch_cases, grouped_gemm_cases, moe_cases
 from zaya_rt.benchmarks.norms import norm_cases
+from zaya_rt.benchmarks.router import router_cases
 
-__all__ = ["Case", "Result", "dispatch_cases", "format_table", "grouped_gemm_cases", "moe_cases", "norm_cases", "run_cases"]
+__all__ = ["Case", "Result", "dispatch_cases", "format_table", "grouped_gemm_cases", "moe_cases", "norm_cases", "router_cases", "run_cases"]

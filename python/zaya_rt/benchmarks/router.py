@@ -1,0 +1,43 @@
+"""Router benchmark cases: the fused zaya_router against the unfused PyTorch composition (transformers'
+ZayaRouter forward)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from zaya_rt import ops
+from zaya_rt.benchmarks.harness import Case
+
+DEFAULT_TOKENS = {"cpu": (1, 16, 4096, 16384), "cuda": (1, 16, 4096, 16384)}
+
+
+def _unfused(x, z_prev, down_w, down_b, eda, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, bias, eps=1e-5):
+    z = F.linear(x, down_w, down_b)
+    if z_prev is not None:
+        z = z + z_prev * eda
+    zf = z.float()
+    n = (zf * torch.rsqrt(zf.pow(2).mean(-1, keepdim=True) + eps)).to(norm_w.dtype) * norm_w
+    logits = F.linear(F.gelu(F.linear(F.gelu(F.linear(n, fc1_w, fc1_b)), fc2_w, fc2_b)), out_w)
+    p = torch.softmax(logits, dim=-1)
+    choice = (p.float() + bias).argmax(-1)
+    gate = p.gather(-1, choice[:, None]).masked_fill(choice[:, None] == out_w.shape[0] - 1, 0)
+    return logits, gate, choice, z
+
+
+def router_cases(device: str = "cpu", tokens=None, D: int = 2048, R: int = 256, E: int = 16,
+                 dtypes=(torch.float32, torch.bfloat16)):
+    cases = []
+    for dtype in dtypes:
+        for T in tokens or DEFAULT_TOKENS[device]:
+            gen = torch.Generator().manual_seed(T)
+            mk = lambda *s, scale=0.05: (scale * torch.randn(*s, generator=gen)).to(device=device, dtype=dtype)  # noqa: E731
+            args = (mk(T, D, scale=1.0), mk(T, R, scale=1.0), mk(R, D), mk(R), 1 + mk(R), 1 + mk(R), mk(R, R), mk(R),
+                    mk(R, R), mk(R), mk(E + 1, R, scale=0.5), (0.01 * torch.randn(E + 1, generator=gen)).to(device))
+            name = str(dtype).removeprefix("torch.")
+            flops = 2 * T * (D * R + 2 * R * R + R * (E + 1))
+            cases.append(Case("zaya_router", f"T{T} D{D} R{R} E{E}", name,
+                              ours=lambda a=args: ops.zaya_router(*a), peer=lambda a=args: _unfused(*a),
+                              peer_name="unfused PyTorch (transformers ZayaRouter)", flops=flops,
+                              bytes_moved=(T * D + R * D + 2 * R * R) * args[0].element_size()))
+    return cases
