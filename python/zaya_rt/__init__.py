@@ -4,11 +4,11 @@
 `zaya_rt.ZayaForCausalLM`, `zaya_rt.ZayaConfig`, and the ops in `zaya_rt.ops`.
 """
 
-from zaya_rt import _C, ops, ref
+from zaya_rt import _C, ops, ref, train
 from zaya_rt.integrations import transformers as _transformers_integration
 from zaya_rt.model import ZayaCache, ZayaConfig, ZayaForCausalLM, load, save
 
 _transformers_integration.install()
 
 __version__ = "0.1.0"
-__all__ = ["ZayaCache", "ZayaConfig", "ZayaForCausalLM", "_C", "load", "ops", "ref", "save"]
+__all__ = ["ZayaCache", "ZayaConfig", "ZayaForCausalLM", "_C", "load", "ops", "ref", "save", "train"]
