@@ -20,6 +20,8 @@ echo "== building _C with: $FLAGS"
 
 ASAN_LIB=$(gcc -print-file-name=libasan.so)
 UBSAN_LIB=$(gcc -print-file-name=libubsan.so)
+export LD_PRELOAD="$ASAN_LIB $UBSAN_LIB"
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 echo "== running the CPU kernel tests under ASan/UBSan ($ASAN_LIB)"
 cd "$WORK"
 loaded=$(PYTHONPATH="$WORK/site" "$PYTHON" -c "import zaya_rt._C as c; print(c.__file__)")
@@ -29,7 +31,6 @@ if [[ "$loaded" != "$WORK/site/"* ]]; then
   exit 1
 fi
 # Leak checking is off: CPython and PyTorch keep allocations alive until exit by design.
-PYTHONPATH="$WORK/site:$ROOT/tests" LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" \
-  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  "$PYTHON" -m pytest -q -p no:cacheprovider -x "$ROOT/tests/test_norms.py" "$ROOT/tests/test_norms_contract.py" \
-  "$ROOT/tests/test_moe.py" "$ROOT/tests/test_moe_contract.py" -k "not compile" "$@"
+PYTHONPATH="$WORK/site:$ROOT/tests" "$PYTHON" -m pytest -q -p no:cacheprovider -x \
+  "$ROOT/tests/test_norms.py" "$ROOT/tests/test_norms_contract.py" "$ROOT/tests/test_moe.py" \
+  "$ROOT/tests/test_moe_contract.py" "$ROOT/tests/test_router.py" -k "not compile" "$@"
