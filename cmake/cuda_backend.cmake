@@ -1,6 +1,7 @@
 # CUDA backend: cuda/*.cu compiled by nvcc for sm_80 and sm_90a, linked into _C.
 # The kernel bodies are shared with the HIP backend (cmake/hip_backend.cmake) through
-# cuda/compat.h; see cuda/norms_kernels.cuh.
+# cuda/compat.h; see cuda/norms_kernels.cuh and cuda/moe_kernels.cuh (whose tensor-core tiles,
+# cuda/moe_gemm_tc.cuh, are CUDA-only).
 function(zaya_rt_attach_gpu_backend target)
   if(ZAYA_RT_CUDA)
     target_link_libraries(${target} PRIVATE zaya_rt_cuda_kernels)
@@ -12,7 +13,8 @@ function(zaya_rt_attach_gpu_backend target)
 endfunction()
 
 set(ZAYA_RT_CUDA_SOURCES
-  cuda/norms.cu)
+  cuda/norms.cu
+  cuda/moe.cu)
 
 if(ZAYA_RT_CUDA)
   # Set before enable_language(CUDA), which would otherwise fill in the compiler's own default

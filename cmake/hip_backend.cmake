@@ -7,7 +7,8 @@
 # lld-19, libamdhip64-dev, rocm-device-libs).
 
 set(ZAYA_RT_HIP_SOURCES
-  hip/norms.hip)
+  hip/norms.hip
+  hip/moe.hip)
 
 if(ZAYA_RT_HIP)
   find_program(ZAYA_RT_HIP_CLANG_EXE NAMES ${ZAYA_RT_HIP_CLANG} REQUIRED)

@@ -6,7 +6,7 @@
 //   runtime:   gpuStream_t, gpuError_t, gpuSuccess, gpu_last_error(), gpu_error_string(),
 //              gpu_multiprocessor_count()
 //   device:    ZAYA_RT_DEVICE_INLINE, ZAYA_RT_LAUNCH_BOUNDS(n), kWarpSize, warp_sum(),
-//              float_to_bits(), bits_to_float()
+//              lane_mask_t, warp_ballot(), lane_count(), lanes_below(), float_to_bits(), bits_to_float()
 //
 // Only HIP API that both ROCm 5.2 (Debian's) and ROCm 6 have is used here. AMD-only
 // specialisations belong in hip/, NVIDIA-only ones in cuda/.
@@ -96,6 +96,20 @@ ZAYA_RT_DEVICE_INLINE float warp_sum(float v) {
   }
   return v;
 }
+
+// Warp votes: one bit per lane (lane_mask_t is 32 bits on NVIDIA, 64 on CDNA). All lanes of the warp
+// must call warp_ballot together. lanes_below() has the bits of the lanes with a lower index than
+// this one.
+#if defined(ZAYA_RT_GPU_HIP)
+using lane_mask_t = unsigned long long;
+ZAYA_RT_DEVICE_INLINE lane_mask_t warp_ballot(bool p) { return __ballot(p); }
+ZAYA_RT_DEVICE_INLINE int lane_count(lane_mask_t m) { return __popcll(m); }
+#else
+using lane_mask_t = unsigned int;
+ZAYA_RT_DEVICE_INLINE lane_mask_t warp_ballot(bool p) { return __ballot_sync(0xffffffffu, p); }
+ZAYA_RT_DEVICE_INLINE int lane_count(lane_mask_t m) { return __popc(m); }
+#endif
+ZAYA_RT_DEVICE_INLINE lane_mask_t lanes_below(int lane) { return (lane_mask_t{1} << lane) - 1; }
 
 // ---- bit casts -----------------------------------------------------------------------------------------
 ZAYA_RT_DEVICE_INLINE uint32_t float_to_bits(float f) {

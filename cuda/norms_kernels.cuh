@@ -453,16 +453,6 @@ const char* launch_residual_rms_norm_bwd(const ResidualRmsNormBwdParams& p, gpuS
 
 }  // namespace norms_detail
 
-// GPU_DISPATCH_FLOAT(dtype, T, ...) runs the body with T = float / f16 / bf16 for a runtime DType;
-// an unsupported dtype makes the enclosing function return an error message.
-#define ZAYA_RT_GPU_DISPATCH_FLOAT(DT, T, ...)                                                \
-  switch (DT) {                                                                               \
-    case ::zaya_rt::DType::kFloat32: { using T = float; __VA_ARGS__; break; }                 \
-    case ::zaya_rt::DType::kFloat16: { using T = ::zaya_rt::gpu::f16; __VA_ARGS__; break; }   \
-    case ::zaya_rt::DType::kBFloat16: { using T = ::zaya_rt::gpu::bf16; __VA_ARGS__; break; } \
-    default: return "unsupported dtype (expected float32, float16 or bfloat16)";              \
-  }
-
 const char* rms_norm_fwd(const RmsNormFwdParams& p, void* stream) {
   using namespace norms_detail;
   if (p.rows <= 0) return nullptr;
