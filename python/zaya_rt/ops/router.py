@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from zaya_rt import _C
+from zaya_rt import _C, ref
 from zaya_rt.ops._lib import (
     DTYPE_CODES,
     FLOAT_DTYPES,
@@ -73,19 +73,10 @@ def _check(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc
 
 
 def _reference(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
-    """The router in PyTorch ops at max(dtype, fp32) precision; returns the op's four outputs."""
+    """zaya_rt.ref.zaya_router at max(dtype, fp32) precision: the op's path off the CPU and for float64."""
     wide = torch.promote_types(x.dtype, torch.float32)
-    w = lambda t: None if t is None else t.to(wide)  # noqa: E731
-    z = F.linear(w(x), w(down_w), w(down_b))
-    if z_prev is not None:
-        z = z + w(z_prev) * w(eda_scale)
-    n = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + eps)
-    h = F.gelu(F.linear(n * w(norm_w), w(fc1_w), w(fc1_b)))
-    logits = F.linear(F.gelu(F.linear(h, w(fc2_w), w(fc2_b))), w(out_w))
-    p = torch.softmax(logits, dim=-1)
-    choice = (p + balancing_bias.to(wide)).argmax(dim=-1)
-    gate = p.gather(-1, choice[:, None]).squeeze(-1).masked_fill(choice == logits.shape[-1] - 1, 0)
-    return logits, gate, choice, z
+    tensors = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w)
+    return ref.zaya_router(*(None if t is None else t.to(wide) for t in tensors), balancing_bias, eps)
 
 
 def _impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
