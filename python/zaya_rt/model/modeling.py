@@ -317,7 +317,10 @@ def _check_input_ids(input_ids, vocab_size: int) -> None:
         raise TypeError(f"input_ids must be int64 or int32, got {input_ids.dtype}")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must have shape [batch, tokens] with tokens >= 1, got {tuple(input_ids.shape)}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+    # Reading the ids costs a host sync on GPU, so only host-resident ids are range-checked here.
+    if input_ids.device.type == "cpu" and input_ids.numel() and (
+        int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size
+    ):
         raise ValueError(f"input_ids must lie in [0, {vocab_size}), got [{int(input_ids.min())}, {int(input_ids.max())}]")
 
 
