@@ -64,6 +64,7 @@ bench_rc=0
 python - <<'PY' || bench_rc=$?
 import torch
 import zaya_rt  # noqa: F401  registers torch.ops.zaya_rt
+from zaya_rt.benchmarks.harness import cuda_graph_time_us
 
 PEAK_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0}
 name = torch.cuda.get_device_name(0)
@@ -73,25 +74,8 @@ D = 2048
 rows = []
 
 
-def timed(fn, iters=20, reps=5):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(iters):
-            fn()
-    best = float("inf")
-    for _ in range(reps):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        best = min(best, begin.elapsed_time(end) * 1e3 / iters)
-    return best
+def timed(fn):
+    return cuda_graph_time_us(fn, iters=20)
 
 
 for dtype in (torch.bfloat16, torch.float32):
@@ -128,6 +112,7 @@ python - <<'PY' || bench_rc=$?
 import torch
 import torch.nn.functional as F
 import zaya_rt  # noqa: F401  registers torch.ops.zaya_rt
+from zaya_rt.benchmarks.harness import cuda_graph_time_us
 
 ops = torch.ops.zaya_rt
 D = I = 2048
@@ -136,25 +121,8 @@ dtype = torch.bfloat16
 gen = torch.Generator(device="cuda").manual_seed(0)
 
 
-def timed(fn, iters=10, reps=5):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(iters):
-            fn()
-    best = float("inf")
-    for _ in range(reps):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        best = min(best, begin.elapsed_time(end) * 1e3 / iters)
-    return best
+def timed(fn):
+    return cuda_graph_time_us(fn, iters=10)
 
 
 def try_time(fn):
