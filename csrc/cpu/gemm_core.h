@@ -57,6 +57,64 @@ template <typename T> struct Source {
   }
 };
 
+#if defined(__AVX512F__)
+// In-place 16x16 transpose: afterwards r[c][i] is the old r[i][c].
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4j + m], 128-bit lane L: column 4L + m of rows 4j..4j+3.
+  for (int j = 0; j < 4; ++j) {
+    const __m512d a = _mm512_castps_pd(t[4 * j]), b = _mm512_castps_pd(t[4 * j + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * j + 2]), d = _mm512_castps_pd(t[4 * j + 3]);
+    u[4 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xEE);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);
+    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xEE);
+    r[m] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    r[4 + m] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+    r[8 + m] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    r[12 + m] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+  }
+}
+
+// n (<= 16) consecutive elements of a row as floats, zeros beyond n.
+template <typename T> inline __m512 load_floats(const T* p, int n) {
+  const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm512_maskz_loadu_ps(m, p);
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+    if constexpr (std::is_same_v<T, bf16>) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    else return _mm512_cvtph_ps(h);
+  }
+}
+
+// pack_rows for float entries from rows contiguous along K: 16x16 blocks transposed in registers.
+template <int LANES, typename T>
+void pack_rows_f32_contiguous(const T* const* rows, int64_t K, float* dst) {
+  __m512 r[16];
+  for (int64_t q0 = 0; q0 < K; q0 += 16) {
+    const int kn = static_cast<int>(std::min<int64_t>(16, K - q0));
+    for (int i0 = 0; i0 < LANES; i0 += 16) {
+      const int lanes = std::min(16, LANES - i0);
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < lanes && rows[i0 + i] != nullptr ? load_floats(rows[i0 + i] + q0, kn) : _mm512_setzero_ps();
+      transpose16(r);
+      const __mmask16 lane_mask = static_cast<__mmask16>((1u << lanes) - 1u);
+      for (int k = 0; k < kn; ++k) _mm512_mask_storeu_ps(dst + (q0 + k) * LANES + i0, lane_mask, r[k]);
+    }
+  }
+}
+#endif
+
 // Packs `count` (<= LANES) source rows starting at r0, over K, into [Kp][LANES] entries (zero padded).
 // Works in blocks of 16 packed entries so both the row reads and the interleaved writes stay in L1.
 template <int LANES, typename T, bool Dot>
@@ -67,6 +125,11 @@ void pack_rows(const Source<T>& src, int64_t r0, int count, int64_t K, typename 
   const int64_t cs = src.col_stride;
   const T* rows[LANES];
   for (int i = 0; i < LANES; ++i) rows[i] = i < count ? src.row(r0 + i) : nullptr;
+#if defined(__AVX512F__)
+  if constexpr (!PackMode<T, Dot>::bf16) {
+    if (cs == 1) return pack_rows_f32_contiguous<LANES, T>(rows, K, dst);
+  }
+#endif
   for (int64_t q0 = 0; q0 < kp; q0 += kBlock) {
     const int64_t q1 = std::min(kp, q0 + kBlock);
     for (int i = 0; i < LANES; ++i) {
@@ -145,57 +208,118 @@ void micro_kernel(int64_t kp, const typename PackMode<T, Dot>::Entry* pa, const 
 #endif
 }
 
-// Dot products of M rows of A with one row of B, both contiguous along K: the decode path, which reads each
-// weight row once and needs no packing. out[i] = <A_i, B>.
-template <typename T, int M>
-inline void dot_rows_m(const T* const* a_rows, const T* b, int64_t K, float* out) {
+// Dot products of M rows of A with G rows of B, all contiguous along K: the decode path, which reads each
+// weight row once and needs no packing of B. Each B vector feeds M accumulators and each A vector G of
+// them. A comes interleaved ([K / kDotStep][M][kDotStep], see pack_dot_rows) so that its M rows are one
+// stream: rows a power-of-two apart would share L1 sets. The K % kDotStep tail is read from a_rows.
+// out[i * G + g] = <A_i, B_g>.
+template <typename T> constexpr int64_t kDotStep = std::is_same_v<T, float> ? 16 : 32;
+
+template <typename T, int M, int G>
+inline void dot_block(const T* a_packed, const T* const* a_rows, const T* const* b_rows, int64_t K, float* out) {
+  constexpr int64_t step = kDotStep<T>;
   int64_t k = 0;
-  float acc[M];
-  for (int i = 0; i < M; ++i) acc[i] = 0.f;
+  float acc[M * G];
+  for (int i = 0; i < M * G; ++i) acc[i] = 0.f;
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float> || (std::is_same_v<T, bf16> && kHasBf16Dot)) {
-    constexpr int64_t step = std::is_same_v<T, float> ? 16 : 32;
-    __m512 v[M];
-#pragma GCC unroll 16
-    for (int i = 0; i < M; ++i) v[i] = _mm512_setzero_ps();
-    for (; k + step <= K; k += step) {
+    __m512 v[M * G];
+#pragma GCC unroll 24
+    for (int i = 0; i < M * G; ++i) v[i] = _mm512_setzero_ps();
+    for (const T* pa = a_packed; k + step <= K; k += step, pa += M * step) {
       if constexpr (std::is_same_v<T, float>) {
-        const __m512 bv = _mm512_loadu_ps(b + k);
-#pragma GCC unroll 16
-        for (int i = 0; i < M; ++i) v[i] = _mm512_fmadd_ps(_mm512_loadu_ps(a_rows[i] + k), bv, v[i]);
+        __m512 bv[G];
+#pragma GCC unroll 3
+        for (int g = 0; g < G; ++g) bv[g] = _mm512_loadu_ps(b_rows[g] + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i) {
+          __m512 av = _mm512_loadu_ps(pa + i * step);
+          asm("" : "+v"(av));  // one load per A vector: folded into each FMA it would bind the load ports
+#pragma GCC unroll 3
+          for (int g = 0; g < G; ++g) v[i * G + g] = _mm512_fmadd_ps(av, bv[g], v[i * G + g]);
+        }
       } else {
 #if defined(__AVX512BF16__)
-        const __m512bh bv = (__m512bh)_mm512_loadu_si512(b + k);
-#pragma GCC unroll 16
-        for (int i = 0; i < M; ++i)
-          v[i] = _mm512_dpbf16_ps(v[i], (__m512bh)_mm512_loadu_si512(a_rows[i] + k), bv);
+        __m512bh bv[G];
+#pragma GCC unroll 3
+        for (int g = 0; g < G; ++g) bv[g] = (__m512bh)_mm512_loadu_si512(b_rows[g] + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i) {
+          __m512bh av = (__m512bh)_mm512_loadu_si512(pa + i * step);
+          asm("" : "+v"(av));
+#pragma GCC unroll 3
+          for (int g = 0; g < G; ++g) v[i * G + g] = _mm512_dpbf16_ps(v[i * G + g], av, bv[g]);
+        }
 #endif
       }
     }
-#pragma GCC unroll 16
-    for (int i = 0; i < M; ++i) acc[i] = _mm512_reduce_add_ps(v[i]);
+#pragma GCC unroll 24
+    for (int i = 0; i < M * G; ++i) acc[i] = _mm512_reduce_add_ps(v[i]);
   }
 #endif
-  for (int i = 0; i < M; ++i) {
-    float s = 0.f;
+  for (int i = 0; i < M; ++i)
+    for (int g = 0; g < G; ++g) {
+      float s = 0.f;
 #pragma omp simd reduction(+ : s)
-    for (int64_t q = k; q < K; ++q) s += load(a_rows[i], q) * load(b, q);
-    out[i] = acc[i] + s;
+      for (int64_t q = k; q < K; ++q) s += load(a_rows[i], q) * load(b_rows[g], q);
+      out[i * G + g] = acc[i * G + g] + s;
+    }
+}
+
+constexpr int kDotMaxRows = 16;  // jobs with at most this many rows use dot products
+constexpr int kDotChunkRows = 8;  // A rows per dot_block call
+constexpr int kDotMaxB = 3;       // B rows per dot_block call
+// Rows of the float tile the driver hands to epilogues (the dot path may deliver more rows than kMR).
+constexpr int kTileRows = kDotMaxRows > kMR ? kDotMaxRows : kMR;
+
+// Rows per dot_block call when m rows are split into balanced chunks of at most kDotChunkRows.
+inline int dot_chunk_rows(int m, int chunk) {
+  const int chunks = (m + kDotChunkRows - 1) / kDotChunkRows;
+  return m / chunks + (chunk < m % chunks ? 1 : 0);
+}
+
+// Interleaves m rows of A for dot_rows: each chunk of rows is stored as [K / step][rows][step].
+// dst holds m * K elements.
+template <typename T>
+inline void pack_dot_rows(const T* const* a_rows, int m, int64_t K, T* dst) {
+  constexpr int64_t step = kDotStep<T>;
+  const int64_t kfull = K / step * step;
+  for (int i0 = 0, c = 0; i0 < m; i0 += dot_chunk_rows(m, c++)) {
+    const int rows = dot_chunk_rows(m, c);
+    for (int64_t k = 0; k < kfull; k += step)
+      for (int i = 0; i < rows; ++i) std::memcpy(dst + k * rows + i * step, a_rows[i0 + i] + k, step * sizeof(T));
+    dst += kfull * rows;
   }
 }
 
-constexpr int kDotMaxRows = 12;  // jobs with at most this many rows use dot products
-
-template <typename T>
-inline void dot_rows(const T* const* a_rows, int m, const T* b, int64_t K, float* out) {
+template <typename T, int G>
+inline void dot_chunk(const T* a_packed, const T* const* a_rows, int m, const T* const* b_rows, int64_t K,
+                      float* out) {
   switch (m) {
 #define ZAYA_RT_DOT_CASE(N) \
-  case N: return dot_rows_m<T, N>(a_rows, b, K, out);
-    ZAYA_RT_DOT_CASE(1) ZAYA_RT_DOT_CASE(2) ZAYA_RT_DOT_CASE(3) ZAYA_RT_DOT_CASE(4) ZAYA_RT_DOT_CASE(5)
-    ZAYA_RT_DOT_CASE(6) ZAYA_RT_DOT_CASE(7) ZAYA_RT_DOT_CASE(8) ZAYA_RT_DOT_CASE(9) ZAYA_RT_DOT_CASE(10)
-    ZAYA_RT_DOT_CASE(11) ZAYA_RT_DOT_CASE(12)
+  case N: return dot_block<T, N, G>(a_packed, a_rows, b_rows, K, out);
+    ZAYA_RT_DOT_CASE(1) ZAYA_RT_DOT_CASE(2) ZAYA_RT_DOT_CASE(3) ZAYA_RT_DOT_CASE(4)
+    ZAYA_RT_DOT_CASE(5) ZAYA_RT_DOT_CASE(6) ZAYA_RT_DOT_CASE(7) ZAYA_RT_DOT_CASE(8)
 #undef ZAYA_RT_DOT_CASE
     default: return;
+  }
+}
+
+// out[i * g + j] = <A_i, B_j> for m <= kDotMaxRows rows of A (also given packed by pack_dot_rows) and
+// g <= kDotMaxB rows of B.
+template <typename T>
+inline void dot_rows(const T* a_packed, const T* const* a_rows, int m, const T* const* b_rows, int g, int64_t K,
+                     float* out) {
+  const int64_t kfull = K / kDotStep<T> * kDotStep<T>;
+  float part[kDotChunkRows * kDotMaxB];
+  for (int i0 = 0, c = 0; i0 < m; ++c) {
+    const int rows = dot_chunk_rows(m, c);
+    if (g == 3) dot_chunk<T, 3>(a_packed, a_rows + i0, rows, b_rows, K, part);
+    else if (g == 2) dot_chunk<T, 2>(a_packed, a_rows + i0, rows, b_rows, K, part);
+    else dot_chunk<T, 1>(a_packed, a_rows + i0, rows, b_rows, K, part);
+    for (int i = 0; i < rows * g; ++i) out[i0 * g + i] = part[i];
+    a_packed += kfull * rows;
+    i0 += rows;
   }
 }
 

@@ -14,6 +14,8 @@ namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 
 constexpr int kNC = kGemmNC;      // columns per B block
 constexpr int64_t kKC = 256;     // packed K entries per L1-resident slice of a B panel
+// Tasks whose C tiles fit in this many floats (L2-sized) run K blocks outermost.
+constexpr int64_t kKOuterMaxTileFloats = 64 * 1024;
 
 template <typename T> struct GemmJob {
   Source<T> a, b;
@@ -30,7 +32,7 @@ inline bool use_dot_path(int64_t M, int64_t a_cs, int64_t b_cs) {
   return M <= kDotMaxRows && a_cs == 1 && b_cs == 1;
 }
 
-// epi(job, tile[kMR][kNR], m0, mr, n0, nr, sub): tile rows 0..mr-1 and columns 0..nr-1 are C_job[m0 + r,
+// epi(job, tile[kTileRows][kNR], m0, mr, n0, nr, sub): tile rows 0..mr-1 and columns 0..nr-1 are C_job[m0 + r,
 // n0 + c]; sub is the NR-panel index within its B block. One task (a job's B block) runs on one thread and
 // delivers its sub-panels in order, each sweeping all rows of the job before the next sub-panel starts.
 template <typename T, bool Dot, typename Epi>
@@ -74,7 +76,7 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
                      packed_a + a_offset[j] + local * kMR * kp);
     }
     Entry* b_block = b_blocks + omp_get_thread_num() * kp_max * kNC;
-    alignas(64) float tile[kMR * kNR];
+    alignas(64) float tile[kTileRows * kNR];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < ntasks; ++t) {
       const auto& job = jobs[tasks[t].job];
@@ -84,18 +86,33 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
       if (use_dot_path(job.M, job.a.col_stride, job.b.col_stride)) {
         const T* a_rows[kDotMaxRows];
         for (int64_t r = 0; r < job.M; ++r) a_rows[r] = job.a.row(r);
-        float dots[kDotMaxRows];
+        thread_local std::vector<T> a_packed;
+        if (a_packed.size() < static_cast<size_t>(job.M * job.K)) a_packed.resize(job.M * job.K);
+        pack_dot_rows(a_rows, static_cast<int>(job.M), job.K, a_packed.data());
+        float dots[kDotMaxRows * kDotMaxB];
         for (int s = 0; s < subs; ++s) {
           const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR));
+          // Non-null B rows go kDotMaxB at a time; gathered-out (null) rows give zero columns.
+          int cols[kDotMaxB];
+          const T* brows[kDotMaxB];
+          int g = 0;
+          auto flush = [&] {
+            dot_rows(a_packed.data(), a_rows, static_cast<int>(job.M), brows, g, job.K, dots);
+            for (int r = 0; r < job.M; ++r)
+              for (int j = 0; j < g; ++j) tile[r * kNR + cols[j]] = dots[r * g + j];
+            g = 0;
+          };
           for (int c = 0; c < nr; ++c) {
             const T* brow = job.b.row(n0 + s * kNR + c);
             if (brow == nullptr) {
               for (int r = 0; r < job.M; ++r) tile[r * kNR + c] = 0.f;
               continue;
             }
-            dot_rows(a_rows, static_cast<int>(job.M), brow, job.K, dots);
-            for (int r = 0; r < job.M; ++r) tile[r * kNR + c] = dots[r];
+            cols[g] = c;
+            brows[g++] = brow;
+            if (g == kDotMaxB) flush();
           }
+          if (g > 0) flush();
           epi(tasks[t].job, tile, int64_t{0}, static_cast<int>(job.M), n0 + s * kNR, nr, s);
         }
         continue;
@@ -104,12 +121,36 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
       for (int s = 0; s < subs; ++s)
         pack_rows<kNR, T, Dot>(job.b, n0 + s * kNR, static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), job.K,
                        b_block + s * kp * kNR);
-      // Sub-panel outer, K blocks, A panels inner: one B panel slice (kKC entries) stays in L1 while the
-      // A panel slices stream; partial C tiles of the whole job wait in a per-thread buffer.
       thread_local std::vector<float> c_tiles;
       const int64_t panels = (job.M + kMR - 1) / kMR;
-      if (c_tiles.size() < static_cast<size_t>(panels * kMR * kNR)) c_tiles.resize(panels * kMR * kNR);
       const Entry* pa = packed_a + a_offset[tasks[t].job];
+      auto deliver = [&](const float* tiles_of_sub, int s) {
+        for (int64_t panel = 0; panel < panels; ++panel) {
+          const int64_t m0 = panel * kMR;
+          epi(tasks[t].job, tiles_of_sub + panel * kMR * kNR, m0,
+              static_cast<int>(std::min<int64_t>(kMR, job.M - m0)), n0 + s * kNR,
+              static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), s);
+        }
+      };
+      if (panels * subs * kMR * kNR <= kKOuterMaxTileFloats) {
+        // Few rows: K blocks outer, so each A panel slice is read from L2 once per K block for all
+        // sub-panels; the partial C tiles of the whole task wait in the per-thread buffer.
+        const size_t need = static_cast<size_t>(subs * panels * kMR * kNR);
+        if (c_tiles.size() < need) c_tiles.resize(need);
+        if (kp == 0) std::fill(c_tiles.begin(), c_tiles.begin() + need, 0.f);
+        for (int64_t k0 = 0; k0 < kp; k0 += kKC) {
+          const int64_t kc = std::min<int64_t>(kKC, kp - k0);
+          for (int s = 0; s < subs; ++s)
+            for (int64_t panel = 0; panel < panels; ++panel)
+              micro_kernel<T, Dot>(kc, pa + panel * kMR * kp + k0 * kMR, b_block + s * kp * kNR + k0 * kNR,
+                                   c_tiles.data() + (s * panels + panel) * kMR * kNR, k0 > 0);
+        }
+        for (int s = 0; s < subs; ++s) deliver(c_tiles.data() + s * panels * kMR * kNR, s);
+        continue;
+      }
+      // Sub-panel outer, K blocks, A panels inner: one B panel slice (kKC entries) stays in L1 while the
+      // A panel slices stream; partial C tiles of the whole job wait in a per-thread buffer.
+      if (c_tiles.size() < static_cast<size_t>(panels * kMR * kNR)) c_tiles.resize(panels * kMR * kNR);
       for (int s = 0; s < subs; ++s) {
         const Entry* pb = b_block + s * kp * kNR;
         for (int64_t k0 = 0; k0 < kp; k0 += kKC) {
@@ -119,11 +160,7 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
                             k0 > 0);
         }
         if (kp == 0) std::fill(c_tiles.begin(), c_tiles.begin() + panels * kMR * kNR, 0.f);
-        for (int64_t panel = 0; panel < panels; ++panel) {
-          const int64_t m0 = panel * kMR;
-          epi(tasks[t].job, c_tiles.data() + panel * kMR * kNR, m0, static_cast<int>(std::min<int64_t>(kMR, job.M - m0)),
-              n0 + s * kNR, static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), s);
-        }
+        deliver(c_tiles.data(), s);
       }
     }
   }

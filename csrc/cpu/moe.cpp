@@ -191,11 +191,11 @@ const char* moe_experts_t(const MoeExpertsParams& p) {
                    [&](int64_t j, const float* tile, int64_t m0, int mr, int64_t n0, int, int sub) {
                      // Gate tiles (even sub-panels) wait in a per-thread buffer for their up tiles (odd ones).
                      thread_local std::vector<float> gate_tiles;
-                     const size_t need = static_cast<size_t>((m0 / kMR + 1) * kMR * kNR);
+                     const size_t need = static_cast<size_t>((m0 / kMR + 1) * kTileRows * kNR);
                      if (gate_tiles.size() < need) gate_tiles.resize(std::max(need, gate_tiles.size() * 2));
-                     float* gate_tile = gate_tiles.data() + (m0 / kMR) * kMR * kNR;
+                     float* gate_tile = gate_tiles.data() + (m0 / kMR) * kTileRows * kNR;
                      if (sub % 2 == 0) {
-                       std::copy(tile, tile + kMR * kNR, gate_tile);
+                       std::copy(tile, tile + std::max(mr, 1) * kNR, gate_tile);
                        return;
                      }
                      const int64_t i0 = (n0 / kNR - 1) / 2 * kNR;

@@ -33,9 +33,10 @@ int64_t moe_experts_workspace(int64_t T, int64_t top_k, int64_t D, int64_t I, in
   return bytes + threads() * width * kGemmNC * kPackedEntryBytes;
 }
 
-int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t) {
-  const int64_t width = std::max(D, R);
-  return 2 * aligned(T * R * 4) + aligned((T + kGemmMR) * width * kPackedEntryBytes) +
+int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t C) {
+  // Packed operand rows: the tokens, or (transposed products) the largest weight matrix.
+  const int64_t width = std::max(D, R), packed_rows = std::max({T, R, C});
+  return 2 * aligned(T * R * 4) + aligned((packed_rows + kGemmMR) * width * kPackedEntryBytes) +
          threads() * width * kGemmNC * kPackedEntryBytes + 64;
 }
 

@@ -29,7 +29,8 @@ const char* router_t(const RouterParams& p) {
   T* h0 = reinterpret_cast<T*>(carve_bytes(T_ * R * static_cast<int64_t>(sizeof(T))));
   T* h1 = reinterpret_cast<T*>(carve_bytes(T_ * R * static_cast<int64_t>(sizeof(T))));
   const int64_t kp_max = std::max(packed_k<T, Dot>(D), packed_k<T, Dot>(R));
-  Entry* packed_a = reinterpret_cast<Entry*>(carve_bytes(gemm_packed_a_entries(T_, 1, kp_max) * 4));
+  Entry* packed_a =
+      reinterpret_cast<Entry*>(carve_bytes(gemm_packed_a_entries(std::max({T_, R, C}), 1, kp_max) * 4));
   const int64_t room = (static_cast<char*>(p.workspace) + p.workspace_bytes - cursor) /
                        (gemm_b_block_entries(kp_max) * 4);
   if (room < 1) return "workspace too small";
@@ -38,31 +39,48 @@ const char* router_t(const RouterParams& p) {
 
   const T* x = static_cast<const T*>(p.x);
   const T* norm_w = static_cast<const T*>(p.norm_w);
-  auto run = [&](Source<T> a, const void* w, int64_t N, int64_t K, auto&& epi) {
-    std::vector<GemmJob<T>> jobs{{a, Source<T>{static_cast<const T*>(w), K, 1}, T_, N, K}};
-    run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads, epi);
+  // out[T_, N] = a[T_, K] . w[N, K]^T, delivered to row_epi(t, n0, values, count) in runs of consecutive
+  // columns. Few tokens: dot products that read each weight row once. Many tokens: the transposed product
+  // w . a^T, so the small weight matrix is the packed, reused operand and the tokens stream once (with the
+  // tokens as the reused operand, every column block would sweep all of them again).
+  auto run = [&](Source<T> a, const void* w, int64_t N, int64_t K, auto&& row_epi) {
+    const Source<T> wsrc{static_cast<const T*>(w), K, 1};
+    if (T_ <= kDotMaxRows) {
+      std::vector<GemmJob<T>> jobs{{a, wsrc, T_, N, K}};
+      run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads,
+                            [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
+                              for (int r = 0; r < mr; ++r) row_epi(m0 + r, n0, tile + r * kNR, nr);
+                            });
+      return;
+    }
+    std::vector<GemmJob<T>> jobs{{wsrc, a, N, T_, K}};
+    run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads,
+                          [&](int64_t, const float* tile, int64_t n0, int nr, int64_t t0, int tr, int) {
+                            alignas(64) float row[kTileRows];
+                            for (int c = 0; c < tr; ++c) {
+                              for (int r = 0; r < nr; ++r) row[r] = tile[r * kNR + c];
+                              row_epi(t0 + c, n0, row, nr);
+                            }
+                          });
   };
 
   // z = x W_down^T + b (+ eda_scale * z_prev), fp32.
   const T* down_b = static_cast<const T*>(p.down_b);
   const T* eda = static_cast<const T*>(p.eda_scale);
-  run(Source<T>{x, p.x_row_stride, 1}, p.down_w, R, D,
-      [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
-        for (int r = 0; r < mr; ++r) {
-          float* zr = p.z + (m0 + r) * R + n0;
-          for (int c = 0; c < nr; ++c) {
-            float v = round_to<T>(tile[r * kNR + c] + load(down_b, n0 + c));
-            if (p.z_prev != nullptr && eda != nullptr) {
-              const int64_t zi = (m0 + r) * p.z_prev_row_stride + n0 + c;
-              const float zp = p.z_prev_dtype == DType::kFloat32 ? static_cast<const float*>(p.z_prev)[zi]
-                               : p.z_prev_dtype == DType::kBFloat16 ? load(static_cast<const bf16*>(p.z_prev), zi)
-                                                                    : load(static_cast<const f16*>(p.z_prev), zi);
-              v = round_to<T>(v + round_to<T>(zp * load(eda, n0 + c)));
-            }
-            zr[c] = v;
-          }
-        }
-      });
+  run(Source<T>{x, p.x_row_stride, 1}, p.down_w, R, D, [&](int64_t t, int64_t n0, const float* v, int n) {
+    float* zr = p.z + t * R + n0;
+    for (int c = 0; c < n; ++c) {
+      float val = round_to<T>(v[c] + load(down_b, n0 + c));
+      if (p.z_prev != nullptr && eda != nullptr) {
+        const int64_t zi = t * p.z_prev_row_stride + n0 + c;
+        const float zp = p.z_prev_dtype == DType::kFloat32 ? static_cast<const float*>(p.z_prev)[zi]
+                         : p.z_prev_dtype == DType::kBFloat16 ? load(static_cast<const bf16*>(p.z_prev), zi)
+                                                              : load(static_cast<const f16*>(p.z_prev), zi);
+        val = round_to<T>(val + round_to<T>(zp * load(eda, n0 + c)));
+      }
+      zr[c] = val;
+    }
+  });
 
   // h0 = RMSNorm(z) * norm_w in T.
 #pragma omp parallel for schedule(static) num_threads(threads) if (T_ * R >= (1 << 14))
@@ -78,17 +96,16 @@ const char* router_t(const RouterParams& p) {
   // h1 = GELU(h0 W1^T + b1), h0 <- GELU(h1 W2^T + b2) (h0's buffer is free again).
   const T* fc1_b = static_cast<const T*>(p.fc1_b);
   const T* fc2_b = static_cast<const T*>(p.fc2_b);
-  run(Source<T>{h0, R, 1}, p.fc1_w, R, R, [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
-    for (int r = 0; r < mr; ++r) store_bias_gelu(h1 + (m0 + r) * R + n0, tile + r * kNR, fc1_b + n0, nr);
+  run(Source<T>{h0, R, 1}, p.fc1_w, R, R, [&](int64_t t, int64_t n0, const float* v, int n) {
+    store_bias_gelu(h1 + t * R + n0, v, fc1_b + n0, n);
   });
-  run(Source<T>{h1, R, 1}, p.fc2_w, R, R, [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
-    for (int r = 0; r < mr; ++r) store_bias_gelu(h0 + (m0 + r) * R + n0, tile + r * kNR, fc2_b + n0, nr);
+  run(Source<T>{h1, R, 1}, p.fc2_w, R, R, [&](int64_t t, int64_t n0, const float* v, int n) {
+    store_bias_gelu(h0 + t * R + n0, v, fc2_b + n0, n);
   });
 
   // logits = h2 W_out^T (rounded to T like a T-typed linear), then softmax and the biased choice per token.
-  run(Source<T>{h0, R, 1}, p.out_w, C, R, [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
-    for (int r = 0; r < mr; ++r)
-      for (int c = 0; c < nr; ++c) p.logits[(m0 + r) * C + n0 + c] = round_to<T>(tile[r * kNR + c]);
+  run(Source<T>{h0, R, 1}, p.out_w, C, R, [&](int64_t t, int64_t n0, const float* v, int n) {
+    for (int c = 0; c < n; ++c) p.logits[t * C + n0 + c] = round_to<T>(v[c]);
   });
 #pragma omp parallel for schedule(static) num_threads(threads) if (T_ * C >= (1 << 14))
   for (int64_t t = 0; t < T_; ++t) {
