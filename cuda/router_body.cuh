@@ -152,19 +152,20 @@ ZAYA_RT_ROUTER_FN void phase_load_z(const HeadArgs& a, const HeadSmem<T>& s, int
   const RouterParams& p = a.p;
   const int64_t R = p.R;
   const T* eda = static_cast<const T*>(p.eda_scale);
-  for (int64_t i = tid; i < TB * R; i += kThreads) {
-    const int64_t t = i / R, j = i - t * R;
-    float v = 0.f;
-    if (t < nb) {
-      const int64_t row = t0 + t;
-      const int64_t zi = row * a.z_pre_row_stride + j;
-      v = a.z_pre_f32 ? static_cast<const float*>(a.z_pre)[zi] : ld(static_cast<const T*>(a.z_pre), zi);
-      if (p.z_prev != nullptr && eda != nullptr)
-        v = round_to<T>(v + round_to<T>(load_any(p.z_prev, p.z_prev_dtype, row * p.z_prev_row_stride + j) * ld(eda, j)));
-      p.z[row * R + j] = v;
+  for (int t = 0; t < TB; ++t)
+    for (int64_t j = tid; j < R; j += kThreads) {
+      float v = 0.f;
+      if (t < nb) {
+        const int64_t row = t0 + t;
+        const int64_t zi = row * a.z_pre_row_stride + j;
+        v = a.z_pre_f32 ? static_cast<const float*>(a.z_pre)[zi] : ld(static_cast<const T*>(a.z_pre), zi);
+        if (p.z_prev != nullptr && eda != nullptr)
+          v = round_to<T>(v + round_to<T>(load_any(p.z_prev, p.z_prev_dtype, row * p.z_prev_row_stride + j) *
+                                          ld(eda, j)));
+        p.z[row * R + j] = v;
+      }
+      s.scratch[t * a.L.ldS + j] = v;
     }
-    s.scratch[t * a.L.ldS + j] = v;
-  }
 }
 
 // red[t][g] = sum of z[t][j]^2 over j = g (mod groups).
@@ -191,22 +192,22 @@ template <typename T, int TB>
 ZAYA_RT_ROUTER_FN void phase_normalize(const HeadArgs& a, const HeadSmem<T>& s, int tid) {
   const int64_t R = a.p.R, KP = round_up(R, kBK);
   const T* nw = static_cast<const T*>(a.p.norm_w);
-  for (int64_t i = tid; i < TB * KP; i += kThreads) {
-    const int64_t t = i / KP, j = i - t * KP;
-    const float v = j < R ? round_to<T>(s.scratch[t * a.L.ldS + j] * s.rstd[t]) * ld(nw, j) : 0.f;
-    s.act[t * a.L.ldA + j] = from_float<T>(v);
-  }
+  for (int t = 0; t < TB; ++t)
+    for (int64_t j = tid; j < KP; j += kThreads) {
+      const float v = j < R ? round_to<T>(s.scratch[t * a.L.ldS + j] * s.rstd[t]) * ld(nw, j) : 0.f;
+      s.act[t * a.L.ldA + j] = from_float<T>(v);
+    }
 }
 
 // act[t][n] = GELU(round(scratch[t][n] + bias[n])) in T, n < N.
 template <typename T, int TB>
 ZAYA_RT_ROUTER_FN void phase_bias_gelu(const HeadArgs& a, const HeadSmem<T>& s, const void* bias, int64_t N, int tid) {
   const T* b = static_cast<const T*>(bias);
-  for (int64_t i = tid; i < TB * N; i += kThreads) {
-    const int64_t t = i / N, n = i - t * N;
-    const float v = round_to<T>(s.scratch[t * a.L.ldS + n] + ld(b, n));
-    s.act[t * a.L.ldA + n] = from_float<T>(gelu_erf(v));
-  }
+  for (int t = 0; t < TB; ++t)
+    for (int64_t n = tid; n < N; n += kThreads) {
+      const float v = round_to<T>(s.scratch[t * a.L.ldS + n] + ld(b, n));
+      s.act[t * a.L.ldA + n] = from_float<T>(gelu_erf(v));
+    }
 }
 
 // One thread per token: logits (rounded to T), softmax, the biased choice and its gate.
