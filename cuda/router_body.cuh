@@ -308,19 +308,23 @@ ZAYA_RT_ROUTER_FN void simt_zero(SimtAcc<TB>& acc) {
 
 template <typename T, int TB>
 ZAYA_RT_ROUTER_FN void simt_step(SimtAcc<TB>& acc, const HeadSmem<T>& s, const HeadLayout& L, int64_t k0, int tid) {
+  constexpr int K4 = 4;  // k values per shared-memory access (16 bytes of fp32, 8 of bf16/fp16)
   const int ti = tid / 16, ni = tid % 16;
   const T* arow = s.act + ti * L.ldA + k0;
   const T* wcol = s.wtile + ni * L.ldW;
-#pragma unroll 4
-  for (int kk = 0; kk < kBK; ++kk) {
-    float w[kBN / 16];
+#pragma unroll 2
+  for (int kk = 0; kk < kBK; kk += K4) {
+    float w[kBN / 16][K4];
 #pragma unroll
-    for (int b = 0; b < kBN / 16; ++b) w[b] = to_float(wcol[b * 16 * L.ldW + kk]);
+    for (int b = 0; b < kBN / 16; ++b) load_n<K4>(wcol + b * 16 * L.ldW + kk, w[b]);
 #pragma unroll
     for (int i = 0; i < TB / 16; ++i) {
-      const float x = to_float(arow[i * 16 * L.ldA + kk]);
+      float x[K4];
+      load_n<K4>(arow + i * 16 * L.ldA + kk, x);
 #pragma unroll
-      for (int b = 0; b < kBN / 16; ++b) acc.v[i][b] += x * w[b];
+      for (int b = 0; b < kBN / 16; ++b)
+#pragma unroll
+        for (int e = 0; e < K4; ++e) acc.v[i][b] += x[e] * w[b][e];
     }
   }
 }

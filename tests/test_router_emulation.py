@@ -2,9 +2,13 @@
 cuda/router_body.cuh with the host C++ compiler (every block, warp and thread run phase by phase, the wmma
 tensor-core tiles emulated with wmma's alignment rules checked, UBSan on) and this file compares the result to the
 float64 reference and to the CPU kernel, for the launch choices the GPU launcher can make (tokens per block,
-tensor cores, vectorised loads, 32- or 64-lane warps, the fused or the torch down projection)."""
+tensor cores, vectorised loads, 32- or 64-lane warps, the fused or the torch down projection).
+
+ZAYA_RT_EMULATION_SANITIZE=address,undefined (with LD_PRELOAD=$(g++ -print-file-name=libasan.so) and
+ASAN_OPTIONS=detect_leaks=0) also catches out-of-bounds shared or global memory accesses."""
 
 import ctypes
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,7 +33,8 @@ def emulator(tmp_path_factory):
     if cxx is None:
         pytest.skip("no host C++ compiler")
     lib = tmp_path_factory.mktemp("router_emulation") / "router_emulation.so"
-    cmd = [cxx, "-std=c++17", "-O1", "-fPIC", "-shared", "-fsanitize=undefined", "-fno-sanitize-recover=all",
+    sanitize = os.environ.get("ZAYA_RT_EMULATION_SANITIZE", "undefined")
+    cmd = [cxx, "-std=c++17", "-O1", "-fPIC", "-shared", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
            f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT}", f"-I{SOURCE.parent}", str(SOURCE), "-o", str(lib)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     fn = ctypes.CDLL(str(lib)).zaya_router_emulate

@@ -244,3 +244,18 @@ def test_zero_tokens():
     x, w, bias = _inputs(0, dtype=torch.bfloat16, seed=0)
     logits, gate, choice, z = zaya_rt.ops.zaya_router(*_args(x, w, bias))
     assert logits.shape == (0, 17) and gate.shape == (0,) and choice.shape == (0,) and z.shape == (0, 256)
+
+
+@pytest.mark.parametrize("T", [9, 100])
+def test_opcheck_and_compile_on_gpu(T):
+    x, w, bias = _inputs(T, D=128, R=32, E=5, dtype=torch.float32, seed=T)
+    leaves = {k: v.requires_grad_() for k, v in w.items()}
+    args = _args(x.requires_grad_(), leaves, bias)
+    torch.library.opcheck(torch.ops.zaya_rt.zaya_router, args)
+
+    def fn(*a):
+        logits, gate, choice, z = zaya_rt.ops.zaya_router(*a)
+        return logits.sum() + gate.sum() + z.sum() + choice.sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), fn(*args))
