@@ -166,11 +166,27 @@ print("GB/s counts the expert weights each case must read (what bounds decode); 
       " >= 1.2x torch._grouped_mm TFLOP/s for the grouped GEMM, >= 70% of HBM bandwidth for MoE decode at 16 tokens")
 PY
 
+step "router timings (CUDA graphs, ZAYA1-8B router D = 2048, R = 256, E = 16; peer: unfused PyTorch composition)"
+python - <<'PY' || bench_rc=$?
+import torch
+import zaya_rt  # noqa: F401  registers torch.ops.zaya_rt
+from zaya_rt.benchmarks.harness import cuda_graph_time_us
+from zaya_rt.benchmarks.router import router_cases
+
+print(f"{'case':<28} {'dtype':<9} {'ours us':>9} {'peer us':>9} {'peer/ours':>9} {'TFLOP/s':>8}")
+with torch.inference_mode():
+    for case in router_cases("cuda", tokens=(1, 16, 4096, 16384), dtypes=(torch.bfloat16, torch.float32)):
+        ours = cuda_graph_time_us(case.ours, iters=20)
+        peer = cuda_graph_time_us(case.peer, iters=20)
+        print(f"{case.shape:<28} {case.dtype:<9} {ours:>9.1f} {peer:>9.1f} {peer / ours:>9.2f} "
+              f"{case.flops / ours / 1e6:>8.1f}")
+PY
+
 step "zaya-rt bench --device cuda (ours vs PyTorch eager)"
 if command -v zaya-rt >/dev/null 2>&1; then
-  zaya-rt bench --device cuda --ops norms,moe --min-time 0.1 || bench_rc=$?
+  zaya-rt bench --device cuda --ops norms,moe,router --min-time 0.1 || bench_rc=$?
 elif python -c "import zaya_rt.cli" 2>/dev/null; then
-  python -m zaya_rt.cli bench --device cuda --ops norms,moe --min-time 0.1 || bench_rc=$?
+  python -m zaya_rt.cli bench --device cuda --ops norms,moe,router --min-time 0.1 || bench_rc=$?
 else
   echo "(no zaya-rt bench command in this checkout: skipped)"
 fi

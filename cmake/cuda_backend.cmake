@@ -14,7 +14,8 @@ endfunction()
 
 set(ZAYA_RT_CUDA_SOURCES
   cuda/norms.cu
-  cuda/moe.cu)
+  cuda/moe.cu
+  cuda/router.cu)
 
 if(ZAYA_RT_CUDA)
   # Set before enable_language(CUDA), which would otherwise fill in the compiler's own default

@@ -85,6 +85,7 @@ const char* moe_experts(const MoeExpertsParams&, void*) { return "no GPU backend
 int64_t grouped_gemm_workspace(int64_t, int64_t, int64_t, int64_t, DType) { return 0; }
 int64_t grouped_gemm_weight_grad_workspace(int64_t, int64_t, int64_t, int64_t, DType) { return 0; }
 int64_t moe_experts_workspace(int64_t, int64_t, int64_t, int64_t, int64_t, DType) { return 0; }
+const char* zaya_router(const RouterParams&, void*) { return "no GPU backend"; }
 }  // namespace gpu
 #endif
 
@@ -272,10 +273,14 @@ void zaya_router(const RouterParams& p, const Device& d) {
     check_ptr(op, "weight", q, 1);
   if ((p.z_prev == nullptr) != (p.eda_scale == nullptr)) bad(op, "z_prev and eda_scale come together");
   if (p.z_prev != nullptr) check_dtype(op, "z_prev", p.z_prev_dtype);
-  check_ptr(op, "workspace", p.workspace, 1);
-  if (d.type != DeviceType::kCpu) bad(op, "the fused router kernel runs on the CPU only so far");
+  if (d.type == DeviceType::kCpu) {
+    check_ptr(op, "workspace", p.workspace, 1);
+    if (p.z0 != nullptr) bad(op, "z0 (a precomputed down projection) is for the GPU kernel only");
+  } else if (p.z0 != nullptr) {
+    check_stride(op, "z0", p.z0_row_stride, p.R, p.T);
+  }
   if (p.T == 0) return;
-  finish(op, cpu::zaya_router(p));
+  route(op, p, d, cpu::zaya_router, gpu::zaya_router);
 }
 
 int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t C) {

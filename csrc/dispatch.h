@@ -23,7 +23,7 @@ void moe_experts(const MoeExpertsParams& p, const Device& d);
 // Workspace bytes each kernel needs on device d (host-side sizes, upper bounds).
 int64_t grouped_gemm_workspace(const Device& d, int64_t M, int64_t N, int64_t K, int64_t G, DType t);
 int64_t grouped_gemm_weight_grad_workspace(const Device& d, int64_t M, int64_t N, int64_t K, int64_t G, DType t);
-// CPU only for now: GPU callers use the reference composition (python/zaya_rt/ops/router.py).
+// zaya_router_workspace: bytes the CPU kernel needs (the GPU kernel needs none).
 void zaya_router(const RouterParams& p, const Device& d);
 int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t C);
 int64_t moe_experts_workspace(const Device& d, int64_t T, int64_t top_k, int64_t D, int64_t I, int64_t E, DType t);

@@ -4,7 +4,7 @@
 // which both languages spell the same way).
 //
 //   runtime:   gpuStream_t, gpuError_t, gpuSuccess, gpu_last_error(), gpu_error_string(),
-//              gpu_multiprocessor_count()
+//              gpu_multiprocessor_count(), gpu_max_dynamic_shared(), gpu_allow_dynamic_shared()
 //   device:    ZAYA_RT_DEVICE_INLINE, ZAYA_RT_LAUNCH_BOUNDS(n), kWarpSize, warp_sum(),
 //              lane_mask_t, warp_ballot(), lane_count(), lanes_below(), float_to_bits(), bits_to_float()
 //
@@ -55,6 +55,34 @@ inline int gpu_multiprocessor_count(int fallback) {
   return n > 0 ? n : fallback;
 }
 #endif
+
+// Most dynamic shared memory one block may have on the current device (the opt-in limit on NVIDIA, the
+// LDS size on AMD), or `fallback` when the runtime cannot say. An attribute query: safe during capture.
+inline int gpu_max_dynamic_shared(int fallback) {
+  int dev = 0, n = 0;
+#if defined(ZAYA_RT_GPU_HIP)
+  if (hipGetDevice(&dev) != hipSuccess) return (void)hipGetLastError(), fallback;
+  if (hipDeviceGetAttribute(&n, hipDeviceAttributeMaxSharedMemoryPerBlock, dev) != hipSuccess)
+    return (void)hipGetLastError(), fallback;
+#else
+  if (cudaGetDevice(&dev) != cudaSuccess) return (void)cudaGetLastError(), fallback;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return (void)cudaGetLastError(), fallback;
+#endif
+  return n > 0 ? n : fallback;
+}
+
+// Lets `kernel` launch with up to `bytes` of dynamic shared memory (needed above 48 KiB on NVIDIA; AMD has
+// no opt-in, a block may use the whole LDS). Not a stream operation: allowed while a graph is captured.
+template <typename Kernel>
+inline gpuError_t gpu_allow_dynamic_shared(Kernel kernel, int bytes) {
+#if defined(ZAYA_RT_GPU_HIP)
+  (void)kernel, (void)bytes;
+  return hipSuccess;
+#else
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+#endif
+}
 
 inline gpuStream_t as_stream(void* s) { return reinterpret_cast<gpuStream_t>(s); }
 

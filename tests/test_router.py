@@ -159,3 +159,21 @@ def test_rejects_bad_input(case):
     args, exc, pattern = BAD[case]
     with pytest.raises(exc, match=pattern):
         zaya_rt.ops.zaya_router(*args)
+
+
+def test_c_api_rejects_a_precomputed_down_projection_on_cpu():
+    """z0 (x W_down^T + b computed elsewhere) is a GPU-kernel input; the CPU kernel refuses it by name."""
+    from zaya_rt import _C
+    from zaya_rt.ops._lib import DTYPE_CODES
+
+    w, bias = _weights()
+    x = torch.randn(4, 48)
+    z0 = torch.randn(4, 20)
+    out = [torch.empty(4, 6), torch.empty(4), torch.empty(4, dtype=torch.int64), torch.empty(4, 20)]
+    ws = torch.empty(_C.zaya_router_workspace(4, 48, 20, 6), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="z0"):
+        _C.zaya_router(x.data_ptr(), 48, 0, 20, 0, w["down_w"].data_ptr(), w["down_b"].data_ptr(), 0,
+                       w["norm_w"].data_ptr(), w["fc1_w"].data_ptr(), w["fc1_b"].data_ptr(), w["fc2_w"].data_ptr(),
+                       w["fc2_b"].data_ptr(), w["out_w"].data_ptr(), bias.data_ptr(), DTYPE_CODES[torch.float32],
+                       1e-5, *[t.data_ptr() for t in out], 4, 48, 20, 6, ws.data_ptr(), ws.numel(), z0.data_ptr(), 20,
+                       0, 0, 0)

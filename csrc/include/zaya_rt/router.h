@@ -25,12 +25,19 @@ struct RouterParams {
   int64_t* choice;  // [T]: argmax(p + bias), C - 1 = skip
   float* z;         // [T, R]: this layer's router state (after EDA), fp32
   int64_t T, D, R, C;
-  void* workspace; int64_t workspace_bytes;
+  void* workspace; int64_t workspace_bytes;  // CPU kernel only (zaya_router_workspace); the GPU one needs none
+  // GPU only, optional: x W_down^T + b_down already computed (in dtype, [T, R], unit inner stride), e.g. by a
+  // cuBLAS GEMM at large T; the kernel then starts from it (EDA onwards). Null: the kernel does the projection.
+  const void* z0 = nullptr; int64_t z0_row_stride = 0;
 };
 
 namespace cpu {
 const char* zaya_router(const RouterParams& p);
 int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t C);
 }  // namespace cpu
+
+namespace gpu {
+const char* zaya_router(const RouterParams& p, void* stream);
+}  // namespace gpu
 
 }  // namespace zaya_rt

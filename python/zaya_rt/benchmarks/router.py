@@ -1,5 +1,6 @@
 """Router benchmark cases: the fused zaya_router against the unfused PyTorch composition (transformers'
-ZayaRouter forward)."""
+ZayaRouter forward), on the CPU or (device="cuda") the GPU, where the peer runs cuBLAS plus PyTorch's elementwise
+kernels."""
 
 from __future__ import annotations
 

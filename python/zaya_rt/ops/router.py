@@ -7,8 +7,10 @@
 z = x W_down^T + b (+ eda_scale * z_prev), logits = W_out GELU(W2 GELU(W1 RMSNorm(z) + b1) + b2), p = softmax,
 choice = argmax(p + balancing_bias) (C - 1 = skip), gate = p[choice] (0 for skip). Gradients flow through
 logits, gate and z to every weight, x and z_prev; choice and balancing_bias get none.
-The fused kernel runs on the CPU (f32/f16/bf16); other devices and float64 (for gradcheck) use the same math
-composed of PyTorch ops, until GPU kernels land.
+Fused kernels run on the CPU and, in a CUDA or HIP build, on the GPU (f32/f16/bf16). On the GPU, batches of more
+than _GPU_FUSED_DOWN_MAX_TOKENS tokens take the down projection from torch (a cuBLAS/hipBLAS GEMM) and the kernel
+does the rest; smaller ones (decode) run all of it in the kernels. float64 (for gradcheck) and GPUs without a GPU
+build of _C use the same math composed of PyTorch ops.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ lib.define(
 )
 
 _ALL_FLOATS = (*FLOAT_DTYPES, torch.float64)
+# Above this many tokens the GPU path computes x W_down^T + b with torch (a real GEMM by then; see
+# cuda/router_kernels.cuh); at or below it the router's own down-projection kernel does.
+_GPU_FUSED_DOWN_MAX_TOKENS = 64
 _NAMES = ("x", "z_prev", "down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w",
           "balancing_bias")
 
@@ -82,7 +87,8 @@ def _reference(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w
 def _impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
     args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
     _check(*args)
-    if x.device.type != "cpu" or x.dtype == torch.float64:
+    on_gpu = x.device.type != "cpu"
+    if x.dtype == torch.float64 or (on_gpu and _C.gpu_backend == "none"):
         return _reference(*args)
     T, D = x.shape
     R, C = down_w.shape[0], out_w.shape[0]
@@ -95,15 +101,17 @@ def _impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2
     gate = x.new_empty((T,), dtype=torch.float32)
     choice = x.new_empty((T,), dtype=torch.int64)
     z = x.new_empty((T, R), dtype=torch.float32)
-    ws = torch.empty(_C.zaya_router_workspace(T, D, R, C), dtype=torch.uint8)
     down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w = weights
+    ws = None if on_gpu else torch.empty(_C.zaya_router_workspace(T, D, R, C), dtype=torch.uint8)
+    z0 = F.linear(x, down_w, down_b) if on_gpu and T > _GPU_FUSED_DOWN_MAX_TOKENS else None
     _C.zaya_router(
         x.data_ptr(), x.stride(0), zp.data_ptr() if zp is not None else 0, R,
         DTYPE_CODES[zp.dtype] if zp is not None else 0, down_w.data_ptr(), down_b.data_ptr(),
         eda.data_ptr() if eda is not None else 0, norm_w.data_ptr(), fc1_w.data_ptr(), fc1_b.data_ptr(),
         fc2_w.data_ptr(), fc2_b.data_ptr(), out_w.data_ptr(), bias.data_ptr(), DTYPE_CODES[x.dtype], float(eps),
-        logits.data_ptr(), gate.data_ptr(), choice.data_ptr(), z.data_ptr(), T, D, R, C, ws.data_ptr(), ws.numel(),
-        *device_args(x),
+        logits.data_ptr(), gate.data_ptr(), choice.data_ptr(), z.data_ptr(), T, D, R, C,
+        ws.data_ptr() if ws is not None else 0, ws.numel() if ws is not None else 0,
+        z0.data_ptr() if z0 is not None else 0, z0.stride(0) if z0 is not None else 0, *device_args(x),
     )
     return logits, gate, choice, z
 

@@ -1,0 +1,30 @@
+"""pytest-benchmark for zaya_router against the unfused PyTorch composition (run: pytest bench --benchmark-only).
+
+Each case benchmarks ours and the peer in the same session under the same group; `zaya-rt bench --ops router`
+prints the same cases as one table. On the CPU only the decode sizes run (prefill takes seconds a call there).
+"""
+
+import pytest
+import torch
+
+from zaya_rt.benchmarks import router_cases
+
+CASES = [("cpu", 1), ("cpu", 16)] + [pytest.param("cuda", T, marks=pytest.mark.cuda) for T in (1, 16, 4096, 16384)]
+
+
+@pytest.mark.parametrize(("device", "tokens"), CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("side", ["ours", "peer"])
+def test_router(benchmark, device, tokens, dtype, side):
+    (case,) = router_cases(device, tokens=(tokens,), dtypes=(dtype,))
+    benchmark.group = f"{device} {case.op}-{case.shape}-{case.dtype}"
+    benchmark.extra_info.update(op=case.op, shape=case.shape, dtype=case.dtype, peer=case.peer_name)
+    fn = case.ours if side == "ours" else case.peer
+    with torch.inference_mode():
+        if device == "cuda":
+            def timed():
+                fn()
+                torch.cuda.synchronize()
+            benchmark(timed)
+        else:
+            benchmark(fn)
