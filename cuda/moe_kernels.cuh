@@ -24,6 +24,10 @@
 //                   Tensor cores (CUDA sm_80+, bf16/fp16 with 16-byte aligned rows): wmma 16x16x16 with fp32
 //                   accumulators, BK = 32, a cp.async pipeline of 2 (128-row tiles, 8 warps of 64x32) or 3
 //                   (32-row tiles, 4 warps of 32x32) stages; cuda/moe_gemm_tc.cuh.
+//                   Hopper (CUDA builds with CUTLASS, sm_90 devices, bf16/fp16, 16-byte aligned K-contiguous
+//                   operands): the CUTLASS TMA + wgmma grouped GEMM of cuda/moe_gemm_sm90.h, chosen per call
+//                   (ZAYA_RT_CUDA_GROUPED_GEMM); moe_experts then runs gather -> GEMM -> SwiGLU -> GEMM ->
+//                   combine on it instead of the fused tiles.
 //   weight grad   one block per (group, 128 x 128 tile) of grad_b; the inner dimension is the group's rows,
 //                 found on the device; an empty group gives zeros. dy and a are read along their
 //                 contiguous (column) dimension, the same two mainloops.
