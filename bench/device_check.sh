@@ -8,6 +8,12 @@
 # nvcc on PATH, or /usr/local/cuda/bin/nvcc). Environment: CUDA_ARCH (default 90a: H100/H200 only, to keep the
 # build short), OUT (if set, the log goes to $OUT/device_check.log and the build log to $OUT/build.log),
 # SKIP_BUILD=1 to test an already installed zaya_rt. Takes about 4-6 minutes on an H200 host (budget: 8).
+#
+# The sm_90a CUTLASS grouped GEMM needs the nvidia-cutlass wheel (headers only) at build time, and the device
+# machine has no network: carry it in the repo-ignored folder .whl/ (`pip download nvidia-cutlass==4.2.0
+# --no-deps -d .whl` here, then `carry: [".whl"]`); this script installs it from there (no index, no deps)
+# when the build's Python lacks it, and builds with ZAYA_RT_CUTLASS=ON so a missing CUTLASS fails loudly.
+# The MoE timings run the grouped GEMM on both kernel families (ZAYA_RT_CUDA_GROUPED_GEMM=cutlass / wmma).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,8 +41,16 @@ NVCC=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 "$NVCC" --version | tail -n 1
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  step "build + install: ZAYA_RT_CUDA=ON, sm_${CUDA_ARCH:-90a} (verbose log: $BUILD_LOG)"
-  export ZAYA_RT_CUDA=ON CUDACXX="$NVCC"
+  if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('cutlass_library') is None)"; then
+    wheel=$(ls "$ROOT"/.whl/nvidia_cutlass-*.whl 2>/dev/null | head -n 1 || true)
+    if [[ -n "$wheel" ]]; then
+      python -m pip install -q --no-index --no-deps --no-compile "$wheel" && echo "installed $(basename "$wheel")"
+    else
+      echo "no nvidia-cutlass for this Python and no .whl/nvidia_cutlass-*.whl: the sm_90a CUTLASS build will fail"
+    fi
+  fi
+  step "build + install: ZAYA_RT_CUDA=ON ZAYA_RT_CUTLASS=ON, sm_${CUDA_ARCH:-90a} (verbose log: $BUILD_LOG)"
+  export ZAYA_RT_CUDA=ON ZAYA_RT_CUTLASS=${ZAYA_RT_CUTLASS:-ON} CUDACXX="$NVCC"
   export CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90a} ${CMAKE_ARGS:-}"
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
   if ! python -m pip install --no-build-isolation --no-deps -v . >"$BUILD_LOG" 2>&1; then
@@ -51,7 +65,7 @@ fi
 step "import"
 (cd / && python -c "
 from zaya_rt import _C
-print('zaya_rt._C gpu_backend =', _C.gpu_backend)
+print('zaya_rt._C gpu_backend =', _C.gpu_backend, ', cutlass_sm90 =', getattr(_C, 'cutlass_sm90', None))
 assert _C.gpu_backend == 'cuda', 'this zaya_rt._C has no CUDA backend'
 ")
 
@@ -109,10 +123,13 @@ PY
 
 step "MoE GEMM timings (CUDA graphs, ZAYA1-8B expert shapes D = I = 2048, E = 16, bf16; TFLOP/s of the useful work)"
 python - <<'PY' || bench_rc=$?
+import os
+
 import torch
 import torch.nn.functional as F
 import zaya_rt  # noqa: F401  registers torch.ops.zaya_rt
 from zaya_rt.benchmarks.harness import cuda_graph_time_us
+from zaya_rt.ops._lib import DTYPE_CODES
 
 ops = torch.ops.zaya_rt
 D = I = 2048
@@ -135,7 +152,16 @@ def try_time(fn):
 
 w1 = torch.randn(E, 2 * I, D, device="cuda", dtype=dtype, generator=gen) / D**0.5
 w2 = torch.randn(E, D, I, device="cuda", dtype=dtype, generator=gen) / I**0.5
-print(f"{'case':<34} {'ours us':>9} {'TFLOP/s':>8} {'GB/s':>7} {'cuBLAS':>8} {'grouped_mm':>10}  (peer TFLOP/s)")
+def family_path(a, b):
+    out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype, device="cuda")
+    return zaya_rt._C.grouped_gemm_path(a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0),
+                                        b.stride(1), b.stride(2), out.data_ptr(), out.stride(0),
+                                        DTYPE_CODES[a.dtype], a.shape[0], b.shape[1], a.shape[1], b.shape[0],
+                                        0, 1 << 30)  # workspace: only its size is looked at
+
+
+FAMILIES = ("cutlass", "wmma")  # ZAYA_RT_CUDA_GROUPED_GEMM for the rows marked [family]
+print(f"{'case':<44} {'ours us':>9} {'TFLOP/s':>8} {'GB/s':>7} {'cuBLAS':>8} {'grouped_mm':>10}  (peer TFLOP/s)")
 for T in (16, 4096, 16384):
     x = torch.randn(T, D, device="cuda", dtype=dtype, generator=gen)
     index = torch.randint(0, E, (T,), device="cuda", generator=gen)
@@ -144,23 +170,36 @@ for T in (16, 4096, 16384):
     hit = int(torch.unique(index).numel())
     dy = torch.randn(T, 2 * I, device="cuda", dtype=dtype, generator=gen)
     dense_w = w1[0].clone()
-    cases = [
-        ("grouped_gemm fwd [T,D]x[E,2I,D]", 2 * T * 2 * I * D, hit * 2 * I * D * 2,
-         lambda: ops.grouped_gemm(x, w1, offsets), lambda: F.linear(x, dense_w),
-         lambda: torch._grouped_mm(x, w1.transpose(1, 2), offs=offsets)),
-        ("grouped_gemm weight grad", 2 * T * 2 * I * D, hit * 2 * I * D * 2,
-         lambda: ops.grouped_gemm_weight_grad(dy, x, offsets), lambda: dy.T @ x,
-         lambda: torch._grouped_mm(dy.T, x, offs=offsets)),
-        ("moe_experts fwd (top-1)", 2 * T * 3 * I * D, hit * 3 * I * D * 2,
-         lambda: ops.moe_experts(x, index, gate, w1, w2),
-         lambda: F.linear((lambda h: F.silu(h[:, :I]) * h[:, I:])(F.linear(x, dense_w)), w2[0]), None),
-    ]
-    for name, flops, weight_bytes, ours, dense, grouped in cases:
+    act = torch.randn(T, I, device="cuda", dtype=dtype, generator=gen)
+    dense_w2 = w2[0].clone()
+    cases = []
+    for fam in FAMILIES:
+        cases += [
+            (f"grouped_gemm fwd [T,D]x[E,2I,D] [{fam}]", fam, 2 * T * 2 * I * D, hit * 2 * I * D * 2,
+             lambda: ops.grouped_gemm(x, w1, offsets), lambda: F.linear(x, dense_w),
+             lambda: torch._grouped_mm(x, w1.transpose(1, 2), offs=offsets)),
+            (f"grouped_gemm fwd [T,I]x[E,D,I] [{fam}]", fam, 2 * T * D * I, hit * D * I * 2,
+             lambda: ops.grouped_gemm(act, w2, offsets), lambda: F.linear(act, dense_w2),
+             lambda: torch._grouped_mm(act, w2.transpose(1, 2), offs=offsets)),
+            (f"moe_experts fwd (top-1) [{fam}]", fam, 2 * T * 3 * I * D, hit * 3 * I * D * 2,
+             lambda: ops.moe_experts(x, index, gate, w1, w2),
+             lambda: F.linear((lambda h: F.silu(h[:, :I]) * h[:, I:])(F.linear(x, dense_w)), w2[0]), None),
+        ]
+    cases.append(("grouped_gemm weight grad", None, 2 * T * 2 * I * D, hit * 2 * I * D * 2,
+                  lambda: ops.grouped_gemm_weight_grad(dy, x, offsets), lambda: dy.T @ x,
+                  lambda: torch._grouped_mm(dy.T, x, offs=offsets)))
+    for name, fam, flops, weight_bytes, ours, dense, grouped in cases:
+        os.environ.pop("ZAYA_RT_CUDA_GROUPED_GEMM", None)
+        if fam is not None:
+            os.environ["ZAYA_RT_CUDA_GROUPED_GEMM"] = fam
+            if "grouped_gemm fwd" in name and T == 16384 and "2I" in name:
+                print(f"  ({fam}: the kernel family taken is {family_path(x, w1)})")
         us = timed(ours)
+        os.environ.pop("ZAYA_RT_CUDA_GROUPED_GEMM", None)
         dense_us = try_time(dense)
         grouped_us = try_time(grouped) if grouped is not None else None
         tf = lambda t: "n/a" if t is None else f"{flops / t / 1e6:.1f}"
-        print(f"{name + f' T={T}':<34} {us:>9.1f} {flops / us / 1e6:>8.1f} {weight_bytes / us / 1e3:>7.0f} "
+        print(f"{name + f' T={T}':<44} {us:>9.1f} {flops / us / 1e6:>8.1f} {weight_bytes / us / 1e3:>7.0f} "
               f"{tf(dense_us):>8} {tf(grouped_us):>10}")
 print("GB/s counts the expert weights each case must read (what bounds decode); the SPEC asks >= 0.8x cuBLAS and"
       " >= 1.2x torch._grouped_mm TFLOP/s for the grouped GEMM, >= 70% of HBM bandwidth for MoE decode at 16 tokens")

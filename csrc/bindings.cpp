@@ -162,4 +162,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("norm_bwd_num_partials", [](int dev_type, int rows, int64_t dim) {
     return zaya_rt::norm_bwd_num_partials(dev(dev_type, 0, 0), rows, dim);
   });
+  void bind_moe_gpu(py::module_&); bind_moe_gpu(m);  // csrc/bindings_moe_gpu.cpp
 }

@@ -24,6 +24,10 @@
 //                   Tensor cores (CUDA sm_80+, bf16/fp16 with 16-byte aligned rows): wmma 16x16x16 with fp32
 //                   accumulators, BK = 32, a cp.async pipeline of 2 (128-row tiles, 8 warps of 64x32) or 3
 //                   (32-row tiles, 4 warps of 32x32) stages; cuda/moe_gemm_tc.cuh.
+//                   Hopper (CUDA builds with CUTLASS, sm_90 devices, bf16/fp16, 16-byte aligned K-contiguous
+//                   operands): the CUTLASS TMA + wgmma grouped GEMM of cuda/moe_gemm_sm90.h, chosen per call
+//                   (ZAYA_RT_CUDA_GROUPED_GEMM); moe_experts then runs gather -> GEMM -> SwiGLU -> GEMM ->
+//                   combine on it instead of the fused tiles.
 //   weight grad   one block per (group, 128 x 128 tile) of grad_b; the inner dimension is the group's rows,
 //                 found on the device; an empty group gives zeros. dy and a are read along their
 //                 contiguous (column) dimension, the same two mainloops.
@@ -37,14 +41,18 @@
 // every entry point can be captured in a CUDA/HIP graph.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
 #include "cuda/compat.h"
 #include "cuda/numeric.cuh"
 #include "zaya_rt/moe.h"
+#include "zaya_rt/moe_gpu_path.h"
 
 #if defined(ZAYA_RT_GPU_CUDA)
 #define ZAYA_RT_MOE_TENSOR_CORES 1  // the wmma tiles of cuda/moe_gemm_tc.cuh
@@ -715,6 +723,9 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(S::kThreads) weight_grad_simt_kernel(const
 #if defined(ZAYA_RT_MOE_TENSOR_CORES)
 #include "cuda/moe_gemm_tc.cuh"
 #endif
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
+#include "cuda/moe_gemm_sm90.h"
+#endif
 
 namespace zaya_rt::gpu {
 namespace moe_detail {
@@ -786,17 +797,93 @@ const char* launch_forward(const FwdArgs& p, bool vec, int64_t n_tiles, gpuStrea
   return launch_result(what);
 }
 
+// ==== sm_90a CUTLASS grouped GEMM: when to take it (cuda/moe_gemm_sm90.h) ====================================
+
+enum class GemmChoice { kAuto, kCutlass, kWmma, kBad };
+
+// ZAYA_RT_CUDA_GROUPED_GEMM, read on every call so that a benchmark can switch paths between calls.
+inline GemmChoice gemm_choice() {
+  const char* v = std::getenv("ZAYA_RT_CUDA_GROUPED_GEMM");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return GemmChoice::kAuto;
+  if (std::strcmp(v, "cutlass") == 0) return GemmChoice::kCutlass;
+  if (std::strcmp(v, "wmma") == 0) return GemmChoice::kWmma;
+  return GemmChoice::kBad;
+}
+
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
+constexpr int kMaxCachedDevices = 64;
+
+// True on a compute capability 9.0 device (the sm_90a code runs there only). One attribute query per device
+// and process: no stream work, safe during graph capture.
+inline bool is_sm90_device() {
+  static std::atomic<int8_t> cache[kMaxCachedDevices] = {};  // 0 unknown, 1 yes, -1 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return (void)cudaGetLastError(), false;
+  if (dev >= 0 && dev < kMaxCachedDevices) {
+    if (const int8_t c = cache[dev].load(std::memory_order_relaxed)) return c > 0;
+  }
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return (void)cudaGetLastError(), false;
+  const bool yes = major == 9 && minor == 0;
+  if (dev >= 0 && dev < kMaxCachedDevices) cache[dev].store(yes ? 1 : -1, std::memory_order_relaxed);
+  return yes;
+}
+
+// The CUTLASS kernel for this call, or nullptr for the WMMA / SIMT path.
+template <typename T>
+auto sm90_kernel(const GroupedGemmParams& q, GemmChoice choice) -> const char* (*)(const GroupedGemmParams&, int,
+                                                                                   cudaStream_t) {
+  if constexpr (std::is_same_v<T, float>) {
+    return nullptr;
+  } else {
+    if (choice == GemmChoice::kWmma) return nullptr;
+    // auto: decode-like calls (groups averaging under 64 rows) stay on the 32-row WMMA tiles until measured.
+    if (choice == GemmChoice::kAuto && few_rows(q.M, q.G)) return nullptr;
+    if (!sm90::qualifies(q) || !is_sm90_device()) return nullptr;
+    return std::is_same_v<T, bf16> ? sm90::grouped_gemm_bf16 : sm90::grouped_gemm_f16;
+  }
+}
+#endif
+
+// Both operands allow 16-byte loads along k.
+template <typename T>
+bool forward_vec(const GroupedGemmParams& q) {
+  constexpr int64_t es = sizeof(T);
+  return q.a_col_stride == 1 && q.b_col_stride == 1 && q.K % vec_elems<T>() == 0 &&
+         aligned16(q.a, q.a_row_stride, es) && aligned16(q.b, q.b_row_stride, es) && (q.b_group_stride * es) % 16 == 0;
+}
+
 template <typename T>
 const char* launch_grouped_gemm(const GroupedGemmParams& q, gpuStream_t s) {
   if (q.M >= INT32_MAX || q.G >= INT32_MAX / 2) return "too many rows or groups for one launch";
+  const GemmChoice choice = gemm_choice();
+  if (choice == GemmChoice::kBad) return "ZAYA_RT_CUDA_GROUPED_GEMM must be auto, cutlass or wmma";
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
+  if (const auto kernel = sm90_kernel<T>(q, choice)) return kernel(q, gpu_multiprocessor_count(132), s);
+#endif
   const FwdArgs p{q.a, q.a_row_stride, q.a_col_stride, nullptr, 1, q.b, q.b_group_stride, q.b_row_stride,
                   q.b_col_stride, q.offsets, static_cast<int32_t>(q.G), static_cast<int32_t>(q.M), q.N, q.K, 0,
                   /*zero_tail=*/true, EpiArgs{Epi::kLinear, false, q.out, q.out_row_stride, nullptr, nullptr}};
-  constexpr int64_t es = sizeof(T);
-  const bool vec = q.a_col_stride == 1 && q.b_col_stride == 1 && q.K % vec_elems<T>() == 0 &&
-                   aligned16(q.a, q.a_row_stride, es) && aligned16(q.b, q.b_row_stride, es) &&
-                   (q.b_group_stride * es) % 16 == 0;
-  return launch_forward<T>(p, vec, ceil_div(q.N, kTileN), s, "grouped_gemm");
+  return launch_forward<T>(p, forward_vec<T>(q), ceil_div(q.N, kTileN), s, "grouped_gemm");
+}
+
+// The kernel family launch_grouped_gemm takes for these operands on the current device (for tests and
+// benchmarks): "cutlass_sm90", "wmma" or "simt".
+template <typename T>
+const char* grouped_gemm_path(const GroupedGemmParams& q) {
+  const GemmChoice choice = gemm_choice();
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
+  if (choice != GemmChoice::kBad && sm90_kernel<T>(q, choice) != nullptr) return "cutlass_sm90";
+#endif
+  (void)choice;
+#if defined(ZAYA_RT_MOE_TENSOR_CORES)
+  if constexpr (!std::is_same_v<T, float>) {
+    if (forward_vec<T>(q) && tensor_cores_ok()) return "wmma";
+  }
+#endif
+  return "simt";
 }
 
 template <typename T>
@@ -874,17 +961,22 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(256)
   }
 }
 
-// The experts workspace, carved in 256-byte aligned pieces (base == nullptr: only the size).
+// The experts workspace, carved in 256-byte aligned pieces (base == nullptr: only the size). The fused WMMA /
+// SIMT path needs y_rows for top-k > 1; the sm_90a CUTLASS path (gemm_bytes > 0) instead keeps the gathered
+// token rows (later the down GEMM's output rows) and the gate_up output, plus the grouped GEMM's workspace.
 struct ExpertsWorkspace {
   int32_t *counts, *offsets, *sorted_slots, *slot_rows;
   float* row_gate;
   void* act;       // [S, I] in the model dtype
-  float* y_rows;   // [S, D] fp32, top-k > 1 only
-  int64_t bytes;
+  float* y_rows;   // [S, D] fp32, top-k > 1 only (fused path)
+  void* rows;      // [S, D] in the model dtype: gathered x, then down output (CUTLASS path)
+  void* h;         // [S, 2I] in the model dtype: gate_up output (CUTLASS path)
+  void* gemm;      // the grouped GEMM workspace (CUTLASS path)
+  int64_t gemm_bytes, bytes;
 };
 
 inline ExpertsWorkspace experts_workspace(void* base, int64_t tokens, int64_t top_k, int64_t D, int64_t I,
-                                          int64_t E, int64_t esize) {
+                                          int64_t E, int64_t esize, int64_t gemm_bytes = 0) {
   const int64_t slots = tokens * top_k;
   ExpertsWorkspace w{};
   int64_t used = 0;
@@ -899,18 +991,149 @@ inline ExpertsWorkspace experts_workspace(void* base, int64_t tokens, int64_t to
   w.slot_rows = static_cast<int32_t*>(carve(slots * 4));
   w.row_gate = static_cast<float*>(carve(slots * 4));
   w.act = carve(slots * I * esize);
-  w.y_rows = top_k > 1 ? static_cast<float*>(carve(slots * D * 4)) : nullptr;
+  if (gemm_bytes > 0) {
+    w.rows = carve(slots * D * esize);
+    w.h = carve(slots * 2 * I * esize);
+    w.gemm = carve(gemm_bytes);
+    w.gemm_bytes = gemm_bytes;
+  } else {
+    w.y_rows = top_k > 1 ? static_cast<float*>(carve(slots * D * 4)) : nullptr;
+  }
   w.bytes = used;
   return w;
 }
+
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
+// ---- experts on the sm_90a CUTLASS grouped GEMM: gather -> GEMM -> SwiGLU -> GEMM -> gate-scaled combine ----
+// The same rounding points as the fused path (gate and up outputs rounded to the model dtype before SiLU(g) * u,
+// the activation stored in the model dtype) except one: the down GEMM's rows are rounded to the model dtype
+// before the gate scales them (the fused path scales the fp32 accumulators).
+
+constexpr int kRowsVec = 8;  // 16-bit elements per 16-byte access
+
+// rows[r] = hidden[sorted_slots[r] / top_k] for the routed rows r < offsets[E-1].
+template <typename T>
+__global__ void ZAYA_RT_LAUNCH_BOUNDS(256)
+    gather_rows_kernel(const T* hidden, int64_t hidden_rs, const int32_t* sorted_slots, int64_t top_k,
+                       const int32_t* offsets, int64_t experts, int64_t D, T* rows) {
+  const int64_t routed = offsets[experts - 1], per_row = D / kRowsVec;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < routed * per_row;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row, c = (i % per_row) * kRowsVec;
+    const int64_t t = sorted_slots[r] / top_k;
+    *reinterpret_cast<Pack<T, kRowsVec>*>(rows + r * D + c) =
+        *reinterpret_cast<const Pack<T, kRowsVec>*>(hidden + t * hidden_rs + c);
+  }
+}
+
+// act[r, i] = SiLU(h[r, i]) * h[r, I + i] for the routed rows (h already holds model-dtype values).
+template <typename T>
+__global__ void ZAYA_RT_LAUNCH_BOUNDS(256)
+    swiglu_rows_kernel(const T* h, const int32_t* offsets, int64_t experts, int64_t I, T* act) {
+  const int64_t routed = offsets[experts - 1], per_row = I / kRowsVec;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < routed * per_row;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row, c = (i % per_row) * kRowsVec;
+    float g[kRowsVec], u[kRowsVec], v[kRowsVec];
+    load_n<kRowsVec>(h + r * 2 * I + c, g);
+    load_n<kRowsVec>(h + r * 2 * I + I + c, u);
+#pragma unroll
+    for (int e = 0; e < kRowsVec; ++e) v[e] = swiglu<T>(g[e], u[e]);
+    store_n<kRowsVec>(act + r * I + c, v);
+  }
+}
+
+// out[t] = sum over the token's slots (in slot order) of row_gate[row] * y[row]; tokens without an expert get
+// zeros. One block per token (grid-stride).
+template <typename T>
+__global__ void ZAYA_RT_LAUNCH_BOUNDS(256)
+    combine_rows_kernel(int64_t tokens, int64_t top_k, int64_t D, const int32_t* slot_rows, const float* row_gate,
+                        const T* y, T* out, int64_t out_rs) {
+  for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
+    for (int64_t n = threadIdx.x; n < D; n += blockDim.x) {
+      float acc = 0.f;
+      for (int64_t j = 0; j < top_k; ++j) {
+        const int32_t row = slot_rows[t * top_k + j];
+        if (row >= 0) acc += row_gate[row] * to_float(y[static_cast<int64_t>(row) * D + n]);
+      }
+      out[t * out_rs + n] = from_float<T>(acc);
+    }
+  }
+}
+
+inline int grid_for(int64_t items) { return static_cast<int>(std::clamp<int64_t>(ceil_div(items, 256), 1, 4096)); }
+
+// The two grouped GEMMs of the expert block as sm_90a CUTLASS calls over workspace w (bases only: the device
+// offsets decide the rows). Valid once w is carved with gemm_bytes.
+inline GroupedGemmParams experts_gate_up_gemm(const MoeExpertsParams& q, const ExpertsWorkspace& w, DType dt) {
+  const int64_t S = q.T * q.top_k;
+  return GroupedGemmParams{w.rows, q.D, 1, q.gate_up, q.gate_up_expert_stride, q.gate_up_row_stride, 1, w.offsets,
+                           w.h, 2 * q.I, dt, S, 2 * q.I, q.D, q.E, w.gemm, w.gemm_bytes};
+}
+inline GroupedGemmParams experts_down_gemm(const MoeExpertsParams& q, const ExpertsWorkspace& w, DType dt) {
+  const int64_t S = q.T * q.top_k;
+  return GroupedGemmParams{w.act, q.I, 1, q.down, q.down_expert_stride, q.down_row_stride, 1, w.offsets,
+                           w.rows, q.D, dt, S, q.D, q.I, q.E, w.gemm, w.gemm_bytes};
+}
+
+// Whether moe_experts takes the CUTLASS path for these sizes on this device (workspace aside): the choice of
+// grouped_gemm (auto: groups averaging >= 64 rows), 16-bit dtype, D and I in whole 16-byte chunks.
+inline bool experts_sm90_wanted(int64_t slots, int64_t D, int64_t I, int64_t E, DType dtype) {
+  const GemmChoice choice = gemm_choice();
+  if (choice == GemmChoice::kWmma || choice == GemmChoice::kBad) return false;
+  if (dtype != DType::kBFloat16 && dtype != DType::kFloat16) return false;
+  if (choice == GemmChoice::kAuto && few_rows(slots, E)) return false;
+  return I > 0 && D % kRowsVec == 0 && I % kRowsVec == 0 && is_sm90_device();
+}
+
+template <typename T>
+const char* run_experts_sm90(const MoeExpertsParams& q, const ExpertsWorkspace& w, gpuStream_t s) {
+  const int64_t S = q.T * q.top_k, D = q.D, I = q.I, E = q.E;
+  const DType dt = std::is_same_v<T, bf16> ? DType::kBFloat16 : DType::kFloat16;
+  auto* gemm = std::is_same_v<T, bf16> ? sm90::grouped_gemm_bf16 : sm90::grouped_gemm_f16;
+  const int sms = gpu_multiprocessor_count(132);
+  gather_rows_kernel<T><<<grid_for(S * D / kRowsVec), 256, 0, s>>>(static_cast<const T*>(q.hidden),
+                                                                   q.hidden_row_stride, w.sorted_slots, q.top_k,
+                                                                   w.offsets, E, D, static_cast<T*>(w.rows));
+  if (const char* err = launch_result("moe_experts (gather)")) return err;
+  if (const char* err = gemm(experts_gate_up_gemm(q, w, dt), sms, s)) return err;
+  swiglu_rows_kernel<T><<<grid_for(S * I / kRowsVec), 256, 0, s>>>(static_cast<const T*>(w.h), w.offsets, E, I,
+                                                                   static_cast<T*>(w.act));
+  if (const char* err = launch_result("moe_experts (SwiGLU)")) return err;
+  if (const char* err = gemm(experts_down_gemm(q, w, dt), sms, s)) return err;
+  const int token_blocks = static_cast<int>(std::clamp<int64_t>(q.T, 1, 16384));
+  combine_rows_kernel<T><<<token_blocks, 256, 0, s>>>(q.T, q.top_k, D, w.slot_rows, w.row_gate,
+                                                      static_cast<const T*>(w.rows), static_cast<T*>(q.out),
+                                                      q.out_row_stride);
+  return launch_result("moe_experts (combine)");
+}
+#endif
 
 template <typename T>
 const char* run_moe_experts(const MoeExpertsParams& q, gpuStream_t s) {
   const int64_t slots = q.T * q.top_k, E = q.E, D = q.D, I = q.I;
   if (slots >= INT32_MAX) return "too many token slots for int32 rows";
   constexpr int64_t es = sizeof(T);
-  const ExpertsWorkspace w = experts_workspace(q.workspace, q.T, q.top_k, D, I, E, es);
+  ExpertsWorkspace w = experts_workspace(q.workspace, q.T, q.top_k, D, I, E, es);
   if (q.workspace_bytes < w.bytes) return "workspace too small (use moe_experts_workspace)";
+  bool sm90_path = false;
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
+  // Taken when the caller's workspace has room for it (moe_experts_workspace sizes it when wanted) and both
+  // GEMMs qualify; otherwise the fused path below.
+  if constexpr (!std::is_same_v<T, float>) {
+    if (experts_sm90_wanted(slots, D, I, E, q.dtype)) {
+      const ExpertsWorkspace w9 = experts_workspace(q.workspace, q.T, q.top_k, D, I, E, es,
+                                                    sm90::grouped_gemm_workspace(E));
+      const DType dt = q.dtype;
+      if (q.workspace_bytes >= w9.bytes && sm90::qualifies(experts_gate_up_gemm(q, w9, dt)) &&
+          sm90::qualifies(experts_down_gemm(q, w9, dt)) && sm90::aligned16(q.hidden) &&
+          q.hidden_row_stride % kRowsVec == 0) {
+        w = w9;
+        sm90_path = true;
+      }
+    }
+  }
+#endif
   if (const char* err = run_dispatch(q.expert_index, q.index_dtype, slots, E, w.offsets, w.counts, w.sorted_slots,
                                      w.slot_rows, s))
     return err;
@@ -932,6 +1155,12 @@ const char* run_moe_experts(const MoeExpertsParams& q, gpuStream_t s) {
     default: return "gate must be float32, float16 or bfloat16";
   }
   if (const char* err = launch_result("moe_experts (gates)")) return err;
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
+  if constexpr (!std::is_same_v<T, float>) {
+    if (sm90_path) return run_experts_sm90<T>(q, w, s);
+  }
+#endif
+  (void)sm90_path;
 
   constexpr int kV = vec_elems<T>();
   const int32_t M = static_cast<int32_t>(slots), G = static_cast<int32_t>(E);
@@ -976,6 +1205,20 @@ const char* grouped_gemm(const GroupedGemmParams& p, void* stream) {
   return "unreachable dtype switch";
 }
 
+const char* grouped_gemm_path(const GroupedGemmParams& p) {
+  if (p.M <= 0 || p.N <= 0 || p.G < 1) return "none";
+  ZAYA_RT_GPU_DISPATCH_FLOAT(p.dtype, T, return moe_detail::grouped_gemm_path<T>(p));
+  return "unreachable dtype switch";
+}
+
+bool built_with_cutlass_sm90() {
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
+  return true;
+#else
+  return false;
+#endif
+}
+
 const char* grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p, void* stream) {
   if (p.N <= 0 || p.K <= 0) return nullptr;
   if (p.G < 1) return "need at least one group";
@@ -990,12 +1233,26 @@ const char* moe_experts(const MoeExpertsParams& p, void* stream) {
   return "unreachable dtype switch";
 }
 
-// The GEMMs find their tiles on the device and need no scratch.
-int64_t grouped_gemm_workspace(int64_t, int64_t, int64_t, int64_t, DType) { return 0; }
+// The WMMA / SIMT GEMMs find their tiles on the device and need no scratch; the sm_90a CUTLASS one keeps its
+// per-group arrays and TMA descriptors there (16-bit dtypes only).
+int64_t grouped_gemm_workspace(int64_t, int64_t, int64_t, int64_t G, DType dtype) {
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
+  if (dtype == DType::kBFloat16 || dtype == DType::kFloat16) return sm90::grouped_gemm_workspace(G);
+#endif
+  (void)G;
+  (void)dtype;
+  return 0;
+}
 int64_t grouped_gemm_weight_grad_workspace(int64_t, int64_t, int64_t, int64_t, DType) { return 0; }
 
 int64_t moe_experts_workspace(int64_t T, int64_t top_k, int64_t D, int64_t I, int64_t E, DType dtype) {
-  return moe_detail::experts_workspace(nullptr, T, top_k, D, I, E, moe_detail::elem_bytes(dtype)).bytes;
+  int64_t gemm_bytes = 0;
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
+  // Room for the CUTLASS path when the current device and sizes would take it (it falls back to the fused
+  // path, which needs less, when a workspace sized otherwise comes in).
+  if (moe_detail::experts_sm90_wanted(T * top_k, D, I, E, dtype)) gemm_bytes = sm90::grouped_gemm_workspace(E);
+#endif
+  return moe_detail::experts_workspace(nullptr, T, top_k, D, I, E, moe_detail::elem_bytes(dtype), gemm_bytes).bytes;
 }
 
 }  // namespace zaya_rt::gpu

@@ -146,6 +146,155 @@ def test_grouped_gemm_gpu(case, dtype, layout):
     assert torch.all(gb_g[[i for i, s in enumerate(sizes) if s == 0]] == 0), "empty groups must get zero gradients"
 
 
+# ---- grouped_gemm kernel families: sm_90a CUTLASS vs the WMMA tiles (ZAYA_RT_CUDA_GROUPED_GEMM) ----------------
+
+ON_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability(0) == (9, 0)
+CUTLASS_HERE = ON_SM90 and getattr(_C, "cutlass_sm90", False)
+# The 16-bit kernel without CUTLASS: WMMA tiles on sm_80+ NVIDIA GPUs, SIMT elsewhere (HIP, older GPUs).
+TILES = "wmma" if _C.gpu_backend == "cuda" and torch.cuda.is_available() and \
+    torch.cuda.get_device_capability(0) >= (8, 0) else "simt"
+
+
+@pytest.fixture(params=["cutlass", "wmma"])
+def gemm_family(request, monkeypatch):
+    """Runs a test once with ZAYA_RT_CUDA_GROUPED_GEMM=cutlass and once with =wmma (read by _C on every call)."""
+    monkeypatch.setenv("ZAYA_RT_CUDA_GROUPED_GEMM", request.param)
+    return request.param
+
+
+def _path(a, b, out):
+    """The kernel family _C picks for grouped_gemm(a, b) -> out with the op's own workspace size."""
+    M, K = a.shape
+    G, N, _ = b.shape
+    code = DTYPE_CODES[a.dtype]
+    ws = _C.grouped_gemm_workspace(1, M, N, K, G, code)
+    base = torch.empty(max(ws, 64), dtype=torch.uint8, device=a.device)
+    return _C.grouped_gemm_path(a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
+                                b.stride(2), out.data_ptr(), out.stride(0), code, M, N, K, G, base.data_ptr(),
+                                base.numel())
+
+
+def _want_family(family, qualifies):
+    if family == "cutlass" and qualifies and CUTLASS_HERE:
+        return "cutlass_sm90"
+    return TILES
+
+
+def _grouped_ref_gpu(a, b, offsets_list):
+    """fp32 per-group products on the GPU (exact enough to judge 16-bit kernels at any size)."""
+    out, start = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float32, device=a.device), 0
+    for g, end in enumerate(offsets_list):
+        if end > start:
+            out[start:end] = a[start:end].float() @ b[g].float().T
+        start = max(start, end)
+    return out
+
+
+SM90_CASES = [  # group sizes, rows past offsets[-1], N, K: all qualify for the CUTLASS kernel
+    ([0, 1, 0, 1, 1, 0], 0, 64, 64),  # empty and one-row groups only
+    ([1, 300, 0, 129, 1, 64], 7, 136, 200),  # ragged groups, a tail, N and K not multiples of the tile
+    ([0, 0, 0], 5, 128, 64),  # everything in the tail
+    ([1000, 24, 0, 3000], 0, 512, 1024),  # prefill-like
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", SM90_CASES, ids=lambda c: f"G{len(c[0])}-M{sum(c[0]) + c[1]}-N{c[2]}-K{c[3]}")
+def test_grouped_gemm_gpu_families(case, dtype, gemm_family):
+    sizes, tail, N, K = case
+    gen = torch.Generator().manual_seed(sum(sizes) + N + K)
+    M, G = sum(sizes) + tail, len(sizes)
+    a = torch.randn(M, K, generator=gen).to(dtype).cuda()
+    b = torch.randn(G, N, K, generator=gen).to(dtype).cuda()
+    offsets = _offsets(sizes, "cuda")
+    out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
+    assert _path(a, b, out) == _want_family(gemm_family, True)
+    got = zaya_rt.ops.grouped_gemm(a, b, offsets)
+    want = _grouped_ref_gpu(a, b, _offsets(sizes).tolist())
+    scale = (a.float().abs() @ b.float().abs().amax(0).T).max().item() if M else 1.0
+    _close(got, want, dtype, f"out ({gemm_family})", scale)
+    _close(got.cpu(), zaya_rt.ops.grouped_gemm(a.cpu(), b.cpu(), _offsets(sizes)), dtype, "out vs CPU kernel", scale)
+    assert torch.all(got[sum(sizes):] == 0), "rows past offsets[-1] must be zero"
+
+
+@pytest.mark.slow
+def test_grouped_gemm_gpu_zaya1_8b_shapes(gemm_family):
+    """The ZAYA1-8B expert GEMMs at a 16384-token batch (D = I = 2048, E = 16, bf16): gate_up [T, D] x [E, 2I, D]
+    and down [T, I] x [E, D, I], with skewed expert loads (one expert empty, one with a single row)."""
+    T, D, I, E = 16384, 2048, 2048, 16
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    sizes = [0, 1] + [1200] * 12 + [1000, T - 1 - 1200 * 12 - 1000]
+    offsets = _offsets(sizes, "cuda")
+    for N, K in ((2 * I, D), (D, I)):
+        a = torch.randn(T, K, device="cuda", generator=gen).to(torch.bfloat16)
+        b = (torch.randn(E, N, K, device="cuda", generator=gen) / K**0.5).to(torch.bfloat16)
+        assert _path(a, b, torch.empty(T, N, dtype=torch.bfloat16, device="cuda")) == _want_family(gemm_family, True)
+        got = zaya_rt.ops.grouped_gemm(a, b, offsets)
+        want = _grouped_ref_gpu(a, b, _offsets(sizes).tolist())
+        scale = (a.float().abs() @ b.float().abs().amax(0).T).max().item()
+        _close(got, want, torch.bfloat16, f"[{T}, {K}] x [{E}, {N}, {K}] ({gemm_family})", scale)
+
+
+def test_grouped_gemm_gpu_cutlass_fallbacks(monkeypatch):
+    """Operands the CUTLASS kernel cannot take go to the WMMA / SIMT kernels even when it is asked for, with
+    the right answer: K or N not a multiple of 8, a misaligned base, a row stride off the 16-byte grid, b not
+    K-contiguous, float32."""
+    monkeypatch.setenv("ZAYA_RT_CUDA_GROUPED_GEMM", "cutlass")
+    gen = torch.Generator().manual_seed(11)
+    sizes = [40, 0, 90]
+    M, G = sum(sizes), len(sizes)
+    offsets = _offsets(sizes, "cuda")
+
+    def check(a, b, want_path):
+        out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype, device="cuda")
+        assert _path(a, b, out) == want_path
+        got = zaya_rt.ops.grouped_gemm(a, b, offsets)
+        want = ref.grouped_gemm(a.double().cpu(), b.double().cpu(), _offsets(sizes))
+        scale = (a.double().abs() @ b.double().abs().amax(0).T).max().item()
+        _close(got, want, a.dtype, f"fallback to {want_path}", scale)
+
+    bf = torch.bfloat16
+    check(torch.randn(M, 36, generator=gen).to(bf).cuda(), torch.randn(G, 64, 36, generator=gen).to(bf).cuda(), "simt")
+    check(torch.randn(M, 64, generator=gen).to(bf).cuda(), torch.randn(G, 60, 64, generator=gen).to(bf).cuda(), TILES)
+    a_odd = torch.randn(M, 65, generator=gen).to(bf).cuda()[:, 1:]  # base 2 bytes off, row stride 130 bytes
+    check(a_odd, torch.randn(G, 64, 64, generator=gen).to(bf).cuda(), "simt")
+    a_pad = torch.randn(M, 68, generator=gen).to(bf).cuda()[:, :64]  # aligned base, row stride 136 bytes
+    check(a_pad, torch.randn(G, 64, 64, generator=gen).to(bf).cuda(), "simt")
+    b_t = torch.randn(G, 64, 64, generator=gen).to(bf).cuda().transpose(1, 2)  # stride 1 along N, not K
+    out = torch.empty(M, 64, dtype=bf, device="cuda")
+    assert _path(torch.randn(M, 64).to(bf).cuda(), b_t, out) == "simt"
+    check(torch.randn(M, 64, generator=gen).cuda(), torch.randn(G, 64, 64, generator=gen).cuda(), "simt")  # fp32
+
+
+def test_grouped_gemm_gpu_bad_family_env(monkeypatch):
+    monkeypatch.setenv("ZAYA_RT_CUDA_GROUPED_GEMM", "fastest")
+    a = torch.randn(64, 64, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(2, 64, 64, dtype=torch.bfloat16, device="cuda")
+    with pytest.raises(RuntimeError, match="ZAYA_RT_CUDA_GROUPED_GEMM"):
+        zaya_rt.ops.grouped_gemm(a, b, _offsets([30, 34], "cuda"))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_moe_experts_gpu_families(top_k, gemm_family):
+    """The expert block on the CUTLASS path (gather, two grouped GEMMs, SwiGLU, gate-scaled combine) against the
+    float64 reference and the fused WMMA path, forward and backward."""
+    T, D, I, E = 2048, 256, 128, 8
+    inputs = _experts_inputs(T, D, I, E, top_k, torch.bfloat16, "random", seed=top_k, padded=False)
+    grad = torch.randn(T, D, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    out_g, grads_g = _experts_run(inputs, grad, "cuda")
+    hidden, index, gate, w1, w2 = inputs
+    refs = [t.detach().double().requires_grad_() for t in (hidden, gate, w1, w2)]
+    want = ref.moe_experts(refs[0], index, refs[1], refs[2], refs[3])
+    scale = max(want.abs().max().item(), 1.0)
+    _close(out_g, want, torch.bfloat16, f"out vs float64 ({gemm_family})", scale)
+    unrouted = ((index < 0) | (index >= E)).reshape(T, -1).all(1)
+    assert torch.all(out_g.cpu()[unrouted] == 0), "tokens without an expert must get zeros"
+    want.backward(grad.double())
+    for name, got, r in zip(("hidden", "gate", "gate_up_proj", "down_proj"), grads_g, refs):
+        g_scale = max(r.grad.abs().max().item(), 1.0)
+        _close(got, r.grad, torch.bfloat16, f"grad_{name} vs float64 ({gemm_family})", g_scale)
+
+
 def test_grouped_gemm_gpu_general_strides():
     """Column-major a and b straight into _C (the ops would copy them): the kernels' any-stride path, forward
     and weight gradient, with the gradient stored as float32 from bf16 inputs."""
@@ -283,7 +432,7 @@ def _experts_cuda(T=256, D=256, I=128, E=8, top_k=2, dtype=torch.bfloat16, seed=
     return [t.cuda() for t in (hidden, index, gate, w1, w2)]
 
 
-def test_moe_experts_cuda_graph_capture_and_replay():
+def test_moe_experts_cuda_graph_capture_and_replay(gemm_family):
     """Offsets, group sizes and the routing stay on the device: the whole block captures into a graph, and
     replays with new tokens and a new routing give what eager calls give."""
     for top_k in (1, 2):
@@ -310,7 +459,7 @@ def test_moe_experts_cuda_graph_capture_and_replay():
             assert torch.equal(captured, step()), f"graph replay {trial} differs from eager (top_k={top_k})"
 
 
-def test_grouped_gemm_cuda_graph_capture_and_replay():
+def test_grouped_gemm_cuda_graph_capture_and_replay(gemm_family):
     gen = torch.Generator().manual_seed(1)
     a = torch.randn(512, 256, generator=gen).to(torch.bfloat16).cuda()
     b = torch.randn(4, 192, 256, generator=gen).to(torch.bfloat16).cuda()

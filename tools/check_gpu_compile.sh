@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # CI compile check of the GPU backends (no GPU needed): builds the whole _C extension once with
-# -DZAYA_RT_CUDA=ON (nvcc, sm_80 + sm_90a) and once with -DZAYA_RT_HIP=ON (clang -x hip, the gfx94x
-# targets this ROCm can build), in throwaway build folders, and shows what device code each holds.
+# -DZAYA_RT_CUDA=ON (nvcc, sm_80 + sm_90a, and the sm_90a CUTLASS grouped GEMM, which must build:
+# -DZAYA_RT_CUTLASS=ON) and once with -DZAYA_RT_HIP=ON (clang -x hip, the gfx94x targets this ROCm can build),
+# in throwaway build folders, and shows what device code each holds. For CUDA it also disassembles the sm_90a
+# code and requires wgmma (HGMMA) instructions in the CUTLASS kernels and none in the sm_80 code.
 # Exits non-zero when either build fails or lacks a target.
 #
 #   bash tools/check_gpu_compile.sh            # both
 #   bash tools/check_gpu_compile.sh cuda|hip   # one
-# Environment: NVCC (default /usr/local/bin/nvcc), HIP_CLANG (clang++-19), HIP_ARCH (gfx940;gfx941;gfx942),
-# JOBS (2), KEEP_BUILD=1 to keep the build folders.
+# Needs for CUDA: the nvidia-cutlass wheel (pip install nvidia-cutlass==4.2.0) or CUTLASS_DIR, and cuobjdump +
+# nvdisasm (on PATH, next to nvcc, or from pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm).
+# Environment: NVCC (default /usr/local/bin/nvcc), CUTLASS_DIR (CUTLASS include folder), HIP_CLANG (clang++-19),
+# HIP_ARCH (gfx940;gfx941;gfx942), JOBS (2), KEEP_BUILD=1 to keep the build folders.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,8 +41,9 @@ try:
 except ImportError as e:
     print(f"  FAIL: the built _C does not load: {e}")
     sys.exit(1)
-print(f"  import _C: ok, gpu_backend = {_C.gpu_backend!r}")
-sys.exit(0 if _C.gpu_backend == sys.argv[2] else 1)
+cutlass = getattr(_C, "cutlass_sm90", None)
+print(f"  import _C: ok, gpu_backend = {_C.gpu_backend!r}, cutlass_sm90 = {cutlass}")
+sys.exit(0 if _C.gpu_backend == sys.argv[2] and cutlass == (sys.argv[2] == "cuda") else 1)
 PY
 }
 
@@ -77,11 +82,45 @@ sys.exit(0 if found else 1)
 PY
 }
 
+# A CUDA binary tool ($1: cuobjdump or nvdisasm): on PATH, next to nvcc, or from the nvidia-cuda-* wheels.
+cuda_tool() {
+  local t
+  t=$(command -v "$1" || true)
+  [[ -z "$t" && -x "$(dirname "$NVCC")/$1" ]] && t="$(dirname "$NVCC")/$1"
+  [[ -z "$t" ]] && t=$("$PYTHON" -c "import glob, site, sys; print(next(iter(sorted(f for p in site.getsitepackages() + [site.getusersitepackages()] for f in glob.glob(p + '/nvidia/cu*/bin/$1'))), ''))")
+  echo "$t"
+}
+
+# The sm_90a SASS of $1 holds wgmma (HGMMA) instructions, all in the CUTLASS kernels; the sm_80 SASS none.
+check_wgmma() {
+  local so=$1 cuobjdump nvdisasm
+  cuobjdump=$(cuda_tool cuobjdump)
+  nvdisasm=$(cuda_tool nvdisasm)
+  if [[ -z "$cuobjdump" || -z "$nvdisasm" ]]; then
+    echo "  FAIL: no cuobjdump/nvdisasm to check the sm_90a SASS (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)"
+    return 1
+  fi
+  chmod +x "$cuobjdump" "$nvdisasm" 2>/dev/null || true
+  local sass90 sass80
+  sass90=$(PATH="$(dirname "$nvdisasm"):$PATH" "$cuobjdump" -sass -arch sm_90a "$so") || { echo "  FAIL: cuobjdump -sass"; return 1; }
+  sass80=$(PATH="$(dirname "$nvdisasm"):$PATH" "$cuobjdump" -sass -arch sm_80 "$so" 2>/dev/null || true)
+  local hgmma kinds fn80
+  hgmma=$(grep -cE "HGMMA" <<<"$sass90" || true)
+  kinds=$(grep -oE "HGMMA\.[A-Za-z0-9x.]+" <<<"$sass90" | sort | uniq -c | tr -s ' ' | tr '\n' ';' || true)
+  echo "  sm_90a SASS: $hgmma HGMMA (wgmma) instructions [$kinds], $(grep -cE "UTMALDG" <<<"$sass90" || true) TMA loads, $(grep -cE "UTMASTG" <<<"$sass90" || true) TMA stores"
+  awk '/Function :/ {f=$3} /HGMMA/ {n[f]++} END {for (k in n) printf "    %4d HGMMA in %.110s\n", n[k], k}' <<<"$sass90"
+  fn80=$(grep -cE "HGMMA" <<<"$sass80" || true)
+  echo "  sm_80 SASS: $fn80 HGMMA instructions (must be 0)"
+  [[ "$hgmma" -gt 0 && "$fn80" == 0 ]] || { echo "  FAIL: expected wgmma in the sm_90a code only"; return 1; }
+}
+
 check_cuda() {
-  echo "=== CUDA: configure + build _C with ZAYA_RT_CUDA=ON ($NVCC)"
+  echo "=== CUDA: configure + build _C with ZAYA_RT_CUDA=ON ZAYA_RT_CUTLASS=ON ($NVCC)"
   "$NVCC" --version | tail -1
   local b="$WORK/cuda"
-  cmake -S "$ROOT" -B "$b" "${common_args[@]}" -DZAYA_RT_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
+  local cutlass_args=(-DZAYA_RT_CUTLASS=ON)
+  [[ -n "${CUTLASS_DIR:-}" ]] && cutlass_args+=(-DZAYA_RT_CUTLASS_DIR="$CUTLASS_DIR")
+  cmake -S "$ROOT" -B "$b" "${common_args[@]}" -DZAYA_RT_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" "${cutlass_args[@]}" \
         -DCMAKE_CUDA_ARCHITECTURES="80;90a" -DCMAKE_CUDA_FLAGS="--threads=$JOBS" >"$b.configure.log" 2>&1 || { cat "$b.configure.log"; return 1; }
   grep -E "zaya_rt:" "$b.configure.log" || true
   cmake --build "$b" --target _C -j "$JOBS" -v >"$b.build.log" 2>&1 || { tail -n 80 "$b.build.log"; return 1; }
@@ -96,6 +135,9 @@ check_cuda() {
   for sm in sm_80 sm_90a; do
     grep -q "ELF (SASS) for .*\b$sm\b" <<<"$listing" || { echo "FAIL: no $sm device code in $so"; return 1; }
   done
+  # Compile time of each CUDA object (ninja's log: start and end in ms).
+  [[ -f "$b/.ninja_log" ]] && awk -F'\t' '$4 ~ /\.cu\.o$/ {n=split($4, p, "/"); printf "  compiled %-28s in %5.1f s\n", p[n], ($2 - $1) / 1000}' "$b/.ninja_log"
+  check_wgmma "$so" || return 1
   import_check "$b" cuda || return 1
   echo "CUDA OK"
 }
