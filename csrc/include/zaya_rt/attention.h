@@ -80,31 +80,31 @@ struct AttnPagedDecodeParams {
   int64_t max_pages;   // block_table row length
   int64_t window;      // <= 0: no window
   float scale;
-  int64_t num_splits;  // context splits per (sequence, kv head); <= 0: the backend chooses
+  int64_t num_splits;  // context splits per (sequence, kv head); <= 0: the backend chooses (the same choice in
+                       // attention_decode_workspace and the kernel)
   void* workspace; int64_t workspace_bytes;  // attention_decode_workspace bytes, caller-owned
 };
 
+// Workspace bytes are computed from the params' host-side sizes only (pointers and device values unread):
+// fill the struct, ask for the size, allocate, set workspace/workspace_bytes, then call the kernel.
 namespace cpu {
 const char* attention_varlen_fwd(const AttnVarlenFwdParams& p);
 const char* attention_varlen_bwd(const AttnVarlenBwdParams& p);
 const char* attention_decode(const AttnPagedDecodeParams& p);
-int64_t attention_varlen_fwd_workspace(int64_t total_q, int64_t num_heads_q, int64_t head_dim, DType dtype);
-int64_t attention_varlen_bwd_workspace(int64_t total_q, int64_t total_k, int64_t num_heads_q, int64_t head_dim,
-                                       DType dtype);
-// Also fills the choice of num_splits made for these sizes when *num_splits <= 0.
-int64_t attention_decode_workspace(int64_t batch, int64_t num_queries, int64_t num_heads_q, int64_t head_dim,
-                                   int64_t max_context, int64_t* num_splits);
+int64_t attention_varlen_fwd_workspace(const AttnVarlenFwdParams& p);
+int64_t attention_varlen_bwd_workspace(const AttnVarlenBwdParams& p);
+int64_t attention_decode_workspace(const AttnPagedDecodeParams& p);
 }  // namespace cpu
 
+// A GPU backend that implements these defines ZAYA_RT_WITH_GPU_ATTENTION for csrc/dispatch_attention.cpp
+// (without it, GPU calls are rejected with a clear error and stubs are linked).
 namespace gpu {
 const char* attention_varlen_fwd(const AttnVarlenFwdParams& p, void* stream);
 const char* attention_varlen_bwd(const AttnVarlenBwdParams& p, void* stream);
 const char* attention_decode(const AttnPagedDecodeParams& p, void* stream);
-int64_t attention_varlen_fwd_workspace(int64_t total_q, int64_t num_heads_q, int64_t head_dim, DType dtype);
-int64_t attention_varlen_bwd_workspace(int64_t total_q, int64_t total_k, int64_t num_heads_q, int64_t head_dim,
-                                       DType dtype);
-int64_t attention_decode_workspace(int64_t batch, int64_t num_queries, int64_t num_heads_q, int64_t head_dim,
-                                   int64_t max_context, int64_t* num_splits);
+int64_t attention_varlen_fwd_workspace(const AttnVarlenFwdParams& p);
+int64_t attention_varlen_bwd_workspace(const AttnVarlenBwdParams& p);
+int64_t attention_decode_workspace(const AttnPagedDecodeParams& p);
 }  // namespace gpu
 
 }  // namespace zaya_rt
