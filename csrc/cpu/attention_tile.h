@@ -94,6 +94,28 @@ inline float exp_shifted(float* x, int64_t n, float m) {
   return sum;
 }
 
+// x[i] *= scale for i < n (n >= 1); returns the maximum.
+inline float scale_max(float* x, int64_t n, float scale) {
+  int64_t i = 0;
+  float mx = -INFINITY;
+#if defined(__AVX512F__)
+  const __m512 sv = _mm512_set1_ps(scale);
+  __m512 mv = _mm512_set1_ps(-INFINITY);
+  for (; i < n; i += 16) {
+    const __mmask16 mask = n - i >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + i), sv);
+    _mm512_mask_storeu_ps(x + i, mask, v);
+    mv = _mm512_mask_max_ps(mv, mask, mv, v);
+  }
+  mx = _mm512_reduce_max_ps(mv);
+#endif
+  for (; i < n; ++i) {
+    x[i] *= scale;
+    mx = std::max(mx, x[i]);
+  }
+  return mx;
+}
+
 inline float dot_f32(const float* a, const float* b, int64_t n) {
   int64_t i = 0;
   float s = 0.f;
@@ -122,7 +144,7 @@ inline void axpy_f32(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// dst[i] = float(src[i * cs]) for i < n.
+// dst[i] = float(src[i]) for i < n.
 template <typename T> inline void to_f32(const T* src, int64_t n, float* dst) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) dst[i] = load(src, i);
