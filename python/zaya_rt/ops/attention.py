@@ -339,6 +339,8 @@ def attention_varlen(
     op = "attention_varlen"
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v, cu_seqlens_q, cu_seqlens_k)):
         _check_varlen(op, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, 0, 1.0)
+    if not isinstance(causal, bool):
+        raise TypeError(f"zaya_rt.{op}: causal must be a bool, got {type(causal).__name__}")
     w = _window_arg(op, window)
     s = _scale_arg(op, scale, q.shape[-1])
     out, lse = torch.ops.zaya_rt.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, w, s)
