@@ -69,6 +69,13 @@ const char* decode_t(const AttnPagedDecodeParams& p) {
       const int32_t* pages = p.block_table + b * p.block_table_stride;
       for (int64_t t0 = t_begin; t0 < t_end; t0 += kChunk) {
         const int64_t cnt = std::min(kChunk, t_end - t0);
+        // Decode is bound by memory latency: ask for the next chunk's rows (page ids are random) while this
+        // chunk computes.
+        for (int64_t t = t0 + kChunk; t < std::min(t_end, t0 + 2 * kChunk); ++t) {
+          const int64_t page = pages[t >> shift], slot_in_page = t & slot_mask;
+          prefetch_row(kc + page * p.k_page_stride + slot_in_page * p.k_slot_stride + h * p.k_head_stride, d);
+          prefetch_row(vc + page * p.v_page_stride + slot_in_page * p.v_slot_stride + h * p.v_head_stride, d);
+        }
         for (int64_t j = 0; j < cnt; ++j) {
           const int64_t t = t0 + j, page = pages[t >> shift], slot_in_page = t & slot_mask;
           to_f32(kc + page * p.k_page_stride + slot_in_page * p.k_slot_stride + h * p.k_head_stride, d, kf + j * d);

@@ -60,6 +60,11 @@ void pack_row_ptrs(const T* const* rows, int64_t K, int64_t cs, typename PackMod
   }
 }
 
+template <typename T> inline void prefetch_row(const T* row, int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(bytes + off, 0, 3);
+}
+
 inline uint32_t bf16_bits(float v) {
   bf16 b;
   store(&b, 0, v);
@@ -140,14 +145,32 @@ inline float dot_f32(const float* a, const float* b, int64_t n) {
 
 // y[i] += a * x[i]
 inline void axpy_f32(float a, const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512 av = _mm512_set1_ps(a);
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+#endif
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+  for (int64_t j = i; j < n; ++j) y[j] += a * x[j];
 }
 
 // dst[i] = float(src[i]) for i < n.
 template <typename T> inline void to_f32(const T* src, int64_t n, float* dst) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, bf16>) {
+    for (; i + 16 <= n; i += 16) {
+      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
+    }
+  } else if constexpr (std::is_same_v<T, f16>) {
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  }
+#endif
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dst[i] = load(src, i);
+  for (int64_t j = i; j < n; ++j) dst[j] = load(src, j);
 }
 
 }  // namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA
