@@ -96,10 +96,7 @@ const char* decode_t(const AttnPagedDecodeParams& p) {
           const float m_new = std::max(m[row], mx);
           const float alpha = std::exp(m[row] - m_new);
           const float sum = exp_shifted(sr + lo, hi - lo, m_new);
-          float* orow = o + row * d;
-          if (alpha != 1.f)
-            for (int64_t c = 0; c < d; ++c) orow[c] *= alpha;
-          for (int64_t j = lo; j < hi; ++j) axpy_f32(sr[j], vf + j * d, orow, d);
+          pv_accumulate(sr + lo, vf + lo * d, hi - lo, d, alpha, o + row * d);
           l[row] = l[row] * alpha + sum;
           m[row] = m_new;
         }

@@ -60,6 +60,22 @@ void pack_row_ptrs(const T* const* rows, int64_t K, int64_t cs, typename PackMod
   }
 }
 
+#if defined(__AVX512F__)
+// Horizontal sum / max as a shuffle tree (GCC 12 lowered the reduce intrinsics to 16 dependent scalar ops here).
+inline float hsum(__m512 v) {
+  const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
+}
+inline float hmax(__m512 v) {
+  const __m256 s8 = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 s4 = _mm_max_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s4 = _mm_max_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_max_ss(s4, _mm_movehdup_ps(s4)));
+}
+#endif
+
 template <typename T> inline void prefetch_row(const T* row, int64_t n) {
   const char* bytes = reinterpret_cast<const char*>(row);
   for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(bytes + off, 0, 3);
@@ -90,7 +106,7 @@ inline float exp_shifted(float* x, int64_t n, float m) {
     acc = _mm512_add_ps(acc, e);
     i = n;
   }
-  sum = _mm512_reduce_add_ps(acc);
+  sum = hsum(acc);
 #endif
   for (; i < n; ++i) {
     x[i] = std::exp(x[i] - m);
@@ -112,7 +128,7 @@ inline float scale_max(float* x, int64_t n, float scale) {
     _mm512_mask_storeu_ps(x + i, mask, v);
     mv = _mm512_mask_max_ps(mv, mask, mv, v);
   }
-  mx = _mm512_reduce_max_ps(mv);
+  mx = hmax(mv);
 #endif
   for (; i < n; ++i) {
     x[i] *= scale;
@@ -136,7 +152,7 @@ inline float dot_f32(const float* a, const float* b, int64_t n) {
     acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + i), _mm512_maskz_loadu_ps(mask, b + i), acc1);
     i = n;
   }
-  s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  s = hsum(_mm512_add_ps(acc0, acc1));
 #endif
 #pragma omp simd reduction(+ : s)
   for (int64_t j = i; j < n; ++j) s += a[j] * b[j];
@@ -153,6 +169,41 @@ inline void axpy_f32(float a, const float* x, float* y, int64_t n) {
 #endif
 #pragma omp simd
   for (int64_t j = i; j < n; ++j) y[j] += a * x[j];
+}
+
+// o[c] = alpha * o[c] + sum_j p[j] * v[j * d + c] for c < d, keeping o in registers across the keys.
+inline void pv_accumulate(const float* p, const float* v, int64_t cnt, int64_t d, float alpha, float* o) {
+  int64_t c = 0;
+#if defined(__AVX512F__)
+  const __m512 av = _mm512_set1_ps(alpha);
+  for (; c + 64 <= d; c += 64) {
+    __m512 a0 = _mm512_mul_ps(av, _mm512_loadu_ps(o + c)), a1 = _mm512_mul_ps(av, _mm512_loadu_ps(o + c + 16));
+    __m512 a2 = _mm512_mul_ps(av, _mm512_loadu_ps(o + c + 32)), a3 = _mm512_mul_ps(av, _mm512_loadu_ps(o + c + 48));
+    for (int64_t j = 0; j < cnt; ++j) {
+      const __m512 pj = _mm512_set1_ps(p[j]);
+      const float* vr = v + j * d + c;
+      a0 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr), a0);
+      a1 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 16), a1);
+      a2 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 32), a2);
+      a3 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 48), a3);
+    }
+    _mm512_storeu_ps(o + c, a0);
+    _mm512_storeu_ps(o + c + 16, a1);
+    _mm512_storeu_ps(o + c + 32, a2);
+    _mm512_storeu_ps(o + c + 48, a3);
+  }
+  for (; c < d; c += 16) {
+    const __mmask16 m = d - c >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (d - c)) - 1);
+    __m512 a = _mm512_mul_ps(av, _mm512_maskz_loadu_ps(m, o + c));
+    for (int64_t j = 0; j < cnt; ++j) a = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * d + c), a);
+    _mm512_mask_storeu_ps(o + c, m, a);
+  }
+#endif
+  for (; c < d; ++c) {
+    float acc = alpha * o[c];
+    for (int64_t j = 0; j < cnt; ++j) acc += p[j] * v[j * d + c];
+    o[c] = acc;
+  }
 }
 
 // dst[i] = float(src[i]) for i < n.

@@ -97,7 +97,7 @@ def _check_varlen(op, q, k, v, cu_q, cu_k, causal, window, scale):
 
 
 def _check_cu_values(op: str, name: str, cu: torch.Tensor, total: int) -> None:
-    # Reading the offsets costs a host sync on GPU, so only CPU inputs are checked (the kernel checks them too).
+    # Reading the offsets costs a host sync on GPU, so only CPU inputs are checked.
     if cu.device.type != "cpu":
         return
     if int(cu[0]) != 0:
@@ -118,9 +118,9 @@ def _varlen_float64(q, k, v, cu_q, cu_k, causal, window, scale):
 def _attention_varlen_impl(q, k, v, cu_q, cu_k, causal, window, scale):
     op = "attention_varlen"
     _check_varlen(op, q, k, v, cu_q, cu_k, causal, window, scale)
-    _check_cu_values(op, "cu_seqlens_q", cu_q, q.shape[0])
-    _check_cu_values(op, "cu_seqlens_k", cu_k, k.shape[0])
-    if q.dtype == torch.float64:
+    if q.dtype == torch.float64:  # the C++ dispatch checks the offsets of the kernel path
+        _check_cu_values(op, "cu_seqlens_q", cu_q, q.shape[0])
+        _check_cu_values(op, "cu_seqlens_k", cu_k, k.shape[0])
         return _varlen_float64(q, k, v, cu_q, cu_k, causal, window, scale)
     q, k, v = _unit_inner(q), _unit_inner(k), _unit_inner(v)
     cu_q, cu_k = cu_q.contiguous(), cu_k.contiguous()
@@ -242,7 +242,7 @@ def _check_decode(q, k_cache, v_cache, block_table, seq_lens, scale, window):
 
 
 def _check_decode_values(q, k_cache, block_table, seq_lens):
-    # Host-resident values only (a GPU check would sync); the CPU kernel's dispatch checks them again.
+    # Host-resident values only (a GPU check would sync).
     if seq_lens.device.type != "cpu" or seq_lens.numel() == 0:
         return
     n, (P, page), width = q.shape[1], k_cache.shape[:2], block_table.shape[1]
@@ -263,8 +263,8 @@ def _check_decode_values(q, k_cache, block_table, seq_lens):
 
 def _attention_decode_impl(q, k_cache, v_cache, block_table, seq_lens, scale, window):
     _check_decode(q, k_cache, v_cache, block_table, seq_lens, scale, window)
-    _check_decode_values(q, k_cache, block_table, seq_lens)
-    if q.dtype == torch.float64:
+    if q.dtype == torch.float64:  # the C++ dispatch checks the values of the kernel path
+        _check_decode_values(q, k_cache, block_table, seq_lens)
         return ref.attention_decode_ref(q, k_cache, v_cache, block_table, seq_lens, scale=scale, window=window or None)
     q, k_cache, v_cache = _unit_inner(q), _unit_inner(k_cache), _unit_inner(v_cache)
     block_table, seq_lens = _unit_inner(block_table), seq_lens.contiguous()
