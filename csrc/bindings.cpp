@@ -8,6 +8,8 @@
 #include "dispatch.h"
 
 namespace py = pybind11;
+
+void bind_attention(py::module_& m);  // csrc/bindings_attention.cpp
 using zaya_rt::Device;
 using zaya_rt::DeviceType;
 using zaya_rt::DType;
@@ -163,4 +165,5 @@ PYBIND11_MODULE(_C, m) {
     return zaya_rt::norm_bwd_num_partials(dev(dev_type, 0, 0), rows, dim);
   });
   void bind_moe_gpu(py::module_&); bind_moe_gpu(m);  // csrc/bindings_moe_gpu.cpp
+  bind_attention(m);
 }

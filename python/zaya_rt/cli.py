@@ -42,6 +42,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from zaya_rt.benchmarks import (
+        attention_cases,
         dispatch_cases,
         format_table,
         grouped_gemm_cases,
@@ -70,6 +71,9 @@ def _bench(args: argparse.Namespace) -> int:
         cases += dispatch_cases(device)
     if "router" in args.ops:
         cases += router_cases(device)
+    if "attention" in args.ops:
+        attn_tokens = tuple(int(t) for t in args.attn_tokens.split(",")) if args.attn_tokens else None
+        cases += attention_cases(device, tokens=attn_tokens)
     results = run_cases(cases, device, min_time_s=args.min_time)
     from zaya_rt.benchmarks.harness import peak_gbps_for
 
@@ -96,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
-    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router")
+    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router,attention", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, attention")
+    bench.add_argument("--attn-tokens", default=None, help="comma-separated prefill lengths of the attention cases "
+                       "(default: 2048 on CPU, 2048,8192,16384 on GPU)")
     bench.add_argument("--moe-shapes", default=None,
                        help="semicolon-separated T,D,I,E shapes for the moe cases (default: decode and prefill)")
     bench.add_argument("--peak-gbps", type=float, default=None,
