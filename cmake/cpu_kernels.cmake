@@ -3,7 +3,8 @@
 set(ZAYA_RT_CPU_KERNEL_SOURCES
   csrc/cpu/norms.cpp
   csrc/cpu/moe.cpp
-  csrc/cpu/router.cpp)
+  csrc/cpu/router.cpp
+  csrc/cpu/cca.cpp)
 
 set(ZAYA_RT_CPU_ISAS base avx2 avx512)
 set(ZAYA_RT_CPU_FLAGS_base "")

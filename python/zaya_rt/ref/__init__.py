@@ -3,13 +3,15 @@ implementation of ops that have no kernel yet. Each function works in the dtype 
 
 from zaya_rt.ref.attention import attention
 from zaya_rt.ref.grouped_gemm import grouped_gemm
-from zaya_rt.ref.cca import cca_project, partial_rope, qk_norm, rope_cos_sin
+from zaya_rt.ref.cca import cca_conv_qk, cca_prep, cca_project, partial_rope, qk_norm, rope_cos_sin, rope_inv_freq
 from zaya_rt.ref.moe import moe_experts
 from zaya_rt.ref.norms import residual_rms_norm, rms_norm
 from zaya_rt.ref.router import zaya_router
 
 __all__ = [
     "attention",
+    "cca_conv_qk",
+    "cca_prep",
     "cca_project",
     "grouped_gemm",
     "moe_experts",
@@ -18,5 +20,6 @@ __all__ = [
     "residual_rms_norm",
     "rms_norm",
     "rope_cos_sin",
+    "rope_inv_freq",
     "zaya_router",
 ]
