@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "cpu/cca_layout.h"
 #include "cpu/gemm_core.h"
@@ -57,14 +58,6 @@ void pack_window(const float* buf, int64_t ld, int64_t r0, int cnt, int64_t widt
       for (int i = 0; i < cnt; ++i) e[i] = src[i * ld];
       for (int i = cnt; i < LANES; ++i) e[i] = 0.f;
     }
-}
-
-template <typename W>
-float dot_w(const W* w, const float* a, int64_t n) {
-  float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t q = 0; q < n; ++q) acc += load(w, q) * a[q];
-  return acc;
 }
 
 // What forward and backward share: sizes, inputs, and the fp32 copies in the workspace.
@@ -153,15 +146,29 @@ struct Shared {
     }
   }
 
-  // y[r][0..d) = conv1 of head g over n output rows whose window starts at abuf row r (abuf holds n + k1 - 1
-  // rows), bias included. Scratch: pa (Kq * MR), arow (Kq), tile (MR * NR).
-  void grouped_conv(int64_t g, int64_t n, const float* abuf, float* y, float* pa, float* arow, float* tile) const {
+  // Expands n depthwise rows (abuf holds n + k1 - 1 rows of d) into conv1 windows: arows[r][j*k1 + s] =
+  // abuf[r + s][j], the layout of a conv1 weight row.
+  void windows(int64_t n, const float* abuf, float* arows) const {
+    const int64_t d = s.d, k1 = s.k1;
+    for (int64_t r = 0; r < n; ++r) {
+      float* ar = arows + r * s.Kq;
+      for (int64_t k = 0; k < k1; ++k) {
+        const float* src = abuf + (r + k) * d;
+        for (int64_t j = 0; j < d; ++j) ar[j * k1 + k] = src[j];
+      }
+    }
+  }
+
+  // y[r][0..d) = conv1 of head g over n window rows (bias included): a register-tiled GEMM against the packed
+  // weights, or (decode-sized inputs) dot products that read each weight row once for all rows.
+  void grouped_conv(int64_t g, int64_t n, const float* arows, float* y, float* pa, float* tile) const {
     const int64_t d = s.d, Kq = s.Kq;
     const float* bias = b1 + g * d;
     if (s.packed) {
+      const Source<float> src{arows, Kq, 1};
       for (int64_t r0 = 0; r0 < n; r0 += kMR) {
         const int cnt = static_cast<int>(std::min<int64_t>(kMR, n - r0));
-        pack_window<kMR>(abuf, d, r0, cnt, d, s.k1, pa);
+        pack_rows<kMR, float, false>(src, r0, cnt, Kq, pa);
         for (int64_t pn = 0; pn < s.npan; ++pn) {
           micro_kernel<float, false>(Kq, pa, packed_w + (g * s.npan + pn) * Kq * kNR, tile, false);
           const int64_t nc = std::min<int64_t>(kNR, d - pn * kNR);
@@ -174,11 +181,26 @@ struct Shared {
       }
       return;
     }
-    for (int64_t r = 0; r < n; ++r) {
-      for (int64_t j = 0; j < d; ++j)
-        for (int64_t k = 0; k < s.k1; ++k) arow[j * s.k1 + k] = abuf[(r + k) * d + j];
-      const W* w = conv1_w + g * d * Kq;
-      for (int64_t c = 0; c < d; ++c) y[r * d + c] = bias[c] + dot_w(w + c * Kq, arow, Kq);
+    // Groups of kDotMaxRows weight rows (independent accumulators) against each window row; pa holds the
+    // fp32 copy of a group when the weights are 16-bit.
+    const W* w = conv1_w + g * d * Kq;
+    const float* wrows[kDotMaxRows];
+    float dots[kDotMaxRows];
+    for (int64_t c0 = 0; c0 < d; c0 += kDotMaxRows) {
+      const int m = static_cast<int>(std::min<int64_t>(kDotMaxRows, d - c0));
+      for (int i = 0; i < m; ++i) {
+        if constexpr (std::is_same_v<W, float>) {
+          wrows[i] = w + (c0 + i) * Kq;
+        } else {
+          float* dst = pa + i * Kq;
+          for (int64_t q = 0; q < Kq; ++q) dst[q] = load(w, (c0 + i) * Kq + q);
+          wrows[i] = dst;
+        }
+      }
+      for (int64_t r = 0; r < n; ++r) {
+        dot_rows<float>(wrows, m, arows + r * Kq, Kq, dots);
+        for (int i = 0; i < m; ++i) y[r * d + c0 + i] = bias[c0 + i] + dots[i];
+      }
     }
   }
 
@@ -232,6 +254,63 @@ int thread_budget(int64_t avail, int64_t thread0, int64_t per_thread) {
 
 // ------------------------------------------------------------------------------------------------ forward
 
+// Inside a parallel region: v = [v_cur, shifted v_del] and the outgoing states, with state type S.
+template <typename S, typename T, typename W>
+void values_and_states(const CcaPrepFwdParams& p, const Shared<T, W>& x) {
+  const CcaDims& s = x.s;
+  const int32_t* cu = p.cu_seqlens;
+  const int64_t V = s.V, K = s.K, qd = s.Hq * s.d, kd = s.Hk * s.d;
+  const T* vc = static_cast<const T*>(p.v_cur);
+  const T* vd = static_cast<const T*>(p.v_del);
+  const S* vs_in = static_cast<const S*>(p.v_state_in);
+  const S* cs_in = static_cast<const S*>(p.conv_state_in);
+  T* vo = static_cast<T*>(p.v);
+#pragma omp for schedule(static) nowait
+  for (int64_t t = 0; t < s.T; ++t) {
+    const int64_t b = seq_of(cu, s.B, t);
+    T* vr = vo + t * p.v_row_stride;
+    const T* cur = vc + t * p.v_cur_row_stride;
+    for (int64_t i = 0; i < V; ++i) vr[i] = cur[i];
+    if (t > cu[b]) {
+      const T* prev = vd + (t - 1) * p.v_del_row_stride;
+      for (int64_t i = 0; i < V; ++i) vr[V + i] = prev[i];
+    } else {
+      const S* st = vs_in ? vs_in + b * p.vs_in_batch_stride : nullptr;
+      for (int64_t i = 0; i < V; ++i) store(vr, V + i, st ? load(st, i) : 0.f);
+    }
+  }
+  S* cs_out = static_cast<S*>(p.conv_state_out);
+  S* vs_out = static_cast<S*>(p.v_state_out);
+  const int64_t oc = p.cs_out_channel_stride;
+#pragma omp for schedule(static) nowait
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t len = cu[b + 1] - cu[b];
+    for (int64_t i = 0; i < K; ++i) {
+      const int64_t pos = len - K + i;
+      S* o = cs_out + b * p.cs_out_batch_stride + i;
+      if (pos >= 0) {
+        const T* q = x.qp + (cu[b] + pos) * x.qp_rs;
+        const T* k = x.kp + (cu[b] + pos) * x.kp_rs;
+        for (int64_t c = 0; c < qd; ++c) store(o, c * oc, load(q, c));
+        for (int64_t c = 0; c < kd; ++c) store(o, (qd + c) * oc, load(k, c));
+      } else if (cs_in) {
+        const S* src = cs_in + b * p.cs_in_batch_stride + (K + pos);
+        for (int64_t c = 0; c < s.C; ++c) o[c * oc] = src[c * p.cs_in_channel_stride];
+      } else {
+        for (int64_t c = 0; c < s.C; ++c) store(o, c * oc, 0.f);
+      }
+    }
+    S* vso = vs_out + b * p.vs_out_batch_stride;
+    if (len > 0) {
+      const T* last = vd + (cu[b + 1] - 1) * p.v_del_row_stride;
+      for (int64_t i = 0; i < V; ++i) store(vso, i, load(last, i));
+    } else {
+      for (int64_t i = 0; i < V; ++i) store(vso, i, vs_in ? load(vs_in, b * p.vs_in_batch_stride + i) : 0.f);
+    }
+  }
+}
+
+
 template <typename T, typename W>
 const char* fwd_impl(const CcaPrepFwdParams& p) {
   const CcaDims s(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, false);
@@ -239,19 +318,18 @@ const char* fwd_impl(const CcaPrepFwdParams& p) {
   float* ws = static_cast<float*>(p.workspace);
   const int64_t avail = p.workspace_bytes / 4;
   if (avail < L.entries(1)) return "workspace too small";
-  const int threads = thread_budget(avail, L.thread0, L.per_thread);
+  // Decode-sized work runs on one thread: waking the others costs more than it saves.
+  constexpr int64_t kParallelMinMacs = 1 << 20;
+  const int threads = s.T * s.C * s.Kq < kParallelMinMacs ? 1 : thread_budget(avail, L.thread0, L.per_thread);
   const auto x = make_shared<T, W>(s, p.qp, p.qp_row_stride, p.kp, p.kp_row_stride, p.conv0_w, p.conv0_b, p.conv1_w,
                                    p.conv1_b, p.temp, p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride,
                                    p.state_dtype, p.positions, p.pos_dtype, p.cu_seqlens, p.inv_freq, p.norm_eps, ws,
                                    L.w0, L.b0, L.b1, L.temp, L.cs, L.packed_w);
   const int32_t* cu = p.cu_seqlens;
-  const int64_t d = s.d, H = s.H, V = s.V;
+  const int64_t d = s.d, H = s.H;
   const int64_t nblocks = (s.T + kCcaBlock - 1) / kCcaBlock;
   T* qo = static_cast<T*>(p.q);
   T* ko = static_cast<T*>(p.k);
-  T* vo = static_cast<T*>(p.v);
-  const T* vc = static_cast<const T*>(p.v_cur);
-  const T* vd = static_cast<const T*>(p.v_del);
 
 #pragma omp parallel num_threads(threads)
   {
@@ -260,75 +338,46 @@ const char* fwd_impl(const CcaPrepFwdParams& p) {
     float* abuf = scratch;
     float* pa = abuf + cca_round16((kCcaBlock + s.k1) * d);
     float* y = pa + cca_round16(s.Kq * kMR);
-    float* arow = y + cca_round16(kCcaBlock * d);
-    float* tile = arow + cca_round16(s.Kq);
+    float* arows = y + cca_round16(kCcaBlock * d);
+    float* tile = arows + cca_round16(kCcaBlock * s.Kq);
 
 #pragma omp for schedule(static) nowait
     for (int64_t task = 0; task < nblocks * H; ++task) {
-      const int64_t g = task % H, t_end = std::min(s.T, (task / H + 1) * kCcaBlock);
-      for (int64_t t0 = (task / H) * kCcaBlock; t0 < t_end;) {
+      const int64_t g = task % H, tb = (task / H) * kCcaBlock, t_end = std::min(s.T, tb + kCcaBlock);
+      for (int64_t t0 = tb; t0 < t_end;) {
         const int64_t b = seq_of(cu, s.B, t0);
-        const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), n = t1 - t0, p0 = t0 - cu[b];
-        x.depthwise(b, g, p0 - (s.k1 - 1), p0 + n, abuf);
-        x.grouped_conv(g, n, abuf, y, pa, arow, tile);
-        for (int64_t r = 0; r < n; ++r) {
-          const int64_t t = t0 + r;
-          float* pre = y + r * d;
-          x.add_residual(g, t, pre);
-          float nrm;
-          float scale = x.norm_scale(pre, &nrm);
-          T* out = g < s.Hq ? qo + t * p.q_row_stride + g * p.q_head_stride
-                            : ko + t * p.k_row_stride + (g - s.Hq) * p.k_head_stride;
-          if (g >= s.Hq) scale *= x.temp[g - s.Hq];
-          const float* cs = x.cs + t * s.rd;
-          const int64_t hf = s.half;
-#pragma omp simd
-          for (int64_t i = 0; i < hf; ++i) {
-            const float x1 = pre[i] * scale, x2 = pre[i + hf] * scale;
-            store(out, i, x1 * cs[i] - x2 * cs[hf + i]);
-            store(out, i + hf, x2 * cs[i] + x1 * cs[hf + i]);
-          }
-#pragma omp simd
-          for (int64_t j = s.rd; j < d; ++j) store(out, j, pre[j] * scale);
-        }
+        const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), p0 = t0 - cu[b];
+        x.depthwise(b, g, p0 - (s.k1 - 1), t1 - cu[b], abuf);
+        x.windows(t1 - t0, abuf, arows + (t0 - tb) * s.Kq);
         t0 = t1;
       }
-    }
-
-#pragma omp for schedule(static) nowait
-    for (int64_t t = 0; t < s.T; ++t) {
-      const int64_t b = seq_of(cu, s.B, t);
-      T* vr = vo + t * p.v_row_stride;
-      const T* cur = vc + t * p.v_cur_row_stride;
+      x.grouped_conv(g, t_end - tb, arows, y, pa, tile);
+      for (int64_t r = 0; r < t_end - tb; ++r) {
+        const int64_t t = tb + r;
+        float* pre = y + r * d;
+        x.add_residual(g, t, pre);
+        float nrm;
+        float scale = x.norm_scale(pre, &nrm);
+        T* out = g < s.Hq ? qo + t * p.q_row_stride + g * p.q_head_stride
+                          : ko + t * p.k_row_stride + (g - s.Hq) * p.k_head_stride;
+        if (g >= s.Hq) scale *= x.temp[g - s.Hq];
+        const float* cs = x.cs + t * s.rd;
+        const int64_t hf = s.half;
 #pragma omp simd
-      for (int64_t i = 0; i < V; ++i) vr[i] = cur[i];
-      if (t > cu[b]) {
-        const T* prev = vd + (t - 1) * p.v_del_row_stride;
+        for (int64_t i = 0; i < hf; ++i) {
+          const float x1 = pre[i] * scale, x2 = pre[i + hf] * scale;
+          store(out, i, x1 * cs[i] - x2 * cs[hf + i]);
+          store(out, i + hf, x2 * cs[i] + x1 * cs[hf + i]);
+        }
 #pragma omp simd
-        for (int64_t i = 0; i < V; ++i) vr[V + i] = prev[i];
-      } else {
-        for (int64_t i = 0; i < V; ++i)
-          store(vr, V + i, p.v_state_in ? load_dyn(p.v_state_in, p.state_dtype, b * p.vs_in_batch_stride + i) : 0.f);
+        for (int64_t j = s.rd; j < d; ++j) store(out, j, pre[j] * scale);
       }
     }
 
-#pragma omp for schedule(static) nowait
-    for (int64_t bc = 0; bc < s.B * s.C; ++bc) {
-      const int64_t b = bc / s.C, c = bc % s.C, len = cu[b + 1] - cu[b];
-      for (int64_t i = 0; i < s.K; ++i)
-        store_dyn(p.conv_state_out, p.state_dtype, b * p.cs_out_batch_stride + c * p.cs_out_channel_stride + i,
-                  x.x_at(b, len - s.K + i, c));
-    }
-
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < s.B; ++b) {
-      const int64_t len = cu[b + 1] - cu[b];
-      for (int64_t i = 0; i < V; ++i) {
-        const float v = len > 0 ? load(vd, (cu[b + 1] - 1) * p.v_del_row_stride + i)
-                        : p.v_state_in ? load_dyn(p.v_state_in, p.state_dtype, b * p.vs_in_batch_stride + i)
-                                       : 0.f;
-        store_dyn(p.v_state_out, p.state_dtype, b * p.vs_out_batch_stride + i, v);
-      }
+    switch (p.state_dtype) {
+      case DType::kBFloat16: values_and_states<bf16>(p, x); break;
+      case DType::kFloat16: values_and_states<f16>(p, x); break;
+      default: values_and_states<float>(p, x);
     }
   }
   return nullptr;
@@ -370,8 +419,8 @@ const char* bwd_impl(const CcaPrepBwdParams& p) {
     float* abuf = dtemp + cca_round16(s.Hk);
     float* pa = abuf + cca_round16((kCcaBlock + k1) * d);
     float* y = pa + cca_round16(Kq * kMR);
-    float* arow = y + cca_round16(kCcaBlock * d);
-    float* tile = arow + cca_round16(Kq);
+    float* arows = y + cca_round16(kCcaBlock * d);
+    float* tile = arows + cca_round16(kCcaBlock * Kq);
     float* pa2 = tile + kMR * kNR;
     float* wa = pa2 + cca_round16(Kq * kMR);
     float* wb = wa + cca_round16(((d + kMR - 1) / kMR) * kMR * kKC);
@@ -409,8 +458,8 @@ const char* bwd_impl(const CcaPrepBwdParams& p) {
     // Phase 1: recompute A and Y; dY = d(pre) from the output gradients.
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < nblocks * H; ++task) {
-      const int64_t g = task % H, t_end = std::min(s.T, (task / H + 1) * kCcaBlock);
-      for (int64_t t0 = (task / H) * kCcaBlock; t0 < t_end;) {
+      const int64_t g = task % H, tb = (task / H) * kCcaBlock, t_end = std::min(s.T, tb + kCcaBlock);
+      for (int64_t t0 = tb; t0 < t_end;) {
         const int64_t b = seq_of(cu, s.B, t0);
         const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), n = t1 - t0, p0 = t0 - cu[b];
         x.depthwise(b, g, p0 - (k1 - 1), p0 + n, abuf);
@@ -418,10 +467,16 @@ const char* bwd_impl(const CcaPrepBwdParams& p) {
           float* dst = abuf_all + row_of(b, p0 - (k1 - 1) + r) * C + g * d;
           for (int64_t j = 0; j < d; ++j) dst[j] = abuf[r * d + j];
         }
-        x.grouped_conv(g, n, abuf, y, pa, arow, tile);
+        x.windows(n, abuf, arows + (t0 - tb) * Kq);
+        t0 = t1;
+      }
+      x.grouped_conv(g, t_end - tb, arows, y, pa, tile);
+      for (int64_t t0 = tb; t0 < t_end;) {
+        const int64_t b = seq_of(cu, s.B, t0);
+        const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), n = t1 - t0, p0 = t0 - cu[b];
         for (int64_t r = 0; r < n; ++r) {
           const int64_t t = t0 + r;
-          float* pre = y + r * d;
+          float* pre = y + (t - tb) * d;
           x.add_residual(g, t, pre);
           float nrm;
           const float r0 = x.norm_scale(pre, &nrm);

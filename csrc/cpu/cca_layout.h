@@ -34,9 +34,9 @@ struct CcaFwdLayout {
     cs = temp + cca_round16(s.Hk);
     packed_w = cs + cca_round16(s.T * s.rd);
     thread0 = packed_w + (s.packed ? s.H * s.npan * s.Kq * kGemmNR : 0);
-    // abuf (block + k1 - 1 rows of d) | packed A (Kq * MR) | y (block * d) | a row (Kq) | tile (MR * NR)
+    // abuf (block + k1 - 1 rows of d) | packed A (Kq * MR) | y (block * d) | A windows (block * Kq) | tile
     per_thread = cca_round16((kCcaBlock + s.k1) * s.d) + cca_round16(s.Kq * kGemmMR) +
-                 cca_round16(kCcaBlock * s.d) + cca_round16(s.Kq) + kGemmMR * kGemmNR;
+                 cca_round16(kCcaBlock * s.d) + cca_round16(kCcaBlock * s.Kq) + kGemmMR * kGemmNR;
   }
   int64_t entries(int threads) const { return thread0 + threads * per_thread; }
 };

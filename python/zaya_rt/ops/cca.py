@@ -134,6 +134,40 @@ def _check(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, posit
     return T, B, d, k0, k1
 
 
+_EPS = {dt: torch.finfo(dt).eps for dt in _ALL_FLOATS}
+_POS_DTYPES = (torch.int32, torch.int64)
+
+
+def _cpu_args_ok(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
+                 v_state, Hq, Hk, rd, theta) -> bool:
+    """Cheap test of the common valid CPU case (the decode hot path); _check explains any failure."""
+    if qp.dim() != 2 or conv0_w.dim() != 3 or conv1_w.dim() != 3 or cu_seqlens.dim() != 1:
+        return False
+    if not (isinstance(Hq, int) and isinstance(Hk, int) and isinstance(rd, int) and isinstance(theta, float)):
+        return False
+    T, QD = qp.shape
+    if Hq < 1 or Hk < 1 or Hq % Hk or QD % Hq:
+        return False
+    d = QD // Hq
+    C, V, k0, k1, B = (Hq + Hk) * d, Hk * d // 2, conv0_w.shape[2], conv1_w.shape[2], cu_seqlens.shape[0] - 1
+    K, dt, wdt = k0 + k1 - 2, qp.dtype, conv0_w.dtype
+    sdt = conv_state.dtype if conv_state is not None else (v_state.dtype if v_state is not None else dt)
+    return (
+        dt in FLOAT_DTYPES and d > 0 and d % 2 == 0 and 0 < rd <= d and rd % 2 == 0 and 0 < theta < math.inf
+        and k0 >= 1 and k1 >= 1 and B >= 0 and kp.shape == (T, Hk * d) and v_cur.shape == (T, V)
+        and v_del.shape == (T, V) and kp.dtype == dt and v_cur.dtype == dt and v_del.dtype == dt
+        and conv0_w.shape == (C, 1, k0) and conv1_w.shape == (C, d, k1) and conv0_b.shape == (C,)
+        and conv1_b.shape == (C,) and temp.shape == (Hk,) and (wdt == dt or wdt == torch.float32)
+        and conv1_w.dtype == wdt and conv0_b.dtype == wdt and conv1_b.dtype == wdt and temp.dtype == wdt
+        and positions.shape == (T,) and positions.dtype in _POS_DTYPES and cu_seqlens.dtype == torch.int32
+        and (sdt == dt or sdt == torch.float32)
+        and (conv_state is None or (conv_state.shape == (B, C, K) and conv_state.dtype == sdt and conv_state.is_cpu))
+        and (v_state is None or (v_state.shape == (B, V) and v_state.dtype == sdt and v_state.is_cpu))
+        and qp.is_cpu and kp.is_cpu and v_cur.is_cpu and v_del.is_cpu and conv0_w.is_cpu and conv0_b.is_cpu
+        and conv1_w.is_cpu and conv1_b.is_cpu and temp.is_cpu and positions.is_cpu and cu_seqlens.is_cpu
+    )
+
+
 def _state_dtype(qp, conv_state, v_state) -> torch.dtype:
     for s in (conv_state, v_state):
         if s is not None:
@@ -142,7 +176,7 @@ def _state_dtype(qp, conv_state, v_state) -> torch.dtype:
 
 
 def _inv_freq(rope_dims: int, rope_theta: float, device) -> torch.Tensor:
-    key = (rope_dims, float(rope_theta), str(device))
+    key = (rope_dims, float(rope_theta), device)
     t = _INV_FREQ.get(key)
     if t is None:
         t = ref.rope_inv_freq(rope_dims, float(rope_theta), torch.float32).to(device)
@@ -176,9 +210,12 @@ def _impl(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positi
           v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta):
     args = (qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
             v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta)
-    T, B, d, k0, k1 = _check(*args)
-    if qp.device.type != "cpu" or qp.dtype == torch.float64:
-        return _reference(*args)
+    if not _cpu_args_ok(*args):
+        _check(*args)
+        if qp.device.type != "cpu" or qp.dtype == torch.float64:
+            return _reference(*args)
+    T, d, k0, k1 = qp.shape[0], qp.shape[1] // num_q_heads, conv0_w.shape[2], conv1_w.shape[2]
+    B = cu_seqlens.shape[0] - 1
     Hq, Hk = num_q_heads, num_kv_heads
     C, V, K = (Hq + Hk) * d, Hk * d // 2, (k0 - 1) + (k1 - 1)
     sdt = _state_dtype(qp, conv_state, v_state)
@@ -195,8 +232,8 @@ def _impl(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positi
     cs_out = qp.new_empty((B, C, K), dtype=sdt)
     vs_out = qp.new_empty((B, V), dtype=sdt)
     inv = _inv_freq(rope_dims, rope_theta, qp.device)
-    dev = device_args(qp)
-    ws_bytes = _C.cca_prep_fwd_workspace(dev[0], T, B, Hq, Hk, d, k0, k1, rope_dims)
+    dev = (0, 0, 0)  # CPU
+    ws_bytes = _C.cca_prep_fwd_workspace(0, T, B, Hq, Hk, d, k0, k1, rope_dims)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=qp.device)
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     _C.cca_prep_fwd(
@@ -208,7 +245,7 @@ def _impl(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positi
          cs_in.stride(1) if cs_in is not None else 0, vs_in.stride(0) if vs_in is not None else 0,
          Hq * d, d, Hk * d, d, Hk * d, C * K, K, V, 0),
         (DTYPE_CODES[qp.dtype], DTYPE_CODES[conv0_w.dtype], DTYPE_CODES[sdt], DTYPE_CODES[positions.dtype]),
-        (T, B, Hq, Hk, d, k0, k1, rope_dims), float(torch.finfo(qp.dtype).eps), ws_bytes, *dev,
+        (T, B, Hq, Hk, d, k0, k1, rope_dims), _EPS[qp.dtype], ws_bytes, *dev,
     )
     return q, k, v, cs_out, vs_out
 
