@@ -1,11 +1,13 @@
 // CPU CCA prep kernels (math in zaya_rt/cca.h; workspace layout in cpu/cca_layout.h). Compiled once per ISA.
 //
-// Forward: one OpenMP task per (block of kCcaBlock packed tokens, conv head). A task splits its block at sequence
-// boundaries; per segment it runs the depthwise conv into a small fp32 buffer, the grouped conv as a register-tiled
-// GEMM (or dot products for decode-sized inputs), then adds the residual path, normalises, applies the temperature
-// and RoPE, and writes q or k: one pass over q/k. Values and states are plain copies.
-// Backward: recompute A and Y per task, differentiate RoPE/temperature/norm into dY (padded per sequence), then
-// the grouped conv's input and weight gradients as GEMMs, then the depthwise conv's, residual and state gradients.
+// Forward: one OpenMP task per (block of kCcaBlock packed tokens, conv head). Per sequence segment of its block a
+// task runs the depthwise conv into a small fp32 buffer and expands it into conv1 windows; then the grouped conv
+// of the whole block runs as one register-tiled GEMM against the packed weights (decode-sized inputs: 12-row dot
+// products that read each weight row once), and the epilogue adds the residual path, normalises, applies the
+// temperature and RoPE and writes q or k: one pass over q/k. Values and states are plain copies.
+// Backward: recompute A and Y per task and differentiate RoPE/temperature/norm into dY (rows padded per sequence),
+// then the grouped conv's input and weight gradients as GEMMs, then the depthwise conv's, residual, value and state
+// gradients.
 #include <omp.h>
 
 #include <algorithm>
