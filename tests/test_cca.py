@@ -196,3 +196,14 @@ def test_poisoned_outputs_and_workspace():
         assert torch.equal(a, b)
     for name, leaf in leaves.items():
         assert torch.isfinite(leaf.grad).all(), name
+
+
+def test_int32_positions_float16_and_a_single_state():
+    """int32 positions, float16 activations, and only one of the two states given (the other starts at zero)."""
+    for dtype in (torch.float32, torch.float16):
+        args, attrs = make_inputs([20, 0, 3], Hq=4, Hk=2, d=32, dtype=dtype, state=True, seed=13)
+        args["positions"] = args["positions"].to(torch.int32)
+        _check_forward(args, attrs, dtype)
+        for missing in ("conv_state", "v_state"):
+            a = dict(args, **{missing: None})
+            _check_forward(a, attrs, dtype)
