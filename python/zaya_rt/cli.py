@@ -43,6 +43,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from zaya_rt.benchmarks import (
         attention_cases,
+        cca_cases,
         dispatch_cases,
         format_table,
         grouped_gemm_cases,
@@ -74,6 +75,8 @@ def _bench(args: argparse.Namespace) -> int:
     if "attention" in args.ops:
         attn_tokens = tuple(int(t) for t in args.attn_tokens.split(",")) if args.attn_tokens else None
         cases += attention_cases(device, tokens=attn_tokens)
+    if "cca" in args.ops:
+        cases += cca_cases(device)
     results = run_cases(cases, device, min_time_s=args.min_time)
     from zaya_rt.benchmarks.harness import peak_gbps_for
 
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
-    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router,attention", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, attention")
+    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router,attention,cca", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, attention, cca")
     bench.add_argument("--attn-tokens", default=None, help="comma-separated prefill lengths of the attention cases "
                        "(default: 2048 on CPU, 2048,8192,16384 on GPU)")
     bench.add_argument("--moe-shapes", default=None,
