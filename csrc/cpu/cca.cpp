@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <vector>
 #include <cmath>
 #include <type_traits>
 
@@ -199,8 +200,12 @@ struct Shared {
           wrows[i] = dst;
         }
       }
+      thread_local std::vector<float> wpacked;
+      if (wpacked.size() < static_cast<size_t>(m * Kq)) wpacked.resize(m * Kq);
+      pack_dot_rows<float>(wrows, m, Kq, wpacked.data());
       for (int64_t r = 0; r < n; ++r) {
-        dot_rows<float>(wrows, m, arows + r * Kq, Kq, dots);
+        const float* brow = arows + r * Kq;
+        dot_rows<float>(wpacked.data(), wrows, m, &brow, 1, Kq, dots);
         for (int i = 0; i < m; ++i) y[r * d + c0 + i] = bias[c0 + i] + dots[i];
       }
     }
