@@ -3,7 +3,10 @@
 set(ZAYA_RT_CPU_KERNEL_SOURCES
   csrc/cpu/norms.cpp
   csrc/cpu/moe.cpp
-  csrc/cpu/router.cpp)
+  csrc/cpu/router.cpp
+  csrc/cpu/attention_varlen.cpp
+  csrc/cpu/attention_bwd.cpp
+  csrc/cpu/attention_decode.cpp)
 
 set(ZAYA_RT_CPU_ISAS base avx2 avx512)
 set(ZAYA_RT_CPU_FLAGS_base "")

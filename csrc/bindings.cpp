@@ -8,6 +8,8 @@
 #include "dispatch.h"
 
 namespace py = pybind11;
+
+void bind_attention(py::module_& m);  // csrc/bindings_attention.cpp
 using zaya_rt::Device;
 using zaya_rt::DeviceType;
 using zaya_rt::DType;
@@ -161,4 +163,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("norm_bwd_num_partials", [](int dev_type, int rows, int64_t dim) {
     return zaya_rt::norm_bwd_num_partials(dev(dev_type, 0, 0), rows, dim);
   });
+  bind_attention(m);
 }

@@ -1,7 +1,17 @@
 """torch.library custom ops over zaya_rt._C (namespace `torch.ops.zaya_rt`), one module per op family."""
 
+from zaya_rt.ops.attention import attention_decode, attention_varlen
 from zaya_rt.ops.moe import grouped_gemm, moe_dispatch, moe_experts
 from zaya_rt.ops.norms import residual_rms_norm, rms_norm
 from zaya_rt.ops.router import zaya_router
 
-__all__ = ["grouped_gemm", "moe_dispatch", "moe_experts", "residual_rms_norm", "rms_norm", "zaya_router"]
+__all__ = [
+    "attention_decode",
+    "attention_varlen",
+    "grouped_gemm",
+    "moe_dispatch",
+    "moe_experts",
+    "residual_rms_norm",
+    "rms_norm",
+    "zaya_router",
+]

@@ -1,0 +1,78 @@
+// Tile shapes and workspace layout of the CPU attention kernels, shared by every ISA build so that the
+// workspace sizes (csrc/cpu/attention_isa.cpp) are computed once.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/gemm_shape.h"
+
+namespace zaya_rt::cpu {
+
+constexpr int64_t kAttnBlockN = 64;       // keys per K/V block (two kGemmNR chunks)
+constexpr int64_t kAttnRowsTarget = 96;   // query rows (queries x GQA heads) per prefill work item
+constexpr int64_t kAttnAlign = 64;        // byte alignment of every workspace carve
+
+inline int64_t attn_align(int64_t bytes) { return (bytes + kAttnAlign - 1) / kAttnAlign * kAttnAlign; }
+inline int64_t attn_ceil(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Queries per prefill work item for a GQA group of g heads, and the rows (queries x heads) they make.
+inline int64_t attn_block_q(int64_t group) { return std::max<int64_t>(1, kAttnRowsTarget / group); }
+inline int64_t attn_item_rows(int64_t group) { return attn_block_q(group) * group; }
+inline int64_t attn_d_chunks(int64_t d) { return attn_ceil(d, kGemmNR); }
+
+// Upper bound on the K/V blocks of a packed batch: every sequence starts a block.
+inline int64_t attn_num_blocks(int64_t total_k, int64_t batch) { return attn_ceil(total_k, kAttnBlockN) + batch; }
+
+// Bytes of packed K^T ([d][32] per 32-key chunk) plus packed V ([64][32] per d-chunk) for all kv heads.
+inline int64_t attn_packed_kv_bytes(int64_t total_k, int64_t batch, int64_t hk, int64_t d) {
+  const int64_t blocks = attn_num_blocks(total_k, batch) * hk;
+  const int64_t k_bytes = blocks * (kAttnBlockN / kGemmNR) * d * kGemmNR * kPackedEntryBytes;
+  const int64_t v_bytes = blocks * attn_d_chunks(d) * kAttnBlockN * kGemmNR * kPackedEntryBytes;
+  return attn_align(k_bytes) + attn_align(v_bytes);
+}
+
+// Per-thread scratch of the prefill forward: packed Q panels, the O accumulator, row statistics, one score
+// tile and one packed P panel.
+inline int64_t attn_fwd_thread_bytes(int64_t group, int64_t d) {
+  const int64_t panels = attn_ceil(attn_item_rows(group), kGemmMR);
+  const int64_t rows = panels * kGemmMR;
+  return attn_align(rows * d * 4) + attn_align(rows * attn_d_chunks(d) * kGemmNR * 4) + 2 * attn_align(rows * 4) +
+         attn_align(kGemmMR * kAttnBlockN * 4) + attn_align(kAttnBlockN * kGemmMR * 4);
+}
+
+// Backward: rowsum(dO * O) [hq][total_q] fp32, then per thread fp32 copies of a K and a V block, the block's
+// dK/dV accumulators, one query's rows for the GQA group (q, dO) and a query block's rows (q, dO, dQ).
+inline int64_t attn_bwd_block_q(int64_t group) { return std::max<int64_t>(1, 64 / group); }
+inline int64_t attn_bwd_thread_bytes(int64_t group, int64_t d) {
+  const int64_t rows = attn_bwd_block_q(group) * group;
+  return attn_align(4 * d * (4 * kAttnBlockN + 2 * group + 3 * rows) + 4 * kAttnBlockN);
+}
+inline int64_t attn_bwd_workspace_bytes(int64_t total_q, int64_t hq, int64_t hk, int64_t d, int64_t threads) {
+  return attn_align(4 * hq * total_q) + threads * attn_bwd_thread_bytes(hq / hk, d);
+}
+
+// Decode: context splits per (sequence, kv head), at least kAttnDecodeMinSplitKeys keys each, enough work
+// items to feed every thread a few times over.
+constexpr int64_t kAttnDecodeMinSplitKeys = 512;
+inline int64_t attn_decode_splits(int64_t batch, int64_t hk, int64_t max_context, int64_t requested,
+                                  int64_t threads) {
+  if (requested > 0) return requested;
+  const int64_t want = attn_ceil(4 * threads, std::max<int64_t>(1, batch * hk));
+  return std::max<int64_t>(1, std::min(want, attn_ceil(max_context, kAttnDecodeMinSplitKeys)));
+}
+// Partials (o [d], max, sum) per (sequence, query, head, split), then per thread the group's query rows in
+// fp32, their scores for a chunk of keys, and the chunk's K and V rows in fp32.
+constexpr int64_t kAttnDecodeChunk = 32;
+inline int64_t attn_decode_partials_floats(int64_t batch, int64_t n, int64_t hq, int64_t d, int64_t splits) {
+  return batch * n * hq * splits * (d + 2);
+}
+inline int64_t attn_decode_thread_bytes(int64_t rows, int64_t d) {
+  return attn_align(4 * (rows * d + rows * kAttnDecodeChunk + 2 * kAttnDecodeChunk * d));
+}
+inline int64_t attn_decode_workspace_bytes(int64_t batch, int64_t n, int64_t hq, int64_t hk, int64_t d,
+                                           int64_t splits, int64_t threads) {
+  return attn_align(4 * attn_decode_partials_floats(batch, n, hq, d, splits)) +
+         threads * attn_decode_thread_bytes(n * (hq / hk), d);
+}
+
+}  // namespace zaya_rt::cpu
