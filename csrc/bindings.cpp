@@ -122,6 +122,8 @@ void zaya_router(Ptr x, int64_t x_rs, Ptr z_prev, int64_t zp_rs, int zp_dt, Ptr 
 
 }  // namespace
 
+void bind_cca(py::module_& m);
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "zaya_rt native kernels (CPU, and CUDA or HIP when built with them)";
   m.attr("gpu_backend") = zaya_rt::gpu_backend_name();
@@ -158,6 +160,7 @@ PYBIND11_MODULE(_C, m) {
         [](int dev_type, int64_t T, int64_t top_k, int64_t D, int64_t I, int64_t E, int dtype) {
           return zaya_rt::moe_experts_workspace(dev(dev_type, 0, 0), T, top_k, D, I, E, dt(dtype));
         });
+  bind_cca(m);
   m.def("zaya_router", &zaya_router);
   m.def("zaya_router_workspace", &zaya_rt::zaya_router_workspace);
   m.def("norm_bwd_num_partials", [](int dev_type, int rows, int64_t dim) {

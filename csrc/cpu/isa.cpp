@@ -85,5 +85,7 @@ ZAYA_RT_CPU_ROUTE(grouped_gemm, GroupedGemmParams)
 ZAYA_RT_CPU_ROUTE(grouped_gemm_weight_grad, GroupedGemmWeightGradParams)
 ZAYA_RT_CPU_ROUTE(moe_experts, MoeExpertsParams)
 ZAYA_RT_CPU_ROUTE(zaya_router, RouterParams)
+ZAYA_RT_CPU_ROUTE(cca_prep_fwd, CcaPrepFwdParams)
+ZAYA_RT_CPU_ROUTE(cca_prep_bwd, CcaPrepBwdParams)
 
 }  // namespace zaya_rt::cpu

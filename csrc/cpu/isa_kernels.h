@@ -1,5 +1,6 @@
 // Declares the CPU kernels once per ISA namespace; csrc/cpu/isa.cpp picks one at run time.
 #pragma once
+#include "zaya_rt/cca.h"
 #include "zaya_rt/moe.h"
 #include "zaya_rt/norms.h"
 #include "zaya_rt/router.h"
@@ -15,6 +16,8 @@
   const char* grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p); \
   const char* moe_experts(const MoeExpertsParams& p);                      \
   const char* zaya_router(const RouterParams& p);                          \
+  const char* cca_prep_fwd(const CcaPrepFwdParams& p);                     \
+  const char* cca_prep_bwd(const CcaPrepBwdParams& p);                     \
   }
 
 ZAYA_RT_DECLARE_CPU_KERNELS(base)

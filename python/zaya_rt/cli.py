@@ -42,6 +42,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from zaya_rt.benchmarks import (
+        cca_cases,
         dispatch_cases,
         format_table,
         grouped_gemm_cases,
@@ -70,6 +71,8 @@ def _bench(args: argparse.Namespace) -> int:
         cases += dispatch_cases(device)
     if "router" in args.ops:
         cases += router_cases(device)
+    if "cca" in args.ops:
+        cases += cca_cases(device)
     results = run_cases(cases, device, min_time_s=args.min_time)
     from zaya_rt.benchmarks.harness import peak_gbps_for
 
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
-    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router")
+    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router,cca", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, cca")
     bench.add_argument("--moe-shapes", default=None,
                        help="semicolon-separated T,D,I,E shapes for the moe cases (default: decode and prefill)")
     bench.add_argument("--peak-gbps", type=float, default=None,

@@ -1,9 +1,10 @@
 """Benchmark cases shared by `zaya-rt bench` and bench/ (pytest-benchmark): ours against a peer measured in
 the same run, reported as time, bandwidth and the ratio peer/ours (> 1 means zaya_rt is faster)."""
 
+from zaya_rt.benchmarks.cca import cca_cases
 from zaya_rt.benchmarks.harness import Case, Result, format_table, run_cases
 from zaya_rt.benchmarks.moe import dispatch_cases, grouped_gemm_cases, moe_cases
 from zaya_rt.benchmarks.norms import norm_cases
 from zaya_rt.benchmarks.router import router_cases
 
-__all__ = ["Case", "Result", "dispatch_cases", "format_table", "grouped_gemm_cases", "moe_cases", "norm_cases", "router_cases", "run_cases"]
+__all__ = ["Case", "Result", "cca_cases", "dispatch_cases", "format_table", "grouped_gemm_cases", "moe_cases", "norm_cases", "router_cases", "run_cases"]

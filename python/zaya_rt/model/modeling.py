@@ -58,16 +58,25 @@ class ZayaCCAProjection(nn.Module):
         self.conv_qk_depthwise = nn.Conv1d(channels, channels, config.cca_time0, groups=channels)
         self.conv_qk_grouped = nn.Conv1d(channels, channels, config.cca_time1, groups=hq + hk)
 
-    def forward(self, x_BTD: torch.Tensor, conv_state=None, v_state=None):
-        return ref.cca_project(
-            x_BTD,
-            self.q_proj.weight, self.q_proj.bias, self.k_proj.weight, self.k_proj.bias,
-            self.v_proj_current.weight, self.v_proj_current.bias,
-            self.v_proj_delayed.weight, self.v_proj_delayed.bias,
+    def forward(self, x_BTD: torch.Tensor, temp: torch.Tensor, positions_N: torch.Tensor, cu_seqlens: torch.Tensor,
+                rope_dims: int, rope_theta: float, conv_state=None, v_state=None):
+        """x [B, T, D] (padding rows already zeroed), each batch row one sequence; positions [B*T], cu_seqlens
+        [B+1]. Returns q [B, T, Hq, d], k, v [B, T, Hk, d] (after qk norm, temperature and RoPE), conv_state
+        [B, C, K], v_state [B, Hk*d/2]. None states start every row fresh."""
+        B, T, _ = x_BTD.shape
+        flat = lambda lin: lin(x_BTD).reshape(B * T, -1)  # noqa: E731
+        if v_state is None and self.v_proj_delayed.bias is not None:
+            # A fresh sequence shifts in the projection of a zero input: the delayed projection's bias.
+            v_state = self.v_proj_delayed.bias.expand(B, -1)
+        q, k, v, conv_state, v_state = ops.cca_prep(
+            flat(self.q_proj), flat(self.k_proj), flat(self.v_proj_current), flat(self.v_proj_delayed),
             self.conv_qk_depthwise.weight, self.conv_qk_depthwise.bias,
-            self.conv_qk_grouped.weight, self.conv_qk_grouped.bias,
-            self.num_q_heads, self.num_kv_heads, conv_state, v_state,
+            self.conv_qk_grouped.weight, self.conv_qk_grouped.bias, temp, positions_N, cu_seqlens,
+            conv_state, v_state, num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads,
+            rope_dims=rope_dims, rope_theta=rope_theta,
         )
+        return (q.view(B, T, self.num_q_heads, -1), k.view(B, T, self.num_kv_heads, -1),
+                v.view(B, T, self.num_kv_heads, -1), conv_state, v_state)
 
 
 class ZayaQKNorm(nn.Module):
@@ -90,18 +99,17 @@ class ZayaAttention(nn.Module):
         self.o_proj = nn.Linear(config.num_attention_heads * config.head_dim, config.hidden_size,
                                 bias=config.attention_bias)
 
-    def forward(self, x_BTD, cos, sin, allowed_BTS, conv_mask_BT, layer_cache: LayerCache | None, past: int):
+    def forward(self, x_BTD, rope, allowed_BTS, conv_mask_BT, layer_cache: LayerCache | None, past: int):
+        """rope = (positions [B*T], cu_seqlens [B+1], rope_dims, rope_theta) for this layer type."""
         B, T, _ = x_BTD.shape
         if conv_mask_BT is not None:
             x_BTD = x_BTD * conv_mask_BT[..., None].to(x_BTD.dtype)
         continuing = layer_cache is not None and past > 0
         q, k, v, conv_state, v_state = self.qkv_proj(
-            x_BTD,
+            x_BTD, self.qk_norm.temp, *rope,
             layer_cache.conv_state if continuing else None,
             layer_cache.v_state if continuing else None,
         )
-        q, k = self.qk_norm(q, k)
-        q, k = ref.partial_rope(q, cos, sin), ref.partial_rope(k, cos, sin)
         if layer_cache is not None:
             layer_cache.k[:, past : past + T] = k
             layer_cache.v[:, past : past + T] = v
@@ -190,7 +198,7 @@ class ZayaDecoderLayer(nn.Module):
 
         Returns (h_next, next_norm(h_next), z): the post-MoE residual scaling is fused with the next norm.
         """
-        attn = self.self_attn(x, *rope, allowed, conv_mask, layer_cache, past)
+        attn = self.self_attn(x, rope, allowed, conv_mask, layer_cache, past)
         r, x2 = self.post_attention_residual_scale.fused_with_norm(attn, h, self.post_attention_layernorm)
         y, z = self.mlp(x2, z_prev)
         h_next, x_next = self.post_mlp_residual_scale.fused_with_norm(y, r, next_norm)
@@ -220,10 +228,10 @@ class ZayaModel(nn.Module):
         else:
             valid = new_valid
         conv_mask = None if bool(new_valid.all()) else new_valid
-        dtype = self.norm.weight.dtype
-        positions = torch.arange(past, past + T, device=input_ids.device)[None]
+        positions = torch.arange(past, past + T, device=input_ids.device).repeat(B)
+        cu_seqlens = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=input_ids.device)
         rope = {
-            lt: ref.rope_cos_sin(positions, cfg.head_dim, cfg.partial_rotary_factor(lt), cfg.rope_theta(lt), dtype)
+            lt: (positions, cu_seqlens, int(cfg.head_dim * cfg.partial_rotary_factor(lt)), cfg.rope_theta(lt))
             for lt in set(cfg.layer_types)
         }
         allowed = {w: _allowed_mask(valid, past, T, w) for w in {cfg.window(i) for i in range(len(self.layers))}}

@@ -1,6 +1,7 @@
 """torch.library custom ops over zaya_rt._C (namespace `torch.ops.zaya_rt`), one module per op family."""
 
 from zaya_rt.ops.attention import attention_decode, attention_varlen
+from zaya_rt.ops.cca import cca_prep
 from zaya_rt.ops.moe import grouped_gemm, moe_dispatch, moe_experts
 from zaya_rt.ops.norms import residual_rms_norm, rms_norm
 from zaya_rt.ops.router import zaya_router
@@ -8,6 +9,7 @@ from zaya_rt.ops.router import zaya_router
 __all__ = [
     "attention_decode",
     "attention_varlen",
+    "cca_prep",
     "grouped_gemm",
     "moe_dispatch",
     "moe_experts",

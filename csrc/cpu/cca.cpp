@@ -1,0 +1,662 @@
+// CPU CCA prep kernels (math in zaya_rt/cca.h; workspace layout in cpu/cca_layout.h). Compiled once per ISA.
+//
+// Forward: one OpenMP task per (block of kCcaBlock packed tokens, conv head). A task splits its block at sequence
+// boundaries; per segment it runs the depthwise conv into a small fp32 buffer, the grouped conv as a register-tiled
+// GEMM (or dot products for decode-sized inputs), then adds the residual path, normalises, applies the temperature
+// and RoPE, and writes q or k: one pass over q/k. Values and states are plain copies.
+// Backward: recompute A and Y per task, differentiate RoPE/temperature/norm into dY (padded per sequence), then
+// the grouped conv's input and weight gradients as GEMMs, then the depthwise conv's, residual and state gradients.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cpu/cca_layout.h"
+#include "cpu/gemm_core.h"
+#include "cpu/isa_kernels.h"
+#include "cpu/numeric.h"
+#include "zaya_rt/cca.h"
+
+namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
+namespace {
+
+float load_dyn(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kBFloat16: return load(static_cast<const bf16*>(p), i);
+    case DType::kFloat16: return load(static_cast<const f16*>(p), i);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+void store_dyn(void* p, DType t, int64_t i, float v) {
+  switch (t) {
+    case DType::kBFloat16: store(static_cast<bf16*>(p), i, v); break;
+    case DType::kFloat16: store(static_cast<f16*>(p), i, v); break;
+    default: static_cast<float*>(p)[i] = v;
+  }
+}
+
+float position(const void* pos, DType t, int64_t i) {
+  return t == DType::kInt32 ? static_cast<float>(static_cast<const int32_t*>(pos)[i])
+                            : static_cast<float>(static_cast<const int64_t*>(pos)[i]);
+}
+
+// The sequence holding packed token t: the last b with cu[b] <= t (empty sequences before it are skipped).
+int64_t seq_of(const int32_t* cu, int64_t B, int64_t t) {
+  return std::upper_bound(cu, cu + B + 1, static_cast<int32_t>(t)) - cu - 1;
+}
+
+// Packs rows r0 .. r0+cnt-1 of a sliding window over buf into a GEMM A panel [width*k][LANES]:
+// entry (q = j*k + s, lane i) = buf[(r0 + i + s) * ld + j].
+template <int LANES>
+void pack_window(const float* buf, int64_t ld, int64_t r0, int cnt, int64_t width, int64_t k, float* dst) {
+  for (int64_t j = 0; j < width; ++j)
+    for (int64_t s = 0; s < k; ++s) {
+      float* e = dst + (j * k + s) * LANES;
+      const float* src = buf + (r0 + s) * ld + j;
+      for (int i = 0; i < cnt; ++i) e[i] = src[i * ld];
+      for (int i = cnt; i < LANES; ++i) e[i] = 0.f;
+    }
+}
+
+template <typename W>
+float dot_w(const W* w, const float* a, int64_t n) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t q = 0; q < n; ++q) acc += load(w, q) * a[q];
+  return acc;
+}
+
+// What forward and backward share: sizes, inputs, and the fp32 copies in the workspace.
+template <typename T, typename W>
+struct Shared {
+  CcaDims s;
+  const T *qp, *kp;
+  int64_t qp_rs, kp_rs;
+  const W *conv0_w, *conv0_b, *conv1_w, *conv1_b, *temp_in;
+  const void* cs_in;
+  int64_t cs_b, cs_c;
+  DType sdt;
+  const void* pos;
+  DType pos_dt;
+  const int32_t* cu;
+  const float* inv_freq;
+  float norm_eps;
+  float *w0t, *b0, *b1, *temp, *cs, *packed_w;  // w0t is [k0][C]
+
+  // Pre-conv column c of sequence b at position p (p < 0: the incoming state).
+  float x_at(int64_t b, int64_t p, int64_t c) const {
+    const int64_t qd = s.Hq * s.d;
+    if (p >= 0) {
+      const int64_t t = cu[b] + p;
+      return c < qd ? load(qp, t * qp_rs + c) : load(kp, t * kp_rs + (c - qd));
+    }
+    return cs_in ? load_dyn(cs_in, sdt, b * cs_b + c * cs_c + (s.K + p)) : 0.f;
+  }
+
+  // Head g's d columns of the token at position p >= 0 of sequence b.
+  const T* x_row(int64_t b, int64_t p, int64_t g) const {
+    const int64_t t = cu[b] + p;
+    return g < s.Hq ? qp + t * qp_rs + g * s.d : kp + t * kp_rs + (g - s.Hq) * s.d;
+  }
+
+  // Inside a parallel region: weights to fp32, the cos/sin table, and (if packed) conv1 as GEMM B panels.
+  void prepare() const {
+    const int64_t C = s.C;
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t j = 0; j < s.k0; ++j) w0t[j * C + c] = load(conv0_w, c * s.k0 + j);
+      b0[c] = load(conv0_b, c);
+      b1[c] = load(conv1_b, c);
+      if (c < s.Hk) temp[c] = load(temp_in, c);
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < s.T; ++t) {
+      const float pt = position(pos, pos_dt, t);
+      float* row = cs + t * s.rd;
+      for (int64_t i = 0; i < s.half; ++i) {
+        const float ang = pt * inv_freq[i];
+        row[i] = std::cos(ang);
+        row[s.half + i] = std::sin(ang);
+      }
+    }
+    if (s.packed) {
+#pragma omp for schedule(static)
+      for (int64_t gp = 0; gp < s.H * s.npan; ++gp) {
+        const int64_t g = gp / s.npan, pn = gp % s.npan;
+        const Source<W> src{conv1_w + g * s.d * s.Kq, s.Kq, 1};
+        const int cnt = static_cast<int>(std::min<int64_t>(kNR, s.d - pn * kNR));
+        pack_rows<kNR, W, false>(src, pn * kNR, cnt, s.Kq, packed_w + gp * s.Kq * kNR);
+      }
+    }
+  }
+
+  // Depthwise conv of head g for positions p_lo .. p_hi-1 of sequence b into abuf ([rows][d], fp32).
+  void depthwise(int64_t b, int64_t g, int64_t p_lo, int64_t p_hi, float* abuf) const {
+    const int64_t d = s.d, c0 = g * d;
+    for (int64_t p = p_lo; p < p_hi; ++p) {
+      float* a = abuf + (p - p_lo) * d;
+      const float* bias = b0 + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) a[j] = bias[j];
+      for (int64_t k = 0; k < s.k0; ++k) {
+        const int64_t px = p - (s.k0 - 1) + k;
+        const float* w = w0t + k * s.C + c0;
+        if (px >= 0) {
+          const T* row = x_row(b, px, g);
+#pragma omp simd
+          for (int64_t j = 0; j < d; ++j) a[j] += w[j] * load(row, j);
+        } else if (cs_in) {
+          for (int64_t j = 0; j < d; ++j) a[j] += w[j] * x_at(b, px, c0 + j);
+        }
+      }
+    }
+  }
+
+  // y[r][0..d) = conv1 of head g over n output rows whose window starts at abuf row r (abuf holds n + k1 - 1
+  // rows), bias included. Scratch: pa (Kq * MR), arow (Kq), tile (MR * NR).
+  void grouped_conv(int64_t g, int64_t n, const float* abuf, float* y, float* pa, float* arow, float* tile) const {
+    const int64_t d = s.d, Kq = s.Kq;
+    const float* bias = b1 + g * d;
+    if (s.packed) {
+      for (int64_t r0 = 0; r0 < n; r0 += kMR) {
+        const int cnt = static_cast<int>(std::min<int64_t>(kMR, n - r0));
+        pack_window<kMR>(abuf, d, r0, cnt, d, s.k1, pa);
+        for (int64_t pn = 0; pn < s.npan; ++pn) {
+          micro_kernel<float, false>(Kq, pa, packed_w + (g * s.npan + pn) * Kq * kNR, tile, false);
+          const int64_t nc = std::min<int64_t>(kNR, d - pn * kNR);
+          for (int i = 0; i < cnt; ++i) {
+            float* yr = y + (r0 + i) * d + pn * kNR;
+            const float* tr = tile + i * kNR;
+            for (int64_t c = 0; c < nc; ++c) yr[c] = tr[c] + bias[pn * kNR + c];
+          }
+        }
+      }
+      return;
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t j = 0; j < d; ++j)
+        for (int64_t k = 0; k < s.k1; ++k) arow[j * s.k1 + k] = abuf[(r + k) * d + j];
+      const W* w = conv1_w + g * d * Kq;
+      for (int64_t c = 0; c < d; ++c) y[r * d + c] = bias[c] + dot_w(w + c * Kq, arow, Kq);
+    }
+  }
+
+  // pre = y + residual path of head g at token t (in place on y's row).
+  void add_residual(int64_t g, int64_t t, float* pre) const {
+    const int64_t d = s.d;
+    if (g < s.Hq) {
+      const T* q = qp + t * qp_rs + g * d;
+      const T* k = kp + t * kp_rs + (g / s.G) * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) pre[j] += (load(q, j) + load(k, j)) * 0.5f;
+      return;
+    }
+    const int64_t kh = g - s.Hq;
+    const T* k = kp + t * kp_rs + kh * d;
+    const float inv_g = 1.f / static_cast<float>(s.G);
+    for (int64_t j = 0; j < d; ++j) {
+      float acc = 0.f;
+      const float kv = load(k, j);
+      for (int64_t h = kh * s.G; h < (kh + 1) * s.G; ++h) acc += (load(qp, t * qp_rs + h * d + j) + kv) * 0.5f;
+      pre[j] += acc * inv_g;
+    }
+  }
+
+  // sqrt(d) / max(|pre|, eps); also returns |pre|.
+  float norm_scale(const float* pre, float* nrm) const {
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t j = 0; j < s.d; ++j) ss += pre[j] * pre[j];
+    *nrm = std::sqrt(ss);
+    return std::sqrt(static_cast<float>(s.d)) / std::max(*nrm, norm_eps);
+  }
+};
+
+template <typename T, typename W>
+Shared<T, W> make_shared(const CcaDims& s, const void* qp, int64_t qp_rs, const void* kp, int64_t kp_rs,
+                         const void* w0, const void* b0, const void* w1, const void* b1, const void* temp,
+                         const void* cs_in, int64_t cs_b, int64_t cs_c, DType sdt, const void* pos, DType pos_dt,
+                         const int32_t* cu, const float* inv_freq, float eps, float* ws, int64_t o_w0,
+                         int64_t o_b0, int64_t o_b1, int64_t o_temp, int64_t o_cs, int64_t o_pw) {
+  return Shared<T, W>{s, static_cast<const T*>(qp), static_cast<const T*>(kp), qp_rs, kp_rs,
+                      static_cast<const W*>(w0), static_cast<const W*>(b0), static_cast<const W*>(w1),
+                      static_cast<const W*>(b1), static_cast<const W*>(temp), cs_in, cs_b, cs_c, sdt, pos, pos_dt,
+                      cu, inv_freq, eps, ws + o_w0, ws + o_b0, ws + o_b1, ws + o_temp, ws + o_cs, ws + o_pw};
+}
+
+int thread_budget(int64_t avail, int64_t thread0, int64_t per_thread) {
+  const int64_t slots = (avail - thread0) / per_thread;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), slots)));
+}
+
+// ------------------------------------------------------------------------------------------------ forward
+
+template <typename T, typename W>
+const char* fwd_impl(const CcaPrepFwdParams& p) {
+  const CcaDims s(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, false);
+  const CcaFwdLayout L(s);
+  float* ws = static_cast<float*>(p.workspace);
+  const int64_t avail = p.workspace_bytes / 4;
+  if (avail < L.entries(1)) return "workspace too small";
+  const int threads = thread_budget(avail, L.thread0, L.per_thread);
+  const auto x = make_shared<T, W>(s, p.qp, p.qp_row_stride, p.kp, p.kp_row_stride, p.conv0_w, p.conv0_b, p.conv1_w,
+                                   p.conv1_b, p.temp, p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride,
+                                   p.state_dtype, p.positions, p.pos_dtype, p.cu_seqlens, p.inv_freq, p.norm_eps, ws,
+                                   L.w0, L.b0, L.b1, L.temp, L.cs, L.packed_w);
+  const int32_t* cu = p.cu_seqlens;
+  const int64_t d = s.d, H = s.H, V = s.V;
+  const int64_t nblocks = (s.T + kCcaBlock - 1) / kCcaBlock;
+  T* qo = static_cast<T*>(p.q);
+  T* ko = static_cast<T*>(p.k);
+  T* vo = static_cast<T*>(p.v);
+  const T* vc = static_cast<const T*>(p.v_cur);
+  const T* vd = static_cast<const T*>(p.v_del);
+
+#pragma omp parallel num_threads(threads)
+  {
+    x.prepare();
+    float* scratch = ws + L.thread0 + omp_get_thread_num() * L.per_thread;
+    float* abuf = scratch;
+    float* pa = abuf + cca_round16((kCcaBlock + s.k1) * d);
+    float* y = pa + cca_round16(s.Kq * kMR);
+    float* arow = y + cca_round16(kCcaBlock * d);
+    float* tile = arow + cca_round16(s.Kq);
+
+#pragma omp for schedule(static) nowait
+    for (int64_t task = 0; task < nblocks * H; ++task) {
+      const int64_t g = task % H, t_end = std::min(s.T, (task / H + 1) * kCcaBlock);
+      for (int64_t t0 = (task / H) * kCcaBlock; t0 < t_end;) {
+        const int64_t b = seq_of(cu, s.B, t0);
+        const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), n = t1 - t0, p0 = t0 - cu[b];
+        x.depthwise(b, g, p0 - (s.k1 - 1), p0 + n, abuf);
+        x.grouped_conv(g, n, abuf, y, pa, arow, tile);
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t t = t0 + r;
+          float* pre = y + r * d;
+          x.add_residual(g, t, pre);
+          float nrm;
+          float scale = x.norm_scale(pre, &nrm);
+          T* out = g < s.Hq ? qo + t * p.q_row_stride + g * p.q_head_stride
+                            : ko + t * p.k_row_stride + (g - s.Hq) * p.k_head_stride;
+          if (g >= s.Hq) scale *= x.temp[g - s.Hq];
+          const float* cs = x.cs + t * s.rd;
+          const int64_t hf = s.half;
+#pragma omp simd
+          for (int64_t i = 0; i < hf; ++i) {
+            const float x1 = pre[i] * scale, x2 = pre[i + hf] * scale;
+            store(out, i, x1 * cs[i] - x2 * cs[hf + i]);
+            store(out, i + hf, x2 * cs[i] + x1 * cs[hf + i]);
+          }
+#pragma omp simd
+          for (int64_t j = s.rd; j < d; ++j) store(out, j, pre[j] * scale);
+        }
+        t0 = t1;
+      }
+    }
+
+#pragma omp for schedule(static) nowait
+    for (int64_t t = 0; t < s.T; ++t) {
+      const int64_t b = seq_of(cu, s.B, t);
+      T* vr = vo + t * p.v_row_stride;
+      const T* cur = vc + t * p.v_cur_row_stride;
+#pragma omp simd
+      for (int64_t i = 0; i < V; ++i) vr[i] = cur[i];
+      if (t > cu[b]) {
+        const T* prev = vd + (t - 1) * p.v_del_row_stride;
+#pragma omp simd
+        for (int64_t i = 0; i < V; ++i) vr[V + i] = prev[i];
+      } else {
+        for (int64_t i = 0; i < V; ++i)
+          store(vr, V + i, p.v_state_in ? load_dyn(p.v_state_in, p.state_dtype, b * p.vs_in_batch_stride + i) : 0.f);
+      }
+    }
+
+#pragma omp for schedule(static) nowait
+    for (int64_t bc = 0; bc < s.B * s.C; ++bc) {
+      const int64_t b = bc / s.C, c = bc % s.C, len = cu[b + 1] - cu[b];
+      for (int64_t i = 0; i < s.K; ++i)
+        store_dyn(p.conv_state_out, p.state_dtype, b * p.cs_out_batch_stride + c * p.cs_out_channel_stride + i,
+                  x.x_at(b, len - s.K + i, c));
+    }
+
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < s.B; ++b) {
+      const int64_t len = cu[b + 1] - cu[b];
+      for (int64_t i = 0; i < V; ++i) {
+        const float v = len > 0 ? load(vd, (cu[b + 1] - 1) * p.v_del_row_stride + i)
+                        : p.v_state_in ? load_dyn(p.v_state_in, p.state_dtype, b * p.vs_in_batch_stride + i)
+                                       : 0.f;
+        store_dyn(p.v_state_out, p.state_dtype, b * p.vs_out_batch_stride + i, v);
+      }
+    }
+  }
+  return nullptr;
+}
+
+// ----------------------------------------------------------------------------------------------- backward
+
+template <typename T, typename W>
+const char* bwd_impl(const CcaPrepBwdParams& p) {
+  const CcaDims s(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, true);
+  const CcaBwdLayout L(s);
+  float* ws = static_cast<float*>(p.workspace);
+  const int64_t avail = p.workspace_bytes / 4;
+  if (avail < L.entries(1)) return "workspace too small";
+  const int threads = thread_budget(avail, L.thread0, L.per_thread);
+  const auto x = make_shared<T, W>(s, p.qp, p.qp_row_stride, p.kp, p.kp_row_stride, p.conv0_w, p.conv0_b, p.conv1_w,
+                                   p.conv1_b, p.temp, p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride,
+                                   p.state_dtype, p.positions, p.pos_dtype, p.cu_seqlens, p.inv_freq, p.norm_eps, ws,
+                                   L.w0, L.b0, L.b1, L.temp, L.cs, L.packed_w);
+  const int32_t* cu = p.cu_seqlens;
+  const int64_t d = s.d, H = s.H, C = s.C, V = s.V, Kq = s.Kq, k1 = s.k1, G = s.G, qd = s.Hq * d;
+  const int64_t nblocks = (s.T + kCcaBlock - 1) / kCcaBlock;
+  float *abuf_all = ws + L.a, *dy = ws + L.dy, *da = ws + L.da, *packed_wt = ws + L.packed_wt;
+  int32_t* gather = reinterpret_cast<int32_t*>(ws + L.gather);
+  // Row of position p (>= -(k1-1)) of sequence b in the padded buffers.
+  auto row_of = [&](int64_t b, int64_t p) { return L.guard + cu[b] + b * (k1 - 1) + (k1 - 1) + p; };
+  const T* gq = static_cast<const T*>(p.grad_q);
+  const T* gk = static_cast<const T*>(p.grad_k);
+  const T* gv = static_cast<const T*>(p.grad_v);
+  const int64_t w_rows_end = L.rows - L.guard;  // padded rows that can hold a nonzero dY end here
+  constexpr int64_t kKC = 256;
+
+#pragma omp parallel num_threads(threads)
+  {
+    x.prepare();
+    const int tid = omp_get_thread_num();
+    float* scratch = ws + L.thread0 + tid * L.per_thread;
+    float* dtemp = scratch;
+    float* abuf = dtemp + cca_round16(s.Hk);
+    float* pa = abuf + cca_round16((kCcaBlock + k1) * d);
+    float* y = pa + cca_round16(Kq * kMR);
+    float* arow = y + cca_round16(kCcaBlock * d);
+    float* tile = arow + cca_round16(Kq);
+    float* pa2 = tile + kMR * kNR;
+    float* wa = pa2 + cca_round16(Kq * kMR);
+    float* wb = wa + cca_round16(((d + kMR - 1) / kMR) * kMR * kKC);
+    for (int64_t i = 0; i < s.Hk; ++i) dtemp[i] = 0.f;
+
+    // Phase 0: transposed conv1 panels (B'[j, c*k1 + s'] = W1[c, j, k1-1-s']), gather list, zero rows.
+#pragma omp for schedule(static) nowait
+    for (int64_t gp = 0; gp < H * s.npan; ++gp) {
+      const int64_t g = gp / s.npan, j0 = (gp % s.npan) * kNR;
+      float* dst = packed_wt + gp * Kq * kNR;
+      const W* w = x.conv1_w + g * d * Kq;
+      for (int64_t c = 0; c < d; ++c)
+        for (int64_t sp = 0; sp < k1; ++sp) {
+          float* e = dst + (c * k1 + sp) * kNR;
+          for (int64_t i = 0; i < kNR; ++i)
+            e[i] = j0 + i < d ? load(w, c * Kq + (j0 + i) * k1 + (k1 - 1 - sp)) : 0.f;
+        }
+    }
+#pragma omp for schedule(static) nowait
+    for (int64_t n = 0; n < Kq; ++n) gather[n] = static_cast<int32_t>((n % k1) * C + n / k1);
+#pragma omp for schedule(static)
+    for (int64_t b = -1; b <= s.B; ++b) {
+      auto zero_rows = [&](int64_t r0, int64_t r1, bool all) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < C; ++c) {
+            dy[r * C + c] = 0.f;
+            if (all) abuf_all[r * C + c] = da[r * C + c] = 0.f;
+          }
+      };
+      if (b == -1) zero_rows(0, L.guard, true);
+      else if (b == s.B) zero_rows(L.rows - L.guard, L.rows, true);
+      else zero_rows(row_of(b, -(k1 - 1)), row_of(b, 0), cu[b + 1] == cu[b]);
+    }
+
+    // Phase 1: recompute A and Y; dY = d(pre) from the output gradients.
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < nblocks * H; ++task) {
+      const int64_t g = task % H, t_end = std::min(s.T, (task / H + 1) * kCcaBlock);
+      for (int64_t t0 = (task / H) * kCcaBlock; t0 < t_end;) {
+        const int64_t b = seq_of(cu, s.B, t0);
+        const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), n = t1 - t0, p0 = t0 - cu[b];
+        x.depthwise(b, g, p0 - (k1 - 1), p0 + n, abuf);
+        for (int64_t r = (p0 == 0 ? 0 : k1 - 1); r < n + k1 - 1; ++r) {
+          float* dst = abuf_all + row_of(b, p0 - (k1 - 1) + r) * C + g * d;
+          for (int64_t j = 0; j < d; ++j) dst[j] = abuf[r * d + j];
+        }
+        x.grouped_conv(g, n, abuf, y, pa, arow, tile);
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t t = t0 + r;
+          float* pre = y + r * d;
+          x.add_residual(g, t, pre);
+          float nrm;
+          const float r0 = x.norm_scale(pre, &nrm);
+          const bool is_q = g < s.Hq;
+          const T* go = is_q ? (gq ? gq + t * p.gq_row_stride + g * p.gq_head_stride : nullptr)
+                             : (gk ? gk + t * p.gk_row_stride + (g - s.Hq) * p.gk_head_stride : nullptr);
+          float* dyr = dy + row_of(b, p0 + r) * C + g * d;
+          if (go == nullptr) {
+            for (int64_t j = 0; j < d; ++j) dyr[j] = 0.f;
+            continue;
+          }
+          // du = RoPE^T(go), into dyr.
+          const float* cs = x.cs + t * s.rd;
+          const int64_t hf = s.half;
+#pragma omp simd
+          for (int64_t i = 0; i < hf; ++i) {
+            const float g1 = load(go, i), g2 = load(go, i + hf);
+            dyr[i] = g1 * cs[i] + g2 * cs[hf + i];
+            dyr[i + hf] = g2 * cs[i] - g1 * cs[hf + i];
+          }
+#pragma omp simd
+          for (int64_t j = s.rd; j < d; ++j) dyr[j] = load(go, j);
+          if (!is_q) {
+            const int64_t kh = g - s.Hq;
+            const float tv = x.temp[kh];
+            float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < d; ++j) acc += dyr[j] * pre[j];
+            dtemp[kh] += acc * r0;
+#pragma omp simd
+            for (int64_t j = 0; j < d; ++j) dyr[j] *= tv;
+          }
+          if (nrm > p.norm_eps) {
+            float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t j = 0; j < d; ++j) dot += dyr[j] * pre[j];
+            const float k = dot / (nrm * nrm);
+#pragma omp simd
+            for (int64_t j = 0; j < d; ++j) dyr[j] = r0 * (dyr[j] - pre[j] * k);
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < d; ++j) dyr[j] *= r0;
+          }
+        }
+        t0 = t1;
+      }
+    }
+
+    // Phase 2: dA = conv1^T dY per (block, head); dW1 and db1 per head (the first H tasks, the longest).
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < H + nblocks * H; ++task) {
+      if (task < H) {
+        const int64_t g = task;
+        float* gw = p.grad_conv1_w + g * d * Kq;
+        for (int64_t i = 0; i < d * Kq; ++i) gw[i] = 0.f;
+        for (int64_t c = 0; c < d; ++c) {
+          float acc = 0.f;
+          for (int64_t r = L.guard; r < w_rows_end; ++r) acc += dy[r * C + g * d + c];
+          p.grad_conv1_b[g * d + c] = acc;
+        }
+        const int64_t npa = (d + kMR - 1) / kMR, npb = (Kq + kNR - 1) / kNR;
+        for (int64_t r0 = L.guard; r0 < w_rows_end; r0 += kKC) {
+          const int64_t kc = std::min(kKC, w_rows_end - r0);
+          const Source<float> src_a{dy + r0 * C + g * d, 1, C};
+          const Source<float> src_b{abuf_all + (r0 - (k1 - 1)) * C + g * d, 1, C, gather};
+          for (int64_t i = 0; i < npa; ++i)
+            pack_rows<kMR, float, false>(src_a, i * kMR, static_cast<int>(std::min<int64_t>(kMR, d - i * kMR)), kc,
+                                         wa + i * kMR * kKC);
+          for (int64_t i = 0; i < npb; ++i)
+            pack_rows<kNR, float, false>(src_b, i * kNR, static_cast<int>(std::min<int64_t>(kNR, Kq - i * kNR)),
+                                         kc, wb + i * kNR * kKC);
+          for (int64_t i = 0; i < npa; ++i)
+            for (int64_t jn = 0; jn < npb; ++jn) {
+              micro_kernel<float, false>(kc, wa + i * kMR * kKC, wb + jn * kNR * kKC, tile, false);
+              const int64_t mr = std::min<int64_t>(kMR, d - i * kMR), nr = std::min<int64_t>(kNR, Kq - jn * kNR);
+              for (int64_t a = 0; a < mr; ++a)
+                for (int64_t c = 0; c < nr; ++c) gw[(i * kMR + a) * Kq + jn * kNR + c] += tile[a * kNR + c];
+            }
+        }
+        continue;
+      }
+      const int64_t tk = task - H, g = tk % H, t_end = std::min(s.T, (tk / H + 1) * kCcaBlock);
+      for (int64_t t0 = (tk / H) * kCcaBlock; t0 < t_end;) {
+        const int64_t b = seq_of(cu, s.B, t0);
+        const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), p0 = t0 - cu[b];
+        const int64_t plo = p0 == 0 ? -(k1 - 1) : p0, n = (t1 - cu[b]) - plo, r_base = row_of(b, plo);
+        for (int64_t r0 = 0; r0 < n; r0 += kMR) {
+          const int cnt = static_cast<int>(std::min<int64_t>(kMR, n - r0));
+          pack_window<kMR>(dy + g * d, C, r_base + r0, cnt, d, k1, pa2);
+          for (int64_t pn = 0; pn < s.npan; ++pn) {
+            micro_kernel<float, false>(Kq, pa2, packed_wt + (g * s.npan + pn) * Kq * kNR, tile, false);
+            const int64_t nc = std::min<int64_t>(kNR, d - pn * kNR);
+            for (int i = 0; i < cnt; ++i) {
+              float* dst = da + (r_base + r0 + i) * C + g * d + pn * kNR;
+              for (int64_t c = 0; c < nc; ++c) dst[c] = tile[i * kNR + c];
+            }
+          }
+        }
+        t0 = t1;
+      }
+    }
+
+    // Phase 3: depthwise backward, residual paths, values, states, parameter reductions.
+    auto gcs = [&](int64_t b, int64_t c, int64_t i) {
+      return p.grad_conv_state_out
+                 ? load_dyn(p.grad_conv_state_out, p.state_dtype, b * p.gcs_batch_stride + c * p.gcs_channel_stride + i)
+                 : 0.f;
+    };
+    // Gradient reaching pre-conv column c of sequence b at position px (>= -K).
+    auto dx_at = [&](int64_t b, int64_t len, int64_t px, int64_t c) {
+      float acc = 0.f;
+      for (int64_t k = 0; k < s.k0; ++k) {
+        const int64_t pa_ = px + (s.k0 - 1) - k;
+        if (pa_ >= -(k1 - 1) && pa_ < len) acc += x.w0t[k * C + c] * da[row_of(b, pa_) * C + c];
+      }
+      if (px >= len - s.K) acc += gcs(b, c, px - (len - s.K));
+      return acc;
+    };
+    T* gqp = static_cast<T*>(p.grad_qp);
+    T* gkp = static_cast<T*>(p.grad_kp);
+    T* gvc = static_cast<T*>(p.grad_v_cur);
+    T* gvd = static_cast<T*>(p.grad_v_del);
+#pragma omp for schedule(static) nowait
+    for (int64_t t = 0; t < s.T; ++t) {
+      const int64_t b = seq_of(cu, s.B, t), len = cu[b + 1] - cu[b], pt = t - cu[b];
+      const float* dyr = dy + row_of(b, pt) * C;
+      for (int64_t c = 0; c < C; ++c) {
+        float g = dx_at(b, len, pt, c);
+        const int64_t h = c / d, j = c % d;
+        if (h < s.Hq) {
+          g += 0.5f * dyr[c] + 0.5f / static_cast<float>(G) * dyr[qd + (h / G) * d + j];
+          store(gqp, t * p.gqp_row_stride + c, g);
+        } else {
+          const int64_t kh = h - s.Hq;
+          float acc = 0.f;
+          for (int64_t hq = kh * G; hq < (kh + 1) * G; ++hq) acc += dyr[hq * d + j];
+          g += 0.5f * acc + 0.5f * dyr[c];
+          store(gkp, t * p.gkp_row_stride + (c - qd), g);
+        }
+      }
+      for (int64_t i = 0; i < V; ++i) {
+        store(gvc, t * p.gvc_row_stride + i, gv ? load(gv, t * p.gv_row_stride + i) : 0.f);
+        float g = (gv && pt + 1 < len) ? load(gv, (t + 1) * p.gv_row_stride + V + i) : 0.f;
+        if (pt + 1 == len && p.grad_v_state_out)
+          g += load_dyn(p.grad_v_state_out, p.state_dtype, b * p.gvs_batch_stride + i);
+        store(gvd, t * p.gvd_row_stride + i, g);
+      }
+    }
+#pragma omp for schedule(static) nowait
+    for (int64_t b = 0; b < s.B; ++b) {
+      const int64_t len = cu[b + 1] - cu[b];
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t i = 0; i < s.K; ++i)
+          store_dyn(p.grad_conv_state_in, p.state_dtype, (b * C + c) * s.K + i, dx_at(b, len, i - s.K, c));
+      for (int64_t i = 0; i < V; ++i) {
+        float g = 0.f;
+        if (len > 0) g = gv ? load(gv, cu[b] * p.gv_row_stride + V + i) : 0.f;
+        else if (p.grad_v_state_out) g = load_dyn(p.grad_v_state_out, p.state_dtype, b * p.gvs_batch_stride + i);
+        store_dyn(p.grad_v_state_in, p.state_dtype, b * V + i, g);
+      }
+    }
+    // conv0 weight and bias gradients, channel-parallel in chunks of up to 32 channels of one head.
+    const int64_t chunks_per_head = (d + 31) / 32;
+#pragma omp for schedule(static) nowait
+    for (int64_t ch = 0; ch < H * chunks_per_head; ++ch) {
+      const int64_t g = ch / chunks_per_head, j0 = (ch % chunks_per_head) * 32, w = std::min<int64_t>(32, d - j0);
+      const int64_t c0 = g * d + j0;
+      float acc_b[32] = {}, acc_w[8][32] = {};
+      float* gw0 = p.grad_conv0_w;
+      const bool small_k0 = s.k0 <= 8;
+      if (!small_k0)
+        for (int64_t j = 0; j < w; ++j)
+          for (int64_t k = 0; k < s.k0; ++k) gw0[(c0 + j) * s.k0 + k] = 0.f;
+      for (int64_t b = 0; b < s.B; ++b) {
+        const int64_t len = cu[b + 1] - cu[b];
+        for (int64_t pp = -(k1 - 1); pp < len; ++pp) {
+          const float* dar = da + row_of(b, pp) * C + c0;
+          for (int64_t j = 0; j < w; ++j) acc_b[j] += dar[j];
+          for (int64_t k = 0; k < s.k0; ++k) {
+            const int64_t px = pp - (s.k0 - 1) + k;
+            float* aw = small_k0 ? acc_w[k] : nullptr;
+            if (px >= 0) {
+              const T* row = x.x_row(b, px, g) + j0;
+              if (small_k0) {
+#pragma omp simd
+                for (int64_t j = 0; j < w; ++j) aw[j] += dar[j] * load(row, j);
+              } else {
+                for (int64_t j = 0; j < w; ++j) gw0[(c0 + j) * s.k0 + k] += dar[j] * load(row, j);
+              }
+            } else if (x.cs_in) {
+              for (int64_t j = 0; j < w; ++j) {
+                const float v = dar[j] * x.x_at(b, px, c0 + j);
+                if (small_k0) aw[j] += v;
+                else gw0[(c0 + j) * s.k0 + k] += v;
+              }
+            }
+          }
+        }
+      }
+      for (int64_t j = 0; j < w; ++j) {
+        p.grad_conv0_b[c0 + j] = acc_b[j];
+        if (small_k0)
+          for (int64_t k = 0; k < s.k0; ++k) gw0[(c0 + j) * s.k0 + k] = acc_w[k][j];
+      }
+    }
+#pragma omp barrier
+#pragma omp single
+    for (int64_t kh = 0; kh < s.Hk; ++kh) {
+      float acc = 0.f;
+      for (int th = 0; th < omp_get_num_threads(); ++th) acc += ws[L.thread0 + th * L.per_thread + kh];
+      p.grad_temp[kh] = acc;
+    }
+  }
+  return nullptr;
+}
+
+template <template <typename, typename> class Fn, typename P>
+const char* route_types(const P& p) {
+  if (p.w_dtype != p.dtype && p.w_dtype != DType::kFloat32) return "weights must have the activations' dtype or float32";
+  switch (p.dtype) {
+    case DType::kFloat32: return Fn<float, float>::run(p);
+    case DType::kBFloat16:
+      return p.w_dtype == DType::kFloat32 ? Fn<bf16, float>::run(p) : Fn<bf16, bf16>::run(p);
+    case DType::kFloat16:
+      return p.w_dtype == DType::kFloat32 ? Fn<f16, float>::run(p) : Fn<f16, f16>::run(p);
+    default: return "unsupported dtype (expected float32, float16 or bfloat16)";
+  }
+}
+
+template <typename T, typename W> struct Fwd { static const char* run(const CcaPrepFwdParams& p) { return fwd_impl<T, W>(p); } };
+template <typename T, typename W> struct Bwd { static const char* run(const CcaPrepBwdParams& p) { return bwd_impl<T, W>(p); } };
+
+}  // namespace
+
+const char* cca_prep_fwd(const CcaPrepFwdParams& p) { return route_types<Fwd>(p); }
+const char* cca_prep_bwd(const CcaPrepBwdParams& p) { return route_types<Bwd>(p); }
+
+}  // namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA

@@ -1,0 +1,147 @@
+#include "dispatch_cca.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <initializer_list>
+#include <utility>
+#include <stdexcept>
+#include <string>
+
+namespace zaya_rt {
+namespace {
+
+[[noreturn]] void bad(const char* op, const std::string& what) {
+  throw std::invalid_argument(std::string("zaya_rt.") + op + ": " + what);
+}
+
+void need(const char* op, bool ok, const std::string& what) {
+  if (!ok) bad(op, what);
+}
+
+void check_sizes(const char* op, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t d, int64_t k0, int64_t k1,
+                 int64_t rd, float eps) {
+  need(op, T >= 0 && B >= 0, "token and sequence counts must be non-negative");
+  need(op, Hq >= 1 && Hk >= 1 && Hq % Hk == 0, "num_q_heads must be a positive multiple of num_kv_heads");
+  need(op, d >= 2 && d % 2 == 0, "head_dim must be even and at least 2, got " + std::to_string(d));
+  need(op, k0 >= 1 && k1 >= 1, "conv kernel sizes must be at least 1");
+  need(op, rd > 0 && rd <= d && rd % 2 == 0, "rope_dims must be even with 0 < rope_dims <= head_dim, got " +
+                                                 std::to_string(rd));
+  need(op, eps >= 0.f && std::isfinite(eps), "norm_eps must be finite and non-negative");
+}
+
+void check_types(const char* op, DType dtype, DType w_dtype, DType state_dtype, DType pos_dtype) {
+  need(op, is_floating_16_32(dtype), std::string("activations must be float32, float16 or bfloat16, got ") +
+                                         dtype_name(dtype));
+  need(op, w_dtype == dtype || w_dtype == DType::kFloat32, "weights must have the activations' dtype or float32");
+  need(op, state_dtype == dtype || state_dtype == DType::kFloat32, "state must have the activations' dtype or float32");
+  need(op, pos_dtype == DType::kInt32 || pos_dtype == DType::kInt64, "positions must be int32 or int64");
+}
+
+void check_ptr(const char* op, const char* name, const void* p, bool needed) {
+  if (needed && p == nullptr) bad(op, std::string(name) + " is a null pointer");
+}
+
+void check_stride(const char* op, const char* name, int64_t stride, int64_t width, int64_t rows) {
+  if (rows > 1 && stride < width)
+    bad(op, std::string(name) + " row stride " + std::to_string(stride) + " is smaller than its row (" +
+                std::to_string(width) + ")");
+}
+
+// cu_seqlens is host memory on the CPU: checks it fully, so the kernel can trust it.
+void check_cu_seqlens(const char* op, const int32_t* cu, int64_t B, int64_t T) {
+  check_ptr(op, "cu_seqlens", cu, true);
+  need(op, cu[0] == 0, "cu_seqlens must start at 0");
+  for (int64_t b = 0; b < B; ++b)
+    need(op, cu[b + 1] >= cu[b], "cu_seqlens must be non-decreasing (at index " + std::to_string(b + 1) + ")");
+  need(op, cu[B] == T, "cu_seqlens must end at the token count " + std::to_string(T) + ", got " +
+                           std::to_string(cu[B]));
+}
+
+void finish(const char* op, const char* err) {
+  if (err != nullptr) throw std::runtime_error(std::string("zaya_rt.") + op + ": " + err);
+}
+
+}  // namespace
+
+void cca_prep_fwd(const CcaPrepFwdParams& p, const Device& dev) {
+  const char* op = "cca_prep";
+  check_sizes(op, p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, p.norm_eps);
+  check_types(op, p.dtype, p.w_dtype, p.state_dtype, p.pos_dtype);
+  const bool any = p.T > 0, K = (p.k0 - 1) + (p.k1 - 1) > 0;
+  const int64_t qd = p.Hq * p.d, kd = p.Hk * p.d, V = kd / 2;
+  for (auto [name, ptr] : {std::pair{"qp", p.qp}, {"kp", p.kp}, {"v_cur", p.v_cur}, {"v_del", p.v_del},
+                           {"positions", p.positions}})
+    check_ptr(op, name, ptr, any);
+  for (auto [name, ptr] : {std::pair{"conv0_w", p.conv0_w}, {"conv0_b", p.conv0_b}, {"conv1_w", p.conv1_w},
+                           {"conv1_b", p.conv1_b}, {"temp", p.temp},
+                           {"inv_freq", static_cast<const void*>(p.inv_freq)}, {"workspace", p.workspace}})
+    check_ptr(op, name, ptr, true);
+  check_ptr(op, "q", p.q, any);
+  check_ptr(op, "k", p.k, any);
+  check_ptr(op, "v", p.v, any);
+  check_ptr(op, "conv_state_out", p.conv_state_out, p.B > 0 && K);
+  check_ptr(op, "v_state_out", p.v_state_out, p.B > 0);
+  check_stride(op, "qp", p.qp_row_stride, qd, p.T);
+  check_stride(op, "kp", p.kp_row_stride, kd, p.T);
+  check_stride(op, "v_cur", p.v_cur_row_stride, V, p.T);
+  check_stride(op, "v_del", p.v_del_row_stride, V, p.T);
+  check_stride(op, "v", p.v_row_stride, kd, p.T);
+  need(op, p.q_head_stride >= p.d && p.k_head_stride >= p.d, "q/k head strides must be at least head_dim");
+  check_stride(op, "q", p.q_row_stride, p.Hq * p.q_head_stride - (p.q_head_stride - p.d), p.T);
+  check_stride(op, "k", p.k_row_stride, p.Hk * p.k_head_stride - (p.k_head_stride - p.d), p.T);
+  if (dev.type != DeviceType::kCpu) bad(op, "the CCA prep kernel runs on the CPU only so far");
+  check_cu_seqlens(op, p.cu_seqlens, p.B, p.T);
+  if (p.workspace_bytes < cpu::cca_prep_fwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, 1))
+    bad(op, "workspace is too small");
+  finish(op, cpu::cca_prep_fwd(p));
+}
+
+void cca_prep_bwd(const CcaPrepBwdParams& p, const Device& dev) {
+  const char* op = "cca_prep_backward";
+  check_sizes(op, p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, p.norm_eps);
+  check_types(op, p.dtype, p.w_dtype, p.state_dtype, p.pos_dtype);
+  const bool any = p.T > 0, K = (p.k0 - 1) + (p.k1 - 1) > 0;
+  const int64_t qd = p.Hq * p.d, kd = p.Hk * p.d, V = kd / 2;
+  for (auto [name, ptr] : {std::pair{"qp", p.qp}, {"kp", p.kp}, {"positions", p.positions},
+                           {"grad_qp", static_cast<const void*>(p.grad_qp)}, {"grad_kp", p.grad_kp},
+                           {"grad_v_cur", p.grad_v_cur}, {"grad_v_del", p.grad_v_del}})
+    check_ptr(op, name, ptr, any);
+  for (auto [name, ptr] : {std::pair{"conv0_w", p.conv0_w}, {"conv0_b", p.conv0_b}, {"conv1_w", p.conv1_w},
+                           {"conv1_b", p.conv1_b}, {"temp", p.temp},
+                           {"inv_freq", static_cast<const void*>(p.inv_freq)}, {"workspace", p.workspace},
+                           {"grad_conv0_w", static_cast<const void*>(p.grad_conv0_w)},
+                           {"grad_conv0_b", static_cast<const void*>(p.grad_conv0_b)},
+                           {"grad_conv1_w", static_cast<const void*>(p.grad_conv1_w)},
+                           {"grad_conv1_b", static_cast<const void*>(p.grad_conv1_b)},
+                           {"grad_temp", static_cast<const void*>(p.grad_temp)}})
+    check_ptr(op, name, ptr, true);
+  check_ptr(op, "grad_conv_state_in", p.grad_conv_state_in, p.B > 0 && K);
+  check_ptr(op, "grad_v_state_in", p.grad_v_state_in, p.B > 0);
+  check_stride(op, "qp", p.qp_row_stride, qd, p.T);
+  check_stride(op, "kp", p.kp_row_stride, kd, p.T);
+  check_stride(op, "grad_qp", p.gqp_row_stride, qd, p.T);
+  check_stride(op, "grad_kp", p.gkp_row_stride, kd, p.T);
+  check_stride(op, "grad_v_cur", p.gvc_row_stride, V, p.T);
+  check_stride(op, "grad_v_del", p.gvd_row_stride, V, p.T);
+  if (p.grad_v) check_stride(op, "grad_v", p.gv_row_stride, kd, p.T);
+  if (dev.type != DeviceType::kCpu) bad(op, "the CCA prep kernel runs on the CPU only so far");
+  check_cu_seqlens(op, p.cu_seqlens, p.B, p.T);
+  if (p.workspace_bytes < cpu::cca_prep_bwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, 1))
+    bad(op, "workspace is too small");
+  finish(op, cpu::cca_prep_bwd(p));
+}
+
+int64_t cca_prep_fwd_workspace(const Device& d, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t dh, int64_t k0,
+                               int64_t k1, int64_t rd) {
+  if (d.type != DeviceType::kCpu) return 0;
+  return cpu::cca_prep_fwd_workspace(T, B, Hq, Hk, dh, k0, k1, rd, omp_get_max_threads());
+}
+
+int64_t cca_prep_bwd_workspace(const Device& d, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t dh, int64_t k0,
+                               int64_t k1, int64_t rd) {
+  if (d.type != DeviceType::kCpu) return 0;
+  return cpu::cca_prep_bwd_workspace(T, B, Hq, Hk, dh, k0, k1, rd, omp_get_max_threads());
+}
+
+}  // namespace zaya_rt

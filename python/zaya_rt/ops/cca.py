@@ -1,0 +1,379 @@
+"""CCA prep (SPEC section 3, steps 2-4) as one op: convolved q/k with residual paths, L2 qk norm, key temperature,
+partial RoPE and the value shift, over packed variable-length sequences with conv/value state in and out.
+
+  cca_prep(qp[T, Hq*d], kp[T, Hk*d], v_cur[T, V], v_del[T, V], conv0_w[C, 1, k0], conv0_b[C],
+           conv1_w[C, d, k1], conv1_b[C], temp[Hk], positions[T] int32/int64, cu_seqlens[B+1] int32,
+           conv_state[B, C, K]?, v_state[B, V]?, num_q_heads, num_kv_heads, rope_dims, rope_theta)
+      -> (q[T, Hq, d], k[T, Hk, d], v[T, Hk, d], conv_state_out[B, C, K], v_state_out[B, V])
+
+with C = (Hq + Hk) * d, V = Hk * d / 2, K = (k0 - 1) + (k1 - 1). The math is zaya_rt.ref.cca_prep (and
+csrc/include/zaya_rt/cca.h); the conv and the value shift never cross a sequence boundary.
+
+Numerics: everything inside runs in fp32 and outputs are rounded once to the activations' dtype; the norm is
+clamped at the activations' dtype eps (as transformers does). Weights (conv, temp) may be the activations'
+dtype or fp32; states come back in the states' dtype (the activations' when both states are None).
+
+Sequence start: a None state means zeros. When the model's `v_proj_delayed` has a bias, the value a new
+sequence shifts in is that bias (the projection of a zero input), so the caller passes v_state filled with it.
+
+The fused kernel runs on the CPU for float32/float16/bfloat16 (forward and backward); float64 (gradcheck) and
+other devices use zaya_rt.ref.cca_prep until GPU kernels land.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from zaya_rt import _C, ref
+from zaya_rt.ops._lib import DTYPE_CODES, FLOAT_DTYPES, device_args, lib, register_autograd, register_kernels
+
+lib.define(
+    "cca_prep(Tensor qp, Tensor kp, Tensor v_cur, Tensor v_del, Tensor conv0_w, Tensor conv0_b, Tensor conv1_w, "
+    "Tensor conv1_b, Tensor temp, Tensor positions, Tensor cu_seqlens, Tensor? conv_state, Tensor? v_state, "
+    "int num_q_heads, int num_kv_heads, int rope_dims, float rope_theta) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+lib.define(
+    "cca_prep_backward(Tensor? grad_q, Tensor? grad_k, Tensor? grad_v, Tensor? grad_conv_state, "
+    "Tensor? grad_v_state, Tensor qp, Tensor kp, Tensor v_cur, Tensor conv0_w, Tensor conv0_b, Tensor conv1_w, "
+    "Tensor conv1_b, Tensor temp, Tensor positions, Tensor cu_seqlens, Tensor? conv_state, Tensor? v_state, "
+    "int num_q_heads, int num_kv_heads, int rope_dims, float rope_theta) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+_OP = "cca_prep"
+_ALL_FLOATS = (*FLOAT_DTYPES, torch.float64)
+_INV_FREQ: dict[tuple[int, float, str], torch.Tensor] = {}
+
+
+def _fail(exc, msg: str):
+    raise exc(f"zaya_rt.{_OP}: {msg}")
+
+
+def _tensor(name: str, t, dtypes, ndim: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        _fail(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        _fail(TypeError, f"{name} has dtype {t.dtype}, expected one of {[str(d) for d in dtypes]}")
+    if t.dim() != ndim:
+        _fail(ValueError, f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
+
+
+def _int_arg(name: str, v, minimum: int) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        _fail(ValueError, f"{name} must be an integer >= {minimum}, got {v!r}")
+
+
+def _check(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
+           v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta):
+    """Validates everything but the values of cu_seqlens (checked by the kernel); returns (T, B, d, k0, k1)."""
+    _int_arg("num_q_heads", num_q_heads, 1)
+    _int_arg("num_kv_heads", num_kv_heads, 1)
+    if num_q_heads % num_kv_heads:
+        _fail(ValueError, f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    _tensor("qp", qp, _ALL_FLOATS, 2)
+    dtype = qp.dtype
+    for name, t in (("kp", kp), ("v_cur", v_cur), ("v_del", v_del)):
+        _tensor(name, t, (dtype,), 2)
+    T = qp.shape[0]
+    if qp.shape[1] % num_q_heads or qp.shape[1] == 0:
+        _fail(ValueError, f"qp width {qp.shape[1]} is not num_q_heads ({num_q_heads}) x head_dim")
+    d = qp.shape[1] // num_q_heads
+    if d % 2:
+        _fail(ValueError, f"head_dim must be even, got {d}")
+    Hq, Hk = num_q_heads, num_kv_heads
+    C, V = (Hq + Hk) * d, Hk * d // 2
+    want = {"kp": (T, Hk * d), "v_cur": (T, V), "v_del": (T, V)}
+    for name, t in (("kp", kp), ("v_cur", v_cur), ("v_del", v_del)):
+        if tuple(t.shape) != want[name]:
+            _fail(ValueError, f"{name} has shape {tuple(t.shape)}, expected {want[name]}")
+    wdt = (dtype, torch.float32) if dtype != torch.float64 else (dtype,)
+    _tensor("conv0_w", conv0_w, wdt, 3)
+    _tensor("conv1_w", conv1_w, (conv0_w.dtype,), 3)
+    k0, k1 = conv0_w.shape[2], conv1_w.shape[2]
+    if conv0_w.shape[:2] != (C, 1) or k0 < 1:
+        _fail(ValueError, f"conv0_w has shape {tuple(conv0_w.shape)}, expected ({C}, 1, k0) with k0 >= 1")
+    if conv1_w.shape[:2] != (C, d) or k1 < 1:
+        _fail(ValueError, f"conv1_w has shape {tuple(conv1_w.shape)}, expected ({C}, {d}, k1) with k1 >= 1")
+    for name, t, n in (("conv0_b", conv0_b, C), ("conv1_b", conv1_b, C), ("temp", temp, Hk)):
+        _tensor(name, t, (conv0_w.dtype,), 1)
+        if t.shape[0] != n:
+            _fail(ValueError, f"{name} has {t.shape[0]} entries, expected {n}")
+    _tensor("positions", positions, (torch.int32, torch.int64), 1)
+    if positions.shape[0] != T:
+        _fail(ValueError, f"positions has {positions.shape[0]} entries for {T} tokens")
+    _tensor("cu_seqlens", cu_seqlens, (torch.int32,), 1)
+    if cu_seqlens.shape[0] < 1:
+        _fail(ValueError, "cu_seqlens needs at least one entry (B + 1)")
+    B, K = cu_seqlens.shape[0] - 1, (k0 - 1) + (k1 - 1)
+    sdt = (dtype, torch.float32) if dtype != torch.float64 else (dtype,)
+    if conv_state is not None:
+        _tensor("conv_state", conv_state, sdt, 3)
+        if tuple(conv_state.shape) != (B, C, K):
+            _fail(ValueError, f"conv_state has shape {tuple(conv_state.shape)}, expected {(B, C, K)}")
+    if v_state is not None:
+        _tensor("v_state", v_state, sdt, 2)
+        if tuple(v_state.shape) != (B, V):
+            _fail(ValueError, f"v_state has shape {tuple(v_state.shape)}, expected {(B, V)}")
+    if conv_state is not None and v_state is not None and conv_state.dtype != v_state.dtype:
+        _fail(TypeError, f"conv_state ({conv_state.dtype}) and v_state ({v_state.dtype}) must share a dtype")
+    _int_arg("rope_dims", rope_dims, 1)
+    if rope_dims % 2 or rope_dims > d:
+        _fail(ValueError, f"rope_dims must be even and at most head_dim ({d}), got {rope_dims}")
+    if not isinstance(rope_theta, (int, float)) or not (math.isfinite(rope_theta) and rope_theta > 0):
+        _fail(ValueError, f"rope_theta must be a finite positive number, got {rope_theta!r}")
+    tensors = {"qp": qp, "kp": kp, "v_cur": v_cur, "v_del": v_del, "conv0_w": conv0_w, "conv0_b": conv0_b,
+               "conv1_w": conv1_w, "conv1_b": conv1_b, "temp": temp, "positions": positions,
+               "cu_seqlens": cu_seqlens, "conv_state": conv_state, "v_state": v_state}
+    devices = {n: t.device for n, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        _fail(ValueError, "all tensors must be on one device, got " + ", ".join(f"{n} on {v}" for n, v in devices.items()))
+    if qp.device.type not in ("cpu", "cuda", "meta"):
+        _fail(ValueError, f"unsupported device {qp.device}")
+    return T, B, d, k0, k1
+
+
+def _state_dtype(qp, conv_state, v_state) -> torch.dtype:
+    for s in (conv_state, v_state):
+        if s is not None:
+            return s.dtype
+    return qp.dtype
+
+
+def _inv_freq(rope_dims: int, rope_theta: float, device) -> torch.Tensor:
+    key = (rope_dims, float(rope_theta), str(device))
+    t = _INV_FREQ.get(key)
+    if t is None:
+        t = ref.rope_inv_freq(rope_dims, float(rope_theta), torch.float32).to(device)
+        _INV_FREQ[key] = t
+    return t
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def _rs(t: torch.Tensor) -> int:
+    return t.stride(0) if t.shape[0] > 1 else t.shape[-1]
+
+
+def _reference(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
+               v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta):
+    """zaya_rt.ref.cca_prep at max(dtype, fp32) precision: the op's path off the CPU and for float64."""
+    wide = torch.promote_types(qp.dtype, torch.float32)
+    sdt = _state_dtype(qp, conv_state, v_state)
+    w = lambda t: None if t is None else t.to(wide)  # noqa: E731
+    q, k, v, cs, vs = ref.cca_prep(
+        w(qp), w(kp), w(v_cur), w(v_del), w(conv0_w), w(conv0_b), w(conv1_w), w(conv1_b), w(temp), positions,
+        cu_seqlens, w(conv_state), w(v_state), num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+        rope_dims=rope_dims, rope_theta=rope_theta, norm_eps=torch.finfo(qp.dtype).eps,
+    )
+    return q.to(qp.dtype), k.to(qp.dtype), v.to(qp.dtype), cs.to(sdt), vs.to(sdt)
+
+
+def _impl(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
+          v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta):
+    args = (qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
+            v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta)
+    T, B, d, k0, k1 = _check(*args)
+    if qp.device.type != "cpu" or qp.dtype == torch.float64:
+        return _reference(*args)
+    Hq, Hk = num_q_heads, num_kv_heads
+    C, V, K = (Hq + Hk) * d, Hk * d // 2, (k0 - 1) + (k1 - 1)
+    sdt = _state_dtype(qp, conv_state, v_state)
+    qp, kp, v_cur, v_del = (_rows(t) for t in (qp, kp, v_cur, v_del))
+    conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens = (
+        t.contiguous() for t in (conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens))
+    cs_in = conv_state.to(sdt) if conv_state is not None else None
+    if cs_in is not None and K > 0 and cs_in.stride(2) != 1:
+        cs_in = cs_in.contiguous()
+    vs_in = _rows(v_state.to(sdt)) if v_state is not None else None
+    q = qp.new_empty((T, Hq, d))
+    k = qp.new_empty((T, Hk, d))
+    v = qp.new_empty((T, Hk, d))
+    cs_out = qp.new_empty((B, C, K), dtype=sdt)
+    vs_out = qp.new_empty((B, V), dtype=sdt)
+    inv = _inv_freq(rope_dims, rope_theta, qp.device)
+    dev = device_args(qp)
+    ws_bytes = _C.cca_prep_fwd_workspace(dev[0], T, B, Hq, Hk, d, k0, k1, rope_dims)
+    ws = torch.empty(ws_bytes, dtype=torch.uint8, device=qp.device)
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    _C.cca_prep_fwd(
+        (qp.data_ptr(), kp.data_ptr(), v_cur.data_ptr(), v_del.data_ptr(), conv0_w.data_ptr(), conv0_b.data_ptr(),
+         conv1_w.data_ptr(), conv1_b.data_ptr(), temp.data_ptr(), ptr(cs_in), ptr(vs_in), positions.data_ptr(),
+         cu_seqlens.data_ptr(), inv.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), cs_out.data_ptr(),
+         vs_out.data_ptr(), ws.data_ptr()),
+        (_rs(qp), _rs(kp), _rs(v_cur), _rs(v_del), cs_in.stride(0) if cs_in is not None else 0,
+         cs_in.stride(1) if cs_in is not None else 0, vs_in.stride(0) if vs_in is not None else 0,
+         Hq * d, d, Hk * d, d, Hk * d, C * K, K, V, 0),
+        (DTYPE_CODES[qp.dtype], DTYPE_CODES[conv0_w.dtype], DTYPE_CODES[sdt], DTYPE_CODES[positions.dtype]),
+        (T, B, Hq, Hk, d, k0, k1, rope_dims), float(torch.finfo(qp.dtype).eps), ws_bytes, *dev,
+    )
+    return q, k, v, cs_out, vs_out
+
+
+def _fake(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
+          v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta):
+    T, B, d, k0, k1 = _check(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens,
+                             conv_state, v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta)
+    Hq, Hk = num_q_heads, num_kv_heads
+    sdt = _state_dtype(qp, conv_state, v_state)
+    return (qp.new_empty((T, Hq, d)), qp.new_empty((T, Hk, d)), qp.new_empty((T, Hk, d)),
+            qp.new_empty((B, (Hq + Hk) * d, (k0 - 1) + (k1 - 1)), dtype=sdt),
+            qp.new_empty((B, Hk * d // 2), dtype=sdt))
+
+
+# ---- backward ------------------------------------------------------------------------------------------------
+
+
+def _backward_impl(grad_q, grad_k, grad_v, grad_cs, grad_vs, qp, kp, v_cur, conv0_w, conv0_b, conv1_w, conv1_b,
+                   temp, positions, cu_seqlens, conv_state, v_state, num_q_heads, num_kv_heads, rope_dims,
+                   rope_theta):
+    T, Hq, Hk = qp.shape[0], num_q_heads, num_kv_heads
+    d = qp.shape[1] // Hq
+    k0, k1 = conv0_w.shape[2], conv1_w.shape[2]
+    B, C, V, K = cu_seqlens.shape[0] - 1, (Hq + Hk) * d, Hk * d // 2, (k0 - 1) + (k1 - 1)
+    sdt = _state_dtype(qp, conv_state, v_state)
+    qp, kp = _rows(qp), _rows(kp)
+    conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens = (
+        t.contiguous() for t in (conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens))
+    cs_in = conv_state.to(sdt) if conv_state is not None else None
+    if cs_in is not None and K > 0 and cs_in.stride(2) != 1:
+        cs_in = cs_in.contiguous()
+    head_grad = lambda g: None if g is None else (g.to(qp.dtype) if g.stride(-1) == 1 else g.to(qp.dtype).contiguous())  # noqa: E731
+    gq, gk, gv = head_grad(grad_q), head_grad(grad_k), head_grad(grad_v)
+    gv = None if gv is None else gv.reshape(T, Hk * d)
+    gcs = None if grad_cs is None else grad_cs.to(sdt)
+    if gcs is not None and K > 0 and gcs.stride(2) != 1:
+        gcs = gcs.contiguous()
+    gvs = None if grad_vs is None else _rows(grad_vs.to(sdt))
+    g_qp = qp.new_empty((T, Hq * d))
+    g_kp = qp.new_empty((T, Hk * d))
+    g_vc = qp.new_empty((T, V))
+    g_vd = qp.new_empty((T, V))
+    g_cs = qp.new_empty((B, C, K), dtype=sdt)
+    g_vs = qp.new_empty((B, V), dtype=sdt)
+    f32 = dict(dtype=torch.float32, device=qp.device)
+    g_w0, g_b0 = torch.empty((C, 1, k0), **f32), torch.empty(C, **f32)
+    g_w1, g_b1, g_t = torch.empty((C, d, k1), **f32), torch.empty(C, **f32), torch.empty(Hk, **f32)
+    inv = _inv_freq(rope_dims, rope_theta, qp.device)
+    dev = device_args(qp)
+    ws_bytes = _C.cca_prep_bwd_workspace(dev[0], T, B, Hq, Hk, d, k0, k1, rope_dims)
+    ws = torch.empty(ws_bytes, dtype=torch.uint8, device=qp.device)
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    st = lambda t, i: 0 if t is None else t.stride(i)  # noqa: E731
+    _C.cca_prep_bwd(
+        (ptr(gq), ptr(gk), ptr(gv), ptr(gcs), ptr(gvs), qp.data_ptr(), kp.data_ptr(), conv0_w.data_ptr(),
+         conv0_b.data_ptr(), conv1_w.data_ptr(), conv1_b.data_ptr(), temp.data_ptr(), ptr(cs_in),
+         positions.data_ptr(), cu_seqlens.data_ptr(), inv.data_ptr(), g_qp.data_ptr(), g_kp.data_ptr(),
+         g_vc.data_ptr(), g_vd.data_ptr(), g_cs.data_ptr(), g_vs.data_ptr(), g_w0.data_ptr(), g_b0.data_ptr(),
+         g_w1.data_ptr(), g_b1.data_ptr(), g_t.data_ptr(), ws.data_ptr()),
+        (st(gq, 0), st(gq, 1), st(gk, 0), st(gk, 1), st(gv, 0), st(gcs, 0), st(gcs, 1), st(gvs, 0), _rs(qp),
+         _rs(kp), st(cs_in, 0), st(cs_in, 1), Hq * d, Hk * d, V, V),
+        (DTYPE_CODES[qp.dtype], DTYPE_CODES[conv0_w.dtype], DTYPE_CODES[sdt], DTYPE_CODES[positions.dtype]),
+        (T, B, Hq, Hk, d, k0, k1, rope_dims), float(torch.finfo(qp.dtype).eps), ws_bytes, *dev,
+    )
+    wd = conv0_w.dtype
+    return (g_qp, g_kp, g_vc, g_vd, g_w0.to(wd), g_b0.to(wd), g_w1.to(wd), g_b1.to(wd), g_t.to(wd), g_cs, g_vs)
+
+
+def _backward_fake(grad_q, grad_k, grad_v, grad_cs, grad_vs, qp, kp, v_cur, conv0_w, conv0_b, conv1_w, conv1_b,
+                   temp, positions, cu_seqlens, conv_state, v_state, num_q_heads, num_kv_heads, rope_dims,
+                   rope_theta):
+    T, Hq, Hk = qp.shape[0], num_q_heads, num_kv_heads
+    d = qp.shape[1] // Hq
+    k0, k1 = conv0_w.shape[2], conv1_w.shape[2]
+    B, C, V, K = cu_seqlens.shape[0] - 1, (Hq + Hk) * d, Hk * d // 2, (k0 - 1) + (k1 - 1)
+    sdt = _state_dtype(qp, conv_state, v_state)
+    return (qp.new_empty((T, Hq * d)), qp.new_empty((T, Hk * d)), qp.new_empty((T, V)), qp.new_empty((T, V)),
+            torch.empty_like(conv0_w), torch.empty_like(conv0_b), torch.empty_like(conv1_w),
+            torch.empty_like(conv1_b), torch.empty_like(temp), qp.new_empty((B, C, K), dtype=sdt),
+            qp.new_empty((B, V), dtype=sdt))
+
+
+def _setup(ctx, inputs, output):
+    (qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state, v_state,
+     *attrs) = inputs
+    ctx.attrs = attrs
+    ctx.has_state = (conv_state is not None, v_state is not None)
+    ctx.state_dtypes = tuple(None if s is None else s.dtype for s in (conv_state, v_state))
+    ctx.v_dtypes = (v_cur.dtype, v_del.dtype)
+    states = tuple(s for s in (conv_state, v_state) if s is not None)
+    ctx.save_for_backward(qp, kp, v_cur, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, *states)
+
+
+def _reference_grads(ctx, grads, saved):
+    """float64 and off-CPU: differentiate zaya_rt.ref.cca_prep with autograd."""
+    qp, kp, v_cur, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, *states = saved
+    conv_state = states.pop(0) if ctx.has_state[0] else None
+    v_state = states.pop(0) if ctx.has_state[1] else None
+    v_del = torch.zeros_like(v_cur)
+    leaves = [t.detach().requires_grad_() for t in (qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp)]
+    st = [None if s is None else s.detach().requires_grad_() for s in (conv_state, v_state)]
+    with torch.enable_grad():
+        out = _reference(*leaves, positions, cu_seqlens, *st, *ctx.attrs)
+        pairs = [(o, g) for o, g in zip(out, grads) if g is not None]
+        inputs = leaves + [s for s in st if s is not None]
+        got = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True) \
+            if pairs else [None] * len(inputs)
+    got = [torch.zeros_like(x) if g is None else g for g, x in zip(got, inputs)]
+    result = got[:9]
+    rest = got[9:]
+    return (*result, rest.pop(0) if st[0] is not None else None, rest.pop(0) if st[1] is not None else None)
+
+
+def _backward(ctx, g_q, g_k, g_v, g_cs, g_vs):
+    saved = ctx.saved_tensors
+    qp = saved[0]
+    if qp.device.type != "cpu" or qp.dtype == torch.float64:
+        out = _reference_grads(ctx, (g_q, g_k, g_v, g_cs, g_vs), saved)
+        g_qp, g_kp, g_vc, g_vd, g_w0, g_b0, g_w1, g_b1, g_t, g_cs_in, g_vs_in = out
+    else:
+        qp, kp, v_cur, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, *states = saved
+        conv_state = states[0] if ctx.has_state[0] else None
+        v_state = states[-1] if ctx.has_state[1] else None
+        (g_qp, g_kp, g_vc, g_vd, g_w0, g_b0, g_w1, g_b1, g_t, g_cs_in, g_vs_in) = torch.ops.zaya_rt.cca_prep_backward(
+            g_q, g_k, g_v, g_cs, g_vs, qp, kp, v_cur, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions,
+            cu_seqlens, conv_state, v_state, *ctx.attrs,
+        )
+    cs_dt, vs_dt = ctx.state_dtypes
+    return (g_qp, g_kp, g_vc.to(ctx.v_dtypes[0]), g_vd.to(ctx.v_dtypes[1]), g_w0, g_b0, g_w1, g_b1, g_t, None, None,
+            None if cs_dt is None else g_cs_in.to(cs_dt), None if vs_dt is None else g_vs_in.to(vs_dt),
+            None, None, None, None)
+
+
+register_kernels("cca_prep", _impl, _fake)
+register_kernels("cca_prep_backward", _backward_impl, _backward_fake)
+register_autograd("cca_prep", _setup, _backward)
+
+
+def cca_prep(
+    qp: torch.Tensor,
+    kp: torch.Tensor,
+    v_cur: torch.Tensor,
+    v_del: torch.Tensor,
+    conv0_w: torch.Tensor,
+    conv0_b: torch.Tensor,
+    conv1_w: torch.Tensor,
+    conv1_b: torch.Tensor,
+    temp: torch.Tensor,
+    positions: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    conv_state: torch.Tensor | None = None,
+    v_state: torch.Tensor | None = None,
+    *,
+    num_q_heads: int,
+    num_kv_heads: int,
+    rope_dims: int,
+    rope_theta: float,
+):
+    """CCA prep over packed sequences; see the module docstring for shapes, dtypes and the math.
+    Returns (q, k, v, conv_state_out, v_state_out)."""
+    args = (qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
+            v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta)
+    if not all(isinstance(t, torch.Tensor) for t in args[:11]) or not all(
+        isinstance(a, int) and not isinstance(a, bool) for a in args[13:16]
+    ) or not isinstance(rope_theta, (int, float)) or isinstance(rope_theta, bool):
+        _check(*args)
+    return torch.ops.zaya_rt.cca_prep(*args[:16], float(rope_theta))
