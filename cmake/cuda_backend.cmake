@@ -5,16 +5,20 @@
 function(zaya_rt_attach_gpu_backend target)
   if(ZAYA_RT_CUDA)
     target_link_libraries(${target} PRIVATE zaya_rt_cuda_kernels)
-    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_CUDA)
+    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_CUDA
+      ZAYA_RT_WITH_GPU_ATTENTION ZAYA_RT_WITH_GPU_CCA)
   elseif(ZAYA_RT_HIP)
     target_link_libraries(${target} PRIVATE zaya_rt_hip_kernels)
-    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_HIP)
+    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_HIP
+      ZAYA_RT_WITH_GPU_ATTENTION ZAYA_RT_WITH_GPU_CCA)
   endif()
 endfunction()
 
 set(ZAYA_RT_CUDA_SOURCES
   cuda/norms.cu
-  cuda/moe.cu)
+  cuda/moe.cu
+  cuda/attention.cu
+  cuda/cca.cu)
 
 if(ZAYA_RT_CUDA)
   # Set before enable_language(CUDA), which would otherwise fill in the compiler's own default

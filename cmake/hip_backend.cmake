@@ -8,7 +8,9 @@
 
 set(ZAYA_RT_HIP_SOURCES
   hip/norms.hip
-  hip/moe.hip)
+  hip/moe.hip
+  hip/attention.hip
+  hip/cca.hip)
 
 if(ZAYA_RT_HIP)
   find_program(ZAYA_RT_HIP_CLANG_EXE NAMES ${ZAYA_RT_HIP_CLANG} REQUIRED)
