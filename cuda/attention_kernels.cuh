@@ -27,7 +27,9 @@
 //               cache strides allow), writes a partial (o / l, lse) to the workspace, and a merge kernel
 //               weighs the splits by their lse. With one split the block writes `out` directly.
 //               num_splits is chosen from host sizes only (same choice in the workspace function).
-// Not here yet: a tensor-core (mma/wgmma) prefill path; the SIMT path runs on sm_80, sm_90a and CDNA.
+//   tensor cores  CUDA sm_80+, bf16/fp16, d 64/128, 16-byte aligned rows: the forward runs on wmma tiles
+//               (cuda/attention_tc.cuh); everything else, the backward, decode and HIP run the SIMT path.
+// Not here yet: a wgmma/TMA (sm_90a) path (the wmma path runs on Hopper) and tensor-core backward/decode.
 //
 // No allocation, no host synchronisation, launch errors returned as messages: graph-capturable.
 #pragma once
@@ -35,6 +37,7 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "cuda/compat.h"
 #include "cuda/numeric.cuh"
@@ -694,6 +697,17 @@ inline const char* launch_error() {
   return e == gpuSuccess ? nullptr : gpu_error_string(e);
 }
 
+}  // namespace attn_detail
+}  // namespace zaya_rt::gpu
+
+#if defined(ZAYA_RT_GPU_CUDA) || defined(ZAYA_RT_GPU_EMU)
+#define ZAYA_RT_ATTN_TENSOR_CORES 1
+#include "cuda/attention_tc.cuh"
+#endif
+
+namespace zaya_rt::gpu {
+namespace attn_detail {
+
 #define ZAYA_RT_ATTN_NE_SWITCH(NE_VALUE, NE, ...)          \
   switch (NE_VALUE) {                                     \
     case 2: { constexpr int NE = 2; __VA_ARGS__; break; } \
@@ -702,6 +716,11 @@ inline const char* launch_error() {
   }
 
 template <typename T> const char* launch_fwd(const AttnVarlenFwdParams& p, gpuStream_t s) {
+#if defined(ZAYA_RT_ATTN_TENSOR_CORES)
+  bool taken = false;
+  const char* tc_err = maybe_launch_fwd_tc<T>(p, s, &taken);
+  if (taken) return tc_err;
+#endif
   const int64_t d = p.head_dim, G = p.num_heads_q / p.num_heads_k;
   const Tiles t = pick_tiles(d, 1, 64);
   const VarlenGeometry geo = varlen_geometry(G, t.rows);

@@ -215,6 +215,10 @@ def main() -> None:
     varlen_case(lib, failures, gen, f32, [10, 40], [25, 40], 2, 2, 64, False, None)
     varlen_case(lib, failures, gen, bf16, [7, 33], [7, 70], 4, 1, 128, True, None)
     varlen_case(lib, failures, gen, f16, [12], [12], 2, 2, 256, True, 4)
+    # tensor-core path (warp 32 only): bf16/fp16, d 64/128, more than one 64-row block and 64-key tile
+    varlen_case(lib, failures, gen, bf16, [70, 1], [150, 1], 8, 2, 64, True, 90)
+    varlen_case(lib, failures, gen, f16, [130], [130], 2, 1, 128, True, None)
+    varlen_case(lib, failures, gen, f16, [20, 0, 9], [20, 4, 9], 4, 4, 64, False, None)
     decode_case(lib, failures, gen, f32, [37, 0, 5], 1, 8, 4, 2, 64, None, 0)
     decode_case(lib, failures, gen, f32, [600, 90], 2, 16, 8, 2, 128, None, 3)
     decode_case(lib, failures, gen, bf16, [300, 301], 3, 16, 4, 1, 128, 50, 0, shared=2)

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#define ZAYA_RT_GPU_EMU 1  // attention_tc.cuh: wmma from tools/gpu_emu/mma.h, no CUDA runtime calls
 #define ZAYA_RT_GPU_HIP 1  // numeric.cuh's _Float16 / __builtin_bit_cast path (g++ has both on x86-64)
 #ifndef ZAYA_RT_EMU_WARP
 #define ZAYA_RT_EMU_WARP 32
