@@ -577,7 +577,11 @@ inline int64_t decode_workspace_bytes(const AttnPagedDecodeParams& p, const Deco
   return 4 * p.batch * plan.splits * p.num_queries * p.num_heads_q * (p.head_dim + 1);
 }
 
-template <typename T, int NE>
+// Register prefetch of the next K/V tile (16-bit caches with 16-byte aligned rows): a tile holds at most
+// 4096 elements (pick_tiles), so 4096 / 8 / kThreads chunks per thread.
+constexpr int kPrefetchChunks = 4096 / 8 / kThreads;
+
+template <typename T, int NE, bool kPrefetch>
 __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void decode_kernel(AttnPagedDecodeParams p, DecodePlan plan, int shift,
                                                               bool vec_k, bool vec_v) {
   extern __shared__ float smem[];
@@ -615,19 +619,57 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void decode_kernel(AttnPagedDecodePar
     const T* kc = static_cast<const T*>(p.k_cache) + g * p.k_head_stride;
     const T* vc = static_cast<const T*>(p.v_cache) + g * p.v_head_stride;
     auto row_pos = [&](int r) { return L - n + (f0 + r) / G; };
-    for (int64_t t0 = t_begin; t0 < t_end; t0 += plan.bn) {
-      const int cnt = static_cast<int>(lmin(plan.bn, t_end - t0));
-      __syncthreads();
-      load_rows<T>(ks, d + 1, cnt, d, vec_k, [&](int j) {
-        const int64_t t = t0 + j;
-        return kc + static_cast<int64_t>(pages[t >> shift]) * p.k_page_stride + (t & mask) * p.k_slot_stride;
-      });
-      load_rows<T>(vs, d, cnt, d, vec_v, [&](int j) {
-        const int64_t t = t0 + j;
-        return vc + static_cast<int64_t>(pages[t >> shift]) * p.v_page_stride + (t & mask) * p.v_slot_stride;
-      });
-      __syncthreads();
-      attend_tile<NE>(st, qs, ks, vs, pw, rows, d, t0, cnt, L, true, p.window, row_pos);
+    auto k_row = [&](int64_t t) {
+      return kc + static_cast<int64_t>(pages[t >> shift]) * p.k_page_stride + (t & mask) * p.k_slot_stride;
+    };
+    auto v_row = [&](int64_t t) {
+      return vc + static_cast<int64_t>(pages[t >> shift]) * p.v_page_stride + (t & mask) * p.v_slot_stride;
+    };
+    if constexpr (kPrefetch) {
+      // 16-byte K/V chunks of the next tile are loaded into registers while the current tile is computed.
+      constexpr int V = 8, kChunks = kPrefetchChunks;
+      const int per = d / V;
+      Pack<T, V> pk[kChunks], pv[kChunks];
+      auto fetch = [&](int64_t t0, int cnt) {
+#pragma unroll
+        for (int i = 0; i < kChunks; ++i) {
+          const int idx = threadIdx.x + i * kThreads;
+          if (idx < cnt * per) {
+            const int j = idx / per, c = (idx - j * per) * V;
+            pk[i] = *reinterpret_cast<const Pack<T, V>*>(k_row(t0 + j) + c);
+            pv[i] = *reinterpret_cast<const Pack<T, V>*>(v_row(t0 + j) + c);
+          }
+        }
+      };
+      if (t_begin < t_end) fetch(t_begin, static_cast<int>(lmin(plan.bn, t_end - t_begin)));
+      for (int64_t t0 = t_begin; t0 < t_end; t0 += plan.bn) {
+        const int cnt = static_cast<int>(lmin(plan.bn, t_end - t0));
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < kChunks; ++i) {
+          const int idx = threadIdx.x + i * kThreads;
+          if (idx < cnt * per) {
+            const int j = idx / per, c = (idx - j * per) * V;
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+              ks[j * (d + 1) + c + e] = to_float(pk[i].v[e]);
+              vs[j * d + c + e] = to_float(pv[i].v[e]);
+            }
+          }
+        }
+        __syncthreads();
+        if (t0 + plan.bn < t_end) fetch(t0 + plan.bn, static_cast<int>(lmin(plan.bn, t_end - t0 - plan.bn)));
+        attend_tile<NE>(st, qs, ks, vs, pw, rows, d, t0, cnt, L, true, p.window, row_pos);
+      }
+    } else {
+      for (int64_t t0 = t_begin; t0 < t_end; t0 += plan.bn) {
+        const int cnt = static_cast<int>(lmin(plan.bn, t_end - t0));
+        __syncthreads();
+        load_rows<T>(ks, d + 1, cnt, d, vec_k, [&](int j) { return k_row(t0 + j); });
+        load_rows<T>(vs, d, cnt, d, vec_v, [&](int j) { return v_row(t0 + j); });
+        __syncthreads();
+        attend_tile<NE>(st, qs, ks, vs, pw, rows, d, t0, cnt, L, true, p.window, row_pos);
+      }
     }
   }
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -782,9 +824,18 @@ template <typename T> const char* launch_decode(const AttnPagedDecodeParams& p, 
   const bool vv = vec_ok<T>(p.v_cache, d, {p.v_page_stride, p.v_slot_stride, p.v_head_stride});
   const int64_t blocks = p.batch * p.num_heads_k * plan.chunks * plan.splits;
   const size_t smem = tile_smem_bytes({plan.rows, plan.bn}, d, 1);
-  ZAYA_RT_ATTN_NE_SWITCH(pick_ne(d), NE,
-                         decode_kernel<T, NE><<<static_cast<unsigned>(blocks), kThreads, smem, s>>>(p, plan, shift,
-                                                                                                   vk, vv));
+  const bool prefetch = sizeof(T) == 2 && vk && vv && plan.bn * d <= 4096;
+  if (prefetch) {
+    if constexpr (sizeof(T) == 2) {
+      ZAYA_RT_ATTN_NE_SWITCH(pick_ne(d), NE,
+                             decode_kernel<T, NE, true><<<static_cast<unsigned>(blocks), kThreads, smem, s>>>(
+                                 p, plan, shift, vk, vv));
+    }
+  } else {
+    ZAYA_RT_ATTN_NE_SWITCH(pick_ne(d), NE,
+                           decode_kernel<T, NE, false><<<static_cast<unsigned>(blocks), kThreads, smem, s>>>(
+                               p, plan, shift, vk, vv));
+  }
   if (const char* e = launch_error()) return e;
   if (plan.splits > 1) {
     const int64_t items = p.batch * p.num_queries * p.num_heads_q;
