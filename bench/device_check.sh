@@ -221,6 +221,85 @@ with torch.inference_mode():
               f"{case.flops / ours / 1e6:>8.1f}")
 PY
 
+step "attention + CCA prep timings (CUDA graphs; prefill TFLOP/s vs SDPA, decode GB/s of the K/V it must read)"
+python - <<'PY' || bench_rc=$?
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import zaya_rt  # noqa: F401  registers torch.ops.zaya_rt
+from zaya_rt.benchmarks.harness import cuda_graph_time_us
+
+PEAK_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0}
+name = torch.cuda.get_device_name(0)
+peak = next((v for k, v in PEAK_GBS.items() if k in name), None)
+ops = torch.ops.zaya_rt
+dt = torch.bfloat16
+gen = torch.Generator(device="cuda").manual_seed(0)
+Hq, Hk, d = 8, 2, 128
+
+
+def try_time(fn, iters=10):
+    try:
+        return cuda_graph_time_us(fn, iters=iters)
+    except Exception as e:  # a peer backend this torch/GPU lacks
+        print(f"  (unavailable: {type(e).__name__}: {str(e).splitlines()[0][:90]})")
+        return None
+
+
+print(f"{name}; prefill causal GQA Hq={Hq} Hk={Hk} d={d} bf16, one packed sequence")
+print(f"{'T':>6} {'ours us':>9} {'TFLOP/s':>8} {'SDPA flash':>10} {'SDPA cuDNN':>10}  (peer TFLOP/s)")
+for T in (2048, 8192, 16384):
+    q = torch.randn(T, Hq, d, device="cuda", dtype=dt, generator=gen)
+    k = torch.randn(T, Hk, d, device="cuda", dtype=dt, generator=gen)
+    v = torch.randn(T, Hk, d, device="cuda", dtype=dt, generator=gen)
+    cu = torch.tensor([0, T], device="cuda", dtype=torch.int32)
+    flops = 4 * T * T * Hq * d / 2
+    us = try_time(lambda: ops.attention_varlen(q, k, v, cu, cu, True, 0, d ** -0.5))
+    qb, kb, vb = (t.transpose(0, 1)[None] for t in (q, k, v))
+    peers = []
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+        def run(backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=True)
+        peers.append(try_time(run))
+    tf = lambda t: "n/a" if t is None else f"{flops / t / 1e6:.1f}"  # noqa: E731
+    print(f"{T:>6} {us if us is None else round(us, 1)!s:>9} {tf(us):>8} {tf(peers[0]):>10} {tf(peers[1]):>10}")
+
+print(f"decode: paged bf16 cache (page 16), Hq={Hq} Hk={Hk} d={d}, one query token; roofline {peak or '?'} GB/s")
+print(f"{'batch':>5} {'context':>8} {'us':>9} {'GB/s':>8} {'of peak':>8}")
+page = 16
+for B in (1, 16, 64):
+    for L in (4096, 16384, 32768):
+        pages_per = L // page
+        P = B * pages_per
+        kc = torch.randn(P, page, Hk, d, device="cuda", dtype=dt, generator=gen)
+        vc = torch.randn(P, page, Hk, d, device="cuda", dtype=dt, generator=gen)
+        table = torch.randperm(P, device="cuda", generator=gen).to(torch.int32).view(B, pages_per)
+        lens = torch.full((B,), L, device="cuda", dtype=torch.int32)
+        q = torch.randn(B, 1, Hq, d, device="cuda", dtype=dt, generator=gen)
+        us = try_time(lambda: ops.attention_decode(q, kc, vc, table, lens, d ** -0.5, 0), iters=20)
+        nbytes = 2 * B * L * Hk * d * 2
+        if us is not None:
+            gbs = nbytes / us / 1e3
+            print(f"{B:>5} {L:>8} {us:>9.1f} {gbs:>8.0f} {'' if peak is None else f'{gbs / peak:>7.0%}':>8}")
+        del kc, vc
+print("SPEC: decode >= 70% of HBM bandwidth; prefill >= SDPA's flash backend")
+
+# CCA prep forward at ZAYA1-8B-like shapes (Hq=8, Hk=2, d=128, k0=k1=2): GB/s of its inputs + outputs.
+print(f"{'cca_prep fwd T':>15} {'us':>9} {'GB/s':>8}")
+Hq_c, Hk_c = 8, 2
+C, V = (Hq_c + Hk_c) * d, Hk_c * d // 2
+for T in (16, 4096, 16384):
+    r = lambda *s: torch.randn(*s, device="cuda", dtype=dt, generator=gen)  # noqa: E731
+    args = (r(T, Hq_c * d), r(T, Hk_c * d), r(T, V), r(T, V), r(C, 1, 2), r(C), r(C, d, 2) / d, r(C), r(Hk_c),
+            torch.arange(T, device="cuda"), torch.tensor([0, T], device="cuda", dtype=torch.int32), None, None)
+    us = try_time(lambda: ops.cca_prep(*args, Hq_c, Hk_c, d // 2, 1e4))
+    nbytes = T * (2 * (Hq_c + Hk_c) * d + 2 * V + (Hq_c + 2 * Hk_c) * d) * 2
+    if us is not None:
+        print(f"{T:>15} {us:>9.1f} {nbytes / us / 1e3:>8.0f}")
+PY
+
 step "zaya-rt bench --device cuda (ours vs PyTorch eager)"
 if command -v zaya-rt >/dev/null 2>&1; then
   zaya-rt bench --device cuda --ops norms,moe,router --min-time 0.1 || bench_rc=$?

@@ -15,17 +15,21 @@ set(ZAYA_RT_CUTLASS_DIR "" CACHE PATH "CUTLASS include folder (default: the nvid
 function(zaya_rt_attach_gpu_backend target)
   if(ZAYA_RT_CUDA)
     target_link_libraries(${target} PRIVATE zaya_rt_cuda_kernels)
-    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_CUDA)
+    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_CUDA
+      ZAYA_RT_WITH_GPU_ATTENTION ZAYA_RT_WITH_GPU_CCA)
   elseif(ZAYA_RT_HIP)
     target_link_libraries(${target} PRIVATE zaya_rt_hip_kernels)
-    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_HIP)
+    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_HIP
+      ZAYA_RT_WITH_GPU_ATTENTION ZAYA_RT_WITH_GPU_CCA)
   endif()
 endfunction()
 
 set(ZAYA_RT_CUDA_SOURCES
   cuda/norms.cu
   cuda/moe.cu
-  cuda/router.cu)
+  cuda/router.cu
+  cuda/attention.cu
+  cuda/cca.cu)
 set(ZAYA_RT_CUDA_SM90_SOURCES
   cuda/moe_gemm_sm90_bf16.cu
   cuda/moe_gemm_sm90_f16.cu)

@@ -9,7 +9,9 @@
 set(ZAYA_RT_HIP_SOURCES
   hip/norms.hip
   hip/moe.hip
-  hip/router.hip)
+  hip/router.hip
+  hip/attention.hip
+  hip/cca.hip)
 
 if(ZAYA_RT_HIP)
   find_program(ZAYA_RT_HIP_CLANG_EXE NAMES ${ZAYA_RT_HIP_CLANG} REQUIRED)

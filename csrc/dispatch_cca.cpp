@@ -62,7 +62,25 @@ void finish(const char* op, const char* err) {
   if (err != nullptr) throw std::runtime_error(std::string("zaya_rt.") + op + ": " + err);
 }
 
+bool gpu_cca_built() {
+#if defined(ZAYA_RT_WITH_GPU_CCA)
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
+
+#if !defined(ZAYA_RT_WITH_GPU_CCA)
+// Linked until a GPU backend provides these; gpu_cca_built() rejects GPU calls before they are reached.
+namespace gpu {
+const char* cca_prep_fwd(const CcaPrepFwdParams&, void*) { return "no GPU CCA prep backend"; }
+const char* cca_prep_bwd(const CcaPrepBwdParams&, void*) { return "no GPU CCA prep backend"; }
+int64_t cca_prep_fwd_workspace(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) { return 0; }
+int64_t cca_prep_bwd_workspace(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) { return 0; }
+}  // namespace gpu
+#endif
 
 void cca_prep_fwd(const CcaPrepFwdParams& p, const Device& dev) {
   const char* op = "cca_prep";
@@ -90,7 +108,13 @@ void cca_prep_fwd(const CcaPrepFwdParams& p, const Device& dev) {
   need(op, p.q_head_stride >= p.d && p.k_head_stride >= p.d, "q/k head strides must be at least head_dim");
   check_stride(op, "q", p.q_row_stride, p.Hq * p.q_head_stride - (p.q_head_stride - p.d), p.T);
   check_stride(op, "k", p.k_row_stride, p.Hk * p.k_head_stride - (p.k_head_stride - p.d), p.T);
-  if (dev.type != DeviceType::kCpu) bad(op, "the CCA prep kernel runs on the CPU only so far");
+  if (dev.type == DeviceType::kGpu) {  // cu_seqlens stay on the device: not read here (no sync)
+    need(op, gpu_cca_built(), "this zaya_rt._C has no GPU CCA prep kernels");
+    need(op, p.workspace_bytes >= gpu::cca_prep_fwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd),
+         "workspace is too small");
+    return finish(op, gpu::cca_prep_fwd(p, dev.stream));
+  }
+  if (dev.type != DeviceType::kCpu) bad(op, "unknown device type");
   check_cu_seqlens(op, p.cu_seqlens, p.B, p.T);
   if (p.workspace_bytes < cpu::cca_prep_fwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, 1))
     bad(op, "workspace is too small");
@@ -125,7 +149,11 @@ void cca_prep_bwd(const CcaPrepBwdParams& p, const Device& dev) {
   check_stride(op, "grad_v_cur", p.gvc_row_stride, V, p.T);
   check_stride(op, "grad_v_del", p.gvd_row_stride, V, p.T);
   if (p.grad_v) check_stride(op, "grad_v", p.gv_row_stride, kd, p.T);
-  if (dev.type != DeviceType::kCpu) bad(op, "the CCA prep kernel runs on the CPU only so far");
+  if (dev.type == DeviceType::kGpu) {
+    need(op, gpu_cca_built(), "this zaya_rt._C has no GPU CCA prep kernels");
+    return finish(op, gpu::cca_prep_bwd(p, dev.stream));
+  }
+  if (dev.type != DeviceType::kCpu) bad(op, "unknown device type");
   check_cu_seqlens(op, p.cu_seqlens, p.B, p.T);
   if (p.workspace_bytes < cpu::cca_prep_bwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, 1))
     bad(op, "workspace is too small");
@@ -134,12 +162,14 @@ void cca_prep_bwd(const CcaPrepBwdParams& p, const Device& dev) {
 
 int64_t cca_prep_fwd_workspace(const Device& d, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t dh, int64_t k0,
                                int64_t k1, int64_t rd) {
+  if (d.type == DeviceType::kGpu) return gpu::cca_prep_fwd_workspace(T, B, Hq, Hk, dh, k0, k1, rd);
   if (d.type != DeviceType::kCpu) return 0;
   return cpu::cca_prep_fwd_workspace(T, B, Hq, Hk, dh, k0, k1, rd, omp_get_max_threads());
 }
 
 int64_t cca_prep_bwd_workspace(const Device& d, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t dh, int64_t k0,
                                int64_t k1, int64_t rd) {
+  if (d.type == DeviceType::kGpu) return gpu::cca_prep_bwd_workspace(T, B, Hq, Hk, dh, k0, k1, rd);
   if (d.type != DeviceType::kCpu) return 0;
   return cpu::cca_prep_bwd_workspace(T, B, Hq, Hk, dh, k0, k1, rd, omp_get_max_threads());
 }

@@ -5,7 +5,7 @@
 //
 //   runtime:   gpuStream_t, gpuError_t, gpuSuccess, gpu_last_error(), gpu_error_string(),
 //              gpu_multiprocessor_count(), gpu_max_dynamic_shared(), gpu_allow_dynamic_shared()
-//   device:    ZAYA_RT_DEVICE_INLINE, ZAYA_RT_LAUNCH_BOUNDS(n), kWarpSize, warp_sum(),
+//   device:    ZAYA_RT_DEVICE_INLINE, ZAYA_RT_LAUNCH_BOUNDS(n), kWarpSize, warp_sum(), warp_max(), warp_sync(),
 //              lane_mask_t, warp_ballot(), lane_count(), lanes_below(), float_to_bits(), bits_to_float()
 //
 // Only HIP API that both ROCm 5.2 (Debian's) and ROCm 6 have is used here. AMD-only
@@ -123,6 +123,30 @@ ZAYA_RT_DEVICE_INLINE float warp_sum(float v) {
 #endif
   }
   return v;
+}
+
+// Maximum over the kWarpSize lanes of a warp (xor butterfly; every lane gets it). All lanes must call it.
+ZAYA_RT_DEVICE_INLINE float warp_max(float v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) {
+#if defined(ZAYA_RT_GPU_HIP)
+    v = fmaxf(v, __shfl_xor(v, offset, kWarpSize));
+#else
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset, kWarpSize));
+#endif
+  }
+  return v;
+}
+
+// Orders the shared-memory accesses of the lanes of one warp (CUDA __syncwarp; a wave barrier on CDNA).
+ZAYA_RT_DEVICE_INLINE void warp_sync() {
+#if defined(ZAYA_RT_GPU_HIP)
+  __builtin_amdgcn_fence(__ATOMIC_RELEASE, "workgroup");
+  __builtin_amdgcn_wave_barrier();
+  __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "workgroup");
+#else
+  __syncwarp();
+#endif
 }
 
 // Warp votes: one bit per lane (lane_mask_t is 32 bits on NVIDIA, 64 on CDNA). All lanes of the warp

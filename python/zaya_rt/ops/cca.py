@@ -16,8 +16,9 @@ dtype or fp32; states come back in the states' dtype (the activations' when both
 Sequence start: a None state means zeros. When the model's `v_proj_delayed` has a bias, the value a new
 sequence shifts in is that bias (the projection of a zero input), so the caller passes v_state filled with it.
 
-The fused kernel runs on the CPU for float32/float16/bfloat16 (forward and backward); float64 (gradcheck) and
-other devices use zaya_rt.ref.cca_prep until GPU kernels land.
+The fused kernel runs on the CPU for float32/float16/bfloat16 (forward and backward) and on CUDA/HIP devices
+(forward; the GPU backward differentiates zaya_rt.ref.cca_prep until its kernel lands); float64 (gradcheck) and
+other devices use zaya_rt.ref.cca_prep.
 """
 
 from __future__ import annotations
@@ -206,13 +207,20 @@ def _reference(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, p
     return q.to(qp.dtype), k.to(qp.dtype), v.to(qp.dtype), cs.to(sdt), vs.to(sdt)
 
 
+def _fused_forward(qp: torch.Tensor) -> bool:
+    """The fused forward runs on the CPU and, when _C has a GPU backend, on CUDA/HIP devices (float64: reference)."""
+    if qp.dtype == torch.float64:
+        return False
+    return qp.device.type == "cpu" or (qp.device.type == "cuda" and _C.gpu_backend != "none")
+
+
 def _impl(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
           v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta):
     args = (qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
             v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta)
     if not _cpu_args_ok(*args):
         _check(*args)
-        if qp.device.type != "cpu" or qp.dtype == torch.float64:
+        if not _fused_forward(qp):
             return _reference(*args)
     T, d, k0, k1 = qp.shape[0], qp.shape[1] // num_q_heads, conv0_w.shape[2], conv1_w.shape[2]
     B = cu_seqlens.shape[0] - 1

@@ -1,0 +1,174 @@
+"""GPU attention kernels (CUDA or HIP build of zaya_rt._C) vs the float64 reference, over the edge cases of
+tests/test_attention.py: ragged packed sequences (empty, single token, chunked Lq < Lk), windows, GQA 1/2/4/8,
+head dims 64/128 (and 40/256 for the generic path), bf16/fp16/fp32, strided inputs; backward; paged decode with
+shuffled, shared and NaN-poisoned pages, forced split counts; and a CUDA-graph capture of decode.
+
+Tolerance rule as on the CPU: error vs float64 at most twice that of the same-precision PyTorch composition plus
+conftest.tolerance(dtype) times the output's scale. Runs only where torch sees a GPU and _C has a GPU backend.
+"""
+
+import pytest
+import torch
+
+import zaya_rt
+from conftest import tolerance
+from zaya_rt import _C, ref
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU visible to torch"),
+    pytest.mark.skipif(_C.gpu_backend == "none", reason="zaya_rt._C was built without a GPU backend"),
+]
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DEV = "cuda"
+
+
+def _cu(lengths):
+    return torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0).to(torch.int32)
+
+
+def _assert_close(got, want, peer, dtype, what):
+    if want.numel() == 0:
+        assert got.numel() == 0
+        return
+    got, want, peer = got.detach().cpu().double(), want.detach().cpu().double(), peer.detach().cpu().double()
+    scale = max(want.abs().max().item(), 1e-6)
+    err = (got - want).abs().max().item()
+    peer_err = (peer - want).abs().max().item()
+    bound = 2 * peer_err + tolerance(dtype) * scale
+    assert err <= bound, f"{what}: error {err:.3g} > bound {bound:.3g} (peer error {peer_err:.3g}, dtype {dtype})"
+
+
+VARLEN_CASES = [
+    # lq, lk, hq, hk, d, window
+    ([5, 0, 1, 130], [5, 0, 1, 130], 8, 8, 64, None),
+    ([17, 300], [17, 300], 8, 4, 128, None),
+    ([3, 64], [40, 200], 8, 2, 128, None),      # chunked prefill (bottom-right causal)
+    ([65, 65], [65, 65], 8, 1, 64, 16),          # window
+    ([33], [100], 4, 2, 40, 7),                  # generic head dim, window + chunk
+    ([129], [129], 2, 1, 256, None),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", VARLEN_CASES)
+@pytest.mark.parametrize("strided", [False, True])
+def test_varlen_forward_backward(dtype, case, strided):
+    lq, lk, hq, hk, d, window = case
+    gen = torch.Generator().manual_seed(hash((tuple(lq), hq, d)) % 1000)
+    tq, tk = sum(lq), sum(lk)
+    if strided:
+        q = torch.randn(hq, tq, d, generator=gen).to(dtype).to(DEV).transpose(0, 1)
+    else:
+        q = torch.randn(tq, hq, d, generator=gen).to(dtype).to(DEV)
+    k = torch.randn(tk, hk, d, generator=gen).to(dtype).to(DEV)
+    v = torch.randn(tk, hk, d, generator=gen).to(dtype).to(DEV)
+    cq, ck = _cu(lq).to(DEV), _cu(lk).to(DEV)
+    qc, kc, vc = (t.detach().requires_grad_() for t in (q, k, v))
+    out = zaya_rt.ops.attention_varlen(qc, kc, vc, cq, ck, window=window)
+    args64 = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
+    want = ref.attention_varlen_ref(*args64, cq.cpu(), ck.cpu(), window=window)
+    peer = ref.attention_varlen_ref(q.cpu(), k.cpu(), v.cpu(), cq.cpu(), ck.cpu(), window=window)
+    _assert_close(out, want, peer, dtype, "out")
+    dout = torch.randn(out.shape, generator=gen).to(dtype)
+    got = torch.autograd.grad(out, (qc, kc, vc), dout.to(DEV))
+    want_g = torch.autograd.grad(want, args64, dout.double())
+    peers = [t.detach().cpu().requires_grad_() for t in (q, k, v)]
+    peer_out = ref.attention_varlen_ref(*peers, cq.cpu(), ck.cpu(), window=window)
+    peer_g = torch.autograd.grad(peer_out, peers, dout)
+    for name, g, w, p in zip(("dq", "dk", "dv"), got, want_g, peer_g):
+        _assert_close(g, w, p, dtype, name)
+
+
+def test_varlen_matches_cpu_kernel_and_queries_without_keys():
+    gen = torch.Generator().manual_seed(1)
+    lq, lk = [4, 6], [0, 3]  # first sequence sees no key; second has Lq > Lk (early rows see nothing)
+    q = torch.randn(sum(lq), 4, 64, generator=gen)
+    k = torch.randn(sum(lk), 2, 64, generator=gen)
+    v = torch.randn(sum(lk), 2, 64, generator=gen)
+    cpu = zaya_rt.ops.attention_varlen(q, k, v, _cu(lq), _cu(lk))
+    gpu = zaya_rt.ops.attention_varlen(q.to(DEV), k.to(DEV), v.to(DEV), _cu(lq).to(DEV), _cu(lk).to(DEV))
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+    assert torch.all(gpu[:4] == 0)
+
+
+def _paged_cache(lengths, page, hk, d, dtype, gen, shared_prefix_pages=0):
+    B = len(lengths)
+    width = max(-(-n // page) for n in lengths) + 1
+    P = B * width + 3
+    k_cache = torch.full((P, page, hk, d), float("nan"), dtype=dtype)
+    v_cache = torch.full((P, page, hk, d), float("nan"), dtype=dtype)
+    table = torch.randperm(P, generator=gen).to(torch.int32)[: B * width].view(B, width).clone()
+    table[1:, :shared_prefix_pages] = table[0, :shared_prefix_pages]
+    for b, n in enumerate(lengths):
+        for t in range(n):
+            if b > 0 and t // page < shared_prefix_pages:
+                continue
+            p, s = int(table[b, t // page]), t % page
+            k_cache[p, s] = torch.randn(hk, d, generator=gen).to(dtype)
+            v_cache[p, s] = torch.randn(hk, d, generator=gen).to(dtype)
+    return k_cache, v_cache, table, torch.tensor(lengths, dtype=torch.int32)
+
+
+DECODE_CASES = [
+    # lengths, n, page, hq, hk, d, window, shared pages
+    ([1, 0, 37], 1, 16, 8, 8, 128, None, 0),
+    ([4100, 900], 1, 16, 16, 2, 128, None, 0),   # several splits
+    ([300, 301, 299], 4, 32, 8, 1, 64, None, 2),  # shared prefix, n = 4
+    ([2000], 2, 64, 8, 2, 128, 100, 0),          # window
+    ([77, 5], 1, 8, 4, 4, 256, None, 0),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DECODE_CASES)
+def test_decode_matches_reference(dtype, case):
+    lengths, n, page, hq, hk, d, window, shared = case
+    gen = torch.Generator().manual_seed(sum(lengths) + n)
+    kc, vc, table, lens = _paged_cache(lengths, page, hk, d, dtype, gen, shared)
+    q = torch.randn(len(lengths), n, hq, d, generator=gen).to(dtype)
+    out = zaya_rt.ops.attention_decode(q.to(DEV), kc.to(DEV), vc.to(DEV), table.to(DEV), lens.to(DEV), window=window)
+    want = ref.attention_decode_ref(q.double(), kc.double(), vc.double(), table, lens, window=window)
+    peer = ref.attention_decode_ref(q, kc, vc, table, lens, window=window)
+    _assert_close(out, want, peer, dtype, "decode")
+
+
+@pytest.mark.parametrize("splits", [1, 2, 7, 64])
+def test_decode_forced_splits(splits):
+    gen = torch.Generator().manual_seed(splits)
+    kc, vc, table, lens = _paged_cache([1000, 3, 0], 16, 2, 128, torch.bfloat16, gen)
+    q = torch.randn(3, 2, 8, 128, generator=gen).to(torch.bfloat16)
+    B, n, Hq, d = q.shape
+    P, page, Hk, _ = kc.shape
+    qd, kd, vd, td, ld = (t.to(DEV) for t in (q, kc, vc, table, lens))
+    out = torch.full_like(qd, float("nan"))
+    nbytes = _C.attention_decode_workspace(1, 2, B, n, Hq, Hk, d, page, table.shape[1], splits)
+    ws = torch.full((max(nbytes, 64),), 255, dtype=torch.uint8, device=DEV)
+    _C.attention_decode(qd.data_ptr(), *qd.stride()[:3], kd.data_ptr(), *kd.stride()[:3], vd.data_ptr(),
+                        *vd.stride()[:3], td.data_ptr(), td.stride(0), ld.data_ptr(), out.data_ptr(),
+                        *out.stride()[:3], 2, B, n, Hq, Hk, d, page, P, table.shape[1], 0, d ** -0.5, splits,
+                        ws.data_ptr(), ws.numel(), 1, qd.device.index or 0,
+                        torch.cuda.current_stream().cuda_stream)
+    want = ref.attention_decode_ref(q.double(), kc.double(), vc.double(), table, lens)
+    peer = ref.attention_decode_ref(q, kc, vc, table, lens)
+    _assert_close(out, want, peer, torch.bfloat16, f"decode splits={splits}")
+
+
+def test_decode_cuda_graph_capture():
+    gen = torch.Generator().manual_seed(5)
+    kc, vc, table, lens = _paged_cache([700, 33], 16, 2, 128, torch.bfloat16, gen)
+    q = torch.randn(2, 1, 8, 128, generator=gen).to(torch.bfloat16)
+    qd, kd, vd, td, ld = (t.to(DEV) for t in (q, kc, vc, table, lens))
+    zaya_rt.ops.attention_decode(qd, kd, vd, td, ld)  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = zaya_rt.ops.attention_decode(qd, kd, vd, td, ld)
+    q2 = torch.randn(q.shape, generator=gen).to(torch.bfloat16)
+    qd.copy_(q2.to(DEV))
+    graph.replay()
+    torch.cuda.synchronize()
+    want = ref.attention_decode_ref(q2.double(), kc.double(), vc.double(), table, lens)
+    peer = ref.attention_decode_ref(q2, kc, vc, table, lens)
+    _assert_close(out, want, peer, torch.bfloat16, "graph replay")
