@@ -19,6 +19,11 @@ CONFIGS = {
         num_hidden_layers=4, layer_types=["hybrid", "hybrid_sliding", "hybrid_sliding", "hybrid"], sliding_window=4
     ),
     "single_expert_bias": dict(num_experts=1, attention_bias=True, num_hidden_layers=2),
+    # head dims the attention kernels take (the configs above, d = 8/16, run the reference attention)
+    "kernel_attention_sliding": dict(
+        head_dim=32, num_hidden_layers=3, layer_types=["hybrid", "hybrid_sliding", "hybrid"], sliding_window=5
+    ),
+    "kernel_attention_gqa4_d64": dict(head_dim=64, num_attention_heads=8, num_key_value_heads=2, num_hidden_layers=2),
 }
 
 

@@ -184,13 +184,13 @@ struct Shared {
       }
       return;
     }
-    // Groups of kDotMaxRows weight rows (independent accumulators) against each window row; pa holds the
+    // Groups of kMR weight rows (independent accumulators) against each window row; pa holds the
     // fp32 copy of a group when the weights are 16-bit.
     const W* w = conv1_w + g * d * Kq;
-    const float* wrows[kDotMaxRows];
-    float dots[kDotMaxRows];
-    for (int64_t c0 = 0; c0 < d; c0 += kDotMaxRows) {
-      const int m = static_cast<int>(std::min<int64_t>(kDotMaxRows, d - c0));
+    const float* wrows[kMR];
+    float dots[kMR];
+    for (int64_t c0 = 0; c0 < d; c0 += kMR) {
+      const int m = static_cast<int>(std::min<int64_t>(kMR, d - c0));
       for (int i = 0; i < m; ++i) {
         if constexpr (std::is_same_v<W, float>) {
           wrows[i] = w + (c0 + i) * Kq;

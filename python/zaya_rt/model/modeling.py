@@ -94,6 +94,8 @@ class ZayaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.layer_type = config.layer_types[layer_idx]
         self.window = config.window(layer_idx)
+        # zaya_rt's attention kernels take head dims that are multiples of 8 in [32, 256].
+        self.kernel_attention = 32 <= config.head_dim <= 256 and config.head_dim % 8 == 0
         self.qkv_proj = ZayaCCAProjection(config)
         self.qk_norm = ZayaQKNorm(config)
         self.o_proj = nn.Linear(config.num_attention_heads * config.head_dim, config.hidden_size,
@@ -115,8 +117,23 @@ class ZayaAttention(nn.Module):
             layer_cache.v[:, past : past + T] = v
             layer_cache.conv_state.copy_(conv_state)
             layer_cache.v_state.copy_(v_state)
-            k, v = layer_cache.k[:, : past + T], layer_cache.v[:, : past + T]
-        out = ref.attention(q, k, v, allowed_BTS, self.head_dim**-0.5)
+        scale = self.head_dim**-0.5
+        if allowed_BTS is not None or not self.kernel_attention:  # explicit mask (reference path)
+            if layer_cache is not None:
+                k, v = layer_cache.k[:, : past + T], layer_cache.v[:, : past + T]
+            if allowed_BTS is None:
+                allowed_BTS = _allowed_mask(torch.ones(B, past + T, dtype=torch.bool, device=q.device), past, T,
+                                            self.window)
+            out = ref.attention(q, k, v, allowed_BTS, scale)
+        elif past == 0:  # every row is one whole sequence: packed causal attention
+            cu_seqlens = rope[1]
+            out = ops.attention_varlen(q.reshape(B * T, *q.shape[2:]), k.reshape(B * T, *k.shape[2:]),
+                                       v.reshape(B * T, *v.shape[2:]), cu_seqlens, cu_seqlens, causal=True,
+                                       window=self.window, scale=scale)
+        else:  # the T new tokens of each row against its cached keys, the cache read as pages
+            k_pages, v_pages, block_table = layer_cache.pages()
+            seq_lens = torch.full((B,), past + T, dtype=torch.int32, device=q.device)
+            out = ops.attention_decode(q, k_pages, v_pages, block_table, seq_lens, scale=scale, window=self.window)
         return self.o_proj(out.reshape(B, T, -1))
 
 
@@ -228,13 +245,17 @@ class ZayaModel(nn.Module):
         else:
             valid = new_valid
         conv_mask = None if bool(new_valid.all()) else new_valid
+        if cache is not None and conv_mask is not None:
+            cache.padded = True
+        padded = conv_mask is not None or (cache is not None and cache.padded)
         positions = torch.arange(past, past + T, device=input_ids.device).repeat(B)
         cu_seqlens = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=input_ids.device)
         rope = {
             lt: (positions, cu_seqlens, int(cfg.head_dim * cfg.partial_rotary_factor(lt)), cfg.rope_theta(lt))
             for lt in set(cfg.layer_types)
         }
-        allowed = {w: _allowed_mask(valid, past, T, w) for w in {cfg.window(i) for i in range(len(self.layers))}}
+        windows = {cfg.window(i) for i in range(len(self.layers))}
+        allowed = {w: _allowed_mask(valid, past, T, w) if padded else None for w in windows}
 
         h = (self.embed_tokens(input_ids).float() + self.input_hidden_states_bias.float()) * (
             self.input_hidden_states_scale.float()
