@@ -325,9 +325,9 @@ const char* fwd_impl(const CcaPrepFwdParams& p) {
   float* ws = static_cast<float*>(p.workspace);
   const int64_t avail = p.workspace_bytes / 4;
   if (avail < L.entries(1)) return "workspace too small";
-  // Decode-sized work runs on one thread: waking the others costs more than it saves.
-  constexpr int64_t kParallelMinMacs = 1 << 20;
-  const int threads = s.T * s.C * s.Kq < kParallelMinMacs ? 1 : thread_budget(avail, L.thread0, L.per_thread);
+  // Decode-sized work (the dot-product path) runs on one thread: waking the others costs about as much as it
+  // saves, and a descheduled helper thread stalls the whole call on a busy machine.
+  const int threads = s.packed ? thread_budget(avail, L.thread0, L.per_thread) : 1;
   const auto x = make_shared<T, W>(s, p.qp, p.qp_row_stride, p.kp, p.kp_row_stride, p.conv0_w, p.conv0_b, p.conv1_w,
                                    p.conv1_b, p.temp, p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride,
                                    p.state_dtype, p.positions, p.pos_dtype, p.cu_seqlens, p.inv_freq, p.norm_eps, ws,
