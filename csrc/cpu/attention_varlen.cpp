@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <vector>
 
@@ -24,6 +25,7 @@ namespace {
 
 constexpr int64_t BN = kAttnBlockN;
 constexpr int64_t kChunksPerBlock = BN / kNR;
+constexpr int64_t kBlocksPerGroup = 8;  // 512 keys: 512 KB of fp32 K and V at d = 128
 
 template <typename T, bool Dot> struct PackedKV {
   using Entry = typename PackMode<T, Dot>::Entry;
@@ -174,33 +176,46 @@ void run_item(const FwdItem& it, const AttnVarlenFwdParams& p, const AttnSeq& se
   std::fill(ws.l, ws.l + panels * kMR, 0.f);
 
   const int64_t seq_first = pk.first_block[it.seq];
-  // Panel-outer: one panel's Q and O stay in L1 while the K/V blocks stream from L2.
+  // Each panel's reach in key blocks [lo_blk, hi_blk).
+  std::vector<int64_t> lo_blk(panels), hi_blk(panels);
+  int64_t first = INT64_MAX, last = 0;
   for (int64_t pi = 0; pi < panels; ++pi) {
-    const Entry* qa = ws.q + pi * pk.kpd * kMR;
     const int live = static_cast<int>(std::min<int64_t>(kMR, rows - pi * kMR));
-    const int64_t* ppos = pos.data() + pi * kMR;
-    // Key blocks the mask reaches for this panel's queries.
-    const int64_t pos_lo = ppos[0], pos_hi = ppos[live - 1];
+    const int64_t pos_lo = pos[pi * kMR], pos_hi = pos[pi * kMR + live - 1];
     const int64_t key_hi = p.causal ? std::min(seq.lk, pos_hi + 1) : seq.lk;
     const int64_t key_lo = p.window > 0 ? std::max<int64_t>(0, pos_lo - p.window + 1) : 0;
-    float* o = ws.o + pi * dch * kMR * kNR;
-    for (int64_t blk = key_lo / BN; blk * BN < key_hi; ++blk) {
-      const int64_t key0 = blk * BN, n = std::min(BN, seq.lk - key0);
-      const int64_t kpn = packed_k<T, Dot>(n);
-      float tile[kMR * kNR];
-      for (int64_t c = 0; c * kNR < n; ++c) {
-        micro_kernel<T, Dot>(pk.kpd, qa, pk.k_chunk(it.head_k, seq_first + blk, c), tile, false);
-        for (int r = 0; r < kMR; ++r)
-          for (int64_t j = 0; j < kNR; ++j) ws.s[r * BN + c * kNR + j] = tile[r * kNR + j];
-      }
-      float alpha[kMR];
-      softmax_panel<T, Dot>(ws.s, n, key0, ppos, live, p, ws.m + pi * kMR, ws.l + pi * kMR, alpha, ws.p);
-      for (int64_t dc = 0; dc < dch; ++dc) {
-        float* od = o + dc * kMR * kNR;
-        for (int r = 0; r < kMR; ++r)
-          if (alpha[r] != 1.f)
-            for (int64_t j = 0; j < kNR; ++j) od[r * kNR + j] *= alpha[r];
-        micro_kernel<T, Dot>(kpn, ws.p, pk.v_chunk(it.head_k, seq_first + blk, dc), od, true);
+    lo_blk[pi] = key_lo / BN;
+    hi_blk[pi] = std::max(lo_blk[pi], key_hi > 0 ? attn_ceil(key_hi, BN) : 0);
+    first = std::min(first, lo_blk[pi]);
+    last = std::max(last, hi_blk[pi]);
+  }
+  // Key blocks in groups that stay in L2 while every panel sweeps them; within a group, panel-outer keeps one
+  // panel's Q and O in L1 while the group's K/V blocks stream from L2.
+  for (int64_t group0 = first; group0 < last; group0 += kBlocksPerGroup) {
+    for (int64_t pi = 0; pi < panels; ++pi) {
+      const Entry* qa = ws.q + pi * pk.kpd * kMR;
+      const int live = static_cast<int>(std::min<int64_t>(kMR, rows - pi * kMR));
+      const int64_t* ppos = pos.data() + pi * kMR;
+      float* o = ws.o + pi * dch * kMR * kNR;
+      const int64_t blk_end = std::min(group0 + kBlocksPerGroup, hi_blk[pi]);
+      for (int64_t blk = std::max(group0, lo_blk[pi]); blk < blk_end; ++blk) {
+        const int64_t key0 = blk * BN, n = std::min(BN, seq.lk - key0);
+        const int64_t kpn = packed_k<T, Dot>(n);
+        float tile[kMR * kNR];
+        for (int64_t c = 0; c * kNR < n; ++c) {
+          micro_kernel<T, Dot>(pk.kpd, qa, pk.k_chunk(it.head_k, seq_first + blk, c), tile, false);
+          for (int r = 0; r < kMR; ++r)
+            for (int64_t j = 0; j < kNR; ++j) ws.s[r * BN + c * kNR + j] = tile[r * kNR + j];
+        }
+        float alpha[kMR];
+        softmax_panel<T, Dot>(ws.s, n, key0, ppos, live, p, ws.m + pi * kMR, ws.l + pi * kMR, alpha, ws.p);
+        for (int64_t dc = 0; dc < dch; ++dc) {
+          float* od = o + dc * kMR * kNR;
+          for (int r = 0; r < kMR; ++r)
+            if (alpha[r] != 1.f)
+              for (int64_t j = 0; j < kNR; ++j) od[r * kNR + j] *= alpha[r];
+          micro_kernel<T, Dot>(kpn, ws.p, pk.v_chunk(it.head_k, seq_first + blk, dc), od, true);
+        }
       }
     }
   }
