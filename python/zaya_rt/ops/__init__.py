@@ -3,5 +3,9 @@
 from zaya_rt.ops.moe import grouped_gemm, moe_dispatch, moe_experts
 from zaya_rt.ops.norms import residual_rms_norm, rms_norm
 from zaya_rt.ops.router import zaya_router
+from zaya_rt.ops.runtime import copy_pages, gather_tail, kv_write
+from zaya_rt.ops.sampling import sample_tokens
 
-__all__ = ["grouped_gemm", "moe_dispatch", "moe_experts", "residual_rms_norm", "rms_norm", "zaya_router"]
+__all__ = [
+    "copy_pages", "gather_tail", "kv_write", "sample_tokens",
+    "grouped_gemm", "moe_dispatch", "moe_experts", "residual_rms_norm", "rms_norm", "zaya_router"]
