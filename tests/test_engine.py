@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import zaya_rt
-from engine_helpers import assert_matches, model_pair, record_logits
+from engine_helpers import assert_matches, hf_greedy, model_pair, record_logits
 
 CONFIGS = {
     "gqa": dict(),
@@ -29,9 +29,10 @@ def _prompts(vocab, lengths, seed=0):
     return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
-def _check_all(hf, engine, prompts, outputs, seen, ids, max_new=10):
+def _check_all(hf, engine, prompts, outputs, seen, ids):
     for prompt, out, rid in zip(prompts, outputs, ids):
-        assert_matches(hf, prompt, out, seen[rid], max_new)
+        assert len(out) == GREEDY.max_new_tokens
+        assert_matches(hf, prompt, out, seen[rid])
 
 
 def test_single_request(pair):
@@ -40,6 +41,7 @@ def test_single_request(pair):
     seen = record_logits(engine)
     prompt = _prompts(hf.config.vocab_size, [11])[0]
     out = engine.generate([prompt], GREEDY)
+    assert out[0] == hf_greedy(hf, prompt, GREEDY.max_new_tokens)  # literally transformers' generate
     _check_all(hf, engine, [prompt], out, seen, engine.last_request_ids)
     assert engine.num_free_pages == engine.num_pages
 

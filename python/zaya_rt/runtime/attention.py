@@ -1,6 +1,6 @@
 """Attention over packed sequences and over the paged cache, with the contracts of the attention ops that the
-CCA-attention issue adds to zaya_rt.ops. Until those ops are in this branch these are reference shims built on
-zaya_rt.ref.attention (correct, not fast); `_impl()` switches to the ops as soon as they exist.
+CCA-attention issue adds to zaya_rt.ops. Until those ops are in this branch these are shims (masked
+softmax attention through PyTorch's SDPA after gathering the pages); they call the ops as soon as they exist.
 
   attention_varlen(q [Tq, Hq, d], k [Tk, Hk, d], v, cu_seqlens_q [B+1] int32, cu_seqlens_k [B+1] int32, *,
                    causal=True, window=None, scale=None) -> [Tq, Hq, d]
@@ -14,6 +14,7 @@ zaya_rt.ref.attention (correct, not fast); `_impl()` switches to the ops as soon
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from zaya_rt import ops, ref
 
@@ -39,7 +40,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal: bool = True
         allowed = kpos <= qpos if causal else torch.ones(lq, lk, dtype=torch.bool, device=q.device)
         if window is not None:
             allowed = allowed & (qpos - kpos < window)
-        out[cq[b] : cq[b + 1]] = ref.attention(
+        out[cq[b] : cq[b + 1]] = _masked(
             q[None, cq[b] : cq[b + 1]], k[None, ck[b] : ck[b + 1]], v[None, ck[b] : ck[b + 1]], allowed[None], scale
         )[0]
     return out
@@ -63,4 +64,13 @@ def attention_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale: float
     allowed = (kpos >= 0) & (kpos <= qpos)
     if window is not None:
         allowed &= qpos - kpos < window
-    return ref.attention(q, k, v, allowed, scale)
+    return _masked(q, k, v, allowed, scale)
+
+
+def _masked(q, k, v, allowed, scale: float) -> torch.Tensor:
+    """q [B, n, Hq, d], k/v [B, S, Hk, d], allowed [B, n, S] (every query allows at least one key)."""
+    if q.dtype == torch.float64:
+        return ref.attention(q, k, v, allowed, scale)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=allowed[:, None], scale=scale, enable_gqa=True)
+    return out.transpose(1, 2)

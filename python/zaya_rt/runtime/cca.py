@@ -46,9 +46,8 @@ def cca_prep(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, pos
     padded = qk.new_zeros(B, K + n_max, C)
     padded[:, :K] = conv_state.transpose(1, 2).to(qk.dtype)
     padded[seq, K + local] = qk
-    conv = F.conv1d(padded.transpose(1, 2), conv0_w, conv0_b, groups=C)
-    conv = F.conv1d(conv, conv1_w, conv1_b, groups=hq + hk)  # [B, C, n_max]
-    conv_tok = conv[seq, :, local]                            # [T, C]
+    conv = _two_stage_conv(padded, conv0_w, conv0_b, conv1_w, conv1_b, hq + hk)  # [B, n_max, C]
+    conv_tok = conv[seq, local]                                                  # [T, C]
     tail = lens[:, None] + torch.arange(K, device=qp.device)[None]
     conv_state_out = padded.gather(1, tail[..., None].expand(B, K, C)).transpose(1, 2)
 
@@ -69,6 +68,26 @@ def cca_prep(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, pos
     last = (cu_seqlens[1:].long() - 1).clamp_min(0)
     v_state_out = torch.where((lens > 0)[:, None], v_del[last], v_state.to(v_del.dtype))
     return q, k, v, conv_state_out, v_state_out
+
+
+def _two_stage_conv(x_BTC, conv0_w, conv0_b, conv1_w, conv1_b, groups: int) -> torch.Tensor:
+    """Depthwise conv (kernel k0) then grouped conv (kernel k1, `groups` groups) along T of x [B, T, C], no
+    padding: [B, T - (k0-1) - (k1-1), C]. Written as shifted multiply-adds and one small GEMM per tap, which
+    is far cheaper than F.conv1d at decode sizes on the CPU."""
+    B, T, C = x_BTC.shape
+    k0, k1 = conv0_w.shape[-1], conv1_w.shape[-1]
+    T0 = T - k0 + 1
+    y = conv0_b
+    for j in range(k0):
+        y = y + conv0_w[:, 0, j] * x_BTC[:, j : j + T0]
+    g = C // groups
+    T1 = T0 - k1 + 1
+    w = conv1_w.view(groups, g, g, k1)
+    yh = y.view(B, T0, groups, g)
+    out = conv1_b.view(groups, g)
+    for j in range(k1):
+        out = out + torch.einsum("btgi,goi->btgo", yh[:, j : j + T1], w[..., j])
+    return out.reshape(B, T1, C)
 
 
 def boundary_states(qp, kp, v_del, conv_state, starts: list[int], state_rows: list[int], ends: list[int]):
