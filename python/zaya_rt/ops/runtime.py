@@ -35,7 +35,7 @@ def _check_cache(op: str, name: str, cache, ndim: int) -> None:
         raise ValueError(f"zaya_rt.{op}: {name} is empty, shape {tuple(cache.shape)}")
 
 
-def _check_kv_write(k_new, v_new, k_cache, v_cache, slot_mapping) -> None:
+def _check_kv_write(k_new, v_new, k_cache, v_cache, slot_mapping, values: bool = True) -> None:
     op = "kv_write"
     _check_cache(op, "k_cache", k_cache, 4)
     _check_cache(op, "v_cache", v_cache, 4)
@@ -55,7 +55,7 @@ def _check_kv_write(k_new, v_new, k_cache, v_cache, slot_mapping) -> None:
     if slot_mapping.shape[0] != k_new.shape[0]:
         raise ValueError(f"zaya_rt.{op}: slot_mapping has {slot_mapping.shape[0]} entries for {k_new.shape[0]} rows")
     check_same_device(op, k_new=k_new, v_new=v_new, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
-    if slot_mapping.device.type == "cpu" and slot_mapping.numel():
+    if values and slot_mapping.device.type == "cpu" and slot_mapping.numel():
         capacity = k_cache.shape[0] * k_cache.shape[1]
         lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
         if lo < -1 or hi >= capacity:
@@ -85,10 +85,10 @@ def _kv_write(k_new, v_new, k_cache, v_cache, slot_mapping) -> None:
 
 
 def _kv_write_fake(k_new, v_new, k_cache, v_cache, slot_mapping) -> None:
-    _check_kv_write(k_new, v_new, k_cache, v_cache, slot_mapping)
+    _check_kv_write(k_new, v_new, k_cache, v_cache, slot_mapping, values=False)
 
 
-def _check_copy_pages(cache, src, dst) -> None:
+def _check_copy_pages(cache, src, dst, values: bool = True) -> None:
     op = "copy_pages"
     check_tensor(op, "cache", cache, dtypes=_CACHE_DTYPES)
     if cache.dim() < 3:
@@ -100,7 +100,7 @@ def _check_copy_pages(cache, src, dst) -> None:
     if src.shape != dst.shape:
         raise ValueError(f"zaya_rt.{op}: src has {src.shape[0]} pages, dst {dst.shape[0]}")
     check_same_device(op, cache=cache, src=src, dst=dst)
-    if src.device.type == "cpu" and src.numel():
+    if values and src.device.type == "cpu" and src.numel():
         P = cache.shape[1]
         for name, t in (("src", src), ("dst", dst)):
             if int(t.min()) < 0 or int(t.max()) >= P:
@@ -125,7 +125,7 @@ def _copy_pages(cache, src, dst) -> None:
 
 
 def _copy_pages_fake(cache, src, dst) -> None:
-    _check_copy_pages(cache, src, dst)
+    _check_copy_pages(cache, src, dst, values=False)
 
 
 def _check_gather_tail(cache, block_table, seq_lens, tau) -> None:
@@ -149,18 +149,25 @@ def _gather_tail(cache, block_table, seq_lens, tau):
     if B * tau == 0:
         return out
     if cache.device.type != "cpu":
-        pos = seq_lens.long()[:, None] - tau + torch.arange(tau, device=cache.device)
-        valid = pos >= 0
-        col = (pos.clamp_min(0) // S).clamp_max(max(M - 1, 0))
-        page = block_table.long().gather(1, col).clamp(0, P - 1)
-        rows = cache.view(P * S, *cache.shape[2:])[page * S + pos.clamp_min(0) % S]
-        return torch.where(valid[..., None, None], rows, 0)
+        return gather_tail_torch(cache, block_table, seq_lens, tau)
     bt = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
     sl = seq_lens.contiguous()
     W = cache[0, 0].numel()
     _C.gather_tail(cache.data_ptr(), S * W, W, bt.data_ptr(), bt.stride(0) if M else 0, sl.data_ptr(),
                    out.data_ptr(), DTYPE_CODES[cache.dtype], B, M, P, S, W, tau, *device_args(cache))
     return out
+
+
+def gather_tail_torch(cache, block_table, seq_lens, tau: int) -> torch.Tensor:
+    """gather_tail as PyTorch index ops (the path off the CPU)."""
+    B, M = block_table.shape
+    P, S = cache.shape[:2]
+    pos = seq_lens.long()[:, None] - tau + torch.arange(tau, device=cache.device)
+    valid = pos >= 0
+    col = (pos.clamp_min(0) // S).clamp_max(max(M - 1, 0))
+    page = block_table.long().gather(1, col).clamp(0, P - 1)
+    rows = cache.view(P * S, *cache.shape[2:])[page * S + pos.clamp_min(0) % S]
+    return torch.where(valid[..., None, None], rows, torch.zeros((), dtype=cache.dtype, device=cache.device))
 
 
 def _gather_tail_fake(cache, block_table, seq_lens, tau):
@@ -173,17 +180,26 @@ register_kernels("copy_pages", _copy_pages, _copy_pages_fake)
 register_kernels("gather_tail", _gather_tail, _gather_tail_fake)
 
 
+def _require_tensors(op: str, **tensors) -> None:
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"zaya_rt.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
 def kv_write(k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
     """Writes k_new/v_new [N, Hk, d] into the page caches [P, S, Hk, d] at slot_mapping [N] int32 (-1 skips)."""
+    _require_tensors("kv_write", k_new=k_new, v_new=v_new, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
     torch.ops.zaya_rt.kv_write(k_new, v_new, k_cache, v_cache, slot_mapping)
 
 
 def copy_pages(cache: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:
     """cache [L, P, ...]: copies pages src [n] int32 onto dst [n] int32 in every layer."""
+    _require_tensors("copy_pages", cache=cache, src=src, dst=dst)
     torch.ops.zaya_rt.copy_pages(cache, src, dst)
 
 
 def gather_tail(cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor, tau: int) -> torch.Tensor:
     """The last tau cached rows of each sequence: [B, tau, Hk, d] (zeros before position 0)."""
+    _require_tensors("gather_tail", cache=cache, block_table=block_table, seq_lens=seq_lens)
     return torch.ops.zaya_rt.gather_tail(cache, block_table, seq_lens, tau)

@@ -29,19 +29,19 @@ def sampling_uniform(seed: int, step: int) -> float:
     return _C.sampling_uniform(int(seed), int(step))
 
 
-def _check(logits, temperature, top_k, top_p, min_p, seed, step) -> None:
+def _check(logits, temperature, top_k, top_p, min_p, seed, step, values: bool = True) -> None:
     op = "sample_tokens"
     check_tensor(op, "logits", logits, dtypes=FLOAT_DTYPES, ndim=2)
     B, V = logits.shape
     if V == 0:
         raise ValueError(f"zaya_rt.{op}: logits has an empty vocabulary, shape {tuple(logits.shape)}")
-    values = (temperature, top_k, top_p, min_p, seed, step)
-    for (name, dtype), t in zip(_PARAMS, values):
+    params = (temperature, top_k, top_p, min_p, seed, step)
+    for (name, dtype), t in zip(_PARAMS, params):
         check_tensor(op, name, t, dtypes=(dtype,), ndim=1)
         if t.shape[0] != B:
             raise ValueError(f"zaya_rt.{op}: {name} has {t.shape[0]} entries for {B} rows")
-    check_same_device(op, logits=logits, **{name: t for (name, _), t in zip(_PARAMS, values)})
-    if temperature.device.type == "cpu" and B:
+    check_same_device(op, logits=logits, **{name: t for (name, _), t in zip(_PARAMS, params)})
+    if values and temperature.device.type == "cpu" and B:
         if not bool(torch.isfinite(temperature).all()) or bool((temperature < 0).any()):
             raise ValueError(f"zaya_rt.{op}: temperature must be finite and >= 0, got {temperature.tolist()}")
         if bool((top_k < 0).any()):
@@ -94,7 +94,7 @@ def _impl(logits, temperature, top_k, top_p, min_p, seed, step):
 
 
 def _fake(logits, temperature, top_k, top_p, min_p, seed, step):
-    _check(logits, temperature, top_k, top_p, min_p, seed, step)
+    _check(logits, temperature, top_k, top_p, min_p, seed, step, values=False)
     return logits.new_empty((logits.shape[0],), dtype=torch.int64)
 
 
@@ -104,4 +104,7 @@ register_kernels("sample_tokens", _impl, _fake)
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                   min_p: torch.Tensor, seed: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """tokens [B] int64 from logits [B, V]; per-row parameters as described in the module docstring."""
+    for name, t in zip(("logits", *(n for n, _ in _PARAMS)), (logits, temperature, top_k, top_p, min_p, seed, step)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"zaya_rt.sample_tokens: {name} must be a torch.Tensor, got {type(t).__name__}")
     return torch.ops.zaya_rt.sample_tokens(logits, temperature, top_k, top_p, min_p, seed, step)
