@@ -37,17 +37,15 @@ def cca_prep(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, pos
     B, C, K = conv_state.shape
     hq, hk = num_q_heads, num_kv_heads
     d = qp.shape[1] // hq
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    seq = torch.repeat_interleave(torch.arange(B, device=qp.device), lens)
-    local = torch.arange(T, device=qp.device) - cu_seqlens.long()[seq]
-    n_max = int(lens.max()) if B else 0
+    lens, seq, local, n_max = _packing(cu_seqlens, T)
 
     qk = torch.cat([qp, kp], dim=-1)
     padded = qk.new_zeros(B, K + n_max, C)
     padded[:, :K] = conv_state.transpose(1, 2).to(qk.dtype)
     padded[seq, K + local] = qk
-    conv = _two_stage_conv(padded, conv0_w, conv0_b, conv1_w, conv1_b, hq + hk)  # [B, n_max, C]
-    conv_tok = conv[seq, local]                                                  # [T, C]
+    conv = _two_stage_conv(padded.float(), conv0_w.float(), conv0_b.float(), conv1_w.float(), conv1_b.float(),
+                           hq + hk)                                   # [B, n_max, C], fp32
+    conv_tok = conv[seq, local].to(qk.dtype)                           # [T, C]
     tail = lens[:, None] + torch.arange(K, device=qp.device)[None]
     conv_state_out = padded.gather(1, tail[..., None].expand(B, K, C)).transpose(1, 2)
 
@@ -68,6 +66,23 @@ def cca_prep(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, pos
     last = (cu_seqlens[1:].long() - 1).clamp_min(0)
     v_state_out = torch.where((lens > 0)[:, None], v_del[last], v_state.to(v_del.dtype))
     return q, k, v, conv_state_out, v_state_out
+
+
+_last_packing: list = [None, None]
+
+
+def _packing(cu_seqlens: torch.Tensor, T: int):
+    """(lens [B], sequence of each token [T], index inside its sequence [T], longest chunk); remembered for
+    the last cu_seqlens tensor, which every layer of a step shares."""
+    if _last_packing[0] is cu_seqlens:
+        return _last_packing[1]
+    B = cu_seqlens.shape[0] - 1
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    seq = torch.repeat_interleave(torch.arange(B, device=cu_seqlens.device), lens, output_size=T)
+    local = torch.arange(T, device=cu_seqlens.device) - cu_seqlens.long()[seq]
+    n_max = int(lens.max()) if B else 0
+    _last_packing[:] = [cu_seqlens, (lens, seq, local, n_max)]
+    return _last_packing[1]
 
 
 def _two_stage_conv(x_BTC, conv0_w, conv0_b, conv1_w, conv1_b, groups: int) -> torch.Tensor:

@@ -78,8 +78,9 @@ class ModelRunner:
             self.layers.append(_LayerWeights(
                 qkv_w=torch.cat([m.weight for m in linears]), qkv_b=bias,
                 splits=tuple(m.weight.shape[0] for m in linears),
-                conv0_w=proj.conv_qk_depthwise.weight, conv0_b=proj.conv_qk_depthwise.bias,
-                conv1_w=proj.conv_qk_grouped.weight, conv1_b=proj.conv_qk_grouped.bias,
+                # the CCA conv runs in fp32 (SPEC section 3 numerics); cast its weights once
+                conv0_w=proj.conv_qk_depthwise.weight.float(), conv0_b=proj.conv_qk_depthwise.bias.float(),
+                conv1_w=proj.conv_qk_grouped.weight.float(), conv1_b=proj.conv_qk_grouped.bias.float(),
                 temp=layer.self_attn.qk_norm.temp, rope_dims=rope_dims,
                 rope_theta=cfg.rope_theta(cfg.layer_types[i]), window=cfg.window(i),
             ))
@@ -146,6 +147,10 @@ class ModelRunner:
         w, cache = self.layers[i], self.cache
         out = q.new_empty(q.shape)
         decode_seqs, decode_rows, fresh_seqs, chunk_seqs = groups
+        if decode_seqs is not None and decode_rows.shape[0] == q.shape[0]:  # a pure decode step
+            return attention.attention_decode(
+                q[:, None], cache.k_pages[i], cache.v_pages[i], batch.block_table, batch.seq_lens, window=w.window,
+            )[:, 0]
         if decode_seqs is not None:
             out[decode_rows] = attention.attention_decode(
                 q.index_select(0, decode_rows)[:, None], cache.k_pages[i], cache.v_pages[i],
