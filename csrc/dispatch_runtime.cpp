@@ -47,6 +47,11 @@ void kv_write(const KvWriteParams& p, const Device& d) {
   if (p.N > 0 && (!p.k_new || !p.v_new || !p.k_cache || !p.v_cache || !p.slot_mapping)) bad(op, "null pointer");
   require_cpu(op, d);
   if (p.N == 0) return;
+  const int64_t capacity = p.P * p.S;
+  for (int64_t n = 0; n < p.N; ++n)
+    if (p.slot_mapping[n] < -1 || p.slot_mapping[n] >= capacity)
+      bad(op, "slot_mapping[" + std::to_string(n) + "] = " + std::to_string(p.slot_mapping[n]) +
+                  " must lie in [-1, " + std::to_string(capacity) + ")");
   finish(op, cpu::kv_write(p));
 }
 

@@ -57,9 +57,21 @@ const char* sample_row(const T* row, int64_t V, double temperature, int64_t top_
       n = top_k;
     }
     if (top_p < 1.0) {
-      std::sort(s.order, s.order + n, before);
       double mass = 0.0;
       for (int64_t r = 0; r < n; ++r) mass += s.p[s.order[r]];
+      // Only the most probable tokens can be kept: find a threshold whose candidates already hold top_p of the
+      // mass (the first token outside them then has at least that much mass before it), and sort just those.
+      double threshold = 1.0, candidate_mass = 0.0;
+      for (;;) {
+        candidate_mass = 0.0;
+        for (int64_t r = 0; r < n; ++r) candidate_mass += s.p[s.order[r]] >= threshold ? s.p[s.order[r]] : 0.0;
+        if (candidate_mass / mass >= top_p || threshold == 0.0) break;
+        threshold = threshold > 1e-300 ? threshold / 16.0 : 0.0;
+      }
+      const int64_t m = std::partition(s.order, s.order + n, [&](int32_t i) { return s.p[i] >= threshold; }) - s.order;
+      for (int64_t r = m; r < n; ++r) s.keep[s.order[r]] = 0;
+      std::sort(s.order, s.order + m, before);
+      n = m;
       double cum = 0.0;
       for (int64_t r = 0; r < n; ++r) {
         if (cum / mass >= top_p) s.keep[s.order[r]] = 0;

@@ -122,6 +122,11 @@ def _bench(args: argparse.Namespace) -> int:
         cases += dispatch_cases(device)
     if "router" in args.ops:
         cases += router_cases(device)
+    if "sampling" in args.ops or "pages" in args.ops:
+        from zaya_rt.benchmarks.runtime import page_cases, sampling_cases
+
+        cases += sampling_cases(device) if "sampling" in args.ops else []
+        cases += page_cases(device) if "pages" in args.ops else []
     results = run_cases(cases, device, min_time_s=args.min_time)
     from zaya_rt.benchmarks.harness import peak_gbps_for
 
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--layers", type=int, default=4, help="e2e --device cuda: layers of the ZAYA1-8B-shaped model")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
-    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router")
+    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, sampling, pages")
     bench.add_argument("--moe-shapes", default=None,
                        help="semicolon-separated T,D,I,E shapes for the moe cases (default: decode and prefill)")
     bench.add_argument("--peak-gbps", type=float, default=None,
