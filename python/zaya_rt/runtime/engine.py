@@ -6,6 +6,9 @@ prefilled in chunks between decode steps. Full prompt pages are shared through t
 When pages run out the newest running sequence is preempted: its pages are released and it is recomputed
 later from its prompt and the tokens it already produced (with the same sampling uniforms, so the output
 is as if nothing happened).
+
+Not yet: CUDA-graph capture of decode steps (the step builds its index tensors on the host each time; a
+GPU run works eagerly, untested on real hardware so far).
 """
 
 from __future__ import annotations
