@@ -309,5 +309,13 @@ else
   echo "(no zaya-rt bench command in this checkout: skipped)"
 fi
 
+step "zaya-rt bench e2e --device cuda (ZAYA1-8B-shaped random weights, 4 of 40 layers; Engine vs transformers generate)"
+if python -c "import zaya_rt.benchmarks.e2e" 2>/dev/null; then
+  timeout 900 python -m zaya_rt.cli bench e2e --device cuda --layers 4 --batches 1,16 --new-tokens 64 --repeats 3 \
+    || bench_rc=$?
+else
+  echo "(no e2e benchmark in this checkout: skipped)"
+fi
+
 step "done: tests $([[ $tests_rc == 0 ]] && echo passed || echo "FAILED (rc $tests_rc)"), benchmarks $([[ $bench_rc == 0 ]] && echo ran || echo "FAILED (rc $bench_rc)")"
 exit $(( tests_rc != 0 || bench_rc != 0 ))

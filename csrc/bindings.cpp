@@ -124,8 +124,10 @@ void zaya_router(Ptr x, int64_t x_rs, Ptr z_prev, int64_t zp_rs, int zp_dt, Ptr 
 }  // namespace
 
 void bind_cca(py::module_& m);
+void bind_runtime(pybind11::module_& m);
 
 PYBIND11_MODULE(_C, m) {
+  bind_runtime(m);
   m.doc() = "zaya_rt native kernels (CPU, and CUDA or HIP when built with them)";
   m.attr("gpu_backend") = zaya_rt::gpu_backend_name();
   m.def("cpu_isa", [] { return zaya_rt::cpu::isa_name(zaya_rt::cpu::active_isa()); },

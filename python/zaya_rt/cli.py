@@ -1,7 +1,8 @@
 """The `zaya-rt` command.
 
   zaya-rt demo    greedy generation with the embedded tiny random-weight model (no downloads)
-  zaya-rt bench   kernel benchmarks against PyTorch peers, as a table
+  zaya-rt bench   kernel benchmarks against PyTorch peers, as a table (`zaya-rt bench e2e`: end-to-end decode)
+  zaya-rt generate  stream text from a checkpoint (or the embedded tiny model) with the continuous-batching engine
 """
 
 from __future__ import annotations
@@ -40,7 +41,58 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    import zaya_rt
+    from zaya_rt.runtime import load_tokenizer, tiny_model
+    from zaya_rt.runtime.tokenizer import StreamDecoder
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    device = args.device
+    if args.model is None:
+        model = tiny_model(seed=0, dtype=dtype).to(device)
+    else:
+        model = zaya_rt.load(args.model, dtype=dtype, device=device)
+    tokenizer = load_tokenizer(args.model)
+    prompt = tokenizer.encode(args.prompt)
+    params = zaya_rt.SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                    top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, seed=args.seed)
+    engine = zaya_rt.Engine(model, max_batch=1)
+    decoder = StreamDecoder(tokenizer)
+    sys.stdout.write(args.prompt)
+    start = time.perf_counter()
+    first = None
+    count = 0
+    for _, token in engine.stream([prompt], params):
+        first = first or time.perf_counter()
+        count += 1
+        sys.stdout.write(decoder.push(token))
+        sys.stdout.flush()
+    end = time.perf_counter()
+    decode_rate = (count - 1) / (end - first) if count > 1 else 0.0
+    print(f"\n[{len(prompt)} prompt tokens, {count} generated in {end - start:.2f}s: first token after "
+          f"{first - start:.2f}s, decode {decode_rate:.1f} tok/s]", file=sys.stderr)
+    return 0
+
+
+def _bench_e2e(args: argparse.Namespace) -> int:
+    from zaya_rt.benchmarks.e2e import CONFIG_8B_SHAPED, run_e2e
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("zaya-rt bench e2e: --device cuda needs a CUDA GPU", file=sys.stderr)
+        return 2
+    config = None
+    if args.device == "cuda":
+        config = dict(CONFIG_8B_SHAPED, num_hidden_layers=args.layers)
+        print(f"ZAYA1-8B-shaped model with {args.layers} of its 40 layers (random weights)")
+    batches = tuple(int(b) for b in args.batches.split(","))
+    run_e2e(device=args.device, config=config, batches=batches, prompt_len=args.prompt_len,
+            new_tokens=args.new_tokens, repeats=args.repeats)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "e2e":
+        return _bench_e2e(args)
     from zaya_rt.benchmarks import (
         attention_cases,
         cca_cases,
@@ -77,6 +129,11 @@ def _bench(args: argparse.Namespace) -> int:
         cases += attention_cases(device, tokens=attn_tokens)
     if "cca" in args.ops:
         cases += cca_cases(device)
+    if "sampling" in args.ops or "pages" in args.ops:
+        from zaya_rt.benchmarks.runtime import page_cases, sampling_cases
+
+        cases += sampling_cases(device) if "sampling" in args.ops else []
+        cases += page_cases(device) if "pages" in args.ops else []
     results = run_cases(cases, device, min_time_s=args.min_time)
     from zaya_rt.benchmarks.harness import peak_gbps_for
 
@@ -100,10 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="kernel benchmarks against PyTorch peers")
+    bench.add_argument("what", nargs="?", choices=["ops", "e2e"], default="ops",
+                       help="ops: kernel benchmarks (default); e2e: end-to-end greedy decode vs transformers")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench.add_argument("--batches", default="1,16", help="e2e: comma-separated batch sizes")
+    bench.add_argument("--prompt-len", type=int, default=128, help="e2e: prompt tokens")
+    bench.add_argument("--new-tokens", type=int, default=32, help="e2e: generated tokens per sequence")
+    bench.add_argument("--repeats", type=int, default=2, help="e2e: timed runs per measurement (best is kept)")
+    bench.add_argument("--layers", type=int, default=4, help="e2e --device cuda: layers of the ZAYA1-8B-shaped model")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
-    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router,attention,cca", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, attention, cca")
+    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router,attention,cca", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, attention, cca, sampling, pages")
     bench.add_argument("--attn-tokens", default=None, help="comma-separated prefill lengths of the attention cases "
                        "(default: 2048 on CPU, 2048,8192,16384 on GPU)")
     bench.add_argument("--moe-shapes", default=None,
@@ -112,6 +176,18 @@ def main(argv: list[str] | None = None) -> int:
                        help="bandwidth roofline for the %%peak column (default: known GPUs by name)")
     bench.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
     bench.set_defaults(func=_bench)
+    gen = sub.add_parser("generate", help="stream text from a checkpoint (default: the embedded tiny model)")
+    gen.add_argument("--model", default=None, help="checkpoint directory with tokenizer.json (default: tiny model)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    gen.add_argument("--device", default="cpu")
+    gen.set_defaults(func=_generate)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -5,11 +5,17 @@ from zaya_rt.ops.cca import cca_prep
 from zaya_rt.ops.moe import grouped_gemm, moe_dispatch, moe_experts
 from zaya_rt.ops.norms import residual_rms_norm, rms_norm
 from zaya_rt.ops.router import zaya_router
+from zaya_rt.ops.runtime import copy_pages, gather_tail, kv_write
+from zaya_rt.ops.sampling import sample_tokens
 
 __all__ = [
     "attention_decode",
     "attention_varlen",
     "cca_prep",
+    "copy_pages",
+    "gather_tail",
+    "kv_write",
+    "sample_tokens",
     "grouped_gemm",
     "moe_dispatch",
     "moe_experts",

@@ -1,0 +1,119 @@
+#include "dispatch_runtime.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace zaya_rt {
+namespace {
+
+[[noreturn]] void bad(const std::string& op, const std::string& what) {
+  throw std::invalid_argument("zaya_rt." + op + ": " + what);
+}
+
+void finish(const char* op, const char* err) {
+  if (err != nullptr) throw std::runtime_error(std::string("zaya_rt.") + op + ": " + err);
+}
+
+void check_nonneg(const char* op, const char* name, int64_t v) {
+  if (v < 0) bad(op, std::string(name) + " must be non-negative, got " + std::to_string(v));
+}
+
+void check_positive(const char* op, const char* name, int64_t v) {
+  if (v <= 0) bad(op, std::string(name) + " must be positive, got " + std::to_string(v));
+}
+
+void check_cache_dtype(const char* op, DType t) {
+  if (!is_floating_16_32(t) && t != DType::kFloat64)
+    bad(op, std::string("cache dtype must be float32, float16, bfloat16 or float64, got ") + dtype_name(t));
+}
+
+// The runtime family has CPU kernels only so far; GPU callers use the PyTorch composition in
+// python/zaya_rt/ops/runtime.py and ops/sampling.py.
+void require_cpu(const char* op, const Device& d) {
+  if (d.type != DeviceType::kCpu) bad(op, "runs on the CPU only in this build (GPU callers use the PyTorch path)");
+}
+
+}  // namespace
+
+void kv_write(const KvWriteParams& p, const Device& d) {
+  const char* op = "kv_write";
+  check_cache_dtype(op, p.dtype);
+  check_nonneg(op, "N", p.N);
+  check_positive(op, "row width", p.W);
+  check_positive(op, "page count", p.P);
+  check_positive(op, "page size", p.S);
+  if (p.token_stride < p.W || p.page_stride < p.S * p.token_stride) bad(op, "cache strides overlap rows");
+  if (p.N > 0 && (!p.k_new || !p.v_new || !p.k_cache || !p.v_cache || !p.slot_mapping)) bad(op, "null pointer");
+  require_cpu(op, d);
+  if (p.N == 0) return;
+  const int64_t capacity = p.P * p.S;
+  for (int64_t n = 0; n < p.N; ++n)
+    if (p.slot_mapping[n] < -1 || p.slot_mapping[n] >= capacity)
+      bad(op, "slot_mapping[" + std::to_string(n) + "] = " + std::to_string(p.slot_mapping[n]) +
+                  " must lie in [-1, " + std::to_string(capacity) + ")");
+  finish(op, cpu::kv_write(p));
+}
+
+void copy_pages(const CopyPagesParams& p, const Device& d) {
+  const char* op = "copy_pages";
+  check_cache_dtype(op, p.dtype);
+  check_nonneg(op, "n", p.n);
+  check_positive(op, "layer count", p.L);
+  check_positive(op, "page count", p.P);
+  check_positive(op, "page size", p.page_elems);
+  if (p.page_stride < p.page_elems || p.layer_stride < p.P * p.page_stride) bad(op, "cache strides overlap pages");
+  if (p.n > 0 && (!p.cache || !p.src || !p.dst)) bad(op, "null pointer");
+  require_cpu(op, d);
+  if (p.n == 0) return;
+  finish(op, cpu::copy_pages(p));
+}
+
+void gather_tail(const GatherTailParams& p, const Device& d) {
+  const char* op = "gather_tail";
+  check_cache_dtype(op, p.dtype);
+  check_nonneg(op, "B", p.B);
+  check_nonneg(op, "tau", p.tau);
+  check_positive(op, "row width", p.W);
+  check_positive(op, "page count", p.P);
+  check_positive(op, "page size", p.S);
+  check_nonneg(op, "block table width", p.M);
+  if (p.B * p.tau > 0 && (!p.cache || !p.block_table || !p.seq_lens || !p.out)) bad(op, "null pointer");
+  require_cpu(op, d);
+  if (p.B * p.tau == 0) return;
+  for (int64_t b = 0; b < p.B; ++b)
+    if (p.seq_lens[b] < 0 || p.seq_lens[b] > p.M * p.S)
+      bad(op, "seq_lens[" + std::to_string(b) + "] = " + std::to_string(p.seq_lens[b]) +
+                  " does not fit the block table (" + std::to_string(p.M) + " pages of " + std::to_string(p.S) + ")");
+  finish(op, cpu::gather_tail(p));
+}
+
+void sample_tokens(const SampleParams& p, const Device& d) {
+  const char* op = "sample_tokens";
+  if (!is_floating_16_32(p.dtype)) bad(op, std::string("logits must be float32, float16 or bfloat16, got ") + dtype_name(p.dtype));
+  check_nonneg(op, "B", p.B);
+  check_positive(op, "vocabulary size", p.V);
+  require_cpu(op, d);
+  if (p.B == 0) return;
+  if (!p.logits || !p.temperature || !p.top_k || !p.top_p || !p.min_p || !p.seed || !p.step || !p.out)
+    bad(op, "null pointer");
+  bool any_sampled = false;
+  for (int64_t b = 0; b < p.B; ++b) {
+    any_sampled = any_sampled || p.temperature[b] != 0.0f;
+    const std::string row = "[" + std::to_string(b) + "]";
+    if (!(p.temperature[b] >= 0.0f) || !std::isfinite(p.temperature[b])) bad(op, "temperature" + row + " must be finite and >= 0");
+    if (p.top_k[b] < 0) bad(op, "top_k" + row + " must be >= 0");
+    if (!(p.top_p[b] > 0.0f && p.top_p[b] <= 1.0f)) bad(op, "top_p" + row + " must lie in (0, 1]");
+    if (!(p.min_p[b] >= 0.0f && p.min_p[b] <= 1.0f)) bad(op, "min_p" + row + " must lie in [0, 1]");
+  }
+  if (any_sampled && (p.workspace == nullptr || p.workspace_bytes < cpu::sample_workspace(p.B, p.V)))
+    bad(op, "workspace too small");
+  finish(op, cpu::sample_tokens(p));
+}
+
+int64_t sample_workspace(const Device& d, int64_t B, int64_t V) {
+  (void)d;
+  return cpu::sample_workspace(B, V);
+}
+
+}  // namespace zaya_rt

@@ -1,0 +1,128 @@
+"""End-to-end greedy decode throughput (SPEC section 8): zaya_rt's Engine against transformers'
+`ZayaForCausalLM.generate` on the same random weights, after a 128-token prompt, at batch 1 and 16.
+
+Decode tok/s = batch * (N - 1) / (time(generate N tokens) - time(generate 1 token)), so prefill is excluded
+for both. transformers runs every combination of experts_implementation eager/grouped_mm and
+attn_implementation eager/sdpa, and the best is the peer.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+# SPEC section 8's 124M-parameter config (heads chosen as 8 x 64 with 2 kv heads, router width 64).
+CONFIG_124M = dict(vocab_size=32768, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                   num_key_value_heads=2, head_dim=64, moe_intermediate_size=512, num_experts=16,
+                   router_hidden_size=64, max_position_embeddings=4096)
+# ZAYA1-8B's layer shape (D 2048, 8 x 128 heads, 2 kv heads, 16 experts of width 2048, vocab 262K), fewer layers.
+CONFIG_8B_SHAPED = dict(vocab_size=262272, hidden_size=2048, num_attention_heads=8, num_key_value_heads=2,
+                        head_dim=128, moe_intermediate_size=2048, num_experts=16, router_hidden_size=256,
+                        max_position_embeddings=8192)
+
+
+@dataclass
+class E2EResult:
+    batch: int
+    ours_tok_s: float
+    peer_tok_s: float
+    peer_name: str
+    all_peers: dict[str, float]
+
+
+def _build(config: dict, device: str, dtype: torch.dtype, seed: int):
+    """(transformers model, zaya_rt model) with the same random weights."""
+    import transformers
+
+    import zaya_rt
+
+    torch.manual_seed(seed)
+    hf_cfg = transformers.ZayaConfig(**config, tie_word_embeddings=True, pad_token_id=0, eos_token_id=None,
+                                     bos_token_id=None)
+    hf = transformers.ZayaForCausalLM(hf_cfg).eval()
+    with tempfile.TemporaryDirectory() as path:
+        hf.save_pretrained(path)
+        ours = zaya_rt.load(path, dtype=dtype).to(device).eval()
+    hf = hf.to(device=device, dtype=dtype)
+    for name, buf in hf.named_buffers():
+        if name.endswith("balancing_biases"):
+            buf.data = buf.data.float()
+    return hf, ours
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _best_time(fn, device: str, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def decode_tok_s(generate, batch: int, new_tokens: int, device: str, repeats: int) -> float:
+    generate(2)  # warm-up
+    t_all = _best_time(lambda: generate(new_tokens), device, repeats)
+    t_one = _best_time(lambda: generate(1), device, repeats)
+    return batch * (new_tokens - 1) / max(t_all - t_one, 1e-9)
+
+
+def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16), prompt_len: int = 128,
+            new_tokens: int = 32, dtype: torch.dtype = torch.bfloat16, repeats: int = 2, seed: int = 0,
+            peers=None, log=print) -> list[E2EResult]:
+    """Measures ours and transformers' greedy decode tok/s per batch size."""
+    import zaya_rt
+
+    config = dict(CONFIG_124M if config is None else config)
+    hf, ours = _build(config, device, dtype, seed)
+    log(f"model: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, {config['num_hidden_layers']} "
+        f"layers, {dtype}, device {device}")
+    peers = peers or [(e, a) for e in ("eager", "grouped_mm") for a in ("eager", "sdpa")]
+    gen = torch.Generator().manual_seed(seed + 1)
+    results = []
+    for batch in batches:
+        prompts = torch.randint(1, config["vocab_size"], (batch, prompt_len), generator=gen)
+        max_batch = max(batch, 1)
+        pages = max_batch * -(-(prompt_len + new_tokens + 16) // 16) + 8
+        engine = zaya_rt.Engine(ours, num_pages=pages, page_size=16, max_batch=max_batch,
+                                max_tokens_per_step=batch * prompt_len)
+        prompt_lists = prompts.tolist()
+
+        def ours_generate(n, engine=engine, prompt_lists=prompt_lists):
+            out = engine.generate(prompt_lists, zaya_rt.SamplingParams(max_new_tokens=n, temperature=0))
+            engine.cache.clear_prefix_cache()
+            return out
+
+        ours_rate = decode_tok_s(ours_generate, batch, new_tokens, device, repeats)
+        ids = prompts.to(device)
+        mask = torch.ones_like(ids)
+        all_peers = {}
+        for experts_impl, attn_impl in peers:
+            try:
+                hf.set_experts_implementation(experts_impl)
+                hf.set_attn_implementation(attn_impl)
+            except Exception as exc:  # an implementation this transformers/torch lacks
+                log(f"  transformers {experts_impl}/{attn_impl}: unavailable ({exc})")
+                continue
+
+            def hf_generate(n, ids=ids, mask=mask):
+                with torch.inference_mode():
+                    return hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                       do_sample=False)
+
+            all_peers[f"{experts_impl}/{attn_impl}"] = decode_tok_s(hf_generate, batch, new_tokens, device, repeats)
+        name = max(all_peers, key=all_peers.get)
+        results.append(E2EResult(batch, ours_rate, all_peers[name], name, all_peers))
+        log(f"batch {batch}: zaya_rt {ours_rate:.1f} tok/s; transformers best ({name}) {all_peers[name]:.1f} tok/s "
+            f"-> {ours_rate / all_peers[name]:.2f}x; all peers: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in all_peers.items()))
+    return results
