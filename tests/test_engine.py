@@ -9,7 +9,7 @@ import zaya_rt
 from engine_helpers import assert_matches, hf_greedy, model_pair, record_logits
 
 CONFIGS = {
-    "gqa": dict(),
+    "gqa_d32": dict(head_dim=32),  # head dim the attention kernels take (the others run the shims)
     "sliding_cca23_bias": dict(num_hidden_layers=4, layer_types=["hybrid", "hybrid_sliding"] * 2, sliding_window=5,
                                cca_time0=2, cca_time1=3, attention_bias=True),
     "mha_cca33_untied": dict(num_attention_heads=3, num_key_value_heads=3, cca_time0=3, cca_time1=3,

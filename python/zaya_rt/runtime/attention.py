@@ -19,13 +19,17 @@ import torch.nn.functional as F
 from zaya_rt import ops, ref
 
 
-def _op(name: str):
+def _op(name: str, q: torch.Tensor):
+    """The zaya_rt op, when it exists and takes q's dtype and head dim (multiples of 8 in [32, 256])."""
+    d = q.shape[-1]
+    if q.dtype == torch.float64 or not (32 <= d <= 256 and d % 8 == 0):
+        return None
     return getattr(ops, name, None)
 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal: bool = True, window: int | None = None,
                      scale: float | None = None) -> torch.Tensor:
-    op = _op("attention_varlen")
+    op = _op("attention_varlen", q)
     if op is not None:
         return op(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal, window=window, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -48,7 +52,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal: bool = True
 
 def attention_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale: float | None = None,
                      window: int | None = None) -> torch.Tensor:
-    op = _op("attention_decode")
+    op = _op("attention_decode", q)
     if op is not None:
         return op(q, k_cache, v_cache, block_table, seq_lens, scale=scale, window=window)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
