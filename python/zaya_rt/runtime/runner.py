@@ -81,7 +81,7 @@ class ModelRunner:
                 # the CCA conv runs in fp32 (SPEC section 3 numerics); cast its weights once
                 conv0_w=proj.conv_qk_depthwise.weight.float(), conv0_b=proj.conv_qk_depthwise.bias.float(),
                 conv1_w=proj.conv_qk_grouped.weight.float(), conv1_b=proj.conv_qk_grouped.bias.float(),
-                temp=layer.self_attn.qk_norm.temp, rope_dims=rope_dims,
+                temp=layer.self_attn.qk_norm.temp.float(), rope_dims=rope_dims,
                 rope_theta=cfg.rope_theta(cfg.layer_types[i]), window=cfg.window(i),
             ))
 
