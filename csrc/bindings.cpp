@@ -2,6 +2,8 @@
 // sizes and strides; python/zaya_rt/ops/ builds these calls from torch tensors.
 #include <pybind11/pybind11.h>
 
+#include "bindings_args.h"
+
 #include <cstdint>
 
 #include "cpu/isa_kernels.h"
@@ -16,16 +18,7 @@ using zaya_rt::DType;
 
 namespace {
 
-using Ptr = uintptr_t;
-template <typename T = void> T* ptr(Ptr p) { return reinterpret_cast<T*>(p); }
-DType dt(int code) {
-  if (code < 0 || code > static_cast<int>(DType::kFloat64)) throw std::invalid_argument("zaya_rt: bad dtype code");
-  return static_cast<DType>(code);
-}
-Device dev(int type, int index, Ptr stream) {
-  if (type != 0 && type != 1) throw std::invalid_argument("zaya_rt: bad device type code");
-  return Device{static_cast<DeviceType>(type), index, ptr(stream)};
-}
+using namespace zaya_rt::bindings;
 
 void rms_norm_fwd(Ptr x, int64_t x_rs, int x_dt, Ptr w, int w_dt, Ptr out, int64_t out_rs, Ptr rstd,
                   int64_t rows, int64_t dim, double eps, int dev_type, int dev_index, Ptr stream) {

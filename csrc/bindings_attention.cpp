@@ -1,6 +1,8 @@
 // pybind11 functions of the attention family; python/zaya_rt/ops/attention.py builds these calls.
 #include <pybind11/pybind11.h>
 
+#include "bindings_args.h"
+
 #include <cstdint>
 #include <stdexcept>
 
@@ -13,16 +15,7 @@ using zaya_rt::DType;
 
 namespace {
 
-using Ptr = uintptr_t;
-template <typename T = void> T* ptr(Ptr p) { return reinterpret_cast<T*>(p); }
-DType dt(int code) {
-  if (code < 0 || code > static_cast<int>(DType::kFloat64)) throw std::invalid_argument("zaya_rt: bad dtype code");
-  return static_cast<DType>(code);
-}
-Device dev(int type, int index, Ptr stream) {
-  if (type != 0 && type != 1) throw std::invalid_argument("zaya_rt: bad device type code");
-  return Device{static_cast<DeviceType>(type), index, ptr(stream)};
-}
+using namespace zaya_rt::bindings;
 
 zaya_rt::AttnVarlenFwdParams varlen_sizes(int dtype, int64_t batch, int64_t tq, int64_t tk, int64_t hq, int64_t hk,
                                           int64_t d) {

@@ -2,6 +2,8 @@
 // the params structs in zaya_rt/cca.h (python/zaya_rt/ops/cca.py builds the calls).
 #include <pybind11/pybind11.h>
 
+#include "bindings_args.h"
+
 #include <cstdint>
 #include <stdexcept>
 
@@ -11,20 +13,9 @@ namespace py = pybind11;
 
 namespace {
 
-using Ptr = uintptr_t;
+using namespace zaya_rt::bindings;
 using zaya_rt::Device;
-using zaya_rt::DeviceType;
 using zaya_rt::DType;
-
-template <typename T = void> T* ptr(Ptr p) { return reinterpret_cast<T*>(p); }
-DType dt(int code) {
-  if (code < 0 || code > static_cast<int>(DType::kFloat64)) throw std::invalid_argument("zaya_rt: bad dtype code");
-  return static_cast<DType>(code);
-}
-Device dev(int type, int index, Ptr stream) {
-  if (type != 0 && type != 1) throw std::invalid_argument("zaya_rt: bad device type code");
-  return Device{static_cast<DeviceType>(type), index, ptr(stream)};
-}
 
 // tensors: qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, conv_state_in, v_state_in, positions,
 // cu_seqlens, inv_freq, q, k, v, conv_state_out, v_state_out, workspace (addresses, 0 = none);

@@ -2,6 +2,8 @@
 // ops/sampling.py build these calls from torch tensors.
 #include <pybind11/pybind11.h>
 
+#include "bindings_args.h"
+
 #include <cstdint>
 #include <stdexcept>
 
@@ -11,16 +13,7 @@ namespace py = pybind11;
 
 namespace {
 
-using Ptr = uintptr_t;
-template <typename T = void> T* ptr(Ptr p) { return reinterpret_cast<T*>(p); }
-zaya_rt::DType dt(int code) {
-  if (code < 0 || code > static_cast<int>(zaya_rt::DType::kFloat64)) throw std::invalid_argument("zaya_rt: bad dtype code");
-  return static_cast<zaya_rt::DType>(code);
-}
-zaya_rt::Device dev(int type, int index, Ptr stream) {
-  if (type != 0 && type != 1) throw std::invalid_argument("zaya_rt: bad device type code");
-  return zaya_rt::Device{static_cast<zaya_rt::DeviceType>(type), index, ptr(stream)};
-}
+using namespace zaya_rt::bindings;
 
 void kv_write(Ptr k_new, int64_t k_rs, Ptr v_new, int64_t v_rs, Ptr k_cache, Ptr v_cache, int64_t page_stride,
               int64_t token_stride, Ptr slots, int dtype, int64_t N, int64_t W, int64_t P, int64_t S, int dev_type,
