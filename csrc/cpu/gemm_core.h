@@ -242,7 +242,11 @@ inline void dot_block(const T* a_packed, const T* const* a_rows, const T* const*
 #if defined(__AVX512BF16__)
         __m512bh bv[G];
 #pragma GCC unroll 3
-        for (int g = 0; g < G; ++g) bv[g] = (__m512bh)_mm512_loadu_si512(b_rows[g] + k);
+        for (int g = 0; g < G; ++g) {
+          bv[g] = (__m512bh)_mm512_loadu_si512(b_rows[g] + k);
+          // Weights are usually whole matrices: pull in the rows after these (the next call's) meanwhile.
+          _mm_prefetch(reinterpret_cast<const char*>(b_rows[g] + G * K + k), _MM_HINT_T0);
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) {
           __m512bh av = (__m512bh)_mm512_loadu_si512(pa + i * step);

@@ -19,14 +19,32 @@ struct RowScratch {
   uint8_t* keep;   // [V]
 };
 
+// First index of the row's maximum; blocks of kArgmaxBlock are reduced with vectorisable loops and only a block
+// that raises the maximum is searched for its index.
+constexpr int64_t kArgmaxBlock = 256;
+
 template <typename T>
 const char* argmax_row(const T* row, int64_t V, int64_t* out) {
-  float best = load<T>(row, 0);
+  float best = -INFINITY;
   int64_t at = 0;
-  for (int64_t i = 0; i < V; ++i) {
-    const float x = load<T>(row, i);
-    if (x != x) return "logits contain NaN";
-    if (x > best) { best = x; at = i; }
+  float block[kArgmaxBlock];
+  for (int64_t i0 = 0; i0 < V; i0 += kArgmaxBlock) {
+    const int64_t n = std::min(kArgmaxBlock, V - i0);
+    for (int64_t i = 0; i < n; ++i) block[i] = load<T>(row, i0 + i);
+    float mx = -INFINITY;
+    int nan = 0;
+#pragma omp simd reduction(max : mx) reduction(| : nan)
+    for (int64_t i = 0; i < n; ++i) {
+      nan |= block[i] != block[i];
+      mx = block[i] > mx ? block[i] : mx;
+    }
+    if (nan) return "logits contain NaN";
+    if (mx > best || i0 == 0) {
+      int64_t j = 0;
+      while (block[j] != mx) ++j;
+      best = mx;
+      at = i0 + j;
+    }
   }
   *out = at;
   return nullptr;

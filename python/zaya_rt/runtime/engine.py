@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from zaya_rt import ops
+from zaya_rt.runtime import direct
 from zaya_rt.runtime.kv_cache import PagedKVCache, PrefixEntry
 from zaya_rt.runtime.params import SamplingParams
 from zaya_rt.runtime.runner import ModelRunner, StepBatch
@@ -81,6 +82,7 @@ class Engine:
             raise ValueError("Engine: give num_pages or cache_bytes, not both")
         self.cache = PagedKVCache(self.config, num_pages, page_size, max_batch, dtype=self.dtype, device=self.device)
         self.runner = ModelRunner(model, self.cache)
+        self._greedy = direct.Greedy() if self.runner.direct else None
         self._v_state0 = self.runner.initial_v_state().to(self.device)
         self.page_size, self.max_batch, self.max_tokens_per_step = page_size, max_batch, max_tokens_per_step
         self._waiting: deque[_Sequence] = deque()
@@ -430,6 +432,8 @@ class Engine:
         params = [s.params for s in seqs]
         dev = logits.device
         if all(p.temperature == 0 for p in params):
+            if self._greedy is not None and logits.stride(-1) == 1:
+                return self._greedy(logits).tolist()
             return logits.argmax(-1).tolist()
         tokens = ops.sample_tokens(
             logits,

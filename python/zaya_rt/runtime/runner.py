@@ -10,13 +10,14 @@ Legend: T packed tokens, B sequences, L layers, D hidden, C conv channels, K con
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from zaya_rt import ops
-from zaya_rt.runtime import attention, cca
+from zaya_rt import ops, ref
+from zaya_rt.runtime import attention, cca, direct
 from zaya_rt.runtime.kv_cache import PagedKVCache
 
 
@@ -53,15 +54,36 @@ class _LayerWeights:
     window: int | None
 
 
+@dataclass
+class _LayerKernels:
+    qkv: Callable            # x [T, D] -> [T, (Hq + Hk) * d + Hk * d]
+    cca: Callable            # (qp, kp, v_cur, v_del, positions, cu_seqlens, conv_in, v_in, conv_out, v_out) -> q, k, v
+    o_proj: Callable
+    attn_residual: Callable  # (y, h) -> (r, post_attention_layernorm(r))
+    mlp_residual: Callable   # (y, r) -> (h_next, next layer's input_layernorm (or final norm)(h_next))
+    router: Callable         # (x, z_prev) -> (logits, gate, choice, z)
+    experts: Callable        # (x, choice, gate) -> y
+    kv_write: Callable
+    attention_decode: Callable | None  # pure decode steps; None: through runtime.attention
+    skip_class: int | None   # E when skipped tokens pass their input through (skip_passthrough), else None
+
+
+_DIRECT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 class ModelRunner:
     """Executes `model` (a zaya_rt ZayaForCausalLM) step by step over the paged `cache`.
 
-    The q/k/v projection weights of each layer are concatenated once here; call `refresh_weights()` after
-    changing the model's parameters.
+    The q/k/v projection weights of each layer are concatenated once here, the CCA conv weights cast to fp32,
+    and the kernels keep the addresses of the rest: call `refresh_weights()` after changing the model's
+    parameters. On the CPU the layers call `_C` directly (`runtime.direct`); `direct_calls=False` takes the
+    checked `zaya_rt.ops` path everywhere.
     """
 
-    def __init__(self, model, cache: PagedKVCache) -> None:
+    def __init__(self, model, cache: PagedKVCache, *, direct_calls: bool | None = None) -> None:
         self.model, self.cache, self.config = model, cache, model.config
+        self._ws = direct.Workspace()
+        self._direct_calls = direct_calls
         self.refresh_weights()
 
     @torch.no_grad()
@@ -84,6 +106,57 @@ class ModelRunner:
                 temp=layer.self_attn.qk_norm.temp.float(), rope_dims=rope_dims,
                 rope_theta=cfg.rope_theta(cfg.layer_types[i]), window=cfg.window(i),
             ))
+        dtype = self.model.lm_head.weight.dtype
+        self.direct = self.model.lm_head.weight.device.type == "cpu" and dtype in _DIRECT_DTYPES
+        if self._direct_calls is not None:
+            self.direct = self.direct and self._direct_calls
+        self.kernels = [self._layer_kernels(i, w) for i, w in enumerate(self.layers)]
+        self.lm_head = (direct.Linear(self.model.lm_head.weight, self.model.lm_head.bias, self._ws) if self.direct
+                        else self.model.lm_head)
+
+    def _layer_kernels(self, i: int, w: _LayerWeights) -> _LayerKernels:
+        """The callables layer i runs: direct `_C` calls on the CPU, `zaya_rt.ops` elsewhere."""
+        cfg, layers = self.config, self.model.model.layers
+        layer = layers[i]
+        attn, mlp = layer.self_attn, layer.mlp
+        next_norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.model.norm
+        skip_class = mlp.gate.num_experts if mlp.skip_passthrough else None
+        if not self.direct:
+            def cca_ops(qp, kp, v_cur, v_del, positions, cu_seqlens, conv_in, v_in, conv_out, v_out):
+                q, k, v, conv_state, v_state = cca.cca_prep(
+                    qp, kp, v_cur, v_del, w.conv0_w, w.conv0_b, w.conv1_w, w.conv1_b, w.temp, positions, cu_seqlens,
+                    conv_in, v_in, num_q_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
+                    rope_dims=w.rope_dims, rope_theta=w.rope_theta)
+                conv_out.copy_(conv_state)
+                v_out.copy_(v_state)
+                return q, k, v
+
+            return _LayerKernels(
+                qkv=lambda x: F.linear(x, w.qkv_w, w.qkv_b), cca=cca_ops, o_proj=attn.o_proj,
+                attn_residual=lambda y, h: layer.post_attention_residual_scale.fused_with_norm(
+                    y, h, layer.post_attention_layernorm),
+                mlp_residual=lambda y, h: layer.post_mlp_residual_scale.fused_with_norm(y, h, next_norm),
+                router=mlp.gate, experts=mlp.experts, kv_write=ops.kv_write, attention_decode=None,
+                skip_class=skip_class,
+            )
+        ws = self._ws
+        decode = None
+        if 32 <= cfg.head_dim <= 256 and cfg.head_dim % 8 == 0:
+            scale = cfg.head_dim**-0.5
+            decode = lambda q, kp, vp, bt, lens: direct.attention_decode(q, kp, vp, bt, lens, scale, w.window, ws)  # noqa: E731
+        return _LayerKernels(
+            qkv=direct.Linear(w.qkv_w, w.qkv_b, ws),
+            cca=direct.CcaPrep(w.conv0_w, w.conv0_b, w.conv1_w, w.conv1_b, w.temp,
+                               num_q_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
+                               head_dim=cfg.head_dim, rope_dims=w.rope_dims,
+                               inv_freq=ref.rope_inv_freq(w.rope_dims, float(w.rope_theta), torch.float32), ws=ws),
+            o_proj=direct.Linear(attn.o_proj.weight, attn.o_proj.bias, ws),
+            attn_residual=direct.ResidualNorm(layer.post_attention_residual_scale, layer.post_attention_layernorm),
+            mlp_residual=direct.ResidualNorm(layer.post_mlp_residual_scale, next_norm),
+            router=direct.Router(mlp.gate, ws),
+            experts=direct.Experts(mlp.experts, ws), kv_write=direct.kv_write, attention_decode=decode,
+            skip_class=skip_class,
+        )
 
     @torch.no_grad()
     def initial_v_state(self) -> torch.Tensor:
@@ -110,33 +183,30 @@ class ModelRunner:
             model.input_hidden_states_scale.float())
         x = model.layers[0].input_layernorm(h)
         z = None
-        for i, layer in enumerate(model.layers):
-            w = self.layers[i]
-            qkv = F.linear(x, w.qkv_w, w.qkv_b)
+        for i, (w, kern) in enumerate(zip(self.layers, self.kernels)):
+            qkv = kern.qkv(x)
             qp, kp, v_cur, v_del = torch.split(qkv, w.splits, dim=-1)
-            q, k, v, conv_state, v_state = cca.cca_prep(
-                qp, kp, v_cur, v_del, w.conv0_w, w.conv0_b, w.conv1_w, w.conv1_b, w.temp, batch.positions,
-                batch.cu_seqlens, conv_all[i], v_all[i], num_q_heads=self.config.num_attention_heads,
-                num_kv_heads=self.config.num_key_value_heads, rope_dims=w.rope_dims, rope_theta=w.rope_theta,
-            )
-            conv_out[i], v_out[i] = conv_state, v_state
+            q, k, v = kern.cca(qp, kp, v_cur, v_del, batch.positions, batch.cu_seqlens, conv_all[i], v_all[i],
+                               conv_out[i], v_out[i])
             if batch.snapshots:
                 seqs = [s for s, _ in batch.snapshots]
                 sc, sv = cca.boundary_states(qp, kp, v_del, conv_all[i], [batch.starts[s] for s in seqs], seqs,
                                              [e for _, e in batch.snapshots])
                 snaps_conv.append(sc)
                 snaps_v.append(sv)
-            ops.kv_write(k, v, cache.k_pages[i], cache.v_pages[i], batch.slot_mapping)
+            kern.kv_write(k, v, cache.k_pages[i], cache.v_pages[i], batch.slot_mapping)
             attn = self._attention(i, q, k, v, batch, groups)
-            attn = layer.self_attn.o_proj(attn.reshape(attn.shape[0], -1))
-            r, x2 = layer.post_attention_residual_scale.fused_with_norm(attn, h, layer.post_attention_layernorm)
-            y, z = layer.mlp(x2[None], None if z is None else z[None])
-            y, z = y[0], z[0]
-            next_norm = model.layers[i + 1].input_layernorm if i + 1 < len(model.layers) else model.norm
-            h, x = layer.post_mlp_residual_scale.fused_with_norm(y, r, next_norm)
+            attn = kern.o_proj(attn.reshape(attn.shape[0], -1))
+            r, x2 = kern.attn_residual(attn, h)
+            logits, gate, choice, z = kern.router(x2, z)
+            y = kern.experts(x2, choice, gate)
+            if kern.skip_class is not None:
+                p_skip = torch.softmax(logits, dim=-1)[:, -1]
+                y = y + torch.where(choice == kern.skip_class, p_skip, 0).to(y.dtype)[:, None] * x2
+            h, x = kern.mlp_residual(y, r)
         cache.conv_state.index_copy_(1, batch.state_slots, conv_out.float())
         cache.v_state.index_copy_(1, batch.state_slots, v_out.float())
-        logits = self.model.lm_head(x.index_select(0, batch.sample_rows))
+        logits = self.lm_head(x.index_select(0, batch.sample_rows))
         snapshots = []
         if batch.snapshots:
             conv_s, v_s = torch.stack(snaps_conv, 1).float(), torch.stack(snaps_v, 1).float()  # [R, L, ...]
@@ -148,6 +218,9 @@ class ModelRunner:
         out = q.new_empty(q.shape)
         decode_seqs, decode_rows, fresh_seqs, chunk_seqs = groups
         if decode_seqs is not None and decode_rows.shape[0] == q.shape[0]:  # a pure decode step
+            if self.kernels[i].attention_decode is not None:
+                return self.kernels[i].attention_decode(q, cache.k_pages[i], cache.v_pages[i], batch.block_table,
+                                                        batch.seq_lens)
             return attention.attention_decode(
                 q[:, None], cache.k_pages[i], cache.v_pages[i], batch.block_table, batch.seq_lens, window=w.window,
             )[:, 0]
