@@ -212,25 +212,40 @@ void micro_kernel(int64_t kp, const typename PackMode<T, Dot>::Entry* pa, const 
 // weight row once and needs no packing of B. Each B vector feeds M accumulators and each A vector G of
 // them. A comes interleaved ([K / kDotStep][M][kDotStep], see pack_dot_rows) so that its M rows are one
 // stream: rows a power-of-two apart would share L1 sets. The K % kDotStep tail is read from a_rows.
+// P is the type A is packed in: bf16 for vdpbf16ps, otherwise float (16-bit B rows are converted as they are
+// loaded; on CPUs where vdpbf16ps is slow, FMAs are several times faster for bf16).
 // out[i * G + g] = <A_i, B_g>.
-template <typename T> constexpr int64_t kDotStep = std::is_same_v<T, float> ? 16 : 32;
+template <typename P> constexpr int64_t kDotStep = std::is_same_v<P, float> ? 16 : 32;
 
-template <typename T, int M, int G>
-inline void dot_block(const T* a_packed, const T* const* a_rows, const T* const* b_rows, int64_t K, float* out) {
-  constexpr int64_t step = kDotStep<T>;
+template <typename T, typename P, int M, int G>
+inline void dot_block(const P* a_packed, const T* const* a_rows, const T* const* b_rows, int64_t K, float* out) {
+  constexpr int64_t step = kDotStep<P>;
   int64_t k = 0;
   float acc[M * G];
   for (int i = 0; i < M * G; ++i) acc[i] = 0.f;
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float> || (std::is_same_v<T, bf16> && kHasBf16Dot)) {
+  if constexpr (std::is_same_v<P, float> || (std::is_same_v<P, bf16> && kHasBf16Dot)) {
     __m512 v[M * G];
 #pragma GCC unroll 24
     for (int i = 0; i < M * G; ++i) v[i] = _mm512_setzero_ps();
-    for (const T* pa = a_packed; k + step <= K; k += step, pa += M * step) {
-      if constexpr (std::is_same_v<T, float>) {
+    for (const P* pa = a_packed; k + step <= K; k += step, pa += M * step) {
+      if constexpr (std::is_same_v<P, float>) {
         __m512 bv[G];
 #pragma GCC unroll 3
-        for (int g = 0; g < G; ++g) bv[g] = _mm512_loadu_ps(b_rows[g] + k);
+        for (int g = 0; g < G; ++g) {
+          if constexpr (std::is_same_v<T, float>) {
+            bv[g] = _mm512_loadu_ps(b_rows[g] + k);
+          } else {
+            const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b_rows[g] + k));
+            if constexpr (std::is_same_v<T, bf16>)
+              bv[g] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+            else
+              bv[g] = _mm512_cvtph_ps(bits);
+          }
+          // Weights are usually whole matrices: pull in the rows after these (the next call's) meanwhile.
+          if (k % (64 / sizeof(T)) == 0)
+            _mm_prefetch(reinterpret_cast<const char*>(b_rows[g] + G * K + k), _MM_HINT_T0);
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) {
           __m512 av = _mm512_loadu_ps(pa + i * step);
@@ -244,7 +259,6 @@ inline void dot_block(const T* a_packed, const T* const* a_rows, const T* const*
 #pragma GCC unroll 3
         for (int g = 0; g < G; ++g) {
           bv[g] = (__m512bh)_mm512_loadu_si512(b_rows[g] + k);
-          // Weights are usually whole matrices: pull in the rows after these (the next call's) meanwhile.
           _mm_prefetch(reinterpret_cast<const char*>(b_rows[g] + G * K + k), _MM_HINT_T0);
         }
 #pragma GCC unroll 8
@@ -282,26 +296,32 @@ inline int dot_chunk_rows(int m, int chunk) {
   return m / chunks + (chunk < m % chunks ? 1 : 0);
 }
 
-// Interleaves m rows of A for dot_rows: each chunk of rows is stored as [K / step][rows][step].
+// Interleaves m rows of A (converted to P) for dot_rows: each chunk of rows is stored as [K / step][rows][step].
 // dst holds m * K elements.
-template <typename T>
-inline void pack_dot_rows(const T* const* a_rows, int m, int64_t K, T* dst) {
-  constexpr int64_t step = kDotStep<T>;
+template <typename T, typename P = T>
+inline void pack_dot_rows(const T* const* a_rows, int m, int64_t K, P* dst) {
+  constexpr int64_t step = kDotStep<P>;
   const int64_t kfull = K / step * step;
   for (int i0 = 0, c = 0; i0 < m; i0 += dot_chunk_rows(m, c++)) {
     const int rows = dot_chunk_rows(m, c);
     for (int64_t k = 0; k < kfull; k += step)
-      for (int i = 0; i < rows; ++i) std::memcpy(dst + k * rows + i * step, a_rows[i0 + i] + k, step * sizeof(T));
+      for (int i = 0; i < rows; ++i) {
+        if constexpr (std::is_same_v<T, P>) {
+          std::memcpy(dst + k * rows + i * step, a_rows[i0 + i] + k, step * sizeof(T));
+        } else {
+          for (int64_t q = 0; q < step; ++q) dst[k * rows + i * step + q] = load(a_rows[i0 + i], k + q);
+        }
+      }
     dst += kfull * rows;
   }
 }
 
-template <typename T, int G>
-inline void dot_chunk(const T* a_packed, const T* const* a_rows, int m, const T* const* b_rows, int64_t K,
+template <typename T, typename P, int G>
+inline void dot_chunk(const P* a_packed, const T* const* a_rows, int m, const T* const* b_rows, int64_t K,
                       float* out) {
   switch (m) {
 #define ZAYA_RT_DOT_CASE(N) \
-  case N: return dot_block<T, N, G>(a_packed, a_rows, b_rows, K, out);
+  case N: return dot_block<T, P, N, G>(a_packed, a_rows, b_rows, K, out);
     ZAYA_RT_DOT_CASE(1) ZAYA_RT_DOT_CASE(2) ZAYA_RT_DOT_CASE(3) ZAYA_RT_DOT_CASE(4)
     ZAYA_RT_DOT_CASE(5) ZAYA_RT_DOT_CASE(6) ZAYA_RT_DOT_CASE(7) ZAYA_RT_DOT_CASE(8)
 #undef ZAYA_RT_DOT_CASE
@@ -309,18 +329,18 @@ inline void dot_chunk(const T* a_packed, const T* const* a_rows, int m, const T*
   }
 }
 
-// out[i * g + j] = <A_i, B_j> for m <= kDotMaxRows rows of A (also given packed by pack_dot_rows) and
+// out[i * g + j] = <A_i, B_j> for m <= kDotMaxRows rows of A (also given packed as P by pack_dot_rows) and
 // g <= kDotMaxB rows of B.
-template <typename T>
-inline void dot_rows(const T* a_packed, const T* const* a_rows, int m, const T* const* b_rows, int g, int64_t K,
+template <typename T, typename P = T>
+inline void dot_rows(const P* a_packed, const T* const* a_rows, int m, const T* const* b_rows, int g, int64_t K,
                      float* out) {
-  const int64_t kfull = K / kDotStep<T> * kDotStep<T>;
+  const int64_t kfull = K / kDotStep<P> * kDotStep<P>;
   float part[kDotChunkRows * kDotMaxB];
   for (int i0 = 0, c = 0; i0 < m; ++c) {
     const int rows = dot_chunk_rows(m, c);
-    if (g == 3) dot_chunk<T, 3>(a_packed, a_rows + i0, rows, b_rows, K, part);
-    else if (g == 2) dot_chunk<T, 2>(a_packed, a_rows + i0, rows, b_rows, K, part);
-    else dot_chunk<T, 1>(a_packed, a_rows + i0, rows, b_rows, K, part);
+    if (g == 3) dot_chunk<T, P, 3>(a_packed, a_rows + i0, rows, b_rows, K, part);
+    else if (g == 2) dot_chunk<T, P, 2>(a_packed, a_rows + i0, rows, b_rows, K, part);
+    else dot_chunk<T, P, 1>(a_packed, a_rows + i0, rows, b_rows, K, part);
     for (int i = 0; i < rows * g; ++i) out[i0 * g + i] = part[i];
     a_packed += kfull * rows;
     i0 += rows;

@@ -84,11 +84,13 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
       const int64_t nc = std::min<int64_t>(kNC, job.N - n0);
       const int subs = static_cast<int>((nc + kNR - 1) / kNR);
       if (use_dot_path(job.M, job.a.col_stride, job.b.col_stride)) {
+        // A is packed as bf16 pairs for vdpbf16ps (Dot) or as fp32 for FMAs, like the panels below.
+        using P = std::conditional_t<std::is_same_v<T, bf16> && Dot, bf16, float>;
         const T* a_rows[kDotMaxRows];
         for (int64_t r = 0; r < job.M; ++r) a_rows[r] = job.a.row(r);
-        thread_local std::vector<T> a_packed;
+        thread_local std::vector<P> a_packed;
         if (a_packed.size() < static_cast<size_t>(job.M * job.K)) a_packed.resize(job.M * job.K);
-        pack_dot_rows(a_rows, static_cast<int>(job.M), job.K, a_packed.data());
+        pack_dot_rows<T, P>(a_rows, static_cast<int>(job.M), job.K, a_packed.data());
         float dots[kDotMaxRows * kDotMaxB];
         for (int s = 0; s < subs; ++s) {
           const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR));
@@ -97,7 +99,7 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
           const T* brows[kDotMaxB];
           int g = 0;
           auto flush = [&] {
-            dot_rows(a_packed.data(), a_rows, static_cast<int>(job.M), brows, g, job.K, dots);
+            dot_rows<T, P>(a_packed.data(), a_rows, static_cast<int>(job.M), brows, g, job.K, dots);
             for (int r = 0; r < job.M; ++r)
               for (int j = 0; j < g; ++j) tile[r * kNR + cols[j]] = dots[r * g + j];
             g = 0;
