@@ -28,7 +28,9 @@
 //               weighs the splits by their lse. With one split the block writes `out` directly.
 //               num_splits is chosen from host sizes only (same choice in the workspace function).
 //   tensor cores  CUDA sm_80+, bf16/fp16, d 64/128, 16-byte aligned rows: the forward runs on wmma tiles
-//               (cuda/attention_tc.cuh); everything else, the backward, decode and HIP run the SIMT path.
+//               (cuda/attention_tc.cuh); HIP (CDNA3), bf16/fp16, d 32/64/128/256, 16-byte aligned rows: the
+//               forward runs on MFMA tiles (hip/attention_mfma.h); everything else, the backward and decode
+//               run the SIMT path.
 // Not here yet: a wgmma/TMA (sm_90a) path (the wmma path runs on Hopper) and tensor-core backward/decode.
 //
 // No allocation, no host synchronisation, launch errors returned as messages: graph-capturable.
@@ -746,6 +748,10 @@ inline const char* launch_error() {
 #define ZAYA_RT_ATTN_TENSOR_CORES 1
 #include "cuda/attention_tc.cuh"
 #endif
+#if defined(ZAYA_RT_GPU_HIP)
+#define ZAYA_RT_ATTN_MFMA 1
+#include "hip/attention_mfma.h"
+#endif
 
 namespace zaya_rt::gpu {
 namespace attn_detail {
@@ -762,6 +768,11 @@ template <typename T> const char* launch_fwd(const AttnVarlenFwdParams& p, gpuSt
   bool taken = false;
   const char* tc_err = maybe_launch_fwd_tc<T>(p, s, &taken);
   if (taken) return tc_err;
+#endif
+#if defined(ZAYA_RT_ATTN_MFMA)
+  bool mfma_taken = false;
+  const char* mfma_err = maybe_launch_fwd_mfma<T>(p, s, &mfma_taken);
+  if (mfma_taken) return mfma_err;
 #endif
   const int64_t d = p.head_dim, G = p.num_heads_q / p.num_heads_k;
   const Tiles t = pick_tiles(d, 1, 64);

@@ -3,7 +3,8 @@
 # -DZAYA_RT_CUDA=ON (nvcc, sm_80 + sm_90a, and the sm_90a CUTLASS grouped GEMM, which must build:
 # -DZAYA_RT_CUTLASS=ON) and once with -DZAYA_RT_HIP=ON (clang -x hip, the gfx94x targets this ROCm can build),
 # in throwaway build folders, and shows what device code each holds. For CUDA it also disassembles the sm_90a
-# code and requires wgmma (HGMMA) instructions in the CUTLASS kernels and none in the sm_80 code.
+# code and requires wgmma (HGMMA) instructions in the CUTLASS kernels and none in the sm_80 code; for HIP it
+# disassembles the gfx94x attention code and requires MFMA instructions in the matrix-core prefill kernels.
 # Exits non-zero when either build fails or lacks a target.
 #
 #   bash tools/check_gpu_compile.sh            # both
@@ -142,6 +143,33 @@ check_cuda() {
   echo "CUDA OK"
 }
 
+# The gfx94x code objects of the HIP attention object ($1) hold the MFMA prefill forward, with v_mfma
+# instructions in each of its instantiations (bf16/fp16 x head dim 32/64/128/256): a build where the builtins
+# silently lowered to something else, or the kernel vanished, fails here.
+check_mfma() {
+  local obj=$1 objdump bundler target co listing fns bad
+  objdump=$(command -v llvm-objdump-19 || command -v llvm-objdump) || { echo "  FAIL: no llvm-objdump"; return 1; }
+  bundler=$(command -v clang-offload-bundler-19 || command -v clang-offload-bundler)
+  while read -r target; do
+    [[ "$target" == *amdgcn-amd-amdhsa--gfx94* ]] || continue
+    co="$obj.${target##*--}.co"
+    "$bundler" --unbundle --type=o --targets="$target" --input="$obj.fatbin" --output="$co"
+    # "COUNT <function>:" for each varlen_fwd_mfma_kernel function of the disassembly.
+    listing=$("$objdump" -d "$co" | awk '
+      /^[0-9a-f]+ <.*>:$/ { f = ($2 ~ /varlen_fwd_mfma_kernel/) ? $2 : ""; if (f != "") n[f] += 0 }
+      /v_mfma_f32_16x16x16/ && f != "" { n[f]++ }
+      END { for (k in n) printf "%d %s\n", n[k], k }' | sort -k2)
+    fns=$(grep -c . <<<"$listing" || true)
+    bad=$(awk '$1 == 0' <<<"$listing" | grep -c . || true)
+    echo "  ${target##*--} attention: $fns MFMA forward kernels," \
+         "v_mfma_f32_16x16x16 per kernel: $(awk '{printf "%s ", $1}' <<<"$listing")"
+    if [[ "$fns" -lt 8 || "$bad" != 0 ]]; then
+      echo "  FAIL: expected v_mfma in all 8 varlen_fwd_mfma_kernel instantiations"
+      return 1
+    fi
+  done < <("$bundler" --list --type=o --input="$obj.fatbin")
+}
+
 check_hip() {
   echo "=== HIP: configure + build _C with ZAYA_RT_HIP=ON ($HIP_CLANG)"
   "$HIP_CLANG" --version | head -1
@@ -165,6 +193,7 @@ check_hip() {
     done < <("$bundler" --list --type=o --input="$obj.fatbin")
   done
   [[ $ok == 1 ]] || { echo "FAIL: no gfx94x code object in the HIP objects"; return 1; }
+  check_mfma "$b/zaya_rt_hip/attention.o" || return 1
   import_check "$b" hip || return 1
   echo "HIP OK"
 }

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-HEADERS = ("cuda/attention_kernels.cuh", "cuda/attention_tc.cuh", "cuda/cca_kernels.cuh")
+HEADERS = ("cuda/attention_kernels.cuh", "cuda/attention_tc.cuh", "hip/attention_mfma.h", "cuda/cca_kernels.cuh")
 
 
 def _matching(text: str, start: int, open_c: str, close_c: str) -> int:
@@ -59,7 +59,8 @@ def main() -> None:
     out_dir = pathlib.Path(sys.argv[1])
     warp = int(sys.argv[sys.argv.index("--warp") + 1]) if "--warp" in sys.argv else 32
     gen = out_dir / f"gen_w{warp}"
-    (gen / "cuda").mkdir(parents=True, exist_ok=True)
+    for sub in ("cuda", "hip"):
+        (gen / sub).mkdir(parents=True, exist_ok=True)
     for h in HEADERS:
         (gen / h).write_text(rewrite_launches((ROOT / h).read_text()))
     lib = out_dir / f"libzaya_gpu_emu_w{warp}.so"

@@ -21,6 +21,8 @@ def _import_ref():
     import importlib.util
     import types
 
+    if "zaya_rt.ref" in sys.modules:
+        return sys.modules["zaya_rt.ref"]
     pkg_dir = HERE.parents[1] / "python" / "zaya_rt"
     if "zaya_rt" not in sys.modules:
         stub = types.ModuleType("zaya_rt")
@@ -40,10 +42,11 @@ CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.int32: 3, 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
 
 
-def load(warp: int) -> ctypes.CDLL:
+def load(warp: int, out_dir: pathlib.Path | None = None) -> ctypes.CDLL:
+    """Builds the emulator at `warp` lanes (into a fresh temporary folder unless out_dir) and loads it."""
     import subprocess
 
-    out = pathlib.Path(tempfile.gettempdir()) / "zaya_gpu_emu"
+    out = pathlib.Path(out_dir or tempfile.mkdtemp(prefix="zaya_gpu_emu_"))
     subprocess.run([sys.executable, str(HERE / "build.py"), str(out), "--warp", str(warp)], check=True,
                    stdout=subprocess.DEVNULL)
     lib = ctypes.CDLL(str(out / f"libzaya_gpu_emu_w{warp}.so"))
@@ -51,6 +54,8 @@ def load(warp: int) -> ctypes.CDLL:
         getattr(lib, name).restype = ctypes.c_char_p
     lib.emu_decode_workspace.restype = ctypes.c_int64
     lib.emu_varlen_bwd_workspace.restype = ctypes.c_int64
+    lib.emu_mfma_calls.restype = ctypes.c_int64
+    lib.emu_mfma_16x16x16.restype = ctypes.c_char_p
     return lib
 
 
@@ -84,6 +89,20 @@ def cu(lens):
     return torch.tensor([0] + list(torch.tensor(lens).cumsum(0).tolist()), dtype=torch.int32)
 
 
+def varlen_fwd(lib, q, k, v, cq, ck, causal, window):
+    """The emulated varlen forward: q [Tq, Hq, d] (any strides), k/v [Tk, Hk, d] -> (out [Tq, Hq, d] in q's
+    dtype, lse [Hq, Tq] fp32), both poisoned with NaN before the call."""
+    (Tq, hq, d), (Tk, hk) = q.shape, k.shape[:2]
+    out = torch.full((Tq, hq, d), float("nan"), dtype=q.dtype)
+    lse = torch.full((hq, Tq), float("nan"))
+    r = lib.emu_varlen_fwd(P(q), I(q.stride(0)), I(q.stride(1)), P(k), I(k.stride(0)), I(k.stride(1)), P(v),
+                           I(v.stride(0)), I(v.stride(1)), P(cq), P(ck), P(out), I(hq * d), I(d), P(lse), I(Tq),
+                           CODES[q.dtype], I(len(cq) - 1), I(Tq), I(Tk), I(hq), I(hk), I(d), int(causal),
+                           I(window or 0), F(d ** -0.5))
+    assert r is None, r
+    return out, lse
+
+
 def varlen_case(lib, failures, gen, dtype, lq, lk, hq, hk, d, causal, window):
     Tq, Tk = sum(lq), sum(lk)
     # q strided (a wider buffer), k/v contiguous
@@ -92,14 +111,9 @@ def varlen_case(lib, failures, gen, dtype, lq, lk, hq, hk, d, causal, window):
     k = torch.randn(Tk, hk, d, generator=gen).to(dtype)
     v = torch.randn(Tk, hk, d, generator=gen).to(dtype)
     cq, ck = cu(lq), cu(lk)
-    out = torch.full((Tq, hq, d), float("nan"), dtype=dtype)
-    lse = torch.full((hq, Tq), float("nan"))
+    out, lse = varlen_fwd(lib, q, k, v, cq, ck, causal, window)
     scale = d ** -0.5
     w = window or 0
-    r = lib.emu_varlen_fwd(P(q), I(q.stride(0)), I(q.stride(1)), P(k), I(k.stride(0)), I(k.stride(1)), P(v),
-                           I(v.stride(0)), I(v.stride(1)), P(cq), P(ck), P(out), I(hq * d), I(d), P(lse), I(Tq),
-                           CODES[dtype], I(len(lq)), I(Tq), I(Tk), I(hq), I(hk), I(d), int(causal), I(w), F(scale))
-    assert r is None, r
     tag = f"varlen {dtype} lq={lq} lk={lk} G={hq // hk} d={d} causal={causal} window={window}"
     want = ref.attention_varlen_ref(q.double(), k.double(), v.double(), cq, ck, causal=causal, window=window)
     check(tag + " out", err(out, want), dtype, failures)
@@ -215,7 +229,8 @@ def main() -> None:
     varlen_case(lib, failures, gen, f32, [10, 40], [25, 40], 2, 2, 64, False, None)
     varlen_case(lib, failures, gen, bf16, [7, 33], [7, 70], 4, 1, 128, True, None)
     varlen_case(lib, failures, gen, f16, [12], [12], 2, 2, 256, True, 4)
-    # tensor-core path (warp 32 only): bf16/fp16, d 64/128, more than one 64-row block and 64-key tile
+    # tensor-core path (warp 32) / MFMA path (warp 64; more cases in tests/test_attention_mfma_emulation.py):
+    # bf16/fp16, d 64/128, more than one 64-row block and 64-key tile
     varlen_case(lib, failures, gen, bf16, [70, 1], [150, 1], 8, 2, 64, True, 90)
     varlen_case(lib, failures, gen, f16, [130], [130], 2, 1, 128, True, None)
     varlen_case(lib, failures, gen, f16, [20, 0, 9], [20, 4, 9], 4, 4, 64, False, None)

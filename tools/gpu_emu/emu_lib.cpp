@@ -18,6 +18,28 @@ const char* emu_varlen_fwd(const void* q, I q_ts, I q_hs, const void* k, I k_ts,
   return gpu::attention_varlen_fwd(p, nullptr);
 }
 
+// Emulated MFMA instructions issued so far (one per wave and instruction; tools/gpu_emu/amdgcn_mfma.h).
+I emu_mfma_calls() { return emu::amdgcn::mfma_calls.load(); }
+
+// One emulated v_mfma_f32_16x16x16_{bf16 (dtype 2), f16 (dtype 1)} on a wave of 64 lanes: a, b [64][4] are the
+// lanes' operand items (16-bit patterns), c, d [64][4] the accumulator items (the lane layout under test).
+const char* emu_mfma_16x16x16(int dtype, const uint16_t* a, const uint16_t* b, const float* c, float* d) {
+  using namespace emu::amdgcn;
+  if (ZAYA_RT_EMU_WARP != 64) return "needs the 64-lane emulator";
+  emu::launch(dim3(1), dim3(64), 0, nullptr, [=] {
+    const int l = lane();
+    b16x4 va, vb;
+    f32x4 vc;
+    for (int e = 0; e < 4; ++e)
+      va[e] = static_cast<short>(a[4 * l + e]), vb[e] = static_cast<short>(b[4 * l + e]), vc[e] = c[4 * l + e];
+    const f32x4 vd = dtype == 2 ? __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(va, vb, vc, 0, 0, 0)
+                                : __builtin_amdgcn_mfma_f32_16x16x16f16(__builtin_bit_cast(f16x4, va),
+                                                                        __builtin_bit_cast(f16x4, vb), vc, 0, 0, 0);
+    for (int e = 0; e < 4; ++e) d[4 * l + e] = vd[e];
+  });
+  return nullptr;
+}
+
 I emu_varlen_bwd_workspace(I tq, I hq) {
   AttnVarlenBwdParams p{};
   p.total_q = tq, p.num_heads_q = hq;

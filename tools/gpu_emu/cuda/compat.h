@@ -38,7 +38,9 @@ struct Ctx {
   std::barrier<>* warp_bar;
   float* warp_slots;  // one float per lane of this thread's warp
   float* smem;
+  float* wave_scratch;  // kWaveScratch floats per warp (tools/gpu_emu/amdgcn_mfma.h)
 };
+constexpr unsigned kWaveScratch = ZAYA_RT_EMU_WARP * 8;
 inline thread_local Ctx ctx;
 inline float* dyn_smem() { return ctx.smem; }
 
@@ -53,11 +55,12 @@ template <typename F> void launch(dim3 grid, dim3 block, size_t smem_bytes, void
         std::vector<std::unique_ptr<std::barrier<>>> wbars;
         for (unsigned w = 0; w < (nthreads + W - 1) / W; ++w) wbars.emplace_back(new std::barrier<>(W));
         std::vector<float> slots(nthreads + W);
+        std::vector<float> scratch(((nthreads + W - 1) / W) * kWaveScratch);
         std::vector<std::thread> threads;
         for (unsigned t = 0; t < nthreads; ++t)
           threads.emplace_back([&, t] {
             ctx = Ctx{dim3(t), dim3(bx, by, bz), block, grid, &bar, wbars[t / W].get(), slots.data() + (t / W) * W,
-                      smem.data()};
+                      smem.data(), scratch.data() + (t / W) * kWaveScratch};
             body();
             ctx.block_bar->arrive_and_drop();
             ctx.warp_bar->arrive_and_drop();
@@ -104,3 +107,5 @@ using lane_mask_t = unsigned long long;
 inline uint32_t float_to_bits(float f) { return __builtin_bit_cast(uint32_t, f); }
 inline float bits_to_float(uint32_t u) { return __builtin_bit_cast(float, u); }
 }  // namespace zaya_rt::gpu
+
+#include "amdgcn_mfma.h"  // HIP's __shfl_xor and the CDNA3 MFMA builtins the HIP kernels use
