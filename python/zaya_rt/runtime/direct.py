@@ -77,12 +77,15 @@ class ResidualNorm:
         self.dtype = self.params[-1].dtype
         self.code = DTYPE_CODES[self.dtype]
         self.eps = float(norm.eps)
+        self._rstd = torch.empty(0, dtype=torch.float32)  # the kernel's 1/rms per row, unused here
 
     def __call__(self, y: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T, D = y.shape
         r = torch.empty((T, D), dtype=torch.float32)
         out = torch.empty((T, D), dtype=self.dtype)
-        rstd = torch.empty((T,), dtype=torch.float32)
+        if self._rstd.numel() < T:
+            self._rstd = torch.empty(max(T, 16), dtype=torch.float32)
+        rstd = self._rstd
         yb, ys, hb, hs, w = self.ptrs
         _C.residual_rms_norm_fwd(
             y.data_ptr(), y.stride(0) if T > 1 else D, DTYPE_CODES[y.dtype], h.data_ptr(),

@@ -183,19 +183,21 @@ class ModelRunner:
             model.input_hidden_states_scale.float())
         x = model.layers[0].input_layernorm(h)
         z = None
-        for i, (w, kern) in enumerate(zip(self.layers, self.kernels)):
+        per_layer = zip(self.layers, self.kernels, conv_all.unbind(0), v_all.unbind(0), conv_out.unbind(0),
+                        v_out.unbind(0), cache.k_pages.unbind(0), cache.v_pages.unbind(0))
+        for i, (w, kern, conv_in, v_in, conv_next, v_next, k_pages, v_pages) in enumerate(per_layer):
             qkv = kern.qkv(x)
             qp, kp, v_cur, v_del = torch.split(qkv, w.splits, dim=-1)
-            q, k, v = kern.cca(qp, kp, v_cur, v_del, batch.positions, batch.cu_seqlens, conv_all[i], v_all[i],
-                               conv_out[i], v_out[i])
+            q, k, v = kern.cca(qp, kp, v_cur, v_del, batch.positions, batch.cu_seqlens, conv_in, v_in, conv_next,
+                               v_next)
             if batch.snapshots:
                 seqs = [s for s, _ in batch.snapshots]
-                sc, sv = cca.boundary_states(qp, kp, v_del, conv_all[i], [batch.starts[s] for s in seqs], seqs,
+                sc, sv = cca.boundary_states(qp, kp, v_del, conv_in, [batch.starts[s] for s in seqs], seqs,
                                              [e for _, e in batch.snapshots])
                 snaps_conv.append(sc)
                 snaps_v.append(sv)
-            kern.kv_write(k, v, cache.k_pages[i], cache.v_pages[i], batch.slot_mapping)
-            attn = self._attention(i, q, k, v, batch, groups)
+            kern.kv_write(k, v, k_pages, v_pages, batch.slot_mapping)
+            attn = self._attention(i, q, k, v, batch, groups, k_pages, v_pages)
             attn = kern.o_proj(attn.reshape(attn.shape[0], -1))
             r, x2 = kern.attn_residual(attn, h)
             logits, gate, choice, z = kern.router(x2, z)
@@ -213,34 +215,34 @@ class ModelRunner:
             snapshots = [(conv_s[r], v_s[r]) for r in range(len(batch.snapshots))]
         return logits, snapshots
 
-    def _attention(self, i: int, q, k, v, batch: StepBatch, groups) -> torch.Tensor:
-        w, cache = self.layers[i], self.cache
-        out = q.new_empty(q.shape)
+    def _attention(self, i: int, q, k, v, batch: StepBatch, groups, k_pages, v_pages) -> torch.Tensor:
+        """Attention of the step's rows q [T, Hq, d] (k, v [T, Hk, d] already written to layer i's pages)."""
+        window = self.layers[i].window
         decode_seqs, decode_rows, fresh_seqs, chunk_seqs = groups
         if decode_seqs is not None and decode_rows.shape[0] == q.shape[0]:  # a pure decode step
             if self.kernels[i].attention_decode is not None:
-                return self.kernels[i].attention_decode(q, cache.k_pages[i], cache.v_pages[i], batch.block_table,
-                                                        batch.seq_lens)
+                return self.kernels[i].attention_decode(q, k_pages, v_pages, batch.block_table, batch.seq_lens)
             return attention.attention_decode(
-                q[:, None], cache.k_pages[i], cache.v_pages[i], batch.block_table, batch.seq_lens, window=w.window,
+                q[:, None], k_pages, v_pages, batch.block_table, batch.seq_lens, window=window,
             )[:, 0]
+        out = q.new_empty(q.shape)
         if decode_seqs is not None:
             out[decode_rows] = attention.attention_decode(
-                q.index_select(0, decode_rows)[:, None], cache.k_pages[i], cache.v_pages[i],
+                q.index_select(0, decode_rows)[:, None], k_pages, v_pages,
                 batch.block_table.index_select(0, decode_seqs), batch.seq_lens.index_select(0, decode_seqs),
-                window=w.window,
+                window=window,
             )[:, 0]
         if fresh_seqs:
             rows = torch.cat([torch.arange(batch.starts[s], batch.starts[s] + batch.lens[s]) for s in fresh_seqs])
             rows = rows.to(q.device)
             cu = torch.tensor([0, *_cumsum([batch.lens[s] for s in fresh_seqs])], dtype=torch.int32, device=q.device)
             qs, ks, vs = q.index_select(0, rows), k.index_select(0, rows), v.index_select(0, rows)
-            out[rows] = attention.attention_varlen(qs, ks, vs, cu, cu, causal=True, window=w.window)
+            out[rows] = attention.attention_varlen(qs, ks, vs, cu, cu, causal=True, window=window)
         for s in chunk_seqs:
             a, n = batch.starts[s], batch.lens[s]
             out[a : a + n] = attention.attention_decode(
-                q[None, a : a + n], cache.k_pages[i], cache.v_pages[i], batch.block_table[s : s + 1],
-                batch.seq_lens[s : s + 1], window=w.window,
+                q[None, a : a + n], k_pages, v_pages, batch.block_table[s : s + 1], batch.seq_lens[s : s + 1],
+                window=window,
             )[0]
         return out
 
