@@ -81,18 +81,15 @@ const char* decode_t(const AttnPagedDecodeParams& p) {
           to_f32(kc + page * p.k_page_stride + slot_in_page * p.k_slot_stride + h * p.k_head_stride, d, kf + j * d);
           to_f32(vc + page * p.v_page_stride + slot_in_page * p.v_slot_stride + h * p.v_head_stride, d, vf + j * d);
         }
+        scores_block(qf, rows, kf, cnt, d, sc, kChunk);  // every row against every key; masks below
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t pos = L - n + row / G;
           const KeyRange kr = attn_key_range(pos, L, true, p.window);
           const int64_t lo = std::max(kr.lo, t0) - t0, hi = std::min(kr.hi, t0 + cnt) - t0;
           if (lo >= hi) continue;
           float* sr = sc + row * kChunk;
-          const float* qr = qf + row * d;
           float mx = -INFINITY;
-          for (int64_t j = lo; j < hi; ++j) {
-            sr[j] = dot_f32(qr, kf + j * d, d);
-            mx = std::max(mx, sr[j]);
-          }
+          for (int64_t j = lo; j < hi; ++j) mx = std::max(mx, sr[j]);
           const float m_new = std::max(m[row], mx);
           const float alpha = std::exp(m[row] - m_new);
           const float sum = exp_shifted(sr + lo, hi - lo, m_new);

@@ -3,6 +3,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/attention_shape.h"
@@ -160,6 +161,64 @@ inline float dot_f32(const float* a, const float* b, int64_t n) {
 }
 
 // y[i] += a * x[i]
+#if defined(__AVX512F__)
+// [<a0, k>, <a1, k>, <a2, k>, <a3, k>] from four 16-lane partial-sum vectors.
+inline __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(s01, s23, _MM_SHUFFLE(3, 2, 3, 2)));  // per 128-bit lane
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// sc[r * ld + j] = <q_r, k_j> for R query rows (q [R][16 * ND], held in registers) and cnt keys (k [cnt][16 * ND]).
+template <int ND, int R>
+inline void scores_rows(const float* q, const float* k, int64_t cnt, float* sc, int64_t ld) {
+  static_assert(R == 1 || R == 2 || R == 4, "rows per pass");
+  __m512 qv[R][ND];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < ND; ++c) qv[r][c] = _mm512_loadu_ps(q + r * 16 * ND + 16 * c);
+  for (int64_t j = 0; j < cnt; ++j) {
+    const float* kr = k + j * 16 * ND;
+    __m512 acc[4];
+    for (int r = 0; r < 4; ++r) acc[r] = _mm512_setzero_ps();
+    for (int c = 0; c < ND; ++c) {
+      const __m512 kv = _mm512_loadu_ps(kr + 16 * c);
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(qv[r][c], kv, acc[r]);
+    }
+    alignas(16) float dots[4];
+    _mm_store_ps(dots, hsum4(acc[0], acc[1], acc[2], acc[3]));
+    for (int r = 0; r < R; ++r) sc[r * ld + j] = dots[r];
+  }
+}
+#endif
+
+// sc[r * ld + j] = <q_r, k_j> for rows query rows (q [rows][d]) and cnt keys (k [cnt][d]), all fp32: each key
+// row is loaded once for several query rows whose vectors stay in registers.
+inline void scores_block(const float* q, int64_t rows, const float* k, int64_t cnt, int64_t d, float* sc,
+                         int64_t ld) {
+  int64_t r = 0;
+#if defined(__AVX512F__)
+  auto run = [&](auto nd) {
+    constexpr int ND = decltype(nd)::value;
+    constexpr int R = ND <= 4 ? 4 : (ND <= 8 ? 2 : 1);
+    for (; r + R <= rows; r += R) scores_rows<ND, R>(q + r * d, k, cnt, sc + r * ld, ld);
+    for (; r < rows; ++r) scores_rows<ND, 1>(q + r * d, k, cnt, sc + r * ld, ld);
+  };
+  switch (d) {
+    case 32: run(std::integral_constant<int, 2>{}); break;
+    case 64: run(std::integral_constant<int, 4>{}); break;
+    case 128: run(std::integral_constant<int, 8>{}); break;
+    case 256: run(std::integral_constant<int, 16>{}); break;
+    default: break;
+  }
+#endif
+  for (; r < rows; ++r)
+    for (int64_t j = 0; j < cnt; ++j) sc[r * ld + j] = dot_f32(q + r * d, k + j * d, d);
+}
+
 inline void axpy_f32(float a, const float* x, float* y, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX512F__)
