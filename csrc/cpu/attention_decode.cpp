@@ -89,7 +89,8 @@ const char* decode_t(const AttnPagedDecodeParams& p) {
           if (lo >= hi) continue;
           float* sr = sc + row * kChunk;
           float mx = -INFINITY;
-          for (int64_t j = lo; j < hi; ++j) mx = std::max(mx, sr[j]);
+#pragma omp simd reduction(max : mx)
+          for (int64_t j = lo; j < hi; ++j) mx = sr[j] > mx ? sr[j] : mx;
           const float m_new = std::max(m[row], mx);
           const float alpha = std::exp(m[row] - m_new);
           const float sum = exp_shifted(sr + lo, hi - lo, m_new);
