@@ -38,6 +38,7 @@ struct Ctx {
   std::barrier<>* warp_bar;
   float* warp_slots;  // one float per lane of this thread's warp
   float* smem;
+  size_t smem_bytes;  // dynamic shared memory of the launch
 };
 inline thread_local Ctx ctx;
 inline float* dyn_smem() { return ctx.smem; }
@@ -57,7 +58,7 @@ template <typename F> void launch(dim3 grid, dim3 block, size_t smem_bytes, void
         for (unsigned t = 0; t < nthreads; ++t)
           threads.emplace_back([&, t] {
             ctx = Ctx{dim3(t), dim3(bx, by, bz), block, grid, &bar, wbars[t / W].get(), slots.data() + (t / W) * W,
-                      smem.data()};
+                      smem.data(), smem_bytes};
             body();
             ctx.block_bar->arrive_and_drop();
             ctx.warp_bar->arrive_and_drop();
