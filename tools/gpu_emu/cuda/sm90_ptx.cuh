@@ -83,8 +83,10 @@ struct WarpgroupState {
   int committed = 0, retired = 0;
 };
 inline thread_local WarpgroupState state;
-// A of the MMA being retired, gathered from the 128 threads' fragments (one block runs at a time).
+// A of the MMA being retired, gathered from the 128 threads' fragments, and each thread's view of the
+// instruction's warpgroup-uniform operands (one block runs at a time).
 inline float gathered_a[64][16];
+inline uint64_t uniform_ops[128][4];
 
 inline void block_barrier() {
   if (::emu::ctx.block_dim.x * ::emu::ctx.block_dim.y * ::emu::ctx.block_dim.z != 128)
@@ -98,7 +100,14 @@ inline int frag_row0() { return 16 * static_cast<int>(threadIdx.x / 32) + static
 inline int frag_col0() { return 2 * static_cast<int>(threadIdx.x % 4); }
 
 template <typename T> inline void run_typed(const Mma& op) {
+  const unsigned tid = threadIdx.x;
+  const uint64_t mine[4] = {op.a_in_regs ? 0 : op.desc_a, op.desc_b, static_cast<uint64_t>(op.scale_d),
+                            static_cast<uint64_t>(op.n)};
+  for (int i = 0; i < 4; ++i) uniform_ops[tid][i] = mine[i];
   block_barrier();  // every thread's registers and shared-memory writes are in
+  // .sync.aligned: all threads of the warpgroup execute the same instruction with the same descriptors
+  for (int i = 0; i < 4; ++i)
+    if (uniform_ops[tid][i] != uniform_ops[0][i]) emu_fail("wgmma operands differ across the warpgroup");
   const int r0 = frag_row0(), c0 = frag_col0();
   if (op.a_in_regs) {
     // "Multiplicand A in registers": a0..a7 (low half of a[0] first) = A[r][c], A[r][c+1], A[r+8][c],
