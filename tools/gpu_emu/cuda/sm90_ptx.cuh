@@ -7,10 +7,11 @@
 //   descriptors  decoded field by field (9.7.15.5.1.2.2): reserved bits, base offset and swizzle mode must be
 //                zero (the no-swizzle K-major layout is the only one emulated), every element address must lie
 //                inside the block's dynamic shared memory.
-//   asynchrony   wgmma.mma_async only records the operation (A registers copied, as the instruction reads
-//                them at issue per this emulation); it runs when a wgmma.wait_group retires its group, reading
-//                shared memory and the accumulators then. A kernel that reads accumulators before the wait, or
-//                overwrites an operand tile before it, gets wrong numbers here, as it would on the hardware.
+//   asynchrony   wgmma.mma_async only records the operation; it runs when a wgmma.wait_group retires its
+//                group, reading shared memory, the A registers and the accumulators then. A kernel that reads
+//                accumulators, or rewrites A registers or an operand tile, before the wait gets wrong numbers
+//                here, as it may on the hardware (9.7.15: those registers and that memory must not be accessed
+//                until the wait).
 //   fragments    the m64nNk16 accumulator and A-register layouts (9.7.15.5.1.1.1) are applied element by
 //                element: A fragments of all 128 threads are gathered into the 64x16 matrix before the MMA.
 #pragma once
@@ -74,7 +75,7 @@ struct Mma {
   int n;
   bool bf16_inputs, a_in_regs;
   uint64_t desc_a, desc_b;
-  uint32_t a[4];
+  const uint32_t* a;  // the kernel's A registers (alive until the wait), read at retirement
   int scale_d;
   int group;  // -1 until committed
 };
@@ -164,12 +165,12 @@ template <int N> inline void wait() {
 }
 
 template <typename T> inline void mma_ss_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  state.pending.push_back(Mma{d, 64, std::is_same_v<T, bf16>, false, desc_a, desc_b, {0, 0, 0, 0}, scale_d, -1});
+  state.pending.push_back(Mma{d, 64, std::is_same_v<T, bf16>, false, desc_a, desc_b, nullptr, scale_d, -1});
 }
 template <typename T, int N>
 inline void mma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
   static_assert(N == 64 || N == 128, "instantiated for n64 and n128 only");
-  state.pending.push_back(Mma{d, N, std::is_same_v<T, bf16>, true, 0, desc_b, {a[0], a[1], a[2], a[3]}, scale_d, -1});
+  state.pending.push_back(Mma{d, N, std::is_same_v<T, bf16>, true, 0, desc_b, a, scale_d, -1});
 }
 
 // shfl.sync.bfly with lane masks 1 then 2 (9.7.9.6 "shfl.sync"): the same pairing order as the hardware.
