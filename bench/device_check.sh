@@ -13,7 +13,8 @@
 # machine has no network: carry it in the repo-ignored folder .whl/ (`pip download nvidia-cutlass==4.2.0
 # --no-deps -d .whl` here, then `carry: [".whl"]`); this script installs it from there (no index, no deps)
 # when the build's Python lacks it, and builds with ZAYA_RT_CUTLASS=ON so a missing CUTLASS fails loudly.
-# The MoE timings run the grouped GEMM on both kernel families (ZAYA_RT_CUDA_GROUPED_GEMM=cutlass / wmma).
+# The MoE timings run the grouped GEMM on both kernel families (ZAYA_RT_CUDA_GROUPED_GEMM=cutlass / wmma);
+# the prefill attention timings also run each forward family (ZAYA_RT_CUDA_ATTENTION=sm90 / wmma).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -223,6 +224,8 @@ PY
 
 step "attention + CCA prep timings (CUDA graphs; prefill TFLOP/s vs SDPA, decode GB/s of the K/V it must read)"
 python - <<'PY' || bench_rc=$?
+import os
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -247,8 +250,10 @@ def try_time(fn, iters=10):
         return None
 
 
+ATTN_FAMILIES = ("sm90", "wmma")  # ZAYA_RT_CUDA_ATTENTION for the [family] columns (TFLOP/s)
 print(f"{name}; prefill causal GQA Hq={Hq} Hk={Hk} d={d} bf16, one packed sequence")
-print(f"{'T':>6} {'ours us':>9} {'TFLOP/s':>8} {'SDPA flash':>10} {'SDPA cuDNN':>10}  (peer TFLOP/s)")
+print(f"{'T':>6} {'ours us':>9} {'TFLOP/s':>8} {'path':>10} {'[sm90]':>7} {'[wmma]':>7} {'SDPA flash':>10} "
+      f"{'SDPA cuDNN':>10}  (TFLOP/s)")
 for T in (2048, 8192, 16384):
     q = torch.randn(T, Hq, d, device="cuda", dtype=dt, generator=gen)
     k = torch.randn(T, Hk, d, device="cuda", dtype=dt, generator=gen)
@@ -256,6 +261,13 @@ for T in (2048, 8192, 16384):
     cu = torch.tensor([0, T], device="cuda", dtype=torch.int32)
     flops = 4 * T * T * Hq * d / 2
     us = try_time(lambda: ops.attention_varlen(q, k, v, cu, cu, True, 0, d ** -0.5))
+    path = zaya_rt._C.attention_varlen_path(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0),
+                                            k.stride(1), v.data_ptr(), v.stride(0), v.stride(1), 2, 1, T, T, Hq, Hk, d)
+    fams = []
+    for fam in ATTN_FAMILIES:
+        os.environ["ZAYA_RT_CUDA_ATTENTION"] = fam
+        fams.append(try_time(lambda: ops.attention_varlen(q, k, v, cu, cu, True, 0, d ** -0.5)))
+    os.environ.pop("ZAYA_RT_CUDA_ATTENTION", None)
     qb, kb, vb = (t.transpose(0, 1)[None] for t in (q, k, v))
     peers = []
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
@@ -264,7 +276,8 @@ for T in (2048, 8192, 16384):
                 return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=True)
         peers.append(try_time(run))
     tf = lambda t: "n/a" if t is None else f"{flops / t / 1e6:.1f}"  # noqa: E731
-    print(f"{T:>6} {us if us is None else round(us, 1)!s:>9} {tf(us):>8} {tf(peers[0]):>10} {tf(peers[1]):>10}")
+    print(f"{T:>6} {us if us is None else round(us, 1)!s:>9} {tf(us):>8} {path:>10} {tf(fams[0]):>7} "
+          f"{tf(fams[1]):>7} {tf(peers[0]):>10} {tf(peers[1]):>10}")
 
 print(f"decode: paged bf16 cache (page 16), Hq={Hq} Hk={Hk} d={d}, one query token; roofline {peak or '?'} GB/s")
 print(f"{'batch':>5} {'context':>8} {'us':>9} {'GB/s':>8} {'of peak':>8}")

@@ -33,6 +33,10 @@ set(ZAYA_RT_CUDA_SOURCES
 set(ZAYA_RT_CUDA_SM90_SOURCES
   cuda/moe_gemm_sm90_bf16.cu
   cuda/moe_gemm_sm90_f16.cu)
+# The sm_90a wgmma attention forward (no CUTLASS needed): built whenever sm_90a is a target.
+set(ZAYA_RT_CUDA_SM90_ATTENTION_SOURCES
+  cuda/attention_sm90_bf16.cu
+  cuda/attention_sm90_f16.cu)
 
 # Sets ZAYA_RT_CUTLASS_INCLUDE to the CUTLASS include folder, or to "" with the reason in ZAYA_RT_CUTLASS_WHY.
 function(zaya_rt_find_cutlass)
@@ -80,6 +84,22 @@ if(ZAYA_RT_CUDA)
   # Static runtime: _C needs no libcudart at run time and works beside any PyTorch CUDA build
   # (streams and memory belong to the driver's primary context, shared by both runtimes).
   target_link_libraries(zaya_rt_cuda_kernels PUBLIC CUDA::cudart_static)
+
+  # The sm_90a attention forward (cuda/attention_sm90.h): an object library compiled for sm_90a only.
+  set(_zaya_attn_archs ${CMAKE_CUDA_ARCHITECTURES})
+  list(FILTER _zaya_attn_archs INCLUDE REGEX "^90a")
+  if(_zaya_attn_archs AND CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.0)
+    add_library(zaya_rt_cuda_sm90_attention OBJECT ${ZAYA_RT_CUDA_SM90_ATTENTION_SOURCES})
+    target_include_directories(zaya_rt_cuda_sm90_attention PRIVATE ${PROJECT_SOURCE_DIR}/csrc/include ${PROJECT_SOURCE_DIR})
+    target_compile_features(zaya_rt_cuda_sm90_attention PRIVATE cuda_std_17)
+    target_compile_options(zaya_rt_cuda_sm90_attention PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr>)
+    set_target_properties(zaya_rt_cuda_sm90_attention PROPERTIES CUDA_ARCHITECTURES 90a-real POSITION_INDEPENDENT_CODE ON)
+    target_sources(zaya_rt_cuda_kernels PRIVATE $<TARGET_OBJECTS:zaya_rt_cuda_sm90_attention>)
+    target_compile_definitions(zaya_rt_cuda_kernels PRIVATE ZAYA_RT_WITH_SM90_ATTENTION)
+    message(STATUS "zaya_rt: sm_90a wgmma attention forward")
+  else()
+    message(STATUS "zaya_rt: no sm_90a attention forward (needs sm_90a among the architectures and nvcc >= 12.0)")
+  endif()
 
   # The sm_90a CUTLASS grouped GEMM: its own object library, compiled for sm_90a only, so an sm_80 target
   # never sees wgmma/TMA code.

@@ -28,20 +28,25 @@
 //               weighs the splits by their lse. With one split the block writes `out` directly.
 //               num_splits is chosen from host sizes only (same choice in the workspace function).
 //   tensor cores  CUDA sm_80+, bf16/fp16, d 64/128, 16-byte aligned rows: the forward runs on wmma tiles
-//               (cuda/attention_tc.cuh); HIP (CDNA3), bf16/fp16, d 32/64/128/256, 16-byte aligned rows: the
-//               forward runs on MFMA tiles (hip/attention_mfma.h); everything else, the backward and decode
-//               run the SIMT path.
-// Not here yet: a wgmma/TMA (sm_90a) path (the wmma path runs on Hopper) and tensor-core backward/decode.
+//               (cuda/attention_tc.cuh); on sm_90 (CC 9.0) builds with sm_90a code the wgmma forward
+//               (cuda/attention_sm90.cuh) instead. ZAYA_RT_CUDA_ATTENTION=auto|sm90|wmma|simt forces a family
+//               (cuda/attention_sm90.h). HIP (CDNA3), bf16/fp16, d 32/64/128/256, 16-byte aligned rows: the
+//               forward runs on MFMA tiles (hip/attention_mfma.h; ZAYA_RT_CUDA_ATTENTION=simt forces SIMT).
+//               Everything else, the backward and decode run the SIMT path.
+// Not here yet: TMA staging in the sm_90a forward, tensor-core backward/decode.
 //
 // No allocation, no host synchronisation, launch errors returned as messages: graph-capturable.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
 
 #include "cuda/compat.h"
+#include "cuda/attention_common.cuh"
 #include "cuda/numeric.cuh"
 #include "zaya_rt/attention.h"
 
@@ -56,43 +61,11 @@ constexpr int64_t kSmemBudget = 48 * 1024;
 constexpr int kDecodeMinKeysPerSplit = 256;
 constexpr int kDecodeMaxSplits = 128;
 
-__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-ZAYA_RT_DEVICE_INLINE int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
-ZAYA_RT_DEVICE_INLINE int64_t lmax(int64_t a, int64_t b) { return a > b ? a : b; }
-
 // Head-dim registers per lane: the smallest of 2, 4, 8 (CUDA) covering d (d <= 256).
 inline int pick_ne(int64_t d) {
   const int64_t need = ceil_div(d, kWarpSize);
   return need <= 2 ? 2 : need <= 4 ? 4 : 8;
 }
-
-// The keys a query at `pos` sees, [lo, hi), among Lk keys (the header's mask).
-struct Range { int64_t lo, hi; };
-ZAYA_RT_DEVICE_INLINE Range key_range(int64_t pos, int64_t Lk, bool causal, int64_t window) {
-  Range r{0, Lk};
-  if (causal) r.hi = lmin(Lk, pos + 1);
-  if (window > 0) {
-    r.lo = lmax(0, pos - window + 1);
-    if (!causal) r.hi = Lk;
-  }
-  return r;
-}
-
-// Packed grid: the sequence of block x, and the block's index within it (or -1 past the last tile).
-ZAYA_RT_DEVICE_INLINE int64_t find_sequence(const int32_t* cu, int64_t batch, int64_t bm, int64_t x,
-                                            int64_t* tile) {
-  int64_t lo = 0, hi = batch - 1;  // largest b with start(b) <= x
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (static_cast<int64_t>(cu[mid]) / bm + mid <= x) lo = mid; else hi = mid - 1;
-  }
-  const int64_t b = lo;
-  const int64_t t = x - (static_cast<int64_t>(cu[b]) / bm + b);
-  const int64_t len = static_cast<int64_t>(cu[b + 1]) - cu[b];
-  *tile = (t >= 0 && t * bm < len) ? t : -1;
-  return b;
-}
-inline int64_t packed_blocks(int64_t total, int64_t batch, int64_t bm) { return total / bm + batch + 1; }
 
 // Loads `cnt` rows of d elements (row j at row_ptr(j)) into dst[j * ld + c] as fp32. With vec, every row
 // start is aligned for Pack<T, 16 / sizeof(T)> and d is a multiple of it.
@@ -114,17 +87,6 @@ ZAYA_RT_DEVICE_INLINE void load_rows(float* dst, int ld, int cnt, int d, bool ve
       dst[j * ld + c] = to_float(row_ptr(j)[c]);
     }
   }
-}
-
-template <typename T> inline bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-template <typename T> inline bool vec_ok(const void* base, int64_t d, std::initializer_list<int64_t> strides) {
-  constexpr int64_t V = 16 / sizeof(T);
-  if (!aligned16<T>(base) || d % V != 0) return false;
-  for (int64_t s : strides)
-    if (s % V != 0) return false;
-  return true;
 }
 
 // Per-warp online-softmax state of its rows.
@@ -211,24 +173,6 @@ inline Tiles pick_tiles(int64_t d, int64_t q_like_bufs, int prefer_bn) {
     for (int rows : {16, 8, 4})
       if (bn <= prefer_bn && tile_smem_bytes({rows, bn}, d, q_like_bufs) <= kSmemBudget) return {rows, bn};
   return {4, 16};
-}
-
-// The rows of a block: positions i0 .. i0 + nq - 1 times heads h0 .. h0 + nh - 1 (row r = (r / nh, r % nh)).
-struct RowMap {
-  int64_t i0, h0;
-  int nq, nh;
-  ZAYA_RT_DEVICE_INLINE int64_t token(int r) const { return i0 + r / nh; }
-  ZAYA_RT_DEVICE_INLINE int64_t head(int r) const { return h0 + r % nh; }
-};
-
-struct VarlenGeometry {
-  int bm;        // query positions per block
-  int hc;        // heads per block (a chunk of the GQA group)
-  int chunks;    // head chunks per group
-};
-inline VarlenGeometry varlen_geometry(int64_t G, int rows) {
-  const int hc = static_cast<int>(std::min<int64_t>(G, rows));
-  return {std::max(1, rows / hc), hc, static_cast<int>(ceil_div(G, hc))};
 }
 
 template <typename T, int NE>
@@ -752,6 +696,12 @@ inline const char* launch_error() {
 #define ZAYA_RT_ATTN_MFMA 1
 #include "hip/attention_mfma.h"
 #endif
+#if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_SM90_ATTENTION)
+#define ZAYA_RT_ATTN_SM90 1
+#include <atomic>
+
+#include "cuda/attention_sm90.h"
+#endif
 
 namespace zaya_rt::gpu {
 namespace attn_detail {
@@ -763,17 +713,79 @@ namespace attn_detail {
     default: { constexpr int NE = 8; __VA_ARGS__; break; } \
   }
 
-template <typename T> const char* launch_fwd(const AttnVarlenFwdParams& p, gpuStream_t s) {
+// ---- forward kernel family (ZAYA_RT_CUDA_ATTENTION; see cuda/attention_sm90.h) --------------------------
+
+enum class FwdChoice { kAuto, kSm90, kWmma, kSimt, kBad };
+enum class FwdPath { kSm90, kWmma, kMfma, kSimt };
+
+// Read on every call so that a benchmark can switch families between calls.
+inline FwdChoice fwd_choice() {
+  const char* v = std::getenv("ZAYA_RT_CUDA_ATTENTION");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return FwdChoice::kAuto;
+  if (std::strcmp(v, "sm90") == 0) return FwdChoice::kSm90;
+  if (std::strcmp(v, "wmma") == 0) return FwdChoice::kWmma;
+  if (std::strcmp(v, "simt") == 0) return FwdChoice::kSimt;
+  return FwdChoice::kBad;
+}
+constexpr const char* kFwdChoiceError = "ZAYA_RT_CUDA_ATTENTION must be auto, sm90, wmma or simt";
+
+#if defined(ZAYA_RT_ATTN_SM90)
+// True on a compute capability 9.0 device (where sm_90a code runs). One attribute query per device and
+// process: no stream work, safe during graph capture.
+inline bool attn_sm90_device() {
+  constexpr int kCached = 64;
+  static std::atomic<int8_t> cache[kCached] = {};  // 0 unknown, 1 yes, -1 no
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return (void)cudaGetLastError(), false;
+  const bool cached = dev >= 0 && dev < kCached;
+  if (cached) {
+    if (const int8_t c = cache[dev].load(std::memory_order_relaxed)) return c > 0;
+  }
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return (void)cudaGetLastError(), false;
+  const bool yes = major == 9 && minor == 0;
+  if (cached) cache[dev].store(yes ? 1 : -1, std::memory_order_relaxed);
+  return yes;
+}
+#endif
+
+template <typename T> FwdPath fwd_path(const AttnVarlenFwdParams& p, FwdChoice c) {
+#if defined(ZAYA_RT_ATTN_SM90)
+  if ((c == FwdChoice::kAuto || c == FwdChoice::kSm90) && tc_fwd_operands_ok<T>(p) && attn_sm90_device())
+    return FwdPath::kSm90;
+#endif
 #if defined(ZAYA_RT_ATTN_TENSOR_CORES)
-  bool taken = false;
-  const char* tc_err = maybe_launch_fwd_tc<T>(p, s, &taken);
-  if (taken) return tc_err;
+  if (c != FwdChoice::kSimt && tc_fwd_operands_ok<T>(p) && attn_tensor_cores_ok()) return FwdPath::kWmma;
 #endif
 #if defined(ZAYA_RT_ATTN_MFMA)
-  bool mfma_taken = false;
-  const char* mfma_err = maybe_launch_fwd_mfma<T>(p, s, &mfma_taken);
-  if (mfma_taken) return mfma_err;
+  if (c != FwdChoice::kSimt && mfma_fwd_operands_ok<T>(p)) return FwdPath::kMfma;
 #endif
+  (void)p, (void)c;
+  return FwdPath::kSimt;
+}
+
+template <typename T> const char* launch_fwd(const AttnVarlenFwdParams& p, gpuStream_t s) {
+  const FwdChoice choice = fwd_choice();
+  if (choice == FwdChoice::kBad) return kFwdChoiceError;
+  const FwdPath path = fwd_path<T>(p, choice);
+#if defined(ZAYA_RT_ATTN_SM90)
+  if (path == FwdPath::kSm90) {
+    if constexpr (std::is_same_v<T, bf16>) return sm90::attention_varlen_fwd_bf16(p, s);
+    if constexpr (std::is_same_v<T, f16>) return sm90::attention_varlen_fwd_f16(p, s);
+  }
+#endif
+#if defined(ZAYA_RT_ATTN_TENSOR_CORES)
+  if (path == FwdPath::kWmma) {
+    bool taken = false;
+    const char* tc_err = maybe_launch_fwd_tc<T>(p, s, &taken);
+    if (taken) return tc_err;
+  }
+#endif
+#if defined(ZAYA_RT_ATTN_MFMA)
+  if (path == FwdPath::kMfma) return launch_fwd_mfma_dispatch<T>(p, s);
+#endif
+  (void)path;
   const int64_t d = p.head_dim, G = p.num_heads_q / p.num_heads_k;
   const Tiles t = pick_tiles(d, 1, 64);
   const VarlenGeometry geo = varlen_geometry(G, t.rows);
@@ -878,6 +890,29 @@ const char* attention_decode(const AttnPagedDecodeParams& p, void* stream) {
   if (p.batch == 0) return nullptr;
   ZAYA_RT_GPU_DISPATCH_FLOAT(p.dtype, T, return launch_decode<T>(p, as_stream(stream)));
   return nullptr;
+}
+
+const char* attention_varlen_fwd_path(const AttnVarlenFwdParams& p) {
+  using namespace attn_detail;
+  if (p.total_q == 0 || p.batch == 0) return "none";
+  const FwdChoice choice = fwd_choice();
+  if (choice == FwdChoice::kBad) return nullptr;
+  FwdPath path = FwdPath::kSimt;
+  ZAYA_RT_GPU_DISPATCH_FLOAT(p.dtype, T, path = fwd_path<T>(p, choice));
+  switch (path) {
+    case FwdPath::kSm90: return "sm90_wgmma";
+    case FwdPath::kWmma: return "wmma";
+    case FwdPath::kMfma: return "mfma";
+    default: return "simt";
+  }
+}
+
+bool built_with_sm90_attention() {
+#if defined(ZAYA_RT_ATTN_SM90)
+  return true;
+#else
+  return false;
+#endif
 }
 
 int64_t attention_varlen_fwd_workspace(const AttnVarlenFwdParams&) { return 0; }

@@ -1,5 +1,6 @@
 // Tensor-core prefill forward (NVIDIA sm_80+, bf16/fp16, head dim 64 or 128, 16-byte aligned q/k/v rows);
-// included by cuda/attention_kernels.cuh on CUDA. Runs unchanged on Hopper (no wgmma/TMA path yet).
+// included by cuda/attention_kernels.cuh on CUDA. Hopper takes the wgmma kernel (cuda/attention_sm90.cuh)
+// instead where it qualifies; ZAYA_RT_CUDA_ATTENTION=wmma forces this one there.
 //
 // A block of 4 warps owns 64 rows (the RowMap of the SIMT path: query positions x the q heads of one GQA group)
 // and walks its key range in 64-key tiles staged in shared memory as 16-bit values. Per tile and warp (16 rows):
@@ -231,14 +232,9 @@ const char* maybe_launch_fwd_tc(const AttnVarlenFwdParams& p, gpuStream_t s, boo
   if constexpr (std::is_same_v<T, float>) {
     return nullptr;
   } else {
-    const int64_t d = p.head_dim;
-    if ((d != 64 && d != 128) || kWarpSize != 32 || !attn_tensor_cores_ok()) return nullptr;
-    if (!vec_ok<T>(p.q, d, {p.q_token_stride, p.q_head_stride}) ||
-        !vec_ok<T>(p.k, d, {p.k_token_stride, p.k_head_stride}) ||
-        !vec_ok<T>(p.v, d, {p.v_token_stride, p.v_head_stride}))
-      return nullptr;
+    if (!tc_fwd_operands_ok<T>(p) || !attn_tensor_cores_ok()) return nullptr;
     *taken = true;
-    return d == 64 ? launch_fwd_tc<T, 64>(p, s) : launch_fwd_tc<T, 128>(p, s);
+    return p.head_dim == 64 ? launch_fwd_tc<T, 64>(p, s) : launch_fwd_tc<T, 128>(p, s);
   }
 }
 

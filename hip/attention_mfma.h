@@ -175,22 +175,28 @@ template <typename T, int D> const char* launch_fwd_mfma(const AttnVarlenFwdPara
   return launch_error();
 }
 
-// The matrix-core path when it applies (bf16/fp16, wave64, d in {32, 64, 128, 256}, q/k/v with 16-byte
-// aligned rows and 8-element strides); `taken` false otherwise (the SIMT kernel runs).
+// Whether the matrix-core path applies: bf16/fp16, wave64, d in {32, 64, 128, 256}, q/k/v with 16-byte aligned
+// rows and 8-element strides (otherwise the SIMT kernel runs).
 template <typename T>
-const char* maybe_launch_fwd_mfma(const AttnVarlenFwdParams& p, gpuStream_t s, bool* taken) {
-  *taken = false;
+bool mfma_fwd_operands_ok(const AttnVarlenFwdParams& p) {
   if constexpr (std::is_same_v<T, float>) {
-    return nullptr;
+    return false;
   } else {
     const int64_t d = p.head_dim;
-    if ((d != 32 && d != 64 && d != 128 && d != 256) || kWarpSize != 64) return nullptr;
-    if (!vec_ok<T>(p.q, d, {p.q_token_stride, p.q_head_stride}) ||
-        !vec_ok<T>(p.k, d, {p.k_token_stride, p.k_head_stride}) ||
-        !vec_ok<T>(p.v, d, {p.v_token_stride, p.v_head_stride}))
-      return nullptr;
-    *taken = true;
-    switch (d) {
+    if ((d != 32 && d != 64 && d != 128 && d != 256) || kWarpSize != 64) return false;
+    return vec_ok<T>(p.q, d, {p.q_token_stride, p.q_head_stride}) &&
+           vec_ok<T>(p.k, d, {p.k_token_stride, p.k_head_stride}) &&
+           vec_ok<T>(p.v, d, {p.v_token_stride, p.v_head_stride});
+  }
+}
+
+// Launches the MFMA forward; the caller has checked mfma_fwd_operands_ok.
+template <typename T>
+const char* launch_fwd_mfma_dispatch(const AttnVarlenFwdParams& p, gpuStream_t s) {
+  if constexpr (std::is_same_v<T, float>) {
+    return "mfma forward: fp32 has no MFMA path";
+  } else {
+    switch (p.head_dim) {
       case 32: return launch_fwd_mfma<T, 32>(p, s);
       case 64: return launch_fwd_mfma<T, 64>(p, s);
       case 128: return launch_fwd_mfma<T, 128>(p, s);

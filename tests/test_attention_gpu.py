@@ -172,3 +172,107 @@ def test_decode_cuda_graph_capture():
     want = ref.attention_decode_ref(q2.double(), kc.double(), vc.double(), table, lens)
     peer = ref.attention_decode_ref(q2, kc, vc, table, lens)
     _assert_close(out, want, peer, torch.bfloat16, "graph replay")
+
+
+# ---- forward kernel families: sm_90a wgmma, sm_80 WMMA, SIMT (ZAYA_RT_CUDA_ATTENTION) ------------------------
+
+_CAP = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else (0, 0)
+SM90_HERE = _CAP == (9, 0) and getattr(_C, "sm90_attention", False)
+WMMA_HERE = _C.gpu_backend == "cuda" and _CAP >= (8, 0)
+_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+FAMILY_CASES = [
+    # lq, lk, hq, hk, d, causal, window: ragged with 1-token and > 64-row / > 64-key sequences, GQA 1/2/4/8
+    ([1, 70, 0, 5], [1, 70, 0, 40], 2, 2, 64, True, None),
+    ([130, 1], [130, 1], 4, 2, 128, True, None),
+    ([9, 200], [20, 200], 8, 2, 128, True, 33),
+    ([3, 17], [150, 17], 8, 1, 64, False, None),
+    ([65, 300], [100, 300], 8, 8, 128, False, 20),
+    ([6, 9], [3, 30], 4, 1, 64, True, 3),  # Lq > Lk: early rows see nothing
+]
+
+
+def _want_family(family: str, dtype: torch.dtype, d: int) -> str:
+    tensor_cores = dtype != torch.float32 and d in (64, 128)
+    if family in ("auto", "sm90") and tensor_cores and SM90_HERE:
+        return "sm90_wgmma"
+    if family != "simt" and tensor_cores and WMMA_HERE:
+        return "wmma"
+    return "simt"
+
+
+def _fwd_path(q, k, v, batch):
+    return _C.attention_varlen_path(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
+                                    v.data_ptr(), v.stride(0), v.stride(1), _CODES[q.dtype], batch, q.shape[0],
+                                    k.shape[0], q.shape[1], k.shape[1], q.shape[2])
+
+
+@pytest.mark.parametrize("family", ["auto", "sm90", "wmma", "simt"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", FAMILY_CASES)
+def test_varlen_forward_families(family, dtype, case, monkeypatch):
+    """out and lse of each forward family vs float64, with the family _C reports; on an H100/H200 the sm90 and
+    auto rows run the wgmma kernel."""
+    monkeypatch.setenv("ZAYA_RT_CUDA_ATTENTION", family)
+    lq, lk, hq, hk, d, causal, window = case
+    gen = torch.Generator().manual_seed(sum(lq) * 31 + hq * 7 + d)
+    q = torch.randn(sum(lq), hq, d, generator=gen).to(dtype)
+    k = torch.randn(sum(lk), hk, d, generator=gen).to(dtype)
+    v = torch.randn(sum(lk), hk, d, generator=gen).to(dtype)
+    qd, kd, vd, cq, ck = q.to(DEV), k.to(DEV), v.to(DEV), _cu(lq).to(DEV), _cu(lk).to(DEV)
+    assert _fwd_path(qd, kd, vd, len(lq)) == _want_family(family, dtype, d)
+    out, lse = zaya_rt.ops.attention_varlen(qd, kd, vd, cq, ck, causal=causal, window=window, return_lse=True)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    want = ref.attention_varlen_ref(q64, k64, v64, _cu(lq), _cu(lk), causal=causal, window=window)
+    peer = ref.attention_varlen_ref(q, k, v, _cu(lq), _cu(lk), causal=causal, window=window)
+    _assert_close(out, want, peer, dtype, f"out [{family}]")
+    want_lse = ref.attention_varlen_lse_ref(q64, k64, _cu(lq), _cu(lk), causal=causal, window=window)
+    lse = lse.cpu().double()
+    fin = torch.isfinite(want_lse)
+    assert torch.equal(fin, torch.isfinite(lse)), "rows without keys must have lse -inf, the others finite"
+    torch.testing.assert_close(lse[fin], want_lse[fin], rtol=0, atol=1e-4)
+
+
+def test_varlen_forward_family_fallbacks(monkeypatch):
+    """Calls the tensor-core kernels do not take (fp32, head dim 40, rows not 16-byte aligned) report and run the
+    family below them, whatever ZAYA_RT_CUDA_ATTENTION asks for."""
+    monkeypatch.setenv("ZAYA_RT_CUDA_ATTENTION", "sm90")
+    q = torch.randn(10, 4, 72, device=DEV, dtype=torch.bfloat16)
+    k = torch.randn(10, 2, 72, device=DEV, dtype=torch.bfloat16)
+    assert _fwd_path(q.float(), k.float(), k.float(), 1) == "simt"
+    assert _fwd_path(q[..., :40], k[..., :40], k[..., :40], 1) == "simt"
+    assert _fwd_path(q[..., 1:65], k[..., :64], k[..., :64], 1) == "simt"  # q rows start 2 bytes off 16
+    assert _fwd_path(q[..., :64], k[..., :64], k[..., :64], 1) == _want_family("sm90", torch.bfloat16, 64)
+    assert _fwd_path(q[:0], k, k, 1) == "none"
+
+
+def test_varlen_forward_bad_family_env(monkeypatch):
+    monkeypatch.setenv("ZAYA_RT_CUDA_ATTENTION", "fastest")
+    q = torch.randn(8, 2, 64, device=DEV, dtype=torch.bfloat16)
+    cu = _cu([8]).to(DEV)
+    with pytest.raises(RuntimeError, match="ZAYA_RT_CUDA_ATTENTION"):
+        zaya_rt.ops.attention_varlen(q, q, q, cu, cu)
+    with pytest.raises(ValueError, match="ZAYA_RT_CUDA_ATTENTION"):
+        _fwd_path(q, q, q, 1)
+
+
+@pytest.mark.parametrize("family", ["sm90", "wmma"])
+def test_varlen_forward_cuda_graph_capture(family, monkeypatch):
+    """The forward (packed prefill, no host sync) replays from a CUDA graph with new inputs."""
+    monkeypatch.setenv("ZAYA_RT_CUDA_ATTENTION", family)
+    gen = torch.Generator().manual_seed(11)
+    lq = [100, 1, 37]
+    q, k, v = (torch.randn(sum(lq), h, 128, generator=gen).to(torch.bfloat16) for h in (8, 2, 2))
+    qd, kd, vd, cu = q.to(DEV), k.to(DEV), v.to(DEV), _cu(lq).to(DEV)
+    zaya_rt.ops.attention_varlen(qd, kd, vd, cu, cu)  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = zaya_rt.ops.attention_varlen(qd, kd, vd, cu, cu)
+    q2 = torch.randn(q.shape, generator=gen).to(torch.bfloat16)
+    qd.copy_(q2.to(DEV))
+    graph.replay()
+    torch.cuda.synchronize()
+    want = ref.attention_varlen_ref(q2.double(), k.double(), v.double(), _cu(lq), _cu(lq))
+    peer = ref.attention_varlen_ref(q2, k, v, _cu(lq), _cu(lq))
+    _assert_close(out, want, peer, torch.bfloat16, f"graph replay [{family}]")

@@ -3,8 +3,9 @@
 # -DZAYA_RT_CUDA=ON (nvcc, sm_80 + sm_90a, and the sm_90a CUTLASS grouped GEMM, which must build:
 # -DZAYA_RT_CUTLASS=ON) and once with -DZAYA_RT_HIP=ON (clang -x hip, the gfx94x targets this ROCm can build),
 # in throwaway build folders, and shows what device code each holds. For CUDA it also disassembles the sm_90a
-# code and requires wgmma (HGMMA) instructions in the CUTLASS kernels and none in the sm_80 code; for HIP it
-# disassembles the gfx94x attention code and requires MFMA instructions in the matrix-core prefill kernels.
+# code and requires wgmma (HGMMA) instructions in the CUTLASS kernels and in the attention forward
+# (cuda/attention_sm90.cuh), and none in the sm_80 code; for HIP it disassembles the gfx94x attention code and
+# requires MFMA instructions in the matrix-core prefill kernels.
 # Exits non-zero when either build fails or lacks a target.
 #
 #   bash tools/check_gpu_compile.sh            # both
@@ -43,8 +44,10 @@ except ImportError as e:
     print(f"  FAIL: the built _C does not load: {e}")
     sys.exit(1)
 cutlass = getattr(_C, "cutlass_sm90", None)
-print(f"  import _C: ok, gpu_backend = {_C.gpu_backend!r}, cutlass_sm90 = {cutlass}")
-sys.exit(0 if _C.gpu_backend == sys.argv[2] and cutlass == (sys.argv[2] == "cuda") else 1)
+attn = getattr(_C, "sm90_attention", None)
+print(f"  import _C: ok, gpu_backend = {_C.gpu_backend!r}, cutlass_sm90 = {cutlass}, sm90_attention = {attn}")
+cuda = sys.argv[2] == "cuda"
+sys.exit(0 if _C.gpu_backend == sys.argv[2] and cutlass == cuda and attn == cuda else 1)
 PY
 }
 
@@ -92,7 +95,8 @@ cuda_tool() {
   echo "$t"
 }
 
-# The sm_90a SASS of $1 holds wgmma (HGMMA) instructions, all in the CUTLASS kernels; the sm_80 SASS none.
+# The sm_90a SASS of $1 holds wgmma (HGMMA) instructions, in the CUTLASS kernels and in the attention forward;
+# the sm_80 SASS none.
 check_wgmma() {
   local so=$1 cuobjdump nvdisasm
   cuobjdump=$(cuda_tool cuobjdump)
@@ -113,6 +117,10 @@ check_wgmma() {
   fn80=$(grep -cE "HGMMA" <<<"$sass80" || true)
   echo "  sm_80 SASS: $fn80 HGMMA instructions (must be 0)"
   [[ "$hgmma" -gt 0 && "$fn80" == 0 ]] || { echo "  FAIL: expected wgmma in the sm_90a code only"; return 1; }
+  local attn
+  attn=$(awk '/Function :/ {f=$3} /HGMMA/ && f ~ /varlen_fwd_sm90_kernel/ {n++} END {print n + 0}' <<<"$sass90")
+  echo "  sm_90a SASS: $attn HGMMA in the attention forward (varlen_fwd_sm90_kernel; must be > 0)"
+  [[ "$attn" -gt 0 ]] || { echo "  FAIL: no wgmma in the sm_90a attention forward"; return 1; }
 }
 
 check_cuda() {

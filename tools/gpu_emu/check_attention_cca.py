@@ -1,7 +1,10 @@
 """Runs the attention and CCA prep GPU kernel bodies under host emulation (tools/gpu_emu) against the float64
 references, on small ragged / windowed / GQA / paged cases. No GPU needed; slow (a std::thread per GPU thread).
 
-  PYTHONPATH=python python tools/gpu_emu/check_attention_cca.py [--warp 32|64]
+  PYTHONPATH=python python tools/gpu_emu/check_attention_cca.py [--warp 32|64] [--no-sm90 | --only-sm90]
+
+--only-sm90 runs just the sm_90a wgmma forward cases (its PTX emulated by tools/gpu_emu/cuda/sm90_ptx.cuh);
+tests/test_gpu_emu_sm90.py runs that in the test suite.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def load(warp: int, out_dir: pathlib.Path | None = None) -> ctypes.CDLL:
     subprocess.run([sys.executable, str(HERE / "build.py"), str(out), "--warp", str(warp)], check=True,
                    stdout=subprocess.DEVNULL)
     lib = ctypes.CDLL(str(out / f"libzaya_gpu_emu_w{warp}.so"))
-    for name in ("emu_varlen_fwd", "emu_varlen_bwd", "emu_decode", "emu_cca_prep_fwd"):
+    for name in ("emu_varlen_fwd", "emu_varlen_fwd_sm90", "emu_varlen_bwd", "emu_decode", "emu_cca_prep_fwd"):
         getattr(lib, name).restype = ctypes.c_char_p
     lib.emu_decode_workspace.restype = ctypes.c_int64
     lib.emu_varlen_bwd_workspace.restype = ctypes.c_int64
@@ -144,6 +147,44 @@ def varlen_case(lib, failures, gen, dtype, lq, lk, hq, hk, d, causal, window):
         check(tag + " " + nm, err(got, want), dtype, failures, 4 if dtype != torch.float32 else 10)
 
 
+def sm90_case(lib, failures, gen, dtype, lq, lk, hq, hk, d, causal, window):
+    """The sm_90a wgmma forward (emulated PTX, tools/gpu_emu/cuda/sm90_ptx.cuh): out and lse vs float64."""
+    Tq, Tk = sum(lq), sum(lk)
+    qbuf = torch.randn(Tq, hq, d + 8, generator=gen).to(dtype)  # strided q rows (16-byte aligned)
+    q = qbuf[..., :d]
+    k = torch.randn(Tk, hk, d, generator=gen).to(dtype)
+    v = torch.randn(Tk, hk, d, generator=gen).to(dtype)
+    cq, ck = cu(lq), cu(lk)
+    out = torch.full((Tq, hq, d), float("nan"), dtype=dtype)
+    lse = torch.full((hq, Tq), float("nan"))
+    r = lib.emu_varlen_fwd_sm90(P(q), I(q.stride(0)), I(q.stride(1)), P(k), I(k.stride(0)), I(k.stride(1)), P(v),
+                                I(v.stride(0)), I(v.stride(1)), P(cq), P(ck), P(out), I(hq * d), I(d), P(lse),
+                                I(Tq), CODES[dtype], I(len(lq)), I(Tq), I(Tk), I(hq), I(hk), I(d), int(causal),
+                                I(window or 0), F(d ** -0.5))
+    assert r is None, r
+    tag = f"sm90 {dtype} lq={lq} lk={lk} G={hq // hk} d={d} causal={causal} window={window}"
+    want = ref.attention_varlen_ref(q.double(), k.double(), v.double(), cq, ck, causal=causal, window=window)
+    check(tag + " out", err(out, want), dtype, failures)
+    want_lse = ref.attention_varlen_lse_ref(q.double(), k.double(), cq, ck, causal=causal, window=window)
+    fin = torch.isfinite(want_lse)
+    if not torch.equal(fin, torch.isfinite(lse)):
+        failures.append(tag + " lse -inf pattern")
+        print("FAIL lse -inf pattern")
+    elif fin.any():
+        check(tag + " lse", (lse[fin].double() - want_lse[fin]).abs().max().item(), torch.float32, failures, 10)
+
+
+SM90_CASES = [
+    # dtype, lq, lk, hq, hk, d, causal, window: ragged (1, > 64-row and 64-key tiles, empty, Lq < Lk), GQA 1-8
+    (torch.bfloat16, [1, 70, 0, 5], [1, 70, 0, 40], 2, 2, 64, True, None),
+    (torch.float16, [130], [130], 2, 1, 128, True, None),
+    (torch.bfloat16, [9, 66], [20, 66], 8, 2, 128, True, 33),
+    (torch.float16, [3, 17], [150, 17], 8, 1, 64, False, None),
+    (torch.bfloat16, [40], [100], 8, 8, 128, False, 20),
+    (torch.float16, [6, 9], [3, 30], 4, 1, 64, True, 3),  # Lq > Lk: early rows see nothing
+]
+
+
 def decode_case(lib, failures, gen, dtype, lengths, n, page, hq, hk, d, window, splits, shared=0):
     B = len(lengths)
     width = max(-(-L // page) for L in lengths) + 1
@@ -222,6 +263,11 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     failures: list[str] = []
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    if "--only-sm90" in sys.argv:
+        for case in SM90_CASES:
+            sm90_case(lib, failures, gen, *case)
+        print(f"sm90: {len(failures)} failures")
+        sys.exit(1 if failures else 0)
     varlen_case(lib, failures, gen, f32, [5, 0, 19], [5, 3, 19], 2, 1, 64, True, None)
     varlen_case(lib, failures, gen, f32, [3, 17], [9, 40], 4, 2, 40, True, 6)
     varlen_case(lib, failures, gen, f32, [21], [21], 8, 1, 128, False, 5)
@@ -234,6 +280,9 @@ def main() -> None:
     varlen_case(lib, failures, gen, bf16, [70, 1], [150, 1], 8, 2, 64, True, 90)
     varlen_case(lib, failures, gen, f16, [130], [130], 2, 1, 128, True, None)
     varlen_case(lib, failures, gen, f16, [20, 0, 9], [20, 4, 9], 4, 4, 64, False, None)
+    if warp == 32 and "--no-sm90" not in sys.argv:
+        for case in SM90_CASES:
+            sm90_case(lib, failures, gen, *case)
     decode_case(lib, failures, gen, f32, [37, 0, 5], 1, 8, 4, 2, 64, None, 0)
     decode_case(lib, failures, gen, f32, [600, 90], 2, 16, 8, 2, 128, None, 3)
     decode_case(lib, failures, gen, bf16, [300, 301], 3, 16, 4, 1, 128, 50, 0, shared=2)

@@ -1,6 +1,7 @@
 // C entry points over the emulated GPU kernels (tools/gpu_emu/build.py), for ctypes: pointers and sizes flat,
 // in the order of the params structs. Each returns the kernel's error message or null.
 #include "cuda/attention_kernels.cuh"
+#include "cuda/attention_sm90.cuh"
 #include "cuda/cca_kernels.cuh"
 
 using namespace zaya_rt;
@@ -38,6 +39,20 @@ const char* emu_mfma_16x16x16(int dtype, const uint16_t* a, const uint16_t* b, c
     for (int e = 0; e < 4; ++e) d[4 * l + e] = vd[e];
   });
   return nullptr;
+}
+
+// The sm_90a wgmma forward alone (bf16/fp16, d 64/128), whatever the dispatch would pick.
+const char* emu_varlen_fwd_sm90(const void* q, I q_ts, I q_hs, const void* k, I k_ts, I k_hs, const void* v,
+                                I v_ts, I v_hs, const int32_t* cu_q, const int32_t* cu_k, void* out, I o_ts,
+                                I o_hs, float* lse, I lse_hs, int dtype, I batch, I tq, I tk, I hq, I hk, I d,
+                                int causal, I window, float scale) {
+  AttnVarlenFwdParams p{q, q_ts, q_hs, k, k_ts, k_hs, v, v_ts, v_hs, cu_q, cu_k, out, o_ts, o_hs, lse, lse_hs,
+                        static_cast<DType>(dtype), batch, tq, tk, hq, hk, d, 0, 0, causal != 0, window, scale,
+                        nullptr, 0};
+  if (d != 64 && d != 128) return "sm90 forward: head dim must be 64 or 128";
+  if (p.dtype == DType::kBFloat16) return gpu::attn_sm90::launch_any<gpu::bf16>(p, nullptr);
+  if (p.dtype == DType::kFloat16) return gpu::attn_sm90::launch_any<gpu::f16>(p, nullptr);
+  return "sm90 forward: dtype must be bf16 or fp16";
 }
 
 I emu_varlen_bwd_workspace(I tq, I hq) {

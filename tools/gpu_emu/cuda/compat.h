@@ -39,6 +39,7 @@ struct Ctx {
   float* warp_slots;  // one float per lane of this thread's warp
   float* smem;
   float* wave_scratch;  // kWaveScratch floats per warp (tools/gpu_emu/amdgcn_mfma.h)
+  size_t smem_bytes;    // dynamic shared memory of the launch
 };
 constexpr unsigned kWaveScratch = ZAYA_RT_EMU_WARP * 8;
 inline thread_local Ctx ctx;
@@ -60,7 +61,7 @@ template <typename F> void launch(dim3 grid, dim3 block, size_t smem_bytes, void
         for (unsigned t = 0; t < nthreads; ++t)
           threads.emplace_back([&, t] {
             ctx = Ctx{dim3(t), dim3(bx, by, bz), block, grid, &bar, wbars[t / W].get(), slots.data() + (t / W) * W,
-                      smem.data(), scratch.data() + (t / W) * kWaveScratch};
+                      smem.data(), scratch.data() + (t / W) * kWaveScratch, smem_bytes};
             body();
             ctx.block_bar->arrive_and_drop();
             ctx.warp_bar->arrive_and_drop();
