@@ -86,35 +86,42 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
       if (use_dot_path(job.M, job.a.col_stride, job.b.col_stride)) {
         const T* a_rows[kDotMaxRows];
         for (int64_t r = 0; r < job.M; ++r) a_rows[r] = job.a.row(r);
-        thread_local std::vector<T> a_packed;
+        thread_local std::vector<DotA<T>> a_packed;
         if (a_packed.size() < static_cast<size_t>(job.M * job.K)) a_packed.resize(job.M * job.K);
         pack_dot_rows(a_rows, static_cast<int>(job.M), job.K, a_packed.data());
+        // K blocks outer (the A slice stays in L1), the task's sub-panels and their B rows inner; the
+        // partial sums of the task's columns wait in `tiles`.
+        alignas(64) float tiles[kNC / kNR][kTileRows * kNR];
+        for (int s = 0; s < subs; ++s) std::fill(tiles[s], tiles[s] + job.M * kNR, 0.f);
         float dots[kDotMaxRows * kDotMaxB];
-        for (int s = 0; s < subs; ++s) {
-          const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR));
-          // Non-null B rows go kDotMaxB at a time; gathered-out (null) rows give zero columns.
-          int cols[kDotMaxB];
-          const T* brows[kDotMaxB];
-          int g = 0;
-          auto flush = [&] {
-            dot_rows(a_packed.data(), a_rows, static_cast<int>(job.M), brows, g, job.K, dots);
-            for (int r = 0; r < job.M; ++r)
-              for (int j = 0; j < g; ++j) tile[r * kNR + cols[j]] = dots[r * g + j];
-            g = 0;
-          };
-          for (int c = 0; c < nr; ++c) {
-            const T* brow = job.b.row(n0 + s * kNR + c);
-            if (brow == nullptr) {
-              for (int r = 0; r < job.M; ++r) tile[r * kNR + c] = 0.f;
-              continue;
+        const int64_t kb = dot_k_block<T>(job.M, job.K);
+        for (int64_t k0 = 0; k0 < job.K; k0 += kb) {
+          const int64_t k1 = std::min(job.K, k0 + kb);
+          for (int s = 0; s < subs; ++s) {
+            const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR));
+            // Non-null B rows go kDotMaxB at a time; gathered-out (null) rows give zero columns.
+            int cols[kDotMaxB];
+            const T* brows[kDotMaxB];
+            int g = 0;
+            auto flush = [&] {
+              dot_rows(a_packed.data(), a_rows, static_cast<int>(job.M), brows, g, job.K, k0, k1, dots);
+              for (int r = 0; r < job.M; ++r)
+                for (int j = 0; j < g; ++j) tiles[s][r * kNR + cols[j]] += dots[r * g + j];
+              g = 0;
+            };
+            for (int c = 0; c < nr; ++c) {
+              const T* brow = job.b.row(n0 + s * kNR + c);
+              if (brow == nullptr) continue;
+              cols[g] = c;
+              brows[g++] = brow;
+              if (g == kDotMaxB) flush();
             }
-            cols[g] = c;
-            brows[g++] = brow;
-            if (g == kDotMaxB) flush();
+            if (g > 0) flush();
           }
-          if (g > 0) flush();
-          epi(tasks[t].job, tile, int64_t{0}, static_cast<int>(job.M), n0 + s * kNR, nr, s);
         }
+        for (int s = 0; s < subs; ++s)
+          epi(tasks[t].job, tiles[s], int64_t{0}, static_cast<int>(job.M), n0 + s * kNR,
+              static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), s);
         continue;
       }
       const int64_t kp = packed_k<T, Dot>(job.K);
