@@ -215,7 +215,8 @@ void micro_kernel(int64_t kp, const typename PackMode<T, Dot>::Entry* pa, const 
 // each step's 32 elements stored evens first, then odds, to meet B's bf16 pairs widened in registers (two
 // fp32 FMAs per pair run faster than one vdpbf16ps where the latter is half-rate, and the sum over K does
 // not care about the order). The K % kDotStep tail is read from a_rows.
-template <typename T> constexpr int64_t kDotStep = std::is_same_v<T, float> ? 16 : 32;
+// Elements per step: two vectors of each fp32 row (one unrolled pass halves the loop overhead), one bf16 pair vector.
+template <typename T> constexpr int64_t kDotStep = 32;
 template <typename T> struct DotPack { using A = T; };
 #if defined(__AVX512F__)
 template <> struct DotPack<bf16> { using A = float; };
@@ -270,15 +271,18 @@ inline void dot_block(const DotA<T>* a_chunk, const T* const* a_rows, const T* c
     for (int i = 0; i < M * G; ++i) v[i] = _mm512_setzero_ps();
     for (const DotA<T>* pa = a_chunk + k0 * M; k + step <= k1; k += step, pa += M * step) {
       if constexpr (std::is_same_v<T, float>) {
-        __m512 bv[G];
+#pragma GCC unroll 2
+        for (int h = 0; h < step / 16; ++h) {
+          __m512 bv[G];
 #pragma GCC unroll 3
-        for (int g = 0; g < G; ++g) bv[g] = _mm512_loadu_ps(b_rows[g] + k);
+          for (int g = 0; g < G; ++g) bv[g] = _mm512_loadu_ps(b_rows[g] + k + 16 * h);
 #pragma GCC unroll 8
-        for (int i = 0; i < M; ++i) {
-          __m512 av = _mm512_loadu_ps(pa + i * step);
-          asm("" : "+v"(av));  // one load per A vector: folded into each FMA it would bind the load ports
+          for (int i = 0; i < M; ++i) {
+            __m512 av = _mm512_loadu_ps(pa + i * step + 16 * h);
+            asm("" : "+v"(av));  // one load per A vector: folded into each FMA it would bind the load ports
 #pragma GCC unroll 3
-          for (int g = 0; g < G; ++g) v[i * G + g] = _mm512_fmadd_ps(av, bv[g], v[i * G + g]);
+            for (int g = 0; g < G; ++g) v[i * G + g] = _mm512_fmadd_ps(av, bv[g], v[i * G + g]);
+          }
         }
       } else {
         __m512 even[G], odd[G];
