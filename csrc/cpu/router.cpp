@@ -86,10 +86,11 @@ const char* router_t(const RouterParams& p) {
   // columns. Few tokens: dot products that read each weight row once. Many tokens and a long K (the down
   // projection): the transposed product w . a^T, so the small weight matrix is the packed, reused operand
   // and the tokens stream once (with the tokens as the reused operand, every column block would sweep all of
-  // them again). Short K (the MLP): the plain product, whose tiles hand the epilogue whole rows.
+  // them again). Short K (the MLP) with a column block per thread: the plain product, whose tiles hand the
+  // epilogue whole rows (its tasks are the weight's column blocks, so fewer would leave threads idle).
   auto run = [&](Source<T> a, const void* w, int64_t N, int64_t K, auto&& row_epi) {
     const Source<T> wsrc{static_cast<const T*>(w), K, 1};
-    if (T_ <= kDotMaxRows || K < kTransposedMinK) {
+    if (T_ <= kDotMaxRows || (K < kTransposedMinK && (N + kNC - 1) / kNC >= threads)) {
       std::vector<GemmJob<T>> jobs{{a, wsrc, T_, N, K}};
       run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads,
                             [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
