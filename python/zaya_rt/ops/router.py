@@ -92,8 +92,11 @@ def _well_formed_cpu(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b,
     contiguous weights: the inference hot path, checked in a few microseconds. Anything else goes through
     _check (which raises the precise error, or accepts float64, GPU and strided inputs)."""
     dt = x.dtype
-    if dt not in _FAST_DTYPES or not x.is_cpu or x.dim() != 2 or down_w.dim() != 2 or out_w.dim() != 2:
+    if dt not in _FAST_DTYPES or not x.is_cpu or x.dim() != 2:
         return False
+    for w in (down_w, out_w):
+        if type(w) is not torch.Tensor or w.dtype is not dt or w.dim() != 2 or not w.is_cpu:
+            return False
     T, D = x.shape
     R, C = down_w.shape[0], out_w.shape[0]
     if (down_w.shape[1] != D or out_w.shape[1] != R or C < 2 or balancing_bias.dtype not in _BIAS_DTYPES
