@@ -211,75 +211,113 @@ void micro_kernel(int64_t kp, const typename PackMode<T, Dot>::Entry* pa, const 
 // Dot products of M rows of A with G rows of B, all contiguous along K: the decode path, which reads each
 // weight row once and needs no packing of B. Each B vector feeds M accumulators and each A vector G of
 // them. A comes interleaved ([K / kDotStep][M][kDotStep], see pack_dot_rows) so that its M rows are one
-// stream: rows a power-of-two apart would share L1 sets. The K % kDotStep tail is read from a_rows.
-// P is the type A is packed in: bf16 for vdpbf16ps, otherwise float (16-bit B rows are converted as they are
-// loaded; on CPUs where vdpbf16ps is slow, FMAs are several times faster for bf16).
-// out[i * G + g] = <A_i, B_g>.
-template <typename P> constexpr int64_t kDotStep = std::is_same_v<P, float> ? 16 : 32;
+// stream: rows a power-of-two apart would share L1 sets. On AVX-512, bf16 A rows are interleaved as floats,
+// each step's 32 elements stored evens first, then odds, to meet B's bf16 pairs widened in registers (two
+// fp32 FMAs per pair run faster than one vdpbf16ps where the latter is half-rate, and the sum over K does
+// not care about the order). The K % kDotStep tail is read from a_rows.
+// Elements per step: two vectors of each fp32 row (one unrolled pass halves the loop overhead), one bf16 pair vector.
+template <typename T> constexpr int64_t kDotStep = 32;
+template <typename T> struct DotPack { using A = T; };
+#if defined(__AVX512F__)
+template <> struct DotPack<bf16> { using A = float; };
+#endif
+template <typename T> using DotA = typename DotPack<T>::A;  // element type of the interleaved A copy
 
-template <typename T, typename P, int M, int G>
-inline void dot_block(const P* a_packed, const T* const* a_rows, const T* const* b_rows, int64_t K, float* out) {
-  constexpr int64_t step = kDotStep<P>;
-  int64_t k = 0;
+#if defined(__AVX512F__)
+// sums[i] = sum of the lanes of v[i] for i < N: a transposing add tree (about 3 instructions per vector
+// instead of a full horizontal reduction each).
+template <int N> inline void hsum_vectors(const __m512* v, float* sums) {
+  if constexpr (N <= 4) {
+    for (int i = 0; i < N; ++i) sums[i] = _mm512_reduce_add_ps(v[i]);
+    return;
+  }
+  for (int base = 0; base < N; base += 16) {
+    const int n = N - base < 16 ? N - base : 16;
+    __m512 t[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) t[i] = i < n ? v[base + i] : _mm512_setzero_ps();
+    __m512 u[8], w[4];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a, b, a, b] partials of t[2i], t[2i + 1]
+      u[i] = _mm512_add_ps(_mm512_unpacklo_ps(t[2 * i], t[2 * i + 1]), _mm512_unpackhi_ps(t[2 * i], t[2 * i + 1]));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {  // per 128-bit lane: partials of t[4i .. 4i + 3]
+      const __m512d c = _mm512_castps_pd(u[2 * i]), d = _mm512_castps_pd(u[2 * i + 1]);
+      w[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)), _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
+    }
+    const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x44), _mm512_shuffle_f32x4(w[0], w[1], 0xEE));
+    const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], 0x44), _mm512_shuffle_f32x4(w[2], w[3], 0xEE));
+    const __m512 r = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, r);
+    for (int i = 0; i < n; ++i) sums[base + i] = lanes[i];
+  }
+}
+#endif
+
+// out[i * G + g] = <A_i, B_g> over k in [k0, k1); a_chunk is the chunk's interleaved copy (whole K), k0 a
+// multiple of kDotStep. Rows of B hold K elements; the rows that follow them in memory are prefetched.
+template <typename T, int M, int G>
+inline void dot_block(const DotA<T>* a_chunk, const T* const* a_rows, const T* const* b_rows, int64_t K,
+                      int64_t k0, int64_t k1, float* out) {
+  constexpr int64_t step = kDotStep<T>;
+  int64_t k = k0;
   float acc[M * G];
   for (int i = 0; i < M * G; ++i) acc[i] = 0.f;
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<P, float> || (std::is_same_v<P, bf16> && kHasBf16Dot)) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16>) {
     __m512 v[M * G];
 #pragma GCC unroll 24
     for (int i = 0; i < M * G; ++i) v[i] = _mm512_setzero_ps();
-    for (const P* pa = a_packed; k + step <= K; k += step, pa += M * step) {
-      if constexpr (std::is_same_v<P, float>) {
-        __m512 bv[G];
+    for (const DotA<T>* pa = a_chunk + k0 * M; k + step <= k1; k += step, pa += M * step) {
+      if constexpr (std::is_same_v<T, float>) {
+#pragma GCC unroll 2
+        for (int h = 0; h < step / 16; ++h) {
+          __m512 bv[G];
 #pragma GCC unroll 3
-        for (int g = 0; g < G; ++g) {
-          if constexpr (std::is_same_v<T, float>) {
-            bv[g] = _mm512_loadu_ps(b_rows[g] + k);
-          } else {
-            const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b_rows[g] + k));
-            if constexpr (std::is_same_v<T, bf16>)
-              bv[g] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-            else
-              bv[g] = _mm512_cvtph_ps(bits);
+          for (int g = 0; g < G; ++g) {
+            bv[g] = _mm512_loadu_ps(b_rows[g] + k + 16 * h);
+            // Weights are usually whole matrices: pull in the rows after these (the next call's) meanwhile.
+            _mm_prefetch(reinterpret_cast<const char*>(b_rows[g] + G * K + k + 16 * h), _MM_HINT_T0);
           }
-          // Weights are usually whole matrices: pull in the rows after these (the next call's) meanwhile.
-          if (k % (64 / sizeof(T)) == 0)
-            _mm_prefetch(reinterpret_cast<const char*>(b_rows[g] + G * K + k), _MM_HINT_T0);
-        }
 #pragma GCC unroll 8
-        for (int i = 0; i < M; ++i) {
-          __m512 av = _mm512_loadu_ps(pa + i * step);
-          asm("" : "+v"(av));  // one load per A vector: folded into each FMA it would bind the load ports
+          for (int i = 0; i < M; ++i) {
+            __m512 av = _mm512_loadu_ps(pa + i * step + 16 * h);
+            asm("" : "+v"(av));  // one load per A vector: folded into each FMA it would bind the load ports
 #pragma GCC unroll 3
-          for (int g = 0; g < G; ++g) v[i * G + g] = _mm512_fmadd_ps(av, bv[g], v[i * G + g]);
+            for (int g = 0; g < G; ++g) v[i * G + g] = _mm512_fmadd_ps(av, bv[g], v[i * G + g]);
+          }
         }
       } else {
-#if defined(__AVX512BF16__)
-        __m512bh bv[G];
+        __m512 even[G], odd[G];
 #pragma GCC unroll 3
         for (int g = 0; g < G; ++g) {
-          bv[g] = (__m512bh)_mm512_loadu_si512(b_rows[g] + k);
+          const __m512i pairs = _mm512_loadu_si512(b_rows[g] + k);
           _mm_prefetch(reinterpret_cast<const char*>(b_rows[g] + G * K + k), _MM_HINT_T0);
+          even[g] = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+          odd[g] = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
         }
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) {
-          __m512bh av = (__m512bh)_mm512_loadu_si512(pa + i * step);
-          asm("" : "+v"(av));
+          __m512 ae = _mm512_loadu_ps(pa + i * step);
+          asm("" : "+v"(ae));
 #pragma GCC unroll 3
-          for (int g = 0; g < G; ++g) v[i * G + g] = _mm512_dpbf16_ps(v[i * G + g], av, bv[g]);
+          for (int g = 0; g < G; ++g) v[i * G + g] = _mm512_fmadd_ps(ae, even[g], v[i * G + g]);
+          __m512 ao = _mm512_loadu_ps(pa + i * step + 16);
+          asm("" : "+v"(ao));
+#pragma GCC unroll 3
+          for (int g = 0; g < G; ++g) v[i * G + g] = _mm512_fmadd_ps(ao, odd[g], v[i * G + g]);
         }
-#endif
       }
     }
-#pragma GCC unroll 24
-    for (int i = 0; i < M * G; ++i) acc[i] = _mm512_reduce_add_ps(v[i]);
+    hsum_vectors<M * G>(v, acc);
   }
 #endif
   for (int i = 0; i < M; ++i)
     for (int g = 0; g < G; ++g) {
       float s = 0.f;
 #pragma omp simd reduction(+ : s)
-      for (int64_t q = k; q < K; ++q) s += load(a_rows[i], q) * load(b_rows[g], q);
+      for (int64_t q = k; q < k1; ++q) s += load(a_rows[i], q) * load(b_rows[g], q);
       out[i * G + g] = acc[i * G + g] + s;
     }
 }
@@ -290,38 +328,50 @@ constexpr int kDotMaxB = 3;       // B rows per dot_block call
 // Rows of the float tile the driver hands to epilogues (the dot path may deliver more rows than kMR).
 constexpr int kTileRows = kDotMaxRows > kMR ? kDotMaxRows : kMR;
 
+// K elements per pass of the dot path for m rows of A: a multiple of kDotStep whose slice of the interleaved
+// A copy (about 32 KiB) stays in L1 while every B row of the task streams past it.
+template <typename T> inline int64_t dot_k_block(int64_t m, int64_t K) {
+  constexpr int64_t step = kDotStep<T>, budget = 32 * 1024;
+  const int64_t kb = std::max<int64_t>(step, budget / (std::max<int64_t>(m, 1) * sizeof(DotA<T>)) / step * step);
+  return std::max<int64_t>(1, std::min(kb, K));
+}
+
 // Rows per dot_block call when m rows are split into balanced chunks of at most kDotChunkRows.
 inline int dot_chunk_rows(int m, int chunk) {
   const int chunks = (m + kDotChunkRows - 1) / kDotChunkRows;
   return m / chunks + (chunk < m % chunks ? 1 : 0);
 }
 
-// Interleaves m rows of A (converted to P) for dot_rows: each chunk of rows is stored as [K / step][rows][step].
-// dst holds m * K elements.
-template <typename T, typename P = T>
-inline void pack_dot_rows(const T* const* a_rows, int m, int64_t K, P* dst) {
-  constexpr int64_t step = kDotStep<P>;
+// Interleaves m rows of A for dot_rows: each chunk of rows is stored as [K / step][rows][step] (for bf16 on
+// AVX-512: floats, evens then odds within a step). dst holds m * K entries.
+template <typename T>
+inline void pack_dot_rows(const T* const* a_rows, int m, int64_t K, DotA<T>* dst) {
+  constexpr int64_t step = kDotStep<T>;
   const int64_t kfull = K / step * step;
   for (int i0 = 0, c = 0; i0 < m; i0 += dot_chunk_rows(m, c++)) {
     const int rows = dot_chunk_rows(m, c);
     for (int64_t k = 0; k < kfull; k += step)
       for (int i = 0; i < rows; ++i) {
-        if constexpr (std::is_same_v<T, P>) {
-          std::memcpy(dst + k * rows + i * step, a_rows[i0 + i] + k, step * sizeof(T));
+        DotA<T>* to = dst + k * rows + i * step;
+        if constexpr (std::is_same_v<DotA<T>, T>) {
+          std::memcpy(to, a_rows[i0 + i] + k, step * sizeof(T));
         } else {
-          for (int64_t q = 0; q < step; ++q) dst[k * rows + i * step + q] = load(a_rows[i0 + i], k + q);
+          for (int64_t j = 0; j < step / 2; ++j) {
+            to[j] = load(a_rows[i0 + i], k + 2 * j);
+            to[step / 2 + j] = load(a_rows[i0 + i], k + 2 * j + 1);
+          }
         }
       }
     dst += kfull * rows;
   }
 }
 
-template <typename T, typename P, int G>
-inline void dot_chunk(const P* a_packed, const T* const* a_rows, int m, const T* const* b_rows, int64_t K,
-                      float* out) {
+template <typename T, int G>
+inline void dot_chunk(const DotA<T>* a_chunk, const T* const* a_rows, int m, const T* const* b_rows, int64_t K,
+                      int64_t k0, int64_t k1, float* out) {
   switch (m) {
 #define ZAYA_RT_DOT_CASE(N) \
-  case N: return dot_block<T, P, N, G>(a_packed, a_rows, b_rows, K, out);
+  case N: return dot_block<T, N, G>(a_chunk, a_rows, b_rows, K, k0, k1, out);
     ZAYA_RT_DOT_CASE(1) ZAYA_RT_DOT_CASE(2) ZAYA_RT_DOT_CASE(3) ZAYA_RT_DOT_CASE(4)
     ZAYA_RT_DOT_CASE(5) ZAYA_RT_DOT_CASE(6) ZAYA_RT_DOT_CASE(7) ZAYA_RT_DOT_CASE(8)
 #undef ZAYA_RT_DOT_CASE
@@ -329,22 +379,29 @@ inline void dot_chunk(const P* a_packed, const T* const* a_rows, int m, const T*
   }
 }
 
-// out[i * g + j] = <A_i, B_j> for m <= kDotMaxRows rows of A (also given packed as P by pack_dot_rows) and
-// g <= kDotMaxB rows of B.
-template <typename T, typename P = T>
-inline void dot_rows(const P* a_packed, const T* const* a_rows, int m, const T* const* b_rows, int g, int64_t K,
-                     float* out) {
-  const int64_t kfull = K / kDotStep<P> * kDotStep<P>;
+// out[i * g + j] = <A_i, B_j> over k in [k0, k1) (k0 a multiple of kDotStep) for m <= kDotMaxRows rows of A
+// (also given packed by pack_dot_rows over all K) and g <= kDotMaxB rows of B.
+template <typename T>
+inline void dot_rows(const DotA<T>* a_packed, const T* const* a_rows, int m, const T* const* b_rows, int g,
+                     int64_t K, int64_t k0, int64_t k1, float* out) {
+  const int64_t kfull = K / kDotStep<T> * kDotStep<T>;
   float part[kDotChunkRows * kDotMaxB];
   for (int i0 = 0, c = 0; i0 < m; ++c) {
     const int rows = dot_chunk_rows(m, c);
-    if (g == 3) dot_chunk<T, P, 3>(a_packed, a_rows + i0, rows, b_rows, K, part);
-    else if (g == 2) dot_chunk<T, P, 2>(a_packed, a_rows + i0, rows, b_rows, K, part);
-    else dot_chunk<T, P, 1>(a_packed, a_rows + i0, rows, b_rows, K, part);
+    if (g == 3) dot_chunk<T, 3>(a_packed, a_rows + i0, rows, b_rows, K, k0, k1, part);
+    else if (g == 2) dot_chunk<T, 2>(a_packed, a_rows + i0, rows, b_rows, K, k0, k1, part);
+    else dot_chunk<T, 1>(a_packed, a_rows + i0, rows, b_rows, K, k0, k1, part);
     for (int i = 0; i < rows * g; ++i) out[i0 * g + i] = part[i];
     a_packed += kfull * rows;
     i0 += rows;
   }
+}
+
+// The same over all of K.
+template <typename T>
+inline void dot_rows(const DotA<T>* a_packed, const T* const* a_rows, int m, const T* const* b_rows, int g,
+                     int64_t K, float* out) {
+  dot_rows<T>(a_packed, a_rows, m, b_rows, g, K, 0, K, out);
 }
 
 }  // namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA

@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "cpu/gemm_core.h"
@@ -30,6 +31,16 @@ inline int64_t gemm_b_block_entries(int64_t kp) { return kp * kNC; }
 
 inline bool use_dot_path(int64_t M, int64_t a_cs, int64_t b_cs) {
   return M <= kDotMaxRows && a_cs == 1 && b_cs == 1;
+}
+
+// Asks for the start (up to 1 KiB) of rows[0 .. g)[k0 .. k1) to be brought into L2; the hardware prefetcher
+// follows a stream once it is going.
+template <typename T> inline void prefetch_rows(const T* const* rows, int g, int64_t k0, int64_t k1) {
+  for (int i = 0; i < g; ++i) {
+    const char* lo = reinterpret_cast<const char*>(rows[i] + k0);
+    const char* hi = std::min(reinterpret_cast<const char*>(rows[i] + k1), lo + 1024);
+    for (const char* q = lo; q < hi; q += 64) __builtin_prefetch(q, 0, 2);
+  }
 }
 
 // epi(job, tile[kTileRows][kNR], m0, mr, n0, nr, sub): tile rows 0..mr-1 and columns 0..nr-1 are C_job[m0 + r,
@@ -84,39 +95,47 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
       const int64_t nc = std::min<int64_t>(kNC, job.N - n0);
       const int subs = static_cast<int>((nc + kNR - 1) / kNR);
       if (use_dot_path(job.M, job.a.col_stride, job.b.col_stride)) {
-        // A is packed as bf16 pairs for vdpbf16ps (Dot) or as fp32 for FMAs, like the panels below.
-        using P = std::conditional_t<std::is_same_v<T, bf16> && Dot, bf16, float>;
         const T* a_rows[kDotMaxRows];
         for (int64_t r = 0; r < job.M; ++r) a_rows[r] = job.a.row(r);
-        thread_local std::vector<P> a_packed;
-        if (a_packed.size() < static_cast<size_t>(job.M * job.K)) a_packed.resize(job.M * job.K);
-        pack_dot_rows<T, P>(a_rows, static_cast<int>(job.M), job.K, a_packed.data());
-        float dots[kDotMaxRows * kDotMaxB];
-        for (int s = 0; s < subs; ++s) {
-          const int nr = static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR));
-          // Non-null B rows go kDotMaxB at a time; gathered-out (null) rows give zero columns.
-          int cols[kDotMaxB];
-          const T* brows[kDotMaxB];
-          int g = 0;
-          auto flush = [&] {
-            dot_rows<T, P>(a_packed.data(), a_rows, static_cast<int>(job.M), brows, g, job.K, dots);
-            for (int r = 0; r < job.M; ++r)
-              for (int j = 0; j < g; ++j) tile[r * kNR + cols[j]] = dots[r * g + j];
-            g = 0;
-          };
-          for (int c = 0; c < nr; ++c) {
-            const T* brow = job.b.row(n0 + s * kNR + c);
-            if (brow == nullptr) {
-              for (int r = 0; r < job.M; ++r) tile[r * kNR + c] = 0.f;
-              continue;
-            }
-            cols[g] = c;
-            brows[g++] = brow;
-            if (g == kDotMaxB) flush();
-          }
-          if (g > 0) flush();
-          epi(tasks[t].job, tile, int64_t{0}, static_cast<int>(job.M), n0 + s * kNR, nr, s);
+        thread_local std::vector<DotA<T>> a_store;
+        constexpr int64_t kSlack = 64 / sizeof(DotA<T>);  // room to start the copy on a cache line
+        if (a_store.size() < static_cast<size_t>(job.M * job.K + kSlack)) a_store.resize(job.M * job.K + kSlack);
+        DotA<T>* a_packed = reinterpret_cast<DotA<T>*>((reinterpret_cast<uintptr_t>(a_store.data()) + 63) & ~uintptr_t{63});
+        pack_dot_rows(a_rows, static_cast<int>(job.M), job.K, a_packed);
+        // K blocks outer (the A slice stays in L1), the task's sub-panels and their B rows inner; the
+        // partial sums of the task's columns wait in `tiles`.
+        alignas(64) float tiles[kNC / kNR][kTileRows * kNR];
+        for (int s = 0; s < subs; ++s) std::fill(tiles[s], tiles[s] + job.M * kNR, 0.f);
+        // Non-null B rows of the task go kDotMaxB at a time; gathered-out (null) rows give zero columns.
+        int cols[kNC];
+        const T* brows[kNC];
+        int nb = 0;
+        for (int c = 0; c < nc; ++c) {
+          const T* brow = job.b.row(n0 + c);
+          if (brow == nullptr) continue;
+          cols[nb] = c;
+          brows[nb++] = brow;
         }
+        float dots[kDotMaxRows * kDotMaxB];
+        const int64_t kb = dot_k_block<T>(job.M, job.K);
+        for (int64_t k0 = 0; k0 < job.K; k0 += kb) {
+          const int64_t k1 = std::min(job.K, k0 + kb);
+          for (int j = 0; j < nb; j += kDotMaxB) {
+            const int g = std::min(kDotMaxB, nb - j);
+            // The next group's rows (or the first group's next K block) are on their way from L3 while
+            // this group computes: short row slices give the hardware prefetcher no time to ramp up.
+            if (j + kDotMaxB < nb) prefetch_rows(brows + j + kDotMaxB, std::min(kDotMaxB, nb - j - kDotMaxB), k0, k1);
+            else if (k1 < job.K) prefetch_rows(brows, std::min(kDotMaxB, nb), k1, std::min(job.K, k1 + kb));
+            dot_rows(a_packed, a_rows, static_cast<int>(job.M), brows + j, g, job.K, k0, k1, dots);
+            for (int i = 0; i < g; ++i) {
+              float* tile = tiles[cols[j + i] / kNR] + cols[j + i] % kNR;
+              for (int r = 0; r < job.M; ++r) tile[r * kNR] += dots[r * g + i];
+            }
+          }
+        }
+        for (int s = 0; s < subs; ++s)
+          epi(tasks[t].job, tiles[s], int64_t{0}, static_cast<int>(job.M), n0 + s * kNR,
+              static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), s);
         continue;
       }
       const int64_t kp = packed_k<T, Dot>(job.K);

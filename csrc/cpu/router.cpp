@@ -14,6 +14,49 @@
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 namespace {
 
+// Rows at least this long make the many-token GEMMs take the transposed product (see `run` below).
+constexpr int64_t kTransposedMinK = 1024;
+
+template <typename T> float load_z_prev(const RouterParams& p, int64_t i) {
+  return p.z_prev_dtype == DType::kFloat32    ? static_cast<const float*>(p.z_prev)[i]
+         : p.z_prev_dtype == DType::kBFloat16 ? load(static_cast<const bf16*>(p.z_prev), i)
+                                              : load(static_cast<const f16*>(p.z_prev), i);
+}
+
+#if defined(__AVX512F__)
+inline __m512 load_z_prev_vec(const RouterParams& p, int64_t i, int n) {
+  return p.z_prev_dtype == DType::kFloat32    ? load_floats(static_cast<const float*>(p.z_prev) + i, n)
+         : p.z_prev_dtype == DType::kBFloat16 ? load_floats(static_cast<const bf16*>(p.z_prev) + i, n)
+                                              : load_floats(static_cast<const f16*>(p.z_prev) + i, n);
+}
+#endif
+
+// z[t, n0 + c] = round_T(v[c] + b_down) (+ round_T(z_prev * eda_scale), rounded again), fp32, for c < n.
+template <typename T> void store_down(const RouterParams& p, int64_t t, int64_t n0, const float* v, int n) {
+  const T* down_b = static_cast<const T*>(p.down_b) + n0;
+  const T* eda = static_cast<const T*>(p.eda_scale);
+  const bool carry = p.z_prev != nullptr && eda != nullptr;
+  float* zr = p.z + t * p.R + n0;
+  const int64_t zp0 = t * p.z_prev_row_stride + n0;
+  int c = 0;
+#if defined(__AVX512F__)
+  for (; c < n; c += 16) {
+    const int cnt = std::min(16, n - c);
+    const __mmask16 m = static_cast<__mmask16>((1u << cnt) - 1u);
+    __m512 val = round_vec<T>(_mm512_add_ps(_mm512_maskz_loadu_ps(m, v + c), load_floats(down_b + c, cnt)));
+    if (carry) {
+      const __m512 prod = _mm512_mul_ps(load_z_prev_vec(p, zp0 + c, cnt), load_floats(eda + n0 + c, cnt));
+      val = round_vec<T>(_mm512_add_ps(val, round_vec<T>(prod)));
+    }
+    _mm512_mask_storeu_ps(zr + c, m, val);
+  }
+#endif
+  for (; c < n; ++c) {
+    float val = round_to<T>(v[c] + load(down_b, c));
+    if (carry) val = round_to<T>(val + round_to<T>(load_z_prev<T>(p, zp0 + c) * load(eda, n0 + c)));
+    zr[c] = val;
+  }
+}
 
 template <typename T>
 const char* router_t(const RouterParams& p) {
@@ -40,12 +83,14 @@ const char* router_t(const RouterParams& p) {
   const T* x = static_cast<const T*>(p.x);
   const T* norm_w = static_cast<const T*>(p.norm_w);
   // out[T_, N] = a[T_, K] . w[N, K]^T, delivered to row_epi(t, n0, values, count) in runs of consecutive
-  // columns. Few tokens: dot products that read each weight row once. Many tokens: the transposed product
-  // w . a^T, so the small weight matrix is the packed, reused operand and the tokens stream once (with the
-  // tokens as the reused operand, every column block would sweep all of them again).
+  // columns. Few tokens: dot products that read each weight row once. Many tokens and a long K (the down
+  // projection): the transposed product w . a^T, so the small weight matrix is the packed, reused operand
+  // and the tokens stream once (with the tokens as the reused operand, every column block would sweep all of
+  // them again). Short K (the MLP) with a column block per thread: the plain product, whose tiles hand the
+  // epilogue whole rows (its tasks are the weight's column blocks, so fewer would leave threads idle).
   auto run = [&](Source<T> a, const void* w, int64_t N, int64_t K, auto&& row_epi) {
     const Source<T> wsrc{static_cast<const T*>(w), K, 1};
-    if (T_ <= kDotMaxRows) {
+    if (T_ <= kDotMaxRows || (K < kTransposedMinK && (N + kNC - 1) / kNC >= threads)) {
       std::vector<GemmJob<T>> jobs{{a, wsrc, T_, N, K}};
       run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads,
                             [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
@@ -65,21 +110,8 @@ const char* router_t(const RouterParams& p) {
   };
 
   // z = x W_down^T + b (+ eda_scale * z_prev), fp32.
-  const T* down_b = static_cast<const T*>(p.down_b);
-  const T* eda = static_cast<const T*>(p.eda_scale);
   run(Source<T>{x, p.x_row_stride, 1}, p.down_w, R, D, [&](int64_t t, int64_t n0, const float* v, int n) {
-    float* zr = p.z + t * R + n0;
-    for (int c = 0; c < n; ++c) {
-      float val = round_to<T>(v[c] + load(down_b, n0 + c));
-      if (p.z_prev != nullptr && eda != nullptr) {
-        const int64_t zi = t * p.z_prev_row_stride + n0 + c;
-        const float zp = p.z_prev_dtype == DType::kFloat32 ? static_cast<const float*>(p.z_prev)[zi]
-                         : p.z_prev_dtype == DType::kBFloat16 ? load(static_cast<const bf16*>(p.z_prev), zi)
-                                                              : load(static_cast<const f16*>(p.z_prev), zi);
-        val = round_to<T>(val + round_to<T>(zp * load(eda, n0 + c)));
-      }
-      zr[c] = val;
-    }
+    store_down<T>(p, t, n0, v, n);
   });
 
   // h0 = RMSNorm(z) * norm_w in T.

@@ -40,6 +40,8 @@ lib.define(
 )
 
 _ALL_FLOATS = (*FLOAT_DTYPES, torch.float64)
+_FAST_DTYPES = frozenset(FLOAT_DTYPES)
+_BIAS_DTYPES = frozenset((torch.float32, torch.float64))
 # Above this many tokens the GPU path computes x W_down^T + b with torch (a real GEMM by then; see
 # cuda/router_kernels.cuh); at or below it the router's own down-projection kernel does.
 _GPU_FUSED_DOWN_MAX_TOKENS = 64
@@ -84,25 +86,59 @@ def _reference(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w
     return ref.zaya_router(*(None if t is None else t.to(wide) for t in tensors), balancing_bias, eps)
 
 
+def _well_formed_cpu(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
+                     balancing_bias, eps) -> bool:
+    """True when every argument is one that _check accepts, for CPU tensors of one f32/f16/bf16 dtype with
+    contiguous weights: the inference hot path, checked in a few microseconds. Anything else goes through
+    _check (which raises the precise error, or accepts float64, GPU and strided inputs)."""
+    dt = x.dtype
+    if dt not in _FAST_DTYPES or not x.is_cpu or x.dim() != 2:
+        return False
+    for w in (down_w, out_w):
+        if type(w) is not torch.Tensor or w.dtype is not dt or w.dim() != 2 or not w.is_cpu:
+            return False
+    T, D = x.shape
+    R, C = down_w.shape[0], out_w.shape[0]
+    if (down_w.shape[1] != D or out_w.shape[1] != R or C < 2 or balancing_bias.dtype not in _BIAS_DTYPES
+            or balancing_bias.shape != (C,) or not balancing_bias.is_cpu or type(eps) is not float
+            or not 0.0 <= eps < math.inf):
+        return False
+    vec, mat = (R,), (R, R)
+    for t, shape in ((down_b, vec), (norm_w, vec), (fc1_w, mat), (fc1_b, vec), (fc2_w, mat), (fc2_b, vec)):
+        if type(t) is not torch.Tensor or t.dtype is not dt or t.shape != shape or not t.is_cpu:
+            return False
+    if not (down_w.is_contiguous() and fc1_w.is_contiguous() and fc2_w.is_contiguous() and out_w.is_contiguous()):
+        return False
+    if z_prev is None:
+        return eda_scale is None
+    return (eda_scale is not None and eda_scale.dtype is dt and eda_scale.shape == vec and eda_scale.is_cpu
+            and z_prev.dtype in _FAST_DTYPES and z_prev.shape == (T, R) and z_prev.is_cpu)
+
+
 def _impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
     args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
-    _check(*args)
+    fast = _well_formed_cpu(*args)
+    if not fast:
+        _check(*args)
     on_gpu = x.device.type != "cpu"
     if x.dtype == torch.float64 or (on_gpu and _C.gpu_backend == "none"):
         return _reference(*args)
     T, D = x.shape
     R, C = down_w.shape[0], out_w.shape[0]
-    x = x if x.stride(-1) == 1 or D == 1 else x.contiguous()
-    weights = [t.contiguous() for t in (down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w)]
+    if D > 1 and x.stride(1) != 1:
+        x = x.contiguous()
+    if not fast:  # the fast path has contiguous weight matrices; 1-D tensors are contiguous unless strided
+        down_w, fc1_w, fc2_w, out_w = (t.contiguous() for t in (down_w, fc1_w, fc2_w, out_w))
+    down_b, norm_w, fc1_b, fc2_b = (t.contiguous() for t in (down_b, norm_w, fc1_b, fc2_b))
     eda = eda_scale.contiguous() if eda_scale is not None else None
     zp = z_prev.contiguous() if z_prev is not None else None
-    bias = balancing_bias.to(torch.float32).contiguous()
+    bias = balancing_bias if balancing_bias.dtype is torch.float32 else balancing_bias.to(torch.float32)
+    bias = bias.contiguous()
     logits = x.new_empty((T, C), dtype=torch.float32)
     gate = x.new_empty((T,), dtype=torch.float32)
     choice = x.new_empty((T,), dtype=torch.int64)
     z = x.new_empty((T, R), dtype=torch.float32)
-    down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w = weights
-    ws = None if on_gpu else torch.empty(_C.zaya_router_workspace(T, D, R, C), dtype=torch.uint8)
+    ws = None if on_gpu else torch.empty((_C.zaya_router_workspace(T, D, R, C),), dtype=torch.uint8)
     z0 = F.linear(x, down_w, down_b) if on_gpu and T > _GPU_FUSED_DOWN_MAX_TOKENS else None
     _C.zaya_router(
         x.data_ptr(), x.stride(0), zp.data_ptr() if zp is not None else 0, R,
