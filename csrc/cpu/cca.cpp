@@ -142,6 +142,10 @@ struct Shared {
           const T* row = x_row(b, px, g);
 #pragma omp simd
           for (int64_t j = 0; j < d; ++j) a[j] += w[j] * load(row, j);
+        } else if (cs_in && sdt == DType::kFloat32) {  // the runtime's fp32 state: no per-element dtype switch
+          const float* st = static_cast<const float*>(cs_in) + b * cs_b + c0 * cs_c + (s.K + px);
+#pragma omp simd
+          for (int64_t j = 0; j < d; ++j) a[j] += w[j] * st[j * cs_c];
         } else if (cs_in) {
           for (int64_t j = 0; j < d; ++j) a[j] += w[j] * x_at(b, px, c0 + j);
         }
@@ -325,9 +329,11 @@ const char* fwd_impl(const CcaPrepFwdParams& p) {
   float* ws = static_cast<float*>(p.workspace);
   const int64_t avail = p.workspace_bytes / 4;
   if (avail < L.entries(1)) return "workspace too small";
-  // Decode-sized work (the dot-product path) runs on one thread: waking the others costs about as much as it
-  // saves, and a descheduled helper thread stalls the whole call on a busy machine.
-  const int threads = s.packed ? thread_budget(avail, L.thread0, L.per_thread) : 1;
+  // A decode step of a single sequence or a few (the dot-product path, few tokens) runs on one thread: waking
+  // the others costs about as much as it saves, and a descheduled helper thread stalls the whole call on a busy
+  // machine. From kCcaThreadedTokens tokens on (a decode batch) the heads' tasks pay for it.
+  const int threads =
+      s.packed || s.T >= kCcaThreadedTokens ? thread_budget(avail, L.thread0, L.per_thread) : 1;
   const auto x = make_shared<T, W>(s, p.qp, p.qp_row_stride, p.kp, p.kp_row_stride, p.conv0_w, p.conv0_b, p.conv1_w,
                                    p.conv1_b, p.temp, p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride,
                                    p.state_dtype, p.positions, p.pos_dtype, p.cu_seqlens, p.inv_freq, p.norm_eps, ws,

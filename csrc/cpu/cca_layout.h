@@ -10,6 +10,7 @@ namespace zaya_rt::cpu {
 
 constexpr int64_t kCcaBlock = 4 * kGemmMR;  // tokens per task
 constexpr int64_t kCcaDotMaxTokens = 16;    // up to this many tokens the forward uses dot products (no packing)
+constexpr int64_t kCcaThreadedTokens = 8;   // from this many tokens the forward runs on all threads
 
 struct CcaDims {
   int64_t T, B, Hq, Hk, G, H, d, C, k0, k1, K, rd, half, V, Kq, npan;
