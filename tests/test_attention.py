@@ -25,15 +25,16 @@ def _cu(lengths):
     return torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0).to(torch.int32)
 
 
-def _assert_close(got, want, peer, dtype, what):
-    """got/peer vs the float64 want: err(got) <= 2 err(peer) + tolerance(dtype) * scale."""
+def _assert_close(got, want, peer, dtype, what, extra=0.0):
+    """got/peer vs the float64 want: err(got) <= 2 err(peer) + tolerance(dtype) * scale (+ extra, a rounding
+    allowance the caller derives)."""
     if want.numel() == 0:
         assert got.numel() == 0
         return
     scale = max(want.abs().max().item(), 1e-6)
     err = (got.double() - want).abs().max().item()
     peer_err = (peer.double() - want).abs().max().item()
-    bound = 2 * peer_err + tolerance(dtype) * scale
+    bound = 2 * peer_err + tolerance(dtype) * scale + extra
     assert err <= bound, f"{what}: error {err:.3g} > bound {bound:.3g} (peer error {peer_err:.3g}, dtype {dtype})"
 
 
@@ -105,7 +106,19 @@ def test_varlen_backward_matches_reference(case, dtype, seed):
     ref.attention_varlen_ref(*peers, cq, ck, **kw).backward(grad)
     for name, got, want, peer in zip(("dq", "dk", "dv"), leaves, wants, peers):
         assert got.grad.shape == got.shape and got.grad.dtype == dtype
-        _assert_close(got.grad, want.grad, peer.grad, dtype, name)
+        extra = _delta_rounding(k, out, grad, dtype) if name == "dq" else 0.0
+        _assert_close(got.grad, want.grad, peer.grad, dtype, name, extra)
+
+
+def _delta_rounding(k, out, grad, dtype) -> float:
+    """What rounding the output to dtype can move dq by: the backward's delta_i = sum_c dO_ic O_ic uses the
+    stored (rounded) output, as flash attention's does, and dq_i = scale * sum_j P_ij (dP_ij - delta_i) k_j, so
+    |d dq_i| <= scale * (eps / 2) * sum_c |dO_ic O_ic| * max |k| (sum_j P_ij = 1). It matters where dP - delta cancels
+    (few keys, peaked P) and dq is small next to its terms."""
+    if out.numel() == 0 or k.numel() == 0:
+        return 0.0
+    row = (grad.double() * out.detach().double()).abs().sum(-1).max().item()
+    return torch.finfo(dtype).eps / 2 * k.shape[-1] ** -0.5 * row * k.double().abs().max().item()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
