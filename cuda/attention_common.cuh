@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "cuda/compat.h"
+#include "cuda/numeric.cuh"
 #include "zaya_rt/attention.h"
 
 namespace zaya_rt::gpu::attn_detail {
@@ -70,6 +71,50 @@ struct VarlenGeometry {
 inline VarlenGeometry varlen_geometry(int64_t G, int rows) {
   const int hc = static_cast<int>(std::min<int64_t>(G, rows));
   return {std::max(1, rows / hc), hc, static_cast<int>(ceil_div(G, hc))};
+}
+
+// Rows [0, count) of D 16-bit elements each (row j at row_ptr(j)) into dst rows LD apart, in 16-byte copies by
+// THREADS threads; rows count .. rows_total - 1 are zero-filled (masked keys must not carry NaN into P V).
+template <typename T, int D, int LD, int THREADS, typename RowPtr>
+ZAYA_RT_DEVICE_INLINE void copy_rows_16b(T* dst, int count, int rows_total, RowPtr row_ptr) {
+  constexpr int per = D / 8;
+  for (int idx = threadIdx.x; idx < rows_total * per; idx += THREADS) {
+    const int j = idx / per, c = (idx - j * per) * 8;
+    Pack<T, 8> v;
+    if (j < count) {
+      v = *reinterpret_cast<const Pack<T, 8>*>(row_ptr(j) + c);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v.v[e].bits = 0;
+    }
+    *reinterpret_cast<Pack<T, 8>*>(dst + j * LD + c) = v;
+  }
+}
+
+// A block's share of a packed varlen batch (every forward kernel family and the dq backward; Params is the
+// forward or backward params struct): blockIdx.x picks the sequence
+// and its query tile, blockIdx.y the kv head g and a chunk of its group's q heads; the block's rows are those
+// query positions times those heads (rm). valid is false for blocks past the last tile.
+struct VarlenBlock {
+  bool valid;
+  int64_t q0, Lq, k0, Lk, G, g;
+  RowMap rm;
+};
+template <typename Params>
+ZAYA_RT_DEVICE_INLINE VarlenBlock varlen_block(const Params& p, const VarlenGeometry& geo) {
+  VarlenBlock v{};
+  int64_t tile;
+  const int64_t b = find_sequence(p.cu_seqlens_q, p.batch, geo.bm, blockIdx.x, &tile);
+  if (tile < 0) return v;
+  v.valid = true;
+  v.q0 = p.cu_seqlens_q[b], v.Lq = p.cu_seqlens_q[b + 1] - v.q0;
+  v.k0 = p.cu_seqlens_k[b], v.Lk = p.cu_seqlens_k[b + 1] - v.k0;
+  v.G = p.num_heads_q / p.num_heads_k;
+  v.g = blockIdx.y / geo.chunks;
+  const int64_t hchunk = blockIdx.y % geo.chunks;
+  v.rm = RowMap{tile * geo.bm, v.g * v.G + hchunk * geo.hc, static_cast<int>(lmin(geo.bm, v.Lq - tile * geo.bm)),
+                static_cast<int>(lmin(geo.hc, v.G - hchunk * geo.hc))};
+  return v;
 }
 
 // The operands both tensor-core forwards take (sm_80 WMMA, sm_90a wgmma): 16-bit T, head dim 64 or 128,

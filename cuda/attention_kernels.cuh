@@ -180,15 +180,10 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void varlen_fwd_kernel(AttnVarlenFwdP
                                                                   int bn, bool vec_k, bool vec_v) {
   extern __shared__ float smem[];
   const int d = static_cast<int>(p.head_dim);
-  int64_t tile;
-  const int64_t b = find_sequence(p.cu_seqlens_q, p.batch, geo.bm, blockIdx.x, &tile);
-  if (tile < 0) return;
-  const int64_t q0 = p.cu_seqlens_q[b], Lq = p.cu_seqlens_q[b + 1] - q0;
-  const int64_t k0 = p.cu_seqlens_k[b], Lk = p.cu_seqlens_k[b + 1] - k0;
-  const int64_t G = p.num_heads_q / p.num_heads_k;
-  const int64_t g = blockIdx.y / geo.chunks, hchunk = blockIdx.y % geo.chunks;
-  RowMap rm{tile * geo.bm, g * G + hchunk * geo.hc, static_cast<int>(lmin(geo.bm, Lq - tile * geo.bm)),
-            static_cast<int>(lmin(geo.hc, G - hchunk * geo.hc))};
+  const VarlenBlock blk = varlen_block(p, geo);
+  if (!blk.valid) return;
+  const int64_t q0 = blk.q0, Lq = blk.Lq, k0 = blk.k0, Lk = blk.Lk, G = blk.G, g = blk.g;
+  const RowMap rm = blk.rm;
   const int rows = rm.nq * rm.nh;
   const int rows_cap = geo.bm * geo.hc;
   float* qs = smem;
@@ -262,15 +257,10 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void bwd_dq_kernel(AttnVarlenBwdParam
                                                               VarlenGeometry geo, int bn) {
   extern __shared__ float smem[];
   const int d = static_cast<int>(p.head_dim);
-  int64_t tile;
-  const int64_t b = find_sequence(p.cu_seqlens_q, p.batch, geo.bm, blockIdx.x, &tile);
-  if (tile < 0) return;
-  const int64_t q0 = p.cu_seqlens_q[b], Lq = p.cu_seqlens_q[b + 1] - q0;
-  const int64_t k0 = p.cu_seqlens_k[b], Lk = p.cu_seqlens_k[b + 1] - k0;
-  const int64_t G = p.num_heads_q / p.num_heads_k;
-  const int64_t g = blockIdx.y / geo.chunks, hchunk = blockIdx.y % geo.chunks;
-  RowMap rm{tile * geo.bm, g * G + hchunk * geo.hc, static_cast<int>(lmin(geo.bm, Lq - tile * geo.bm)),
-            static_cast<int>(lmin(geo.hc, G - hchunk * geo.hc))};
+  const VarlenBlock blk = varlen_block(p, geo);
+  if (!blk.valid) return;
+  const int64_t q0 = blk.q0, Lq = blk.Lq, k0 = blk.k0, Lk = blk.Lk, G = blk.G, g = blk.g;
+  const RowMap rm = blk.rm;
   const int rows = rm.nq * rm.nh, rows_cap = geo.bm * geo.hc;
   float* qs = smem;
   float* dos = qs + rows_cap * d;

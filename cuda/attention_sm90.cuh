@@ -30,11 +30,12 @@
 
 namespace zaya_rt::gpu::attn_sm90 {
 
-using attn_detail::find_sequence;
 using attn_detail::key_range;
 using attn_detail::lmin;
 using attn_detail::Range;
 using attn_detail::RowMap;
+using attn_detail::varlen_block;
+using attn_detail::VarlenBlock;
 using attn_detail::VarlenGeometry;
 
 constexpr int kThreads = 128;  // one warpgroup
@@ -118,15 +119,10 @@ __global__ __launch_bounds__(kThreads) void varlen_fwd_sm90_kernel(AttnVarlenFwd
   const uint32_t k_addr = wg::smem_addr(base + L::k_off);
   const uint32_t v_addr = wg::smem_addr(base + L::v_off);
 
-  int64_t tile;
-  const int64_t b = find_sequence(p.cu_seqlens_q, p.batch, geo.bm, blockIdx.x, &tile);
-  if (tile < 0) return;
-  const int64_t q0 = p.cu_seqlens_q[b], Lq = p.cu_seqlens_q[b + 1] - q0;
-  const int64_t k0 = p.cu_seqlens_k[b], Lk = p.cu_seqlens_k[b + 1] - k0;
-  const int64_t G = p.num_heads_q / p.num_heads_k;
-  const int64_t g = blockIdx.y / geo.chunks, hchunk = blockIdx.y % geo.chunks;
-  const RowMap rm{tile * geo.bm, g * G + hchunk * geo.hc, static_cast<int>(lmin(geo.bm, Lq - tile * geo.bm)),
-                  static_cast<int>(lmin(geo.hc, G - hchunk * geo.hc))};
+  const VarlenBlock blk = varlen_block(p, geo);
+  if (!blk.valid) return;
+  const int64_t q0 = blk.q0, Lq = blk.Lq, k0 = blk.k0, Lk = blk.Lk, G = blk.G, g = blk.g;
+  const RowMap rm = blk.rm;
   const int rows = rm.nq * rm.nh;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, quad_col = 2 * (lane % 4);
 

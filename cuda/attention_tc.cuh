@@ -51,23 +51,6 @@ inline bool attn_tensor_cores_ok() {
 }
 #endif
 
-// 16-byte copies of `count` rows of D 16-bit elements (row j at row_ptr(j)) into dst rows of LDT; rows past
-// `count` up to `rows_total` are zero-filled (masked keys must not carry NaN into P V).
-template <typename T, int D, int LDT, typename RowPtr>
-ZAYA_RT_DEVICE_INLINE void tc_load_rows(T* dst, int count, int rows_total, RowPtr row_ptr) {
-  constexpr int per = D / 8;
-  for (int idx = threadIdx.x; idx < rows_total * per; idx += kThreads) {
-    const int j = idx / per, c = (idx - j * per) * 8;
-    Pack<T, 8> v;
-    if (j < count) {
-      v = *reinterpret_cast<const Pack<T, 8>*>(row_ptr(j) + c);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v.v[e].bits = 0;
-    }
-    *reinterpret_cast<Pack<T, 8>*>(dst + j * LDT + c) = v;
-  }
-}
 
 template <typename T, int D>
 __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void varlen_fwd_tc_kernel(AttnVarlenFwdParams p, VarlenGeometry geo) {
@@ -86,21 +69,16 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void varlen_fwd_tc_kernel(AttnVarlenF
   float* Os = reinterpret_cast<float*>(base + L::o_off);
   float* alpha_s = reinterpret_cast<float*>(base + L::a_off);
 
-  int64_t tile;
-  const int64_t b = find_sequence(p.cu_seqlens_q, p.batch, geo.bm, blockIdx.x, &tile);
-  if (tile < 0) return;
-  const int64_t q0 = p.cu_seqlens_q[b], Lq = p.cu_seqlens_q[b + 1] - q0;
-  const int64_t k0 = p.cu_seqlens_k[b], Lk = p.cu_seqlens_k[b + 1] - k0;
-  const int64_t G = p.num_heads_q / p.num_heads_k;
-  const int64_t g = blockIdx.y / geo.chunks, hchunk = blockIdx.y % geo.chunks;
-  const RowMap rm{tile * geo.bm, g * G + hchunk * geo.hc, static_cast<int>(lmin(geo.bm, Lq - tile * geo.bm)),
-                  static_cast<int>(lmin(geo.hc, G - hchunk * geo.hc))};
+  const VarlenBlock blk = varlen_block(p, geo);
+  if (!blk.valid) return;
+  const int64_t q0 = blk.q0, Lq = blk.Lq, k0 = blk.k0, Lk = blk.Lk, G = blk.G, g = blk.g;
+  const RowMap rm = blk.rm;
   const int rows = rm.nq * rm.nh;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int r0 = warp * 16;  // this warp's rows
 
   const T* q = static_cast<const T*>(p.q);
-  tc_load_rows<T, D, L::LDT>(Qs, rows, kTcRows, [&](int r) {
+  copy_rows_16b<T, D, L::LDT, kThreads>(Qs, rows, kTcRows, [&](int r) {
     return q + (q0 + rm.token(r)) * p.q_token_stride + rm.head(r) * p.q_head_stride;
   });
   for (int idx = lane; idx < 16 * L::LDO; idx += kWarpSize) Os[r0 * L::LDO + idx] = 0.f;
@@ -117,8 +95,8 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void varlen_fwd_tc_kernel(AttnVarlenF
   for (int64_t t0 = lo; t0 < hi; t0 += kTcKeys) {
     const int cnt = static_cast<int>(lmin(kTcKeys, hi - t0));
     __syncthreads();
-    tc_load_rows<T, D, L::LDT>(Ks, cnt, kTcKeys, [&](int j) { return kp + (t0 + j) * p.k_token_stride; });
-    tc_load_rows<T, D, L::LDT>(Vs, cnt, kTcKeys, [&](int j) { return vp + (t0 + j) * p.v_token_stride; });
+    copy_rows_16b<T, D, L::LDT, kThreads>(Ks, cnt, kTcKeys, [&](int j) { return kp + (t0 + j) * p.k_token_stride; });
+    copy_rows_16b<T, D, L::LDT, kThreads>(Vs, cnt, kTcKeys, [&](int j) { return vp + (t0 + j) * p.v_token_stride; });
     __syncthreads();
     if (r0 >= rows) continue;  // warp-uniform; no block barrier below until the next tile
 

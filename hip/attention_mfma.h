@@ -28,23 +28,6 @@ template <int D> struct MfmaLayout {
   static constexpr int bytes = 2 * BN * LD * 2;  // K and V tiles
 };
 
-// Rows [0, count) of a [BN][D] tile from row_ptr(j) into dst (stride LD) with 16-byte copies; rows count..BN-1
-// zeroed (masked keys must not carry NaN into P V).
-template <typename T, int D, int BN, int LD, typename RowPtr>
-ZAYA_RT_DEVICE_INLINE void mfma_load_tile(T* dst, int count, RowPtr row_ptr) {
-  constexpr int per = D / 8;
-  for (int idx = threadIdx.x; idx < BN * per; idx += kMfmaThreads) {
-    const int j = idx / per, c = (idx - j * per) * 8;
-    Pack<T, 8> v;
-    if (j < count) {
-      v = *reinterpret_cast<const Pack<T, 8>*>(row_ptr(j) + c);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v.v[e].bits = 0;
-    }
-    *reinterpret_cast<Pack<T, 8>*>(dst + j * LD + c) = v;
-  }
-}
 
 template <typename T, int D>
 __global__ ZAYA_RT_LAUNCH_BOUNDS(kMfmaThreads) void varlen_fwd_mfma_kernel(AttnVarlenFwdParams p,
@@ -55,15 +38,10 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kMfmaThreads) void varlen_fwd_mfma_kernel(AttnV
   T* Ks = reinterpret_cast<T*>(smem);
   T* Vs = Ks + BN * LD;
 
-  int64_t tile;
-  const int64_t b = find_sequence(p.cu_seqlens_q, p.batch, geo.bm, blockIdx.x, &tile);
-  if (tile < 0) return;
-  const int64_t q0 = p.cu_seqlens_q[b], Lq = p.cu_seqlens_q[b + 1] - q0;
-  const int64_t k0 = p.cu_seqlens_k[b], Lk = p.cu_seqlens_k[b + 1] - k0;
-  const int64_t G = p.num_heads_q / p.num_heads_k;
-  const int64_t g = blockIdx.y / geo.chunks, hchunk = blockIdx.y % geo.chunks;
-  const RowMap rm{tile * geo.bm, g * G + hchunk * geo.hc, static_cast<int>(lmin(geo.bm, Lq - tile * geo.bm)),
-                  static_cast<int>(lmin(geo.hc, G - hchunk * geo.hc))};
+  const VarlenBlock blk = varlen_block(p, geo);
+  if (!blk.valid) return;
+  const int64_t q0 = blk.q0, Lq = blk.Lq, k0 = blk.k0, Lk = blk.Lk, G = blk.G, g = blk.g;
+  const RowMap rm = blk.rm;
   const int rows = rm.nq * rm.nh;
   const int wave = threadIdx.x / kWarpSize;
   const int r0 = wave * mfma::kTile;
@@ -98,8 +76,8 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kMfmaThreads) void varlen_fwd_mfma_kernel(AttnV
   for (int64_t t0 = lo; t0 < hi; t0 += BN) {
     const int cnt = static_cast<int>(lmin(BN, hi - t0));
     __syncthreads();
-    mfma_load_tile<T, D, BN, LD>(Ks, cnt, [&](int j) { return kp + (t0 + j) * p.k_token_stride; });
-    mfma_load_tile<T, D, BN, LD>(Vs, cnt, [&](int j) { return vp + (t0 + j) * p.v_token_stride; });
+    copy_rows_16b<T, D, LD, kMfmaThreads>(Ks, cnt, BN, [&](int j) { return kp + (t0 + j) * p.k_token_stride; });
+    copy_rows_16b<T, D, LD, kMfmaThreads>(Vs, cnt, BN, [&](int j) { return vp + (t0 + j) * p.v_token_stride; });
     __syncthreads();
     if (r0 >= rows || t0 >= wr.hi || t0 + cnt <= wr.lo) continue;  // wave-uniform; no barrier until the next tile
 
