@@ -164,5 +164,6 @@ PYBIND11_MODULE(_C, m) {
   });
   void bind_moe_gpu(py::module_&); bind_moe_gpu(m);  // csrc/bindings_moe_gpu.cpp
   bind_attention(m);
+  void bind_packed_linear(py::module_&); bind_packed_linear(m);  // csrc/bindings_packed_linear.cpp
   void bind_attention_gpu(py::module_&); bind_attention_gpu(m);  // csrc/bindings_attention_gpu.cpp
 }

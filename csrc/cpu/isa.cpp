@@ -87,5 +87,7 @@ ZAYA_RT_CPU_ROUTE(moe_experts, MoeExpertsParams)
 ZAYA_RT_CPU_ROUTE(zaya_router, RouterParams)
 ZAYA_RT_CPU_ROUTE(cca_prep_fwd, CcaPrepFwdParams)
 ZAYA_RT_CPU_ROUTE(cca_prep_bwd, CcaPrepBwdParams)
+ZAYA_RT_CPU_ROUTE(pack_linear_weight, PackLinearParams)
+ZAYA_RT_CPU_ROUTE(packed_linear, PackedLinearParams)
 
 }  // namespace zaya_rt::cpu

@@ -3,6 +3,7 @@
 #include "zaya_rt/cca.h"
 #include "zaya_rt/moe.h"
 #include "zaya_rt/norms.h"
+#include "zaya_rt/packed_linear.h"
 #include "zaya_rt/router.h"
 
 #define ZAYA_RT_DECLARE_CPU_KERNELS(ISA)                                   \
@@ -18,6 +19,8 @@
   const char* zaya_router(const RouterParams& p);                          \
   const char* cca_prep_fwd(const CcaPrepFwdParams& p);                     \
   const char* cca_prep_bwd(const CcaPrepBwdParams& p);                     \
+  const char* pack_linear_weight(const PackLinearParams& p);               \
+  const char* packed_linear(const PackedLinearParams& p);                  \
   }
 
 ZAYA_RT_DECLARE_CPU_KERNELS(base)

@@ -36,8 +36,13 @@ class Workspace:
 
 
 class Linear:
-    """y [T, N] = x [T, K] @ weight[N, K]^T (+ bias) on zaya_rt's GEMM (the grouped GEMM with one group), in
-    the weight's dtype with fp32 accumulation. The weight is made contiguous once."""
+    """y [T, N] = x [T, K] @ weight[N, K]^T (+ bias) in the weight's dtype with fp32 accumulation.
+
+    Up to `PACKED_MAX_ROWS` rows (decode steps) run on a copy of the weight packed once into column panels
+    (`_C.packed_linear`: outer products, no per-call packing); more rows take zaya_rt's GEMM (the grouped GEMM
+    with one group). The packed copy costs as much memory as the weight again."""
+
+    PACKED_MAX_ROWS = 64
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, ws: Workspace) -> None:
         self.weight = weight.contiguous()
@@ -48,17 +53,29 @@ class Linear:
         self._w = self.weight.data_ptr()
         self._offsets: dict[int, int] = {}
         self._keep: list[torch.Tensor] = []
+        nbytes = _C.packed_linear_bytes(self.code, self.N, self.K)
+        buf = torch.empty(nbytes + 64, dtype=torch.uint8)
+        self._packed = buf[(-buf.data_ptr()) % 64:][:nbytes]
+        _C.pack_linear_weight(self._w, self.K, 0 if self.bias is None else self.bias.data_ptr(),
+                              self._packed.data_ptr(), nbytes, self.code, self.N, self.K)
+        self._packed_ptr = self._packed.data_ptr()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
+        out = torch.empty((T, self.N), dtype=self.weight.dtype)
+        x_rs = x.stride(0) if T > 1 else self.K
+        if T <= self.PACKED_MAX_ROWS:
+            ws, nbytes = self.ws.get(_C.packed_linear_workspace(T, self.K))
+            _C.packed_linear(x.data_ptr(), x_rs, self._packed_ptr, out.data_ptr(), self.N, self.code, T, self.N,
+                             self.K, ws, nbytes)
+            return out
         offsets = self._offsets.get(T)
         if offsets is None:
             self._keep.append(torch.tensor([T], dtype=torch.int32))
             offsets = self._offsets[T] = self._keep[-1].data_ptr()
-        out = torch.empty((T, self.N), dtype=self.weight.dtype)
         ws, nbytes = self.ws.get(_C.grouped_gemm_workspace(0, T, self.N, self.K, 1, self.code))
-        _C.grouped_gemm(x.data_ptr(), x.stride(0) if T > 1 else self.K, 1, self._w, self.N * self.K, self.K, 1,
-                        offsets, out.data_ptr(), self.N, self.code, T, self.N, self.K, 1, ws, nbytes, *_CPU)
+        _C.grouped_gemm(x.data_ptr(), x_rs, 1, self._w, self.N * self.K, self.K, 1, offsets, out.data_ptr(), self.N,
+                        self.code, T, self.N, self.K, 1, ws, nbytes, *_CPU)
         if self.bias is not None:
             out += self.bias
         return out

@@ -1,0 +1,158 @@
+"""The packed-weight linear layer (`_C.pack_linear_weight` + `_C.packed_linear`, the CPU runtime's decode GEMM)
+against a float64 reference, on every CPU ISA build, through `runtime.direct.Linear` and raw `_C` calls."""
+
+import pytest
+import torch
+
+from zaya_rt import _C
+from zaya_rt.ops._lib import DTYPE_CODES
+from zaya_rt.runtime import direct
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SHAPES = [  # (M, N, K): single row, chunk edges (8 rows), blocked/unblocked chunk counts, panel edges (48), odd K
+    (1, 1, 1), (1, 47, 3), (2, 48, 2), (7, 49, 64), (8, 96, 129), (9, 130, 200), (16, 97, 512), (17, 48, 65),
+    (32, 50, 130), (33, 49, 7), (70, 145, 33),
+]
+
+
+def _pack(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    N, K = w.shape
+    code = DTYPE_CODES[w.dtype]
+    nbytes = _C.packed_linear_bytes(code, N, K)
+    buf = torch.empty(nbytes + 64, dtype=torch.uint8)
+    packed = buf[(-buf.data_ptr()) % 64:][:nbytes]
+    packed.fill_(0xFF)  # poison: every byte of the layout must be written
+    _C.pack_linear_weight(w.data_ptr(), w.stride(0), 0 if b is None else b.data_ptr(), packed.data_ptr(), nbytes,
+                          code, N, K)
+    return packed
+
+
+def _run(x: torch.Tensor, packed: torch.Tensor, out: torch.Tensor) -> None:
+    M, K = x.shape
+    ws = torch.empty(_C.packed_linear_workspace(M, K), dtype=torch.uint8)
+    _C.packed_linear(x.data_ptr(), x.stride(0), packed.data_ptr(), out.data_ptr(), out.stride(0),
+                     DTYPE_CODES[x.dtype], M, out.shape[1], K, ws.data_ptr(), ws.numel())
+
+
+def _check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    """Products of fp32/bf16/fp16 values are exact in fp32: the error is the fp32 sum over K plus one rounding
+    to the output dtype."""
+    xd, wd = x.double(), w.double()
+    ref = xd @ wd.T + (0 if b is None else b.double())
+    mag = xd.abs() @ wd.abs().T + (0 if b is None else b.double().abs())
+    unit = torch.finfo(y.dtype).eps / 2
+    bound = unit * ref.abs() + (x.shape[1] + 2) * 2.0**-23 * mag * (1 + unit) + 1e-30
+    err = (y.double() - ref).abs()
+    assert torch.isfinite(y).all()
+    assert (err <= bound).all(), f"max excess {(err - bound).max().item():.3e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_packed_linear_matches_reference(cpu_isa, dtype, M, N, K):
+    gen = torch.Generator().manual_seed(hash((M, N, K, str(dtype))) % 2**31)
+    w = torch.randn(N, K, generator=gen).to(dtype)
+    b = torch.randn(N, generator=gen).to(dtype) if (M + N) % 2 else None
+    x_wide = torch.randn(M, K + 5, generator=gen).to(dtype)
+    x = x_wide[:, 2 : 2 + K]  # rows strided, not contiguous
+    out_wide = torch.full((M, N + 3), float("nan"), dtype=dtype)
+    out = out_wide[:, :N]
+    _run(x, _pack(w, b), out)
+    _check(out, x, w, b)
+    assert torch.isnan(out_wide[:, N:]).all()  # nothing written past the row's N columns
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_layout_is_isa_independent(dtype):
+    """A weight packed under one ISA build serves the others (the runner packs once, the ISA can change)."""
+    gen = torch.Generator().manual_seed(5)
+    w, x = torch.randn(61, 37, generator=gen).to(dtype), torch.randn(5, 37, generator=gen).to(dtype)
+    previous = _C.cpu_isa()
+    try:
+        packs = []
+        for isa in ("base", "avx2", "avx512"):
+            if _C.set_cpu_isa(isa) == isa:
+                packs.append(_pack(w, None))
+        for p in packs[1:]:
+            assert torch.equal(p, packs[0])
+        outs = []
+        for isa in ("base", "avx2", "avx512"):
+            if _C.set_cpu_isa(isa) == isa:
+                out = torch.full((5, 61), float("nan"), dtype=dtype)
+                _run(x, packs[0], out)
+                _check(out, x, w, None)
+                outs.append(out)
+    finally:
+        _C.set_cpu_isa(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 16, 64, 65, 130])
+def test_direct_linear_both_paths(dtype, T):
+    """runtime.direct.Linear: packed up to PACKED_MAX_ROWS rows, zaya_rt's GEMM beyond; same results."""
+    gen = torch.Generator().manual_seed(T)
+    w, b = torch.randn(100, 72, generator=gen).to(dtype), torch.randn(100, generator=gen).to(dtype)
+    x = torch.randn(T, 72, generator=gen).to(dtype)
+    lin = direct.Linear(w, b, direct.Workspace())
+    y = lin(x)
+    assert y.shape == (T, 100) and y.dtype == dtype
+    # the GEMM path rounds x W^T to the output dtype before adding the bias (a second rounding)
+    xw = x.double() @ w.double().T
+    ref = xw + b.double()
+    unit = torch.finfo(dtype).eps / 2
+    mag = x.double().abs() @ w.double().abs().T + b.double().abs()
+    tol = unit * (xw.abs() + b.double().abs() + 2 * ref.abs()) + (72 + 2) * 2.0**-23 * mag * 2
+    assert ((y.double() - ref).abs() <= tol).all()
+
+
+def _call(**over):
+    w = torch.randn(10, 8)
+    packed = _pack(w, None)
+    x, out = torch.randn(3, 8), torch.empty(3, 10)
+    ws = torch.empty(_C.packed_linear_workspace(3, 8), dtype=torch.uint8)
+    args = dict(x=x.data_ptr(), x_rs=8, packed=packed.data_ptr(), out=out.data_ptr(), out_rs=10, dtype=0, M=3, N=10,
+                K=8, ws=ws.data_ptr(), ws_bytes=ws.numel())
+    args.update(over)
+    _C.packed_linear(*args.values())
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(dtype=4), "dtype"), (dict(dtype=5), "dtype"), (dict(N=0), "positive"), (dict(K=-1), "positive"),
+    (dict(M=-1), "non-negative"), (dict(ws_bytes=8), "workspace"), (dict(x_rs=4), "overlap"),
+    (dict(out_rs=9), "overlap"), (dict(x=0), "null"), (dict(packed=0), "null"), (dict(ws=0), "null"),
+])
+def test_packed_linear_rejects_bad_arguments(over, match):
+    with pytest.raises(ValueError, match=match):
+        _call(**over)
+
+
+def test_pack_rejects_bad_arguments():
+    w = torch.randn(10, 8)
+    nbytes = _C.packed_linear_bytes(0, 10, 8)
+    buf = torch.empty(nbytes + 128, dtype=torch.uint8)
+    base = buf.data_ptr() + (-buf.data_ptr()) % 64
+    with pytest.raises(ValueError, match="aligned"):
+        _C.pack_linear_weight(w.data_ptr(), 8, 0, base + 4, nbytes, 0, 10, 8)
+    with pytest.raises(ValueError, match="needs"):
+        _C.pack_linear_weight(w.data_ptr(), 8, 0, base, nbytes - 4, 0, 10, 8)
+    with pytest.raises(ValueError, match="overlap"):
+        _C.pack_linear_weight(w.data_ptr(), 7, 0, base, nbytes, 0, 10, 8)
+    with pytest.raises(ValueError, match="dtype"):
+        _C.pack_linear_weight(w.data_ptr(), 8, 0, base, nbytes, 3, 10, 8)
+    with pytest.raises(ValueError, match="null"):
+        _C.pack_linear_weight(0, 8, 0, base, nbytes, 0, 10, 8)
+
+
+def test_zero_rows_is_a_no_op():
+    _call(M=0, x=0, out=0)  # nothing to read or write: no pointer is touched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_linear_decode_shape(dtype):
+    """The 124M config's qkv projection at batch 16 (several threads share the panels)."""
+    M, N, K = 16, 768, 512
+    gen = torch.Generator().manual_seed(16)
+    w, x = torch.randn(N, K, generator=gen).to(dtype), torch.randn(M, K, generator=gen).to(dtype)
+    out = torch.full((M, N), float("nan"), dtype=dtype)
+    _run(x, _pack(w, None), out)
+    _check(out, x, w, None)
