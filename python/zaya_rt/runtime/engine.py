@@ -29,7 +29,7 @@ from zaya_rt.runtime.runner import ModelRunner, StepBatch
 _ROOT = 0  # parent serial of a sequence's first page
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `seq in running` must not compare every field
 class _Sequence:
     request_id: int
     prompt: list[int]
