@@ -34,14 +34,38 @@ def model(request):
     return ZayaForCausalLM(cfg).init_random(seed=sorted(CONFIGS).index(request.param) + 11, std=0.2).eval()
 
 
-def _engine(model, path: str, static: bool, **kw) -> zaya_rt.Engine:
-    engine = zaya_rt.Engine(model, cuda_graphs=static, **kw)
+class _FakeGraph:
+    """Stands in for a CUDA graph on the CPU: replay reruns the recorded step on the static buffers and writes
+    its result into the output tensor handed out at recording time."""
+
+    def __init__(self, step, out: torch.Tensor) -> None:
+        self.step, self.out = step, out
+
+    def replay(self) -> None:
+        result = self.step()
+        self.out.resize_(result.shape).copy_(result)
+
+
+class _ReplayedGraphs(DecodeGraphs):
+    """DecodeGraphs with capture=True on the CPU: recording runs nothing (as a CUDA capture runs nothing), so
+    the bookkeeping of lazy capture, warm-up and replay is what gets tested."""
+
+    records_cuda_graphs = False
+
+    def _record(self, step):
+        out = torch.empty(0)
+        return _FakeGraph(step, out), out
+
+
+def _engine(model, path: str, static: bool | str, **kw) -> zaya_rt.Engine:
+    engine = zaya_rt.Engine(model, cuda_graphs=bool(static), **kw)
     if path == "ops":  # the checked zaya_rt.ops path, as on a GPU
         engine.runner = ModelRunner(model, engine.cache, direct_calls=False)
         engine._greedy = None
-        if static:
-            engine.decode_graphs = DecodeGraphs(engine.runner, max_batch=engine.max_batch, capture=False)
-    assert (engine.decode_graphs is not None) == static
+    if static:
+        kind = _ReplayedGraphs if static == "replayed" else DecodeGraphs
+        engine.decode_graphs = kind(engine.runner, max_batch=engine.max_batch, capture=static == "replayed")
+    assert (engine.decode_graphs is not None) == bool(static)
     return engine
 
 
@@ -80,8 +104,8 @@ def _run(engine, schedule):
     return [engine.result(i) for i in ids], [seen.get(i, []) for i in ids]
 
 
-def _compare(model, path, schedule, **kw):
-    ref_engine, static_engine = _engine(model, path, False, **kw), _engine(model, path, True, **kw)
+def _compare(model, path, schedule, static=True, **kw):
+    ref_engine, static_engine = _engine(model, path, False, **kw), _engine(model, path, static, **kw)
     want, want_logits = _run(ref_engine, schedule)
     got, got_logits = _run(static_engine, schedule)
     assert got == want
@@ -93,7 +117,11 @@ def _compare(model, path, schedule, **kw):
         assert engine.num_free_pages == engine.num_pages
         assert engine.cache.num_free_slots == engine.max_batch
     stats = static_engine.decode_graphs.stats
-    assert stats["eager"] > 0 and stats["captures"] == 0 and stats["replays"] == 0
+    if static == "replayed":
+        assert stats["eager"] == 0 and stats["replays"] > 0
+        assert stats["captures"] == len(static_engine.decode_graphs.captured) > 0
+    else:
+        assert stats["eager"] > 0 and stats["captures"] == 0 and stats["replays"] == 0
     return static_engine, want
 
 
@@ -127,6 +155,18 @@ def test_preemption_under_a_small_page_budget(model, path):
     assert engine.stats["preemptions"] > 0
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_lazy_capture_and_replay_bookkeeping(model, path):
+    """capture=True with a stand-in for CUDA graphs: the first step of each bucket is the warm-up (its logits
+    are used, the recording runs nothing), later steps of that bucket replay; tokens still equal."""
+    vocab = model.config.vocab_size
+    prompts = _prompts(vocab, [4, 8, 2, 11, 6, 3], seed=8)
+    params = _params([9, 3, 12, 6, 10, 4])
+    schedule = {0: list(zip(prompts[:4], params[:4])), 5: list(zip(prompts[4:], params[4:]))}
+    engine, _ = _compare(model, path, schedule, static="replayed", page_size=4, max_batch=8, num_pages=40)
+    assert set(engine.decode_graphs.captured) <= {1, 2, 4, 8} and len(engine.decode_graphs.captured) >= 3
+
+
 def test_shared_prefixes_and_batches_above_the_largest_bucket(model):
     """Prefix pages with snapshots, and a max_batch whose buckets stop below the batch (eager fallback)."""
     vocab = model.config.vocab_size
@@ -138,11 +178,13 @@ def test_shared_prefixes_and_batches_above_the_largest_bucket(model):
 
 
 def test_weight_refresh_drops_and_rebuilds(model):
-    """After the weights change and refresh_weights(), the static path follows the new weights."""
+    """After the weights change and refresh_weights(), the captured steps are dropped and recaptured, and the
+    static path follows the new weights."""
     vocab = model.config.vocab_size
     prompts = _prompts(vocab, [4, 7, 2], seed=6)
     schedule = {0: list(zip(prompts, _params([5, 5, 5])))}
-    ref_engine, static_engine = _engine(model, "ops", False, page_size=4), _engine(model, "ops", True, page_size=4)
+    ref_engine = _engine(model, "ops", False, page_size=4)
+    static_engine = _engine(model, "ops", "replayed", page_size=4)
     before, _ = _run(static_engine, schedule)
     original = model.lm_head.weight.detach().clone()
     try:
@@ -153,9 +195,11 @@ def test_weight_refresh_drops_and_rebuilds(model):
             engine.runner.refresh_weights()
             engine.cache.clear_prefix_cache()  # cached prefix pages hold K/V of the old weights
         assert static_engine.runner.weight_version == version + 1
+        captures = static_engine.decode_graphs.stats["captures"]
         got, _ = _run(static_engine, schedule)
         want, _ = _run(ref_engine, schedule)
         assert static_engine.decode_graphs._version == static_engine.runner.weight_version
+        assert static_engine.decode_graphs.stats["captures"] > captures
         assert got == want
         assert got != before  # the refresh mattered
     finally:

@@ -22,7 +22,7 @@ Buffers (B = largest bucket, M = block table width = pages of the longest possib
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -63,13 +63,15 @@ class DecodeGraphs:
     caller to run eagerly (`fits`).
     """
 
+    records_cuda_graphs = True  # `_record` makes CUDA graphs (a test double overrides both)
+
     def __init__(self, runner: ModelRunner, *, max_batch: int, capture: bool,
                  buckets: Sequence[int] | None = None) -> None:
         cache: PagedKVCache = runner.cache
         if cache.padding_page is None or cache.padding_slot is None:
             raise ValueError("DecodeGraphs needs a PagedKVCache built with padding=True")
         device = cache.k_pages.device
-        if capture and device.type != "cuda":
+        if capture and device.type != "cuda" and self.records_cuda_graphs:
             raise ValueError(f"CUDA graphs need a CUDA device, the cache is on {device}")
         self.runner, self.cache, self.capture, self.device = runner, cache, capture, device
         self.buckets = sorted(set(bucket_sizes(max_batch) if buckets is None else buckets))
@@ -159,10 +161,11 @@ class DecodeGraphs:
             # columns past a sequence's pages keep stale ids: attention never reads past seq_len
             table[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
         table[n:bucket, 0] = self.cache.padding_page
-        blocking = self._copied is None
-        self.index64[:, :bucket].copy_(self._host64[:, :bucket], non_blocking=not blocking)
-        self.index32[:, :bucket].copy_(self._host32[:, :bucket], non_blocking=not blocking)
-        self.block_table[:bucket].copy_(table[:bucket], non_blocking=not blocking)
+        # whole index buffers (a few hundred bytes) and whole table rows: contiguous pinned copies
+        pinned = self._copied is not None
+        self.index64.copy_(self._host64, non_blocking=pinned)
+        self.index32.copy_(self._host32, non_blocking=pinned)
+        self.block_table[:bucket].copy_(table[:bucket], non_blocking=pinned)
         if self._copied is not None:
             self._copied.record()
 
@@ -182,13 +185,16 @@ class DecodeGraphs:
     def _capture(self, bucket: int) -> torch.Tensor:
         """Runs this step eagerly (the warm-up: lazy initialisation happens outside the capture, and its
         logits are this step's), then records the bucket's graph without running it."""
-        batch = self._batch(bucket)
-        logits, _ = self.runner.forward(batch)
+        logits = self._step(bucket)
+        self._graphs[bucket], self._outputs[bucket] = self._record(lambda: self._step(bucket))
+        self.stats["captures"] += 1
+        return logits
+
+    def _record(self, step: Callable[[], torch.Tensor]):
+        """(graph, its static output): `step` captured into a CUDA graph in the shared memory pool."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            out, _ = self.runner.forward(batch)
-        self._graphs[bucket], self._outputs[bucket] = graph, out
-        self.stats["captures"] += 1
-        return logits
+            out = step()
+        return graph, out
