@@ -167,6 +167,26 @@ def test_lazy_capture_and_replay_bookkeeping(model, path):
     assert set(engine.decode_graphs.captured) <= {1, 2, 4, 8} and len(engine.decode_graphs.captured) >= 3
 
 
+class _FailingGraphs(_ReplayedGraphs):
+    def _record(self, step):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+def test_failed_capture_falls_back_to_the_eager_padded_path(model):
+    vocab = model.config.vocab_size
+    prompts = _prompts(vocab, [5, 3, 9], seed=9)
+    schedule = {0: list(zip(prompts, _params([6, 4, 7])))}
+    want, _ = _run(_engine(model, "direct", False, page_size=4), schedule)
+    engine = _engine(model, "direct", True, page_size=4)
+    engine.decode_graphs = _FailingGraphs(engine.runner, max_batch=engine.max_batch, capture=True)
+    with pytest.warns(RuntimeWarning, match="capture of a decode step failed"):
+        got, _ = _run(engine, schedule)
+    assert got == want
+    graphs = engine.decode_graphs
+    assert not graphs.capture and "not permitted" in graphs.capture_error and graphs.stats["eager"] > 0
+    assert engine.num_free_pages == engine.num_pages
+
+
 def test_shared_prefixes_and_batches_above_the_largest_bucket(model):
     """Prefix pages with snapshots, and a max_batch whose buckets stop below the batch (eager fallback)."""
     vocab = model.config.vocab_size

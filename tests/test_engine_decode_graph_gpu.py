@@ -60,6 +60,7 @@ def _compare(model, schedule, *, tokens_equal=True, tol=1e-4, **kw):
         rel = ((g[:n] - w[:n]).abs().max() / w[:n].abs().max()).item()
         assert rel < tol, f"graph vs eager logits: relative error {rel:.2e}"
     stats = graphs.decode_graphs.stats
+    assert graphs.decode_graphs.capture_error is None
     assert stats["captures"] > 0 and stats["replays"] > 0, stats
     for engine in (eager, graphs):
         assert engine.num_free_pages == engine.num_pages

@@ -22,6 +22,7 @@ Buffers (B = largest bucket, M = block table width = pages of the longest possib
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -98,6 +99,7 @@ class DecodeGraphs:
         self._pool = None
         self._version = runner.weight_version
         self.stats = {"captures": 0, "replays": 0, "eager": 0}
+        self.capture_error: str | None = None  # why capture was given up, if it was
 
     # -- public -----------------------------------------------------------------------------------------
     def fits(self, batch: int) -> bool:
@@ -186,7 +188,14 @@ class DecodeGraphs:
         """Runs this step eagerly (the warm-up: lazy initialisation happens outside the capture, and its
         logits are this step's), then records the bucket's graph without running it."""
         logits = self._step(bucket)
-        self._graphs[bucket], self._outputs[bucket] = self._record(lambda: self._step(bucket))
+        try:
+            self._graphs[bucket], self._outputs[bucket] = self._record(lambda: self._step(bucket))
+        except RuntimeError as exc:  # an op that cannot be captured: keep the padded path, eagerly
+            self.capture, self.capture_error = False, f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"zaya_rt: CUDA-graph capture of a decode step failed, decode runs eagerly "
+                          f"({self.capture_error})", RuntimeWarning, stacklevel=3)
+            self.reset()
+            return logits
         self.stats["captures"] += 1
         return logits
 
