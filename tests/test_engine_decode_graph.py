@@ -248,6 +248,30 @@ def test_padding_rows_touch_only_the_padding_page_and_slot(model):
     assert not torch.equal(cache.k_pages[:, cache.padding_page], k[:, cache.padding_page])  # padding rows wrote here
 
 
+def test_pure_decode_step_builds_no_host_tensors(model, monkeypatch):
+    """The ops-path step that a CUDA graph captures creates no tensor from host data (torch.tensor,
+    torch.as_tensor): on a GPU that would be a host-to-device copy inside the captured region."""
+    engine = _engine(model, "ops", True, page_size=4, max_batch=4)
+    for prompt in _prompts(model.config.vocab_size, [5, 2, 7], seed=10):
+        engine.add_request(prompt, zaya_rt.SamplingParams(max_new_tokens=3, temperature=0))
+    engine.step()  # prefill
+    seqs, S = list(engine._running), engine.page_size
+    positions = [s.num_computed for s in seqs]
+    graphs = engine.decode_graphs
+    graphs._fill(4, [s.tokens[-1] for s in seqs], positions,
+                 [s.pages[p // S] * S + p % S for s, p in zip(seqs, positions)], [s.pages for s in seqs],
+                 [s.slot for s in seqs])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor built from host data inside the decode step")
+
+    monkeypatch.setattr(torch, "tensor", refuse)
+    monkeypatch.setattr(torch, "as_tensor", refuse)
+    logits = graphs._step(4)
+    monkeypatch.undo()
+    assert logits.shape == (4, model.config.vocab_size) and bool(torch.isfinite(logits).all())
+
+
 def test_bucket_sizes():
     assert bucket_sizes(1) == [1]
     assert bucket_sizes(3) == [1, 2, 3]

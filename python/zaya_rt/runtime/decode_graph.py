@@ -17,6 +17,24 @@ slot -1, so the path does not depend on how a device's kv_write treats negative 
 Buffers (B = largest bucket, M = block table width = pages of the longest possible sequence):
   index64 [3, B] int64: input_ids, positions, state_slots      index32 [2, B] int32: slot_mapping, seq_lens
   block_table [B, M] int32, cu_seqlens [B+1] int32 (0..B), sample_rows [B] int64 (0..B-1)
+
+Capture audit of the GPU decode step (`ModelRunner.forward` on the `zaya_rt.ops` path; nothing in it may read
+a device value on the host or copy host data to the device):
+  runner: the attention grouping built two index tensors from host lists every step; a pure decode step now
+    builds none. index_select / index_copy_ of the state slots take device index tensors.
+  embed (nn.Embedding), rms_norm / residual_rms_norm, F.linear (qkv, o_proj, lm_head), softmax / where of
+    the skip passthrough: no host reads.
+  cca_prep: shape checks only off the CPU; its RoPE table is copied to the device once per (dims, theta,
+    device), in the warm-up step. (Its fused forward passed the CPU's device arguments on CUDA; fixed.)
+  kv_write: the GPU fallback (index_copy_) has no host read but does not skip slot -1, hence the padding page.
+  attention_decode: values are checked only for CPU / float64 inputs; the GPU kernel reads seq_lens and the
+    block table on the device, its split count comes from sizes (the table width). The shim for head dims the
+    kernels lack (runtime/attention.py: gather_tail_torch + SDPA with a boolean mask) is capturable too.
+  zaya_router, moe_experts: index range checks only on the CPU; the GPU kernels route on the device.
+  cuda/: no cudaMemcpy, cudaMalloc or synchronisation; all launches on the caller's stream.
+Outside the graph: sampling (tokens go to the host each step), copy-on-write page copies, state resets of
+new sequences. Not on the decode path: runtime/cca.py's shim (`int(lens.max())`), attention_varlen's shim
+(`.tolist()`), `ZayaModel.forward` (`bool(mask.all())`), sample_tokens' value checks.
 """
 
 from __future__ import annotations
