@@ -272,6 +272,25 @@ def test_pure_decode_step_builds_no_host_tensors(model, monkeypatch):
     assert logits.shape == (4, model.config.vocab_size) and bool(torch.isfinite(logits).all())
 
 
+def test_block_table_rows_follow_the_pages(model):
+    """The static block table (written incrementally) holds each sequence's pages and the padding page for
+    padding rows, step after step: pages appended, rows reordered, copied-on-write, batches shrinking."""
+    cache = PagedKVCache(model.config, 30, 4, 8, dtype=torch.float32, padding=True)
+    graphs = DecodeGraphs(ModelRunner(model, cache), max_batch=8, capture=False)
+    steps = [[[1, 2], [3], [4, 5, 6]], [[1, 2, 7], [3], [4, 5, 6]], [[4, 5, 6], [1, 2, 7, 8]],
+             [[4, 9, 6], [1, 2, 7, 8], [10], [11], [12]], [[13]], [[4, 9, 6, 14], [1, 2], [10, 15]]]
+    for pages in steps:
+        n = len(pages)
+        bucket = graphs.bucket(n)
+        graphs._fill(bucket, [0] * n, [0] * n, [0] * n, pages, list(range(n)))
+        table = graphs.block_table[:bucket]
+        for i, row in enumerate(pages):
+            assert table[i, : len(row)].tolist() == row
+        assert table[n:bucket, 0].tolist() == [cache.padding_page] * (bucket - n)
+        assert graphs.index32[1, n:bucket].tolist() == [1] * (bucket - n)  # padding rows: seq_len 1
+        assert graphs.index64[2, n:bucket].tolist() == [cache.padding_slot] * (bucket - n)
+
+
 def test_bucket_sizes():
     assert bucket_sizes(1) == [1]
     assert bucket_sizes(3) == [1, 2, 3]

@@ -111,6 +111,8 @@ class DecodeGraphs:
         self.block_table = torch.full((B, self.width), cache.padding_page, dtype=torch.int32, device=device)
         self.cu_seqlens = torch.arange(B + 1, dtype=torch.int32, device=device)
         self.sample_rows = torch.arange(B, dtype=torch.int64, device=device)
+        self._rows: list[list[int] | None] = [None] * B  # pages in each host table row; None: a padding row
+        self._synced_rows = B                             # leading rows the device table has as on the host
         self._copied = torch.cuda.Event() if pinned else None  # host buffers are reused once this has passed
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._outputs: dict[int, torch.Tensor] = {}
@@ -176,18 +178,36 @@ class DecodeGraphs:
         seq_lens = [p + 1 for p in positions]
         self._host32[:, :bucket] = torch.tensor(
             [[*slot_mapping, *[p32[0]] * pad], [*seq_lens, *[p32[1]] * pad]], dtype=torch.int32)
-        table = self._host_table
-        for i, row in enumerate(pages):
-            # columns past a sequence's pages keep stale ids: attention never reads past seq_len
-            table[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
-        table[n:bucket, 0] = self.cache.padding_page
-        # whole index buffers (a few hundred bytes) and whole table rows: contiguous pinned copies
+        self._fill_table(bucket, pages)
+        # whole index buffers (a few hundred bytes), and the table rows that changed: contiguous pinned copies
         pinned = self._copied is not None
         self.index64.copy_(self._host64, non_blocking=pinned)
         self.index32.copy_(self._host32, non_blocking=pinned)
-        self.block_table[:bucket].copy_(table[:bucket], non_blocking=pinned)
+        if self._synced_rows < bucket:
+            rows = slice(self._synced_rows, bucket)
+            self.block_table[rows].copy_(self._host_table[rows], non_blocking=pinned)
+            self._synced_rows = bucket
         if self._copied is not None:
             self._copied.record()
+
+    def _fill_table(self, bucket: int, pages) -> None:
+        """Host block table rows: only what changed since the last step is written (a sequence gains a page
+        every page_size tokens). Columns past a sequence's pages keep stale ids: attention never reads past
+        seq_len. Padding rows hold the padding page in column 0."""
+        table, rows = self._host_table, self._rows
+        for i, row in enumerate(pages):
+            old = rows[i]
+            if old == row:
+                continue
+            start = len(old) if old is not None and len(old) < len(row) and row[: len(old)] == old else 0
+            table[i, start : len(row)] = torch.tensor(row[start:], dtype=torch.int32)
+            rows[i] = list(row)
+            self._synced_rows = min(self._synced_rows, i)
+        for i in range(len(pages), bucket):
+            if rows[i] is not None:
+                table[i, 0] = self.cache.padding_page
+                rows[i] = None
+                self._synced_rows = min(self._synced_rows, i)
 
     def _batch(self, bucket: int) -> StepBatch:
         return StepBatch(
