@@ -64,7 +64,8 @@ class Engine:
     sequences running at once; max_tokens_per_step: packed tokens per step (prefill chunking budget).
     cuda_graphs: run pure decode steps through the static-buffer bucketed path (`DecodeGraphs`), captured as
     CUDA graphs on CUDA devices and run eagerly elsewhere; None: the ZAYA_RT_CUDA_GRAPHS environment variable
-    (0/1) if set, else on exactly for CUDA devices.
+    (0/1) if set, else on exactly for CUDA devices. That path adds one padding page and one padding state slot
+    to the cache, beyond num_pages (or cache_bytes) and max_batch.
     """
 
     def __init__(self, model, *, num_pages: int | None = None, page_size: int = 16, max_batch: int = 64,
