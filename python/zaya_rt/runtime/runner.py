@@ -76,8 +76,9 @@ class ModelRunner:
 
     The q/k/v projection weights of each layer are concatenated once here, the CCA conv weights cast to fp32,
     and the kernels keep the addresses of the rest: call `refresh_weights()` after changing the model's
-    parameters (it bumps `weight_version`, which drops captured CUDA graphs of decode steps). On the CPU the layers call `_C` directly (`runtime.direct`); `direct_calls=False` takes the
-    checked `zaya_rt.ops` path everywhere.
+    parameters (it bumps `weight_version`, which drops captured CUDA graphs of decode steps). On the CPU the
+    layers call `_C` directly (`runtime.direct`); `direct_calls=False` takes the checked `zaya_rt.ops` path
+    everywhere.
     """
 
     def __init__(self, model, cache: PagedKVCache, *, direct_calls: bool | None = None) -> None:
