@@ -6,8 +6,10 @@ batch bucket, and the step runs on the first `bucket` rows of those buffers, `bu
 `bucket_sizes(max_batch)` that holds the batch. On a CUDA device the step of each bucket is captured once
 (lazily, the first time a batch of that size comes: that step runs eagerly as the warm-up, then the capture
 records it without running it again) into a `torch.cuda.CUDAGraph`; later steps copy their inputs into the
-buffers and replay it. All buckets share one private memory pool. `capture=False` runs the very same
-padded static-buffer step eagerly, which is how the CPU tests check this path.
+buffers and replay it. All buckets share one private memory pool; the logits a replay returns are valid
+until the next step. A capture that fails warns and leaves the padded step running eagerly (`capture_error`).
+`capture=False` runs the very same padded static-buffer step eagerly, which is how the CPU tests check this
+path.
 
 Padding rows (bucket - batch of them) are harmless: token 0 at position 0, K/V written to the cache's padding
 page (never handed out) and read back from it with seq_len 1, CCA state read from and written to the cache's
