@@ -3,7 +3,8 @@
 
 Decode tok/s = batch * (N - 1) / (time(generate N tokens) - time(generate 1 token)), so prefill is excluded
 for both. transformers runs every combination of experts_implementation eager/grouped_mm and
-attn_implementation eager/sdpa, and the best is the peer.
+attn_implementation eager/sdpa, and the best is the peer. On CUDA the Engine runs decode steps as CUDA graphs
+(its default there); it is also timed with `cuda_graphs=False` to show what the graphs give.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class E2EResult:
     peer_tok_s: float
     peer_name: str
     all_peers: dict[str, float]
+    ours_eager_tok_s: float | None = None  # CUDA: the Engine without CUDA graphs
 
 
 def _build(config: dict, device: str, dtype: torch.dtype, seed: int):
@@ -93,16 +95,24 @@ def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16),
         prompts = torch.randint(1, config["vocab_size"], (batch, prompt_len), generator=gen)
         max_batch = max(batch, 1)
         pages = max_batch * -(-(prompt_len + new_tokens + 16) // 16) + 8
-        engine = zaya_rt.Engine(ours, num_pages=pages, page_size=16, max_batch=max_batch,
-                                max_tokens_per_step=batch * prompt_len)
         prompt_lists = prompts.tolist()
 
-        def ours_generate(n, engine=engine, prompt_lists=prompt_lists):
-            out = engine.generate(prompt_lists, zaya_rt.SamplingParams(max_new_tokens=n, temperature=0))
-            engine.cache.clear_prefix_cache()
-            return out
+        def ours_rate_with(cuda_graphs):
+            engine = zaya_rt.Engine(ours, num_pages=pages, page_size=16, max_batch=max_batch,
+                                    max_tokens_per_step=batch * prompt_len, cuda_graphs=cuda_graphs)
 
-        ours_rate = decode_tok_s(ours_generate, batch, new_tokens, device, repeats)
+            def ours_generate(n):
+                out = engine.generate(prompt_lists, zaya_rt.SamplingParams(max_new_tokens=n, temperature=0))
+                engine.cache.clear_prefix_cache()
+                return out
+
+            return decode_tok_s(ours_generate, batch, new_tokens, device, repeats)
+
+        ours_rate = ours_rate_with(None)
+        ours_eager = ours_rate_with(False) if device == "cuda" else None
+        if ours_eager is not None:
+            log(f"batch {batch}: zaya_rt with CUDA graphs {ours_rate:.1f} tok/s, without {ours_eager:.1f} tok/s "
+                f"-> {ours_rate / ours_eager:.2f}x")
         ids = prompts.to(device)
         mask = torch.ones_like(ids)
         all_peers = {}
@@ -121,7 +131,7 @@ def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16),
 
             all_peers[f"{experts_impl}/{attn_impl}"] = decode_tok_s(hf_generate, batch, new_tokens, device, repeats)
         name = max(all_peers, key=all_peers.get)
-        results.append(E2EResult(batch, ours_rate, all_peers[name], name, all_peers))
+        results.append(E2EResult(batch, ours_rate, all_peers[name], name, all_peers, ours_eager))
         log(f"batch {batch}: zaya_rt {ours_rate:.1f} tok/s; transformers best ({name}) {all_peers[name]:.1f} tok/s "
             f"-> {ours_rate / all_peers[name]:.2f}x; all peers: "
             + ", ".join(f"{k} {v:.1f}" for k, v in all_peers.items()))

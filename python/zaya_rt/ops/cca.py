@@ -240,8 +240,8 @@ def _impl(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positi
     cs_out = qp.new_empty((B, C, K), dtype=sdt)
     vs_out = qp.new_empty((B, V), dtype=sdt)
     inv = _inv_freq(rope_dims, rope_theta, qp.device)
-    dev = (0, 0, 0)  # CPU
-    ws_bytes = _C.cca_prep_fwd_workspace(0, T, B, Hq, Hk, d, k0, k1, rope_dims)
+    dev = (0, 0, 0) if qp.is_cpu else device_args(qp)  # the fused forward also runs on CUDA/HIP
+    ws_bytes = _C.cca_prep_fwd_workspace(dev[0], T, B, Hq, Hk, d, k0, k1, rope_dims)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=qp.device)
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     _C.cca_prep_fwd(

@@ -7,8 +7,11 @@ When pages run out the newest running sequence is preempted: its pages are relea
 later from its prompt and the tokens it already produced (with the same sampling uniforms, so the output
 is as if nothing happened).
 
-Not yet: CUDA-graph capture of decode steps (the step builds its index tensors on the host each time; a
-GPU run works eagerly, untested on real hardware so far).
+Pure decode steps (every scheduled sequence adds one token to cached pages, no prompt chunk, no prefix
+snapshot, at most max_batch sequences) run on CUDA devices as CUDA graphs, one per batch bucket
+(runtime/decode_graph.py): the batch is padded to the bucket with rows that touch only the cache's padding
+page and slot. Every other step (prefill, chunked prompts, mixed batches) runs eagerly. `cuda_graphs=True` on
+the CPU runs the same padded static-buffer path without capture (used by the tests).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 
 from zaya_rt import ops
 from zaya_rt.runtime import direct
+from zaya_rt.runtime.decode_graph import DecodeGraphs, graphs_enabled
 from zaya_rt.runtime.kv_cache import PagedKVCache, PrefixEntry
 from zaya_rt.runtime.params import SamplingParams
 from zaya_rt.runtime.runner import ModelRunner, StepBatch
@@ -58,10 +62,15 @@ class Engine:
     model: a zaya_rt ZayaForCausalLM (its dtype and device are used). num_pages: page budget (default: room for
     max_batch sequences of 2048 tokens, or what cache_bytes allows); page_size: tokens per page; max_batch:
     sequences running at once; max_tokens_per_step: packed tokens per step (prefill chunking budget).
+    cuda_graphs: run pure decode steps through the static-buffer bucketed path (`DecodeGraphs`), captured as
+    CUDA graphs on CUDA devices and run eagerly elsewhere; None: the ZAYA_RT_CUDA_GRAPHS environment variable
+    (0/1) if set, else on exactly for CUDA devices. That path adds one padding page and one padding state slot
+    to the cache, beyond num_pages (or cache_bytes) and max_batch.
     """
 
     def __init__(self, model, *, num_pages: int | None = None, page_size: int = 16, max_batch: int = 64,
-                 max_tokens_per_step: int = 512, cache_bytes: int | None = None, seed: int = 0) -> None:
+                 max_tokens_per_step: int = 512, cache_bytes: int | None = None, seed: int = 0,
+                 cuda_graphs: bool | None = None) -> None:
         if not hasattr(model, "config") or not hasattr(model, "model"):
             raise TypeError("Engine needs a zaya_rt ZayaForCausalLM")
         for name, value in (("page_size", page_size), ("max_batch", max_batch),
@@ -80,8 +89,12 @@ class Engine:
                 num_pages = cache_bytes // per_page
         elif cache_bytes is not None:
             raise ValueError("Engine: give num_pages or cache_bytes, not both")
-        self.cache = PagedKVCache(self.config, num_pages, page_size, max_batch, dtype=self.dtype, device=self.device)
+        static_decode = graphs_enabled(cuda_graphs, self.device)
+        self.cache = PagedKVCache(self.config, num_pages, page_size, max_batch, dtype=self.dtype, device=self.device,
+                                  padding=static_decode)
         self.runner = ModelRunner(model, self.cache)
+        self.decode_graphs = DecodeGraphs(self.runner, max_batch=max_batch,
+                                          capture=self.device.type == "cuda") if static_decode else None
         self._greedy = direct.Greedy() if self.runner.direct else None
         self._v_state0 = self.runner.initial_v_state().to(self.device)
         self.page_size, self.max_batch, self.max_tokens_per_step = page_size, max_batch, max_tokens_per_step
@@ -133,9 +146,12 @@ class Engine:
             if self.has_unfinished():
                 raise RuntimeError("engine made no progress (a request cannot fit the cache)")
             return []
-        batch, samplers = self._build_batch(scheduled)
-        logits, snapshots = self.runner.forward(batch)
-        self._take_snapshots(scheduled, batch, snapshots)
+        if self._is_pure_decode(scheduled):
+            logits, samplers = self._decode_step(scheduled)
+        else:
+            batch, samplers = self._build_batch(scheduled)
+            logits, snapshots = self.runner.forward(batch)
+            self._take_snapshots(scheduled, batch, snapshots)
         for seq, n in scheduled:
             seq.num_computed += n
         tokens = self._sample(logits, samplers) if samplers else []
@@ -376,6 +392,33 @@ class Engine:
         seq.finished, seq.finish_reason = True, reason
 
     # -- batch assembly ---------------------------------------------------------------------------------
+    def _is_pure_decode(self, scheduled) -> bool:
+        """True when the static decode path takes this step: each sequence adds its last token to cached
+        pages and completes no prompt page that needs a prefix snapshot."""
+        graphs = self.decode_graphs
+        if graphs is None or not graphs.fits(len(scheduled)):
+            return False
+        S = self.page_size
+        for seq, n in scheduled:
+            start = seq.num_computed
+            if n != 1 or start == 0 or start + 1 != len(seq.prompt) + len(seq.generated):
+                return False
+            if any((seq.entries.index(entry) + 1) * S == start + 1 for entry in seq.pending):
+                return False
+        return True
+
+    def _decode_step(self, scheduled):
+        """Logits [B, vocab] of a pure decode step through the static buffers, and the sampled sequences."""
+        S = self.page_size
+        seqs = [seq for seq, _ in scheduled]
+        positions = [seq.num_computed for seq in seqs]
+        logits = self.decode_graphs.run(
+            [(seq.generated or seq.prompt)[-1] for seq in seqs], positions,
+            [seq.pages[p // S] * S + p % S for seq, p in zip(seqs, positions)],
+            [seq.pages for seq in seqs], [seq.slot for seq in seqs])
+        self.stats["decode_tokens"] += len(seqs)
+        return logits, seqs
+
     def _build_batch(self, scheduled):
         S = self.page_size
         ids, positions, slots, starts, lens, fresh, samplers, sample_rows, snapshots = [], [], [], [], [], [], [], [], []

@@ -12,6 +12,10 @@ least recently released first) until its memory is needed.
 
 Per-sequence state: conv_state [L, slots, C, K] and v_state [L, slots, Hk*d/2] in fp32, one row per running
 sequence (its "slot").
+
+Padding (`padding=True`, used by the CUDA-graph decode path, runtime/decode_graph.py): one extra page and one
+extra state slot past the usable ones, never handed out. Padding rows of a fixed-size decode batch write their
+K/V into that page and read it back, and read/write that state slot, so they touch nothing a sequence owns.
 """
 
 from __future__ import annotations
@@ -39,17 +43,22 @@ class PagedKVCache:
     """Pages, their reference counts, the prefix table and the per-sequence CCA state slots."""
 
     def __init__(self, config: ZayaConfig, num_pages: int, page_size: int, num_slots: int, *,
-                 dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+                 dtype: torch.dtype, device: torch.device | str = "cpu", padding: bool = False) -> None:
         for name, value in (("num_pages", num_pages), ("page_size", page_size), ("num_slots", num_slots)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         L, hk, d = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
         C = (config.num_attention_heads + hk) * d
         self.num_pages, self.page_size, self.num_slots = num_pages, page_size, num_slots
-        self.k_pages = torch.zeros(L, num_pages, page_size, hk, d, dtype=dtype, device=device)
+        extra = 1 if padding else 0
+        # the padding page and slot (index num_pages / num_slots) exist only with padding=True
+        self.padding_page: int | None = num_pages if padding else None
+        self.padding_slot: int | None = num_slots if padding else None
+        self.k_pages = torch.zeros(L, num_pages + extra, page_size, hk, d, dtype=dtype, device=device)
         self.v_pages = torch.zeros_like(self.k_pages)
-        self.conv_state = torch.zeros(L, num_slots, C, config.conv_state_len, dtype=torch.float32, device=device)
-        self.v_state = torch.zeros(L, num_slots, hk * d // 2, dtype=torch.float32, device=device)
+        self.conv_state = torch.zeros(L, num_slots + extra, C, config.conv_state_len, dtype=torch.float32,
+                                      device=device)
+        self.v_state = torch.zeros(L, num_slots + extra, hk * d // 2, dtype=torch.float32, device=device)
         self.refcount = [0] * num_pages
         self._free = list(range(num_pages - 1, -1, -1))
         self._evictable: OrderedDict[int, None] = OrderedDict()

@@ -76,19 +76,23 @@ class ModelRunner:
 
     The q/k/v projection weights of each layer are concatenated once here, the CCA conv weights cast to fp32,
     and the kernels keep the addresses of the rest: call `refresh_weights()` after changing the model's
-    parameters. On the CPU the layers call `_C` directly (`runtime.direct`); `direct_calls=False` takes the
-    checked `zaya_rt.ops` path everywhere.
+    parameters (it bumps `weight_version`, which drops captured CUDA graphs of decode steps). On the CPU the
+    layers call `_C` directly (`runtime.direct`); `direct_calls=False` takes the checked `zaya_rt.ops` path
+    everywhere.
     """
 
     def __init__(self, model, cache: PagedKVCache, *, direct_calls: bool | None = None) -> None:
         self.model, self.cache, self.config = model, cache, model.config
         self._ws = direct.Workspace()
         self._direct_calls = direct_calls
+        self.weight_version = 0
         self.refresh_weights()
 
     @torch.no_grad()
     def refresh_weights(self) -> None:
+        """Re-reads the model's weights (concatenations, casts, kernel addresses); captured graphs go stale."""
         cfg = self.config
+        self.weight_version += 1
         self.layers = []
         for i, layer in enumerate(self.model.model.layers):
             proj = layer.self_attn.qkv_proj
@@ -218,8 +222,8 @@ class ModelRunner:
     def _attention(self, i: int, q, k, v, batch: StepBatch, groups, k_pages, v_pages) -> torch.Tensor:
         """Attention of the step's rows q [T, Hq, d] (k, v [T, Hk, d] already written to layer i's pages)."""
         window = self.layers[i].window
-        decode_seqs, decode_rows, fresh_seqs, chunk_seqs = groups
-        if decode_seqs is not None and decode_rows.shape[0] == q.shape[0]:  # a pure decode step
+        pure_decode, decode_seqs, decode_rows, fresh_seqs, chunk_seqs = groups
+        if pure_decode:
             if self.kernels[i].attention_decode is not None:
                 return self.kernels[i].attention_decode(q, k_pages, v_pages, batch.block_table, batch.seq_lens)
             return attention.attention_decode(
@@ -256,13 +260,17 @@ def _cumsum(values: list[int]) -> list[int]:
 
 
 def _attention_groups(batch: StepBatch):
-    """(decode sequence ids [n] tensor or None, their packed rows, fresh prompt sequences, continued chunks)."""
+    """(pure decode step, decode sequence ids [n] tensor or None, their packed rows, fresh prompt sequences,
+    continued chunks). A pure decode step (every sequence adds one token to cached pages) builds no index
+    tensors, so nothing is copied from the host inside a step that a CUDA graph captures."""
     decode = [s for s, n in enumerate(batch.lens) if n == 1 and not batch.fresh[s]]
     fresh = [s for s, n in enumerate(batch.lens) if n > 0 and batch.fresh[s]]
     chunks = [s for s, n in enumerate(batch.lens) if n > 1 and not batch.fresh[s]]
-    device = batch.input_ids.device
+    if len(decode) == len(batch.lens):
+        return True, None, None, fresh, chunks
     if not decode:
-        return None, None, fresh, chunks
+        return False, None, None, fresh, chunks
+    device = batch.input_ids.device
     seqs = torch.tensor(decode, dtype=torch.long, device=device)
     rows = torch.tensor([batch.starts[s] for s in decode], dtype=torch.long, device=device)
-    return seqs, rows, fresh, chunks
+    return False, seqs, rows, fresh, chunks
