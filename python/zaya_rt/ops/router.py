@@ -29,6 +29,7 @@ from zaya_rt.ops._lib import (
     check_tensor,
     device_args,
     lib,
+    call_op,
     register_autograd,
     register_kernels,
 )
@@ -45,6 +46,7 @@ _BIAS_DTYPES = frozenset((torch.float32, torch.float64))
 # Above this many tokens the GPU path computes x W_down^T + b with torch (a real GEMM by then; see
 # cuda/router_kernels.cuh); at or below it the router's own down-projection kernel does.
 _GPU_FUSED_DOWN_MAX_TOKENS = 64
+_TENSOR_OR_NONE = frozenset((torch.Tensor, type(None)))
 _NAMES = ("x", "z_prev", "down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w",
           "balancing_bias")
 
@@ -234,6 +236,7 @@ def zaya_router(
 ):
     """The ZAYA1 router; see the module docstring for shapes. Returns (logits, gate, choice, z)."""
     args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
-    if not all(t is None or isinstance(t, torch.Tensor) for t in args[:-1]):
-        _check(*args)
-    return torch.ops.zaya_rt.zaya_router(*args)
+    if not _TENSOR_OR_NONE.issuperset(map(type, args[:-1])):  # cheap test first: parameters are subclasses
+        if not all(t is None or isinstance(t, torch.Tensor) for t in args[:-1]):
+            _check(*args)
+    return call_op(torch.ops.zaya_rt.zaya_router.default, args)
