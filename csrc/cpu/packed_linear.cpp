@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu/epilogue.h"
 #include "cpu/isa_kernels.h"
 #include "cpu/numeric.h"
 #include "zaya_rt/packed_linear.h"
@@ -57,20 +58,6 @@ template <typename T> void pack_t(const PackLinearParams& p) {
 }
 
 #if defined(__AVX512F__)
-template <typename T> inline void store_vector(T* dst, __m512 v, __mmask16 mask) {
-  if constexpr (std::is_same_v<T, float>) {
-    _mm512_mask_storeu_ps(dst, mask, v);
-  } else if constexpr (std::is_same_v<T, f16>) {
-    _mm256_mask_storeu_epi16(dst, mask, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  } else {  // round to nearest even as store<bf16> does, NaN -> 0x7fc0
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
-    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-    _mm256_mask_storeu_epi16(dst, mask, _mm512_cvtepi32_epi16(r));
-  }
-}
-
 // Rows [j0, j1) of one panel for MR rows of x (a: MR fp32 rows of lda floats, indexed by absolute k). The
 // accumulators start from zero (first) or `tile`, and end in `tile` or, on the last block, in out (48 columns,
 // the first `cols` valid) plus the bias.
@@ -133,7 +120,7 @@ void panel_chunk(const float* a, int64_t lda, const void* panel, int64_t j0, int
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 3
     for (int v = 0; v < 3; ++v)
-      store_vector(out + m * out_stride + 16 * v, _mm512_add_ps(acc[m * 3 + v], _mm512_loadu_ps(bias + 16 * v)),
+      store_vec(out + m * out_stride + 16 * v, _mm512_add_ps(acc[m * 3 + v], _mm512_loadu_ps(bias + 16 * v)),
                    masks[v]);
 }
 #else

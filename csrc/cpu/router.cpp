@@ -58,6 +58,30 @@ template <typename T> void store_down(const RouterParams& p, int64_t t, int64_t 
   }
 }
 
+// e[c] = exp(l[c] - max l) for c < C and their sum, vectorised (AVX-512, C <= kVectorSoftmaxMaxClasses);
+// false where the caller computes them itself.
+constexpr int64_t kVectorSoftmaxMaxClasses = 256;
+inline bool softmax_exps(const float* l, int64_t C, float* e, float* sum) {
+#if defined(__AVX512F__)
+  if (C > kVectorSoftmaxMaxClasses) return false;
+  auto mask = [&](int64_t c) { return C - c >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (C - c)) - 1u); };
+  __m512 mv = _mm512_set1_ps(-INFINITY);
+  for (int64_t c = 0; c < C; c += 16) mv = _mm512_mask_max_ps(mv, mask(c), mv, _mm512_maskz_loadu_ps(mask(c), l + c));
+  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; c += 16) {
+    const __m512 v = _mm512_maskz_mov_ps(mask(c), exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(c), l + c), mx)));
+    _mm512_mask_storeu_ps(e + c, mask(c), v);
+    acc = _mm512_add_ps(acc, v);
+  }
+  *sum = _mm512_reduce_add_ps(acc);
+  return true;
+#else
+  (void)l, (void)C, (void)e, (void)sum;
+  return false;
+#endif
+}
+
 template <typename T>
 const char* router_t(const RouterParams& p) {
   constexpr bool Dot = false;
@@ -142,14 +166,18 @@ const char* router_t(const RouterParams& p) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (T_ * C >= (1 << 14))
   for (int64_t t = 0; t < T_; ++t) {
     const float* lr = p.logits + t * C;
-    float mx = lr[0];
-    for (int64_t c = 1; c < C; ++c) mx = std::max(mx, lr[c]);
+    float e[kVectorSoftmaxMaxClasses];
     float sum = 0.f;
-    for (int64_t c = 0; c < C; ++c) sum += std::exp(lr[c] - mx);
+    const bool vec = softmax_exps(lr, C, e, &sum);
+    float mx = lr[0];
+    if (!vec) {
+      for (int64_t c = 1; c < C; ++c) mx = std::max(mx, lr[c]);
+      for (int64_t c = 0; c < C; ++c) sum += std::exp(lr[c] - mx);
+    }
     int64_t best = 0;
     float best_score = -INFINITY, best_p = 0.f;
     for (int64_t c = 0; c < C; ++c) {
-      const float prob = round_to<T>(std::exp(lr[c] - mx) / sum);
+      const float prob = round_to<T>((vec ? e[c] : std::exp(lr[c] - mx)) / sum);
       const float score = prob + p.balancing_bias[c];
       if (score > best_score) {
         best_score = score;
