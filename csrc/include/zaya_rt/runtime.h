@@ -3,7 +3,8 @@
 // N tokens written, B sequences, M block-table columns, V vocabulary.
 // A page cache tensor is [P, S, H, d] with unit stride inside a token row; `page_stride` and `token_stride`
 // (elements) locate row (page, slot). Slot ids are page * S + offset. Kernels are plain loops over independent
-// rows, so a GPU version maps one row (or one block-table entry) to one thread block.
+// rows: the GPU versions (cuda/runtime_kernels.cuh) map one row (or one page chunk, or one sampled row) to one
+// thread block.
 #pragma once
 #include "zaya_rt/common.h"
 #include "zaya_rt/sampling_uniform.h"  // sampling_uniform(seed, step), shared with the GPU kernels

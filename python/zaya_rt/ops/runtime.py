@@ -8,9 +8,10 @@
       the rows of positions seq_lens[b] - tau .. seq_lens[b] - 1 of each sequence (zeros before position 0).
 
 The kernels live in csrc/cpu/runtime.cpp (CPU) and cuda/runtime_kernels.cuh (CUDA and HIP builds of _C). On a
-GPU nothing is read back to the host, so slots and page ids are not range-checked there: kv_write skips slot -1
-(as on the CPU) and also any slot beyond the cache, copy_pages skips a pair naming a page outside the cache,
-gather_tail writes zero rows for page ids outside the cache, all without an error. A GPU tensor with a _C built
+GPU nothing is read back to the host, so slots, page ids and seq_lens are not range-checked there (nor dst pages
+for duplicates): kv_write skips slot -1 (as on the CPU) and also any slot beyond the cache, copy_pages skips a
+pair naming a page outside the cache, gather_tail writes zero rows for positions whose page id lies outside the
+cache or the block table, all without an error. A GPU tensor with a _C built
 without a GPU backend falls back to PyTorch index ops (kv_write then needs every slot >= 0).
 """
 
