@@ -313,3 +313,18 @@ def test_sampler_hypothesis(emu, V, B, seed, dtype, scale, data):
                      data.draw(st.sampled_from((0.1, 0.5, 0.9, 0.99, 1.0))), data.draw(st.sampled_from((0.0, 0.02, 0.3))),
                      data.draw(st.integers(-2**40, 2**40)), data.draw(st.integers(0, 10**6))))
     _check_sampler(emu, logits, rows)
+
+
+@pytest.mark.skipif(_C.gpu_backend != "none", reason="this _C has a GPU backend")
+def test_gpu_device_without_gpu_backend_raises():
+    """A GPU device code reaching a CPU-only _C is a ValueError before any pointer is read."""
+    buf = torch.zeros(64)
+    a = buf.data_ptr()
+    with pytest.raises(ValueError, match="no GPU backend"):
+        _C.kv_write(a, 8, a, 8, a, a, 32, 8, a, 0, 1, 8, 2, 4, 1, 0, 0)
+    with pytest.raises(ValueError, match="no GPU backend"):
+        _C.copy_pages(a, 64, 32, 32, a, a, 0, 2, 2, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="no GPU backend"):
+        _C.gather_tail(a, 32, 8, a, 1, a, a, 0, 1, 1, 2, 4, 8, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="no GPU backend"):
+        _C.sample_tokens(a, 5, 0, a, a, a, a, a, a, a, 1, 5, 0, 0, 1, 0, 0)
