@@ -315,9 +315,9 @@ PY
 
 step "zaya-rt bench --device cuda (ours vs PyTorch eager)"
 if command -v zaya-rt >/dev/null 2>&1; then
-  zaya-rt bench --device cuda --ops norms,moe,router --min-time 0.1 || bench_rc=$?
+  zaya-rt bench --device cuda --ops norms,moe,router,sampling,pages --min-time 0.1 || bench_rc=$?
 elif python -c "import zaya_rt.cli" 2>/dev/null; then
-  python -m zaya_rt.cli bench --device cuda --ops norms,moe,router --min-time 0.1 || bench_rc=$?
+  python -m zaya_rt.cli bench --device cuda --ops norms,moe,router,sampling,pages --min-time 0.1 || bench_rc=$?
 else
   echo "(no zaya-rt bench command in this checkout: skipped)"
 fi

@@ -11,7 +11,8 @@ set(ZAYA_RT_HIP_SOURCES
   hip/moe.hip
   hip/router.hip
   hip/attention.hip
-  hip/cca.hip)
+  hip/cca.hip
+  hip/runtime.hip)
 
 if(ZAYA_RT_HIP)
   find_program(ZAYA_RT_HIP_CLANG_EXE NAMES ${ZAYA_RT_HIP_CLANG} REQUIRED)

@@ -28,13 +28,32 @@ void check_cache_dtype(const char* op, DType t) {
     bad(op, std::string("cache dtype must be float32, float16, bfloat16 or float64, got ") + dtype_name(t));
 }
 
-// The runtime family has CPU kernels only so far; GPU callers use the PyTorch composition in
-// python/zaya_rt/ops/runtime.py and ops/sampling.py.
-void require_cpu(const char* op, const Device& d) {
-  if (d.type != DeviceType::kCpu) bad(op, "runs on the CPU only in this build (GPU callers use the PyTorch path)");
+bool gpu_runtime_built() {
+#if defined(ZAYA_RT_WITH_GPU)
+  return true;
+#else
+  return false;
+#endif
+}
+
+// GPU calls go to cuda/runtime_kernels.cuh on the given stream. Their index tensors stay on the device, so
+// nothing here reads slot, page, sequence-length or sampling-parameter values (that would sync the host).
+void require_known(const char* op, const Device& d) {
+  if (d.type == DeviceType::kGpu && !gpu_runtime_built()) bad(op, "this zaya_rt._C has no GPU backend");
+  if (d.type != DeviceType::kCpu && d.type != DeviceType::kGpu) bad(op, "unknown device type");
 }
 
 }  // namespace
+
+#if !defined(ZAYA_RT_WITH_GPU)
+// Linked until a GPU backend provides these; require_known() rejects GPU calls before they are reached.
+namespace gpu {
+const char* kv_write(const KvWriteParams&, void*) { return "no GPU backend"; }
+const char* copy_pages(const CopyPagesParams&, void*) { return "no GPU backend"; }
+const char* gather_tail(const GatherTailParams&, void*) { return "no GPU backend"; }
+const char* sample_tokens(const SampleParams&, void*) { return "no GPU backend"; }
+}  // namespace gpu
+#endif
 
 void kv_write(const KvWriteParams& p, const Device& d) {
   const char* op = "kv_write";
@@ -45,8 +64,9 @@ void kv_write(const KvWriteParams& p, const Device& d) {
   check_positive(op, "page size", p.S);
   if (p.token_stride < p.W || p.page_stride < p.S * p.token_stride) bad(op, "cache strides overlap rows");
   if (p.N > 0 && (!p.k_new || !p.v_new || !p.k_cache || !p.v_cache || !p.slot_mapping)) bad(op, "null pointer");
-  require_cpu(op, d);
+  require_known(op, d);
   if (p.N == 0) return;
+  if (d.type == DeviceType::kGpu) return finish(op, gpu::kv_write(p, d.stream));
   const int64_t capacity = p.P * p.S;
   for (int64_t n = 0; n < p.N; ++n)
     if (p.slot_mapping[n] < -1 || p.slot_mapping[n] >= capacity)
@@ -64,8 +84,9 @@ void copy_pages(const CopyPagesParams& p, const Device& d) {
   check_positive(op, "page size", p.page_elems);
   if (p.page_stride < p.page_elems || p.layer_stride < p.P * p.page_stride) bad(op, "cache strides overlap pages");
   if (p.n > 0 && (!p.cache || !p.src || !p.dst)) bad(op, "null pointer");
-  require_cpu(op, d);
+  require_known(op, d);
   if (p.n == 0) return;
+  if (d.type == DeviceType::kGpu) return finish(op, gpu::copy_pages(p, d.stream));
   finish(op, cpu::copy_pages(p));
 }
 
@@ -79,8 +100,9 @@ void gather_tail(const GatherTailParams& p, const Device& d) {
   check_positive(op, "page size", p.S);
   check_nonneg(op, "block table width", p.M);
   if (p.B * p.tau > 0 && (!p.cache || !p.block_table || !p.seq_lens || !p.out)) bad(op, "null pointer");
-  require_cpu(op, d);
+  require_known(op, d);
   if (p.B * p.tau == 0) return;
+  if (d.type == DeviceType::kGpu) return finish(op, gpu::gather_tail(p, d.stream));
   for (int64_t b = 0; b < p.B; ++b)
     if (p.seq_lens[b] < 0 || p.seq_lens[b] > p.M * p.S)
       bad(op, "seq_lens[" + std::to_string(b) + "] = " + std::to_string(p.seq_lens[b]) +
@@ -93,10 +115,11 @@ void sample_tokens(const SampleParams& p, const Device& d) {
   if (!is_floating_16_32(p.dtype)) bad(op, std::string("logits must be float32, float16 or bfloat16, got ") + dtype_name(p.dtype));
   check_nonneg(op, "B", p.B);
   check_positive(op, "vocabulary size", p.V);
-  require_cpu(op, d);
+  require_known(op, d);
   if (p.B == 0) return;
   if (!p.logits || !p.temperature || !p.top_k || !p.top_p || !p.min_p || !p.seed || !p.step || !p.out)
     bad(op, "null pointer");
+  if (d.type == DeviceType::kGpu) return finish(op, gpu::sample_tokens(p, d.stream));  // no workspace
   bool any_sampled = false;
   for (int64_t b = 0; b < p.B; ++b) {
     any_sampled = any_sampled || p.temperature[b] != 0.0f;
@@ -112,8 +135,7 @@ void sample_tokens(const SampleParams& p, const Device& d) {
 }
 
 int64_t sample_workspace(const Device& d, int64_t B, int64_t V) {
-  (void)d;
-  return cpu::sample_workspace(B, V);
+  return d.type == DeviceType::kGpu ? 0 : cpu::sample_workspace(B, V);
 }
 
 }  // namespace zaya_rt

@@ -15,7 +15,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HEADERS = ("cuda/attention_kernels.cuh", "cuda/attention_tc.cuh", "hip/attention_mfma.h", "cuda/attention_sm90.cuh",
-           "cuda/cca_kernels.cuh")
+           "cuda/cca_kernels.cuh", "cuda/runtime_kernels.cuh")
 
 
 def _matching(text: str, start: int, open_c: str, close_c: str) -> int:

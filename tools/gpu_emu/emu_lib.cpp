@@ -3,6 +3,7 @@
 #include "cuda/attention_kernels.cuh"
 #include "cuda/attention_sm90.cuh"
 #include "cuda/cca_kernels.cuh"
+#include "cuda/runtime_kernels.cuh"
 
 using namespace zaya_rt;
 using I = int64_t;
@@ -117,5 +118,36 @@ const char* emu_cca_prep_fwd(const void* const* ptrs, const I* strides, const in
   p.norm_eps = eps;
   return gpu::cca_prep_fwd(p, nullptr);
 }
+
+// Runtime family (cuda/runtime_kernels.cuh): page operations and the sampler, arguments as in the params structs.
+const char* emu_kv_write(const void* k_new, I k_rs, const void* v_new, I v_rs, void* k_cache, void* v_cache,
+                         I page_stride, I token_stride, const int32_t* slots, int dtype, I N, I W, I P, I S) {
+  KvWriteParams p{k_new, k_rs, v_new, v_rs, k_cache, v_cache, page_stride, token_stride, slots,
+                  static_cast<DType>(dtype), N, W, P, S};
+  return gpu::kv_write(p, nullptr);
+}
+
+const char* emu_copy_pages(void* cache, I layer_stride, I page_stride, I page_elems, const int32_t* src,
+                           const int32_t* dst, int dtype, I L, I P, I n) {
+  CopyPagesParams p{cache, layer_stride, page_stride, page_elems, src, dst, static_cast<DType>(dtype), L, P, n};
+  return gpu::copy_pages(p, nullptr);
+}
+
+const char* emu_gather_tail(const void* cache, I page_stride, I token_stride, const int32_t* bt, I bt_stride,
+                            const int32_t* seq_lens, void* out, int dtype, I B, I M, I P, I S, I W, I tau) {
+  GatherTailParams p{cache, page_stride, token_stride, bt, bt_stride, seq_lens, out, static_cast<DType>(dtype),
+                     B, M, P, S, W, tau};
+  return gpu::gather_tail(p, nullptr);
+}
+
+const char* emu_sample_tokens(const void* logits, I row_stride, int dtype, const float* temperature,
+                              const int32_t* top_k, const float* top_p, const float* min_p, const int64_t* seed,
+                              const int64_t* step, int64_t* out, I B, I V) {
+  SampleParams p{logits, row_stride, static_cast<DType>(dtype), temperature, top_k, top_p, min_p, seed, step, out,
+                 B, V, nullptr, 0};
+  return gpu::sample_tokens(p, nullptr);
+}
+
+double emu_sampling_uniform(int64_t seed, int64_t step) { return sampling_uniform(seed, step); }
 
 }  // extern "C"

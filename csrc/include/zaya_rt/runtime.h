@@ -3,9 +3,11 @@
 // N tokens written, B sequences, M block-table columns, V vocabulary.
 // A page cache tensor is [P, S, H, d] with unit stride inside a token row; `page_stride` and `token_stride`
 // (elements) locate row (page, slot). Slot ids are page * S + offset. Kernels are plain loops over independent
-// rows, so a GPU version maps one row (or one block-table entry) to one thread block.
+// rows: the GPU versions (cuda/runtime_kernels.cuh) map one row (or one page chunk, or one sampled row) to one
+// thread block.
 #pragma once
 #include "zaya_rt/common.h"
+#include "zaya_rt/sampling_uniform.h"  // sampling_uniform(seed, step), shared with the GPU kernels
 
 namespace zaya_rt {
 
@@ -53,18 +55,6 @@ struct SampleParams {
   void* workspace; int64_t workspace_bytes;  // sample_workspace(B, V) bytes (none when every row is greedy)
 };
 
-// Counter-based uniform in [0, 1): SplitMix64 finalisers over (seed, step); independent of batch layout.
-inline double sampling_uniform(int64_t seed, int64_t step) {
-  auto mix = [](uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  };
-  uint64_t h = mix(static_cast<uint64_t>(seed) + 0x9e3779b97f4a7c15ULL);
-  h = mix(h ^ (static_cast<uint64_t>(step) * 0xd1b54a32d192ed03ULL + 0x9e3779b97f4a7c15ULL));
-  return static_cast<double>(h >> 11) * (1.0 / 9007199254740992.0);
-}
-
 namespace cpu {
 const char* kv_write(const KvWriteParams& p);
 const char* copy_pages(const CopyPagesParams& p);
@@ -72,5 +62,16 @@ const char* gather_tail(const GatherTailParams& p);
 const char* sample_tokens(const SampleParams& p);
 int64_t sample_workspace(int64_t B, int64_t V);
 }  // namespace cpu
+
+// GPU kernels (cuda/runtime_kernels.cuh, built for CUDA and HIP): stream-ordered, no host synchronisation, so
+// slot, page and sequence-length values are not range-checked; an out-of-range slot or page id makes the row a
+// no-op (kv_write, copy_pages) or a zero row (gather_tail) instead of an error. The sampler writes -1 for a row
+// whose logits hold NaN or have no finite maximum (the CPU raises). It needs no workspace.
+namespace gpu {
+const char* kv_write(const KvWriteParams& p, void* stream);
+const char* copy_pages(const CopyPagesParams& p, void* stream);
+const char* gather_tail(const GatherTailParams& p, void* stream);
+const char* sample_tokens(const SampleParams& p, void* stream);
+}  // namespace gpu
 
 }  // namespace zaya_rt

@@ -7,9 +7,12 @@
   gather_tail(cache[P, S, Hk, d], block_table[B, M] int32, seq_lens[B] int32, tau) -> [B, tau, Hk, d]
       the rows of positions seq_lens[b] - tau .. seq_lens[b] - 1 of each sequence (zeros before position 0).
 
-The CPU kernels live in csrc/cpu/runtime.cpp; on a GPU the same results come from PyTorch index ops
-(until GPU kernels land). Page ids and slots are not range-checked on a GPU (that would sync the host), and
-there kv_write needs every slot >= 0.
+The kernels live in csrc/cpu/runtime.cpp (CPU) and cuda/runtime_kernels.cuh (CUDA and HIP builds of _C). On a
+GPU nothing is read back to the host, so slots, page ids and seq_lens are not range-checked there (nor dst pages
+for duplicates): kv_write skips slot -1 (as on the CPU) and also any slot beyond the cache, copy_pages skips a
+pair naming a page outside the cache, gather_tail writes zero rows for positions whose page id lies outside the
+cache or the block table, all without an error. A GPU tensor with a _C built
+without a GPU backend falls back to PyTorch index ops (kv_write then needs every slot >= 0).
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ def _check_kv_write(k_new, v_new, k_cache, v_cache, slot_mapping, values: bool =
     # slot values are range-checked by _C on the CPU (a loop there costs nothing next to two tensor reductions)
 
 
+def _torch_fallback(t: torch.Tensor) -> bool:
+    """A GPU tensor while this _C has no GPU kernels."""
+    return t.device.type != "cpu" and _C.gpu_backend == "none"
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     t2 = t.reshape(t.shape[0], -1)
     return t2 if t2.shape[1] <= 1 or t2.stride(1) == 1 else t2.contiguous()
@@ -70,7 +78,7 @@ def _kv_write(k_new, v_new, k_cache, v_cache, slot_mapping) -> None:
         return
     P, S = k_cache.shape[:2]
     W = k_cache.shape[2] * k_cache.shape[3]
-    if k_cache.device.type != "cpu":
+    if _torch_fallback(k_cache):
         slots = slot_mapping.long()
         for cache, new in ((k_cache, k_new), (v_cache, v_new)):
             cache.view(P * S, -1).index_copy_(0, slots, new.reshape(N, -1))
@@ -113,7 +121,7 @@ def _copy_pages(cache, src, dst) -> None:
         return
     L, P = cache.shape[:2]
     page = cache[0, 0].numel()
-    if cache.device.type != "cpu":
+    if _torch_fallback(cache):
         cache[:, dst.long()] = cache[:, src.long()]
         return
     _C.copy_pages(cache.data_ptr(), P * page, page, page, src.data_ptr(), dst.data_ptr(), DTYPE_CODES[cache.dtype],
@@ -144,7 +152,7 @@ def _gather_tail(cache, block_table, seq_lens, tau):
     out = cache.new_empty((B, tau, *cache.shape[2:]))
     if B * tau == 0:
         return out
-    if cache.device.type != "cpu":
+    if _torch_fallback(cache):
         return gather_tail_torch(cache, block_table, seq_lens, tau)
     bt = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
     sl = seq_lens.contiguous()
@@ -155,7 +163,7 @@ def _gather_tail(cache, block_table, seq_lens, tau):
 
 
 def gather_tail_torch(cache, block_table, seq_lens, tau: int) -> torch.Tensor:
-    """gather_tail as PyTorch index ops (the path off the CPU)."""
+    """gather_tail as PyTorch index ops (the GPU fallback without GPU kernels in _C; a benchmark peer)."""
     B, M = block_table.shape
     P, S = cache.shape[:2]
     pos = seq_lens.long()[:, None] - tau + torch.arange(tau, device=cache.device)

@@ -7,7 +7,12 @@ Per row: temperature 0 = argmax (first maximum); otherwise p = softmax(logits / 
 then top-p over the survivors (drop a token when the mass before it in descending order is >= top_p), then
 min-p (keep p >= min_p * max p), and the token at uniform u = sampling_uniform(seed, step) of the kept mass in
 ascending token order. u is counter-based, so a request's tokens do not depend on the batch it shares.
-Reference: zaya_rt.ref.sampling. On a GPU the rule runs as PyTorch ops (the uniforms are made on the host).
+Reference: zaya_rt.ref.sampling. Kernels: csrc/cpu/sampling.cpp and cuda/runtime_kernels.cuh (CUDA and HIP
+builds of _C; one block per row, radix selection instead of a sort, u computed on the device, no host sync). On a
+GPU the parameters are not value-checked (that would sync the host) and a row whose logits hold NaN or have no
+finite maximum gets token -1 where the CPU raises. A GPU row picks another token than the CPU only when a
+cumulative mass ratio lands within float64 rounding of top_p or u (sums in another order). A GPU tensor with a
+_C built without a GPU backend falls back to `_torch_path` (PyTorch ops, uniforms made on the host).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def _check(logits, temperature, top_k, top_p, min_p, seed, step, values: bool = 
 
 
 def _torch_path(logits, temperature, top_k, top_p, min_p, seed, step):
-    """The same rule with PyTorch ops (GPU until a kernel lands)."""
+    """The same rule with PyTorch ops (the GPU fallback without GPU kernels in _C; a benchmark peer)."""
     B, V = logits.shape
     greedy = logits.argmax(-1)
     t = torch.where(temperature > 0, temperature, 1.0).double()[:, None]
@@ -79,15 +84,17 @@ def _torch_path(logits, temperature, top_k, top_p, min_p, seed, step):
 def _impl(logits, temperature, top_k, top_p, min_p, seed, step):
     _check(logits, temperature, top_k, top_p, min_p, seed, step)
     B, V = logits.shape
-    if logits.device.type != "cpu":
+    on_cpu = logits.device.type == "cpu"
+    if not on_cpu and _C.gpu_backend == "none":
         return _torch_path(logits, temperature, top_k, top_p, min_p, seed, step)
-    out = torch.empty(B, dtype=torch.int64)
+    out = torch.empty(B, dtype=torch.int64, device=logits.device)
     if B == 0:
         return out
     rows = logits if logits.stride(1) == 1 else logits.contiguous()
     params = [t.contiguous() for t in (temperature, top_k, top_p, min_p, seed, step)]
-    ws_bytes = _C.sample_workspace(0, B, V) if bool((temperature != 0).any()) else 0
-    ws = torch.empty(ws_bytes, dtype=torch.uint8)
+    # the GPU kernel needs no workspace (and reading temperature here would sync the host)
+    ws_bytes = _C.sample_workspace(0, B, V) if on_cpu and bool((temperature != 0).any()) else 0
+    ws = torch.empty(ws_bytes, dtype=torch.uint8, device=logits.device)
     _C.sample_tokens(rows.data_ptr(), rows.stride(0), DTYPE_CODES[rows.dtype], *(t.data_ptr() for t in params),
                      out.data_ptr(), B, V, ws.data_ptr(), ws_bytes, *device_args(rows))
     return out

@@ -5,6 +5,7 @@
 // luck: this checks index math and numerics, not memory ordering. Launches (<<<...>>>) are rewritten into
 // emu::launch calls by tools/gpu_emu/build.py.
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -77,6 +78,8 @@ template <typename F> void launch(dim3 grid, dim3 block, size_t smem_bytes, void
 #define gridDim (::emu::ctx.grid_dim)
 inline void __syncthreads() { emu::ctx.block_bar->arrive_and_wait(); }
 inline float __expf(float x) { return std::exp(x); }
+// Shared/global atomics of the kernels (std::atomic_ref: every emulated thread is a std::thread).
+template <typename T> inline T atomicAdd(T* a, T v) { return std::atomic_ref<T>(*a).fetch_add(v); }
 
 namespace zaya_rt::gpu {
 using gpuStream_t = void*;
