@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--batches", default="1,16", help="e2e: comma-separated batch sizes")
     bench.add_argument("--prompt-len", type=int, default=128, help="e2e: prompt tokens")
     bench.add_argument("--new-tokens", type=int, default=32, help="e2e: generated tokens per sequence")
-    bench.add_argument("--repeats", type=int, default=2, help="e2e: timed runs per measurement (best is kept)")
+    bench.add_argument("--repeats", type=int, default=3, help="e2e: timed runs per measurement (best is kept)")
     bench.add_argument("--layers", type=int, default=4, help="e2e --device cuda: layers of the ZAYA1-8B-shaped model")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")

@@ -3,7 +3,8 @@
 
 Decode tok/s = batch * (N - 1) / (time(generate N tokens) - time(generate 1 token)), so prefill is excluded
 for both. transformers runs every combination of experts_implementation eager/grouped_mm and
-attn_implementation eager/sdpa, and the best is the peer. On CUDA the Engine runs decode steps as CUDA graphs
+attn_implementation eager/sdpa, and the best is the peer. The timed runs of ours and of every peer take turns,
+best of `repeats` each, so that all of them see the same state of a shared machine. On CUDA the Engine runs decode steps as CUDA graphs
 (its default there); it is also timed with `cuda_graphs=False` to show what the graphs give.
 """
 
@@ -71,15 +72,23 @@ def _best_time(fn, device: str, repeats: int) -> float:
     return best
 
 
-def decode_tok_s(generate, batch: int, new_tokens: int, device: str, repeats: int) -> float:
-    generate(2)  # warm-up
-    t_all = _best_time(lambda: generate(new_tokens), device, repeats)
-    t_one = _best_time(lambda: generate(1), device, repeats)
-    return batch * (new_tokens - 1) / max(t_all - t_one, 1e-9)
+def interleaved_decode_tok_s(generators: dict, batch: int, new_tokens: int, device: str,
+                             repeats: int) -> dict[str, float]:
+    """decode_tok_s of every generator, their timed runs taken in turns (ours, peer 1, peer 2, ..., ours, ...)
+    so that all of them see the same machine: a shared CPU's speed drifts over the seconds one takes."""
+    for generate in generators.values():
+        generate(2)  # warm-up
+    t_all = dict.fromkeys(generators, float("inf"))
+    t_one = dict.fromkeys(generators, float("inf"))
+    for _ in range(repeats):
+        for name, generate in generators.items():
+            t_all[name] = min(t_all[name], _best_time(lambda: generate(new_tokens), device, 1))
+            t_one[name] = min(t_one[name], _best_time(lambda: generate(1), device, 1))
+    return {name: batch * (new_tokens - 1) / max(t_all[name] - t_one[name], 1e-9) for name in generators}
 
 
 def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16), prompt_len: int = 128,
-            new_tokens: int = 32, dtype: torch.dtype = torch.bfloat16, repeats: int = 2, seed: int = 0,
+            new_tokens: int = 32, dtype: torch.dtype = torch.bfloat16, repeats: int = 3, seed: int = 0,
             peers=None, log=print) -> list[E2EResult]:
     """Measures ours and transformers' greedy decode tok/s per batch size."""
     import zaya_rt
@@ -97,7 +106,7 @@ def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16),
         pages = max_batch * -(-(prompt_len + new_tokens + 16) // 16) + 8
         prompt_lists = prompts.tolist()
 
-        def ours_rate_with(cuda_graphs):
+        def ours_with(cuda_graphs):
             engine = zaya_rt.Engine(ours, num_pages=pages, page_size=16, max_batch=max_batch,
                                     max_tokens_per_step=batch * prompt_len, cuda_graphs=cuda_graphs)
 
@@ -106,16 +115,13 @@ def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16),
                 engine.cache.clear_prefix_cache()
                 return out
 
-            return decode_tok_s(ours_generate, batch, new_tokens, device, repeats)
+            return ours_generate
 
-        ours_rate = ours_rate_with(None)
-        ours_eager = ours_rate_with(False) if device == "cuda" else None
-        if ours_eager is not None:
-            log(f"batch {batch}: zaya_rt with CUDA graphs {ours_rate:.1f} tok/s, without {ours_eager:.1f} tok/s "
-                f"-> {ours_rate / ours_eager:.2f}x")
+        generators = {"ours": ours_with(None)}
+        if device == "cuda":
+            generators["ours without CUDA graphs"] = ours_with(False)
         ids = prompts.to(device)
         mask = torch.ones_like(ids)
-        all_peers = {}
         for experts_impl, attn_impl in peers:
             try:
                 hf.set_experts_implementation(experts_impl)
@@ -124,12 +130,21 @@ def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16),
                 log(f"  transformers {experts_impl}/{attn_impl}: unavailable ({exc})")
                 continue
 
-            def hf_generate(n, ids=ids, mask=mask):
+            def hf_generate(n, ids=ids, mask=mask, experts_impl=experts_impl, attn_impl=attn_impl):
+                hf.set_experts_implementation(experts_impl)
+                hf.set_attn_implementation(attn_impl)
                 with torch.inference_mode():
                     return hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
                                        do_sample=False)
 
-            all_peers[f"{experts_impl}/{attn_impl}"] = decode_tok_s(hf_generate, batch, new_tokens, device, repeats)
+            generators[f"{experts_impl}/{attn_impl}"] = hf_generate
+        rates = interleaved_decode_tok_s(generators, batch, new_tokens, device, repeats)
+        ours_rate = rates.pop("ours")
+        ours_eager = rates.pop("ours without CUDA graphs", None)
+        if ours_eager is not None:
+            log(f"batch {batch}: zaya_rt with CUDA graphs {ours_rate:.1f} tok/s, without {ours_eager:.1f} tok/s "
+                f"-> {ours_rate / ours_eager:.2f}x")
+        all_peers = rates
         name = max(all_peers, key=all_peers.get)
         results.append(E2EResult(batch, ours_rate, all_peers[name], name, all_peers, ours_eager))
         log(f"batch {batch}: zaya_rt {ours_rate:.1f} tok/s; transformers best ({name}) {all_peers[name]:.1f} tok/s "

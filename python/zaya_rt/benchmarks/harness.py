@@ -44,8 +44,8 @@ class Result:
         return self.case.bytes_moved / (self.ours_us * 1e-6) / 1e9 if self.case.bytes_moved else 0.0
 
 
-def time_us(fn: Callable[[], object], device: str, *, min_time_s: float = 0.2, max_iters: int = 2000) -> float:
-    """Median microseconds per call of fn after a warm-up, over batches of calls."""
+def _sampler(fn: Callable[[], object], device: str, max_iters: int) -> Callable[[], float]:
+    """Warms fn up and returns a function that times one batch of calls (microseconds per call)."""
     for _ in range(3):
         fn()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -55,9 +55,8 @@ def time_us(fn: Callable[[], object], device: str, *, min_time_s: float = 0.2, m
     sync()
     once = max(time.perf_counter() - start, 1e-7)
     per_batch = max(1, min(max_iters, int(0.02 / once)))
-    samples = []
-    deadline = time.perf_counter() + min_time_s
-    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 50):
+
+    def sample() -> float:
         if device == "cuda":
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
@@ -65,45 +64,44 @@ def time_us(fn: Callable[[], object], device: str, *, min_time_s: float = 0.2, m
                 fn()
             end.record()
             end.synchronize()
-            samples.append(begin.elapsed_time(end) * 1e3 / per_batch)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(per_batch):
-                fn()
-            samples.append((time.perf_counter() - t0) * 1e6 / per_batch)
+            return begin.elapsed_time(end) * 1e3 / per_batch
+        t0 = time.perf_counter()
+        for _ in range(per_batch):
+            fn()
+        return (time.perf_counter() - t0) * 1e6 / per_batch
+
+    return sample
+
+
+def time_us(fn: Callable[[], object], device: str, *, min_time_s: float = 0.2, max_iters: int = 2000) -> float:
+    """Median microseconds per call of fn after a warm-up, over batches of calls."""
+    sample = _sampler(fn, device, max_iters)
+    samples = []
+    deadline = time.perf_counter() + min_time_s
+    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 50):
+        samples.append(sample())
     return statistics.median(samples)
 
 
-def cuda_graph_time_us(fn: Callable[[], object], iters: int = 10, reps: int = 5) -> float:
-    """Best of `reps` replays of one CUDA graph holding `iters` calls of fn, in microseconds per call: kernel
-    time without launch overhead. fn must be capturable (no host syncs, no allocation it cannot replay)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(iters):
-            fn()
-    best = float("inf")
-    for _ in range(reps):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        best = min(best, begin.elapsed_time(end) * 1e3 / iters)
-    return best
+def time_pair_us(ours: Callable[[], object], peer: Callable[[], object], device: str, *, min_time_s: float = 0.2,
+                 max_iters: int = 2000) -> tuple[float, float]:
+    """Median microseconds per call of ours and of peer, their batches of calls interleaved so that both see
+    the same machine (a shared, noisy CPU drifts within a second)."""
+    sample_ours, sample_peer = _sampler(ours, device, max_iters), _sampler(peer, device, max_iters)
+    a, b = [], []
+    deadline = time.perf_counter() + 2 * min_time_s
+    while len(a) < 5 or (time.perf_counter() < deadline and len(a) < 50):
+        a.append(sample_ours())
+        b.append(sample_peer())
+    return statistics.median(a), statistics.median(b)
 
 
 def run_cases(cases: list[Case], device: str, *, min_time_s: float = 0.2) -> list[Result]:
-    """Times ours and the peer alternately for each case."""
+    """Times ours and the peer of each case, their batches of calls interleaved."""
     results = []
     with torch.inference_mode():
         for case in cases:
-            ours = time_us(case.ours, device, min_time_s=min_time_s)
-            peer = time_us(case.peer, device, min_time_s=min_time_s)
+            ours, peer = time_pair_us(case.ours, case.peer, device, min_time_s=min_time_s)
             results.append(Result(case, ours, peer))
     return results
 
