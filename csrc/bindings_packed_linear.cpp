@@ -34,7 +34,8 @@ void bind_packed_linear(py::module_& m) {
         "Packs W [N, K] (+ bias [N]) into column panels for packed_linear (CPU; layout in zaya_rt/packed_linear.h).");
   m.def("packed_linear_bytes", [](int dtype, int64_t N, int64_t K) {
     return zaya_rt::packed_linear_bytes(dt(dtype), N, K);
-  });
+  }, "Bytes of the packed copy of an [N, K] weight of the given dtype code (plus its fp32 bias).");
   m.def("packed_linear", &packed_linear, "out [M, N] = x [M, K] W^T + b over a packed weight (CPU).");
-  m.def("packed_linear_workspace", &zaya_rt::packed_linear_workspace);
+  m.def("packed_linear_workspace", &zaya_rt::packed_linear_workspace,
+        "Workspace bytes packed_linear needs for M rows of K elements.");
 }

@@ -89,7 +89,7 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kCopyThreads) void kv_write_kernel(KvWriteParam
   const int64_t row_bytes = p.W * eb;
   for (int64_t n = blockIdx.x; n < p.N; n += gridDim.x) {
     const int64_t slot = p.slot_mapping[n];
-    if (slot < 0 || slot >= p.P * p.S) continue;  // padding (-1); out of range is not checked on the GPU
+    if (slot < 0 || slot >= p.P * p.S) continue;  // padding (-1), or out of range: skipped without an error
     const int64_t at = ((slot / p.S) * p.page_stride + (slot % p.S) * p.token_stride) * eb;
     block_copy(static_cast<char*>(p.k_cache) + at, static_cast<const char*>(p.k_new) + n * p.k_new_row_stride * eb,
                row_bytes);
@@ -324,7 +324,8 @@ ZAYA_RT_DEVICE_INLINE Cut top_p_cut(const Row<T>& row, int64_t V, const Cut& k, 
       int sel = -1;
       for (int bin = kBins - 1; bin >= 0; --bin) {
         if (sm.count[bin] == 0) continue;
-        if (!((above + higher) / mass < top_p)) break;
+        // the first non-empty bin always stays (a top_p that is 0 or NaN on the device keeps the top group)
+        if (sel >= 0 && !((above + higher) / mass < top_p)) break;
         sel = bin, before = above + higher;
         higher += sm.mass[bin];
       }

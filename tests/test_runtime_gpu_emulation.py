@@ -291,6 +291,16 @@ def test_sampler_bad_rows_give_minus_one(emu):
     assert got.tolist() == [-1, -1, _reference(logits[2:3], _params(rows[2:3]))[0], -1]
 
 
+def test_sampler_top_p_zero_on_the_device_keeps_the_top_group(emu):
+    """A top_p that is 0 on the device (1e-46 passes SamplingParams but rounds to 0 in fp32; the CPU op raises)
+    keeps the most probable token(s) instead of reading outside the radix histogram."""
+    logits = torch.tensor([[0.1, 2.0, -1.0, 0.5], [1.0, 1.0, 0.0, -3.0]])
+    rows = [(1.0, 0, 1e-46, 0.0, 3, 1), (1.0, 0, float("nan"), 0.0, 4, 2)]
+    got = _emu_sample(emu, logits, *_params(rows))
+    assert got[0].item() == 1
+    assert got[1].item() in (0, 1)
+
+
 def test_sampler_strided_rows(emu):
     gen = torch.Generator().manual_seed(5)
     wide = torch.randn(3, 700, generator=gen).to(torch.bfloat16)

@@ -201,7 +201,7 @@ template <typename T> void linear_t(const PackedLinearParams& p) {
       const int64_t j1 = std::min(rows, j0 + block);
       for (int64_t c = 0, m0 = 0; c < chunks; ++c) {
         const int mr = static_cast<int>(M / chunks + (c < M % chunks ? 1 : 0));
-        chunk_dispatch<T>(mr, a + m0 * lda, lda, b, j0, j1, tile[c], j0 == 0, j1 == rows,
+        chunk_dispatch<T>(mr, a + m0 * lda, lda, b, j0, j1, block < rows ? tile[c] : nullptr, j0 == 0, j1 == rows,
                           bias + panel * kPanel, out + m0 * p.out_row_stride + panel * kPanel, p.out_row_stride, cols);
         m0 += mr;
       }

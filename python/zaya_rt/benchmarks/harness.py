@@ -96,6 +96,29 @@ def time_pair_us(ours: Callable[[], object], peer: Callable[[], object], device:
     return statistics.median(a), statistics.median(b)
 
 
+def cuda_graph_time_us(fn: Callable[[], object], iters: int = 10, reps: int = 5) -> float:
+    """Best of `reps` replays of one CUDA graph holding `iters` calls of fn, in microseconds per call: kernel
+    time without launch overhead. fn must be capturable (no host syncs, no allocation it cannot replay)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(iters):
+            fn()
+    best = float("inf")
+    for _ in range(reps):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, begin.elapsed_time(end) * 1e3 / iters)
+    return best
+
+
 def run_cases(cases: list[Case], device: str, *, min_time_s: float = 0.2) -> list[Result]:
     """Times ours and the peer of each case, their batches of calls interleaved."""
     results = []

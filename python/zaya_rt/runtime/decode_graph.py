@@ -125,6 +125,7 @@ class DecodeGraphs:
 
     # -- public -----------------------------------------------------------------------------------------
     def fits(self, batch: int) -> bool:
+        """True when a pure decode step of `batch` sequences has a bucket (else the caller runs it eagerly)."""
         return 1 <= batch <= self.max_batch
 
     def bucket(self, batch: int) -> int:
@@ -152,6 +153,12 @@ class DecodeGraphs:
         position positions[i] (its K/V go to slot_mapping[i] = page * S + offset), pages[i] lists its pages,
         state_slots[i] is its CCA state row. Writes K/V and the CCA states like `ModelRunner.forward`.
         The logits are a view of a static buffer, valid until the next call."""
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):  # events, streams and capture on the cache's GPU
+                return self._run(input_ids, positions, slot_mapping, pages, state_slots)
+        return self._run(input_ids, positions, slot_mapping, pages, state_slots)
+
+    def _run(self, input_ids, positions, slot_mapping, pages, state_slots) -> torch.Tensor:
         n = len(input_ids)
         bucket = self.bucket(n)
         if self._version != self.runner.weight_version:

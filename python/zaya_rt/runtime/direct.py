@@ -40,13 +40,14 @@ class Linear:
 
     Up to `PACKED_MAX_ROWS` rows (decode steps) run on a copy of the weight packed once into column panels
     (`_C.packed_linear`: outer products, no per-call packing); more rows take zaya_rt's GEMM (the grouped GEMM
-    with one group). The packed copy costs as much memory as the weight again."""
+    with one group). The packed copy costs as much memory as a bf16 or fp32 weight again (twice an fp16
+    weight's, which is packed as fp32). The bias is taken in the weight's dtype."""
 
     PACKED_MAX_ROWS = 64
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, ws: Workspace) -> None:
         self.weight = weight.contiguous()
-        self.bias = None if bias is None else bias.contiguous()
+        self.bias = None if bias is None else bias.to(self.weight.dtype).contiguous()
         self.N, self.K = self.weight.shape
         self.code = DTYPE_CODES[self.weight.dtype]
         self.ws = ws

@@ -487,4 +487,7 @@ class Engine:
             torch.tensor([s.seed for s in seqs], dtype=torch.int64, device=dev),
             torch.tensor([len(s.generated) for s in seqs], dtype=torch.int64, device=dev),
         )
-        return tokens.tolist()
+        out = tokens.tolist()
+        if out and min(out) < 0:  # the GPU sampler's mark for a row without finite logits (the CPU one raises)
+            raise RuntimeError("zaya_rt.Engine: a row of logits has no finite value (NaN or -inf everywhere)")
+        return out
