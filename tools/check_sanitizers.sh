@@ -2,7 +2,7 @@
 # Builds zaya_rt._C with AddressSanitizer + UndefinedBehaviorSanitizer (CPU backend) into a throwaway folder and
 # runs the CPU kernel tests against it (SPEC section 9). Any sanitizer report fails the run.
 #
-#   bash tools/check_sanitizers.sh [pytest args]     (default: the norms and MoE kernel tests)
+#   bash tools/check_sanitizers.sh [pytest args]     (default: the norms, MoE, router, attention and packed-linear kernel tests)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
@@ -34,4 +34,4 @@ fi
 PYTHONPATH="$WORK/site:$ROOT/tests" "$PYTHON" -m pytest -q -p no:cacheprovider -x \
   "$ROOT/tests/test_norms.py" "$ROOT/tests/test_norms_contract.py" "$ROOT/tests/test_moe.py" \
   "$ROOT/tests/test_moe_contract.py" "$ROOT/tests/test_router.py" "$ROOT/tests/test_attention.py" \
-  "$ROOT/tests/test_attention_contract.py" -k "not compile" "$@"
+  "$ROOT/tests/test_attention_contract.py" "$ROOT/tests/test_packed_linear.py" -k "not compile" "$@"
