@@ -15,6 +15,8 @@ from zaya_rt.runtime.decode_graph import ENV_VAR, DecodeGraphs, bucket_sizes, gr
 from zaya_rt.runtime.kv_cache import PagedKVCache
 from zaya_rt.runtime.runner import ModelRunner
 
+from engine_helpers import record_logits
+
 CONFIGS = {
     "kernels_d64_sliding": dict(vocab_size=101, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
                                 num_key_value_heads=2, head_dim=64, moe_intermediate_size=32, num_experts=5,
@@ -69,19 +71,6 @@ def _engine(model, path: str, static: bool | str, **kw) -> zaya_rt.Engine:
     return engine
 
 
-def _record(engine) -> dict[int, list[torch.Tensor]]:
-    seen: dict[int, list[torch.Tensor]] = {}
-    sample = engine._sample
-
-    def recording(logits, seqs):
-        for row, seq in zip(logits, seqs):
-            seen.setdefault(seq.request_id, []).append(row.detach().clone())
-        return sample(logits, seqs)
-
-    engine._sample = recording
-    return seen
-
-
 def _prompts(vocab: int, lengths, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
@@ -94,7 +83,7 @@ def _params(new_tokens) -> list[zaya_rt.SamplingParams]:
 def _run(engine, schedule):
     """schedule: {step index: [(prompt, params)]} of requests added before that step; runs to completion.
     Returns (tokens per request in order of addition, logits rows per request)."""
-    seen = _record(engine)
+    seen = record_logits(engine)
     ids, step = [], 0
     while step <= max(schedule) or engine.has_unfinished():
         for prompt, params in schedule.get(step, []):
