@@ -4,6 +4,7 @@ set(ZAYA_RT_CPU_KERNEL_SOURCES
   csrc/cpu/norms.cpp
   csrc/cpu/moe.cpp
   csrc/cpu/router.cpp
+  csrc/cpu/router_blocked.cpp
   csrc/cpu/attention_varlen.cpp
   csrc/cpu/attention_bwd.cpp
   csrc/cpu/attention_decode.cpp
