@@ -70,6 +70,7 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
     for (int64_t n0 = 0; n0 < job.N; n0 += kNC) tasks.push_back({j, n0});
   }
   const int64_t total_panels = panel_start[njobs];
+  const bool all_dot = total_panels == 0;
   const int64_t ntasks = static_cast<int64_t>(tasks.size());
   const int64_t work = total_panels + ntasks;
   const int threads = std::max(1, std::min<int>(max_threads, static_cast<int>(std::max<int64_t>(1, work))));
@@ -88,8 +89,7 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
     }
     Entry* b_block = b_blocks + omp_get_thread_num() * kp_max * kNC;
     alignas(64) float tile[kTileRows * kNR];
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < ntasks; ++t) {
+    auto run_task = [&](int64_t t) {
       const auto& job = jobs[tasks[t].job];
       const int64_t n0 = tasks[t].n0;
       const int64_t nc = std::min<int64_t>(kNC, job.N - n0);
@@ -136,7 +136,7 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
         for (int s = 0; s < subs; ++s)
           epi(tasks[t].job, tiles[s], int64_t{0}, static_cast<int>(job.M), n0 + s * kNR,
               static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), s);
-        continue;
+        return;
       }
       const int64_t kp = packed_k<T, Dot>(job.K);
       for (int s = 0; s < subs; ++s)
@@ -167,7 +167,7 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
                                    c_tiles.data() + (s * panels + panel) * kMR * kNR, k0 > 0);
         }
         for (int s = 0; s < subs; ++s) deliver(c_tiles.data() + s * panels * kMR * kNR, s);
-        continue;
+        return;
       }
       // Sub-panel outer, K blocks, A panels inner: one B panel slice (kKC entries) stays in L1 while the
       // A panel slices stream; partial C tiles of the whole job wait in a per-thread buffer.
@@ -183,6 +183,15 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
         if (kp == 0) std::fill(c_tiles.begin(), c_tiles.begin() + panels * kMR * kNR, 0.f);
         deliver(c_tiles.data(), s);
       }
+    };
+    // Decode-sized dot-product tasks are uniform: a static split keeps each thread on the same weight rows from
+    // call to call (they stay in its L2 when they fit). Panel tasks vary, so they are handed out one at a time.
+    if (all_dot) {
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < ntasks; ++t) run_task(t);
+    } else {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < ntasks; ++t) run_task(t);
     }
   }
 }

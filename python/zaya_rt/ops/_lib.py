@@ -6,6 +6,8 @@ microsecond per call, instead of through `torch.library.custom_op` (SPEC section
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from zaya_rt import _C
@@ -22,6 +24,27 @@ DTYPE_CODES = {
     torch.float64: 5,
 }
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# CPU workspaces up to this size are kept per thread and reused (see `workspace`).
+SCRATCH_MAX_BYTES = 32 << 20
+_scratch = threading.local()
+
+
+def workspace(nbytes: int, device: torch.device) -> torch.Tensor:
+    """A uint8 scratch tensor of at least max(nbytes, 64) bytes for one kernel call on `device`.
+
+    CPU kernels run synchronously, so each thread reuses one growing buffer of up to SCRATCH_MAX_BYTES: a fresh
+    allocation of a few MB costs an mmap/munmap pair per call (tens of microseconds on a small VM). Larger CPU
+    workspaces and device workspaces (stream-ordered by the caching allocator) are allocated per call.
+    """
+    nbytes = max(int(nbytes), 64)
+    if device.type != "cpu" or nbytes > SCRATCH_MAX_BYTES:
+        return torch.empty(nbytes, dtype=torch.uint8, device=device)
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < nbytes:
+        buf = _scratch.buf = torch.empty(nbytes, dtype=torch.uint8)
+    return buf
 
 
 def device_args(t: torch.Tensor) -> tuple[int, int, int]:
@@ -76,16 +99,34 @@ def register_kernels(name: str, impl, fake) -> None:
     torch.library.register_fake(f"zaya_rt::{name}", fake, lib=lib)
 
 
-def call_op(op, args: tuple):
-    """op(*args) for an op whose Autograd kernel comes from `register_autograd`: when no tensor argument needs
-    a gradient (inference) it enters the dispatcher once, below autograd, instead of twice (a few
-    microseconds a call on the development machine). Under torch.compile the call is traced as it is."""
+# Tensor types a direct kernel call accepts: plain tensors (nn.Parameter adds no dispatch behaviour).
+_PLAIN_ARG_TYPES = frozenset((torch.Tensor, torch.nn.Parameter))
+
+
+def _needs_grad(args: tuple) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
+def call_op(op, args: tuple, cpu_impl=None):
+    """op(*args) for an op whose Autograd kernel comes from `register_autograd`.
+
+    When no tensor argument needs a gradient (inference) the call enters the dispatcher once, below autograd,
+    instead of twice. With `cpu_impl` (the op's CPU kernel) it skips the dispatcher altogether when nothing it
+    provides is in play: eager mode, no TorchFunction/TorchDispatch mode, no functorch transform, plain CPU
+    tensors. Each dispatcher trip costs tens of microseconds on a small VM, a large share of a decode-sized
+    call. Under torch.compile the call is traced as it is.
+    """
     if torch.compiler.is_compiling():
         return op(*args)
-    if torch.is_grad_enabled():
-        for a in args:
-            if isinstance(a, torch.Tensor) and a.requires_grad:
-                return op(*args)
+    if _needs_grad(args):
+        return op(*args)
+    if (cpu_impl is not None and isinstance(args[0], torch.Tensor) and args[0].is_cpu
+            and all(type(a) in _PLAIN_ARG_TYPES for a in args if isinstance(a, torch.Tensor))
+            and not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._are_functorch_transforms_active()):
+        return cpu_impl(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
 

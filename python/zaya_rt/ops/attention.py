@@ -28,6 +28,7 @@ from zaya_rt.ops._lib import (
     lib,
     register_autograd,
     register_kernels,
+    workspace,
 )
 
 ATTN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64 runs the reference
@@ -44,10 +45,6 @@ lib.define(
     "attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, float scale, "
     "int window) -> Tensor"
 )
-
-
-def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
-    return torch.empty(max(int(nbytes), 64), dtype=torch.uint8, device=device)
 
 
 def _unit_inner(t: torch.Tensor) -> torch.Tensor:
@@ -131,7 +128,7 @@ def _attention_varlen_impl(q, k, v, cu_q, cu_k, causal, window, scale):
     lse = torch.empty((Hq, Tq), dtype=torch.float32, device=q.device)
     dev = device_args(q)
     code = DTYPE_CODES[q.dtype]
-    ws = _workspace(_C.attention_varlen_fwd_workspace(dev[0], code, B, Tq, Tk, Hq, Hk, d), q.device)
+    ws = workspace(_C.attention_varlen_fwd_workspace(dev[0], code, B, Tq, Tk, Hq, Hk, d), q.device)
     _C.attention_varlen_fwd(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
                             v.data_ptr(), v.stride(0), v.stride(1), cu_q.data_ptr(), cu_k.data_ptr(), out.data_ptr(),
                             Hq * d, d, lse.data_ptr(), Tq, code, B, Tq, Tk, Hq, Hk, d, causal, window, float(scale),
@@ -178,7 +175,7 @@ def _attention_varlen_backward_impl(dout, q, k, v, out, lse, cu_q, cu_k, causal,
     dv = torch.empty((Tk, Hk, d), dtype=q.dtype, device=q.device)
     dev = device_args(q)
     code = DTYPE_CODES[q.dtype]
-    ws = _workspace(_C.attention_varlen_bwd_workspace(dev[0], code, B, Tq, Tk, Hq, Hk, d), q.device)
+    ws = workspace(_C.attention_varlen_bwd_workspace(dev[0], code, B, Tq, Tk, Hq, Hk, d), q.device)
     _C.attention_varlen_bwd(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
                             v.data_ptr(), v.stride(0), v.stride(1), out.data_ptr(), out.stride(0), out.stride(1),
                             dout.data_ptr(), dout.stride(0), dout.stride(1), lse.data_ptr(), Tq, cu_q.data_ptr(),
@@ -274,7 +271,7 @@ def _attention_decode_impl(q, k_cache, v_cache, block_table, seq_lens, scale, wi
     out = torch.empty((B, n, Hq, d), dtype=q.dtype, device=q.device)
     dev = device_args(q)
     code = DTYPE_CODES[q.dtype]
-    ws = _workspace(_C.attention_decode_workspace(dev[0], code, B, n, Hq, Hk, d, page, max_pages, 0), q.device)
+    ws = workspace(_C.attention_decode_workspace(dev[0], code, B, n, Hq, Hk, d, page, max_pages, 0), q.device)
     _C.attention_decode(q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), k_cache.data_ptr(), k_cache.stride(0),
                         k_cache.stride(1), k_cache.stride(2), v_cache.data_ptr(), v_cache.stride(0), v_cache.stride(1),
                         v_cache.stride(2), block_table.data_ptr(), block_table.stride(0), seq_lens.data_ptr(),

@@ -28,7 +28,7 @@ import math
 import torch
 
 from zaya_rt import _C, ref
-from zaya_rt.ops._lib import DTYPE_CODES, FLOAT_DTYPES, device_args, lib, register_autograd, register_kernels
+from zaya_rt.ops._lib import DTYPE_CODES, FLOAT_DTYPES, device_args, lib, register_autograd, register_kernels, workspace
 
 lib.define(
     "cca_prep(Tensor qp, Tensor kp, Tensor v_cur, Tensor v_del, Tensor conv0_w, Tensor conv0_b, Tensor conv1_w, "
@@ -242,7 +242,7 @@ def _impl(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positi
     inv = _inv_freq(rope_dims, rope_theta, qp.device)
     dev = (0, 0, 0) if qp.is_cpu else device_args(qp)  # the fused forward also runs on CUDA/HIP
     ws_bytes = _C.cca_prep_fwd_workspace(dev[0], T, B, Hq, Hk, d, k0, k1, rope_dims)
-    ws = torch.empty(ws_bytes, dtype=torch.uint8, device=qp.device)
+    ws = workspace(ws_bytes, qp.device)
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     _C.cca_prep_fwd(
         (qp.data_ptr(), kp.data_ptr(), v_cur.data_ptr(), v_del.data_ptr(), conv0_w.data_ptr(), conv0_b.data_ptr(),
@@ -305,7 +305,7 @@ def _backward_impl(grad_q, grad_k, grad_v, grad_cs, grad_vs, qp, kp, v_cur, conv
     inv = _inv_freq(rope_dims, rope_theta, qp.device)
     dev = device_args(qp)
     ws_bytes = _C.cca_prep_bwd_workspace(dev[0], T, B, Hq, Hk, d, k0, k1, rope_dims)
-    ws = torch.empty(ws_bytes, dtype=torch.uint8, device=qp.device)
+    ws = workspace(ws_bytes, qp.device)
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     st = lambda t, i: 0 if t is None else t.stride(i)  # noqa: E731
     _C.cca_prep_bwd(

@@ -25,6 +25,7 @@ from zaya_rt.ops._lib import (
     lib,
     register_autograd,
     register_kernels,
+    workspace,
 )
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -35,10 +36,6 @@ lib.define("grouped_gemm_weight_grad(Tensor dy, Tensor a, Tensor offsets) -> Ten
 lib.define(
     "moe_experts(Tensor hidden, Tensor expert_index, Tensor gate, Tensor gate_up_proj, Tensor down_proj) -> Tensor"
 )
-
-
-def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
-    return torch.empty(max(int(nbytes), 64), dtype=torch.uint8, device=device)
 
 
 def _unit_inner(t: torch.Tensor) -> torch.Tensor:
@@ -100,7 +97,7 @@ def _grouped_gemm_impl(a, b, offsets):
     G, N, _ = b.shape
     out = torch.empty((M, N), dtype=a.dtype, device=a.device)
     dev = device_args(a)
-    ws = _workspace(_C.grouped_gemm_workspace(dev[0], M, N, K, G, DTYPE_CODES[a.dtype]), a.device)
+    ws = workspace(_C.grouped_gemm_workspace(dev[0], M, N, K, G, DTYPE_CODES[a.dtype]), a.device)
     _C.grouped_gemm(a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1), b.stride(2),
                     offsets.data_ptr(), out.data_ptr(), N, DTYPE_CODES[a.dtype], M, N, K, G, ws.data_ptr(),
                     ws.numel(), *dev)
@@ -134,7 +131,7 @@ def _weight_grad_impl(dy, a, offsets):
     grad = torch.empty((G, N, K), dtype=a.dtype, device=a.device)
     dev = device_args(a)
     code = DTYPE_CODES[a.dtype]
-    ws = _workspace(_C.grouped_gemm_weight_grad_workspace(dev[0], M, N, K, G, code), a.device)
+    ws = workspace(_C.grouped_gemm_weight_grad_workspace(dev[0], M, N, K, G, code), a.device)
     _C.grouped_gemm_weight_grad(dy.data_ptr(), dy.stride(0), dy.stride(1), a.data_ptr(), a.stride(0), a.stride(1),
                                 offsets.data_ptr(), grad.data_ptr(), N * K, K, code, code, M, N, K, G,
                                 ws.data_ptr(), ws.numel(), *dev)
@@ -208,7 +205,7 @@ def _moe_experts_impl(hidden, expert_index, gate, gate_up_proj, down_proj):
     out = torch.empty((T, D), dtype=hidden.dtype, device=hidden.device)
     dev = device_args(hidden)
     code = DTYPE_CODES[hidden.dtype]
-    ws = _workspace(_C.moe_experts_workspace(dev[0], T, top_k, D, two_i // 2, E, code), hidden.device)
+    ws = workspace(_C.moe_experts_workspace(dev[0], T, top_k, D, two_i // 2, E, code), hidden.device)
     _C.moe_experts(hidden.data_ptr(), hidden.stride(0), idx.data_ptr(), DTYPE_CODES[idx.dtype], gate.data_ptr(),
                    DTYPE_CODES[gate.dtype], top_k, w1.data_ptr(), w1.stride(0), w1.stride(1), w2.data_ptr(),
                    w2.stride(0), w2.stride(1), out.data_ptr(), D, code, T, D, two_i // 2, E, ws.data_ptr(),

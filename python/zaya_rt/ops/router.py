@@ -24,14 +24,15 @@ from zaya_rt import _C, ref
 from zaya_rt.ops._lib import (
     DTYPE_CODES,
     FLOAT_DTYPES,
+    call_op,
     check_eps,
     check_same_device,
     check_tensor,
     device_args,
     lib,
-    call_op,
     register_autograd,
     register_kernels,
+    workspace,
 )
 
 lib.define(
@@ -140,7 +141,7 @@ def _impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2
     gate = x.new_empty((T,), dtype=torch.float32)
     choice = x.new_empty((T,), dtype=torch.int64)
     z = x.new_empty((T, R), dtype=torch.float32)
-    ws = None if on_gpu else torch.empty((_C.zaya_router_workspace(T, D, R, C),), dtype=torch.uint8)
+    ws = None if on_gpu else workspace(_C.zaya_router_workspace(T, D, R, C), x.device)
     z0 = F.linear(x, down_w, down_b) if on_gpu and T > _GPU_FUSED_DOWN_MAX_TOKENS else None
     _C.zaya_router(
         x.data_ptr(), x.stride(0), zp.data_ptr() if zp is not None else 0, R,
@@ -239,4 +240,4 @@ def zaya_router(
     if not _TENSOR_OR_NONE.issuperset(map(type, args[:-1])):  # cheap test first: parameters are subclasses
         if not all(t is None or isinstance(t, torch.Tensor) for t in args[:-1]):
             _check(*args)
-    return call_op(torch.ops.zaya_rt.zaya_router.default, args)
+    return call_op(torch.ops.zaya_rt.zaya_router.default, args, cpu_impl=_impl)

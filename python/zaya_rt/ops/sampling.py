@@ -20,7 +20,16 @@ from __future__ import annotations
 import torch
 
 from zaya_rt import _C
-from zaya_rt.ops._lib import DTYPE_CODES, FLOAT_DTYPES, check_same_device, check_tensor, device_args, lib, register_kernels
+from zaya_rt.ops._lib import (
+    DTYPE_CODES,
+    FLOAT_DTYPES,
+    check_same_device,
+    check_tensor,
+    device_args,
+    lib,
+    register_kernels,
+    workspace,
+)
 
 lib.define("sample_tokens(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, Tensor seed, "
            "Tensor step) -> Tensor")
@@ -94,7 +103,7 @@ def _impl(logits, temperature, top_k, top_p, min_p, seed, step):
     params = [t.contiguous() for t in (temperature, top_k, top_p, min_p, seed, step)]
     # the GPU kernel needs no workspace (and reading temperature here would sync the host)
     ws_bytes = _C.sample_workspace(0, B, V) if on_cpu and bool((temperature != 0).any()) else 0
-    ws = torch.empty(ws_bytes, dtype=torch.uint8, device=logits.device)
+    ws = workspace(ws_bytes, logits.device)
     _C.sample_tokens(rows.data_ptr(), rows.stride(0), DTYPE_CODES[rows.dtype], *(t.data_ptr() for t in params),
                      out.data_ptr(), B, V, ws.data_ptr(), ws_bytes, *device_args(rows))
     return out
