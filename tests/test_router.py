@@ -205,11 +205,12 @@ def _c_router_poisoned(x, z_prev, w, bias, eps=1e-5):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("T", [16, 17, 97, 1000])
+@pytest.mark.parametrize("T", [4, 5, 8, 9, 16, 17, 97, 1000])
 @pytest.mark.parametrize("eda", [False, True])
 def test_token_blocks_cover_every_output_and_match_reference(dtype, T, eda):
-    """More than 16 tokens take the token-block kernel: ragged blocks, R and C that fill no whole column panel,
-    a strided x, a z_prev in another dtype; every poisoned output is written and matches float64."""
+    """Both CPU paths (dot products up to 16 tokens, token blocks beyond) with ragged blocks, R and C that fill no
+    whole column panel, a strided x and a z_prev in another dtype: every poisoned output is written and matches
+    float64."""
     D, R, E = 70, 40, 2
     w, bias = _weights(D=D, R=R, E=E, dtype=dtype, seed=T, eda=eda)
     x = torch.randn(T, D + 9).to(dtype)[:, 3:D + 3]

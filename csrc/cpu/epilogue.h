@@ -107,6 +107,12 @@ inline __m512 erf_avx512(__m512 x) {
   const __m512 y = _mm512_fnmadd_ps(poly, e, _mm512_set1_ps(1.f));
   return _mm512_mask_sub_ps(y, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps(), y);
 }
+
+// GELU(v) = v / 2 * (1 + erf(v / sqrt(2))).
+inline __m512 gelu_avx512(__m512 v) {
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v),
+                       _mm512_add_ps(_mm512_set1_ps(1.f), erf_avx512(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)))));
+}
 #endif
 
 template <typename T, typename TB>
@@ -117,9 +123,7 @@ inline void store_bias_gelu(T* dst, const float* src, const TB* bias, int n) {
     const __mmask16 m = n - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - c)) - 1);
     const __m512 b = load_floats(bias + c, n - c >= 16 ? 16 : n - c);
     const __m512 v = round_vec<T>(_mm512_add_ps(_mm512_maskz_loadu_ps(m, src + c), b));
-    const __m512 g = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v),
-                                   _mm512_add_ps(_mm512_set1_ps(1.f), erf_avx512(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)))));
-    store_vec(dst + c, g, m);
+    store_vec(dst + c, gelu_avx512(v), m);
   }
 #endif
   for (; c < n; ++c) {
