@@ -88,7 +88,6 @@ template <typename T> inline void store_swiglu(T* dst, const float* gate, const 
   }
 }
 
-// dst[c] = GELU(round_T(src[c] + bias[c])) (exact, erf form) for c < n; bias in TB.
 #if defined(__AVX512F__)
 inline __m512 erf_avx512(__m512 x) {
   // Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), odd extension.
@@ -110,11 +109,12 @@ inline __m512 erf_avx512(__m512 x) {
 
 // GELU(v) = v / 2 * (1 + erf(v / sqrt(2))).
 inline __m512 gelu_avx512(__m512 v) {
-  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v),
-                       _mm512_add_ps(_mm512_set1_ps(1.f), erf_avx512(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)))));
+  const __m512 erf = erf_avx512(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.f), erf));
 }
 #endif
 
+// dst[c] = GELU(round_T(src[c] + bias[c])) (exact, erf form) for c < n; bias in TB.
 template <typename T, typename TB>
 inline void store_bias_gelu(T* dst, const float* src, const TB* bias, int n) {
   int c = 0;

@@ -81,7 +81,8 @@ template <typename T> const char* router_token_blocks(const RouterParams& p) {
 
   const int64_t np_r = L.r_pad / kNR, np_c = L.c_pad / kNR;
   const int64_t token_panels = (T_ + kMR - 1) / kMR;
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({fit, omp_get_max_threads(), token_panels})));
+  const int threads =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({fit, omp_get_max_threads(), token_panels})));
   // Blocks of at most kRouterBlockPanels token panels, as many as a multiple of the thread count allows.
   int64_t blocks = (token_panels + kRouterBlockPanels - 1) / kRouterBlockPanels;
   blocks = std::min(token_panels, (blocks + threads - 1) / threads * threads);
@@ -112,7 +113,7 @@ template <typename T> const char* router_token_blocks(const RouterParams& p) {
     char* mine = per_thread + tid * L.per_thread_bytes();
     float* a_panels = reinterpret_cast<float*>(mine);
     float* tiles = a_panels + L.panels_a;
-    T* h = reinterpret_cast<T*>(tiles + L.tiles);  // [kBlockTokens][R]
+    T* h = reinterpret_cast<T*>(tiles + L.tiles);  // [kRouterBlockPanels * kMR][R]
 
     // Each thread takes a contiguous run of blocks, so it knows which token rows to prefetch next.
     const int64_t b_end = blocks * (tid + 1) / team;
@@ -139,7 +140,8 @@ template <typename T> const char* router_token_blocks(const RouterParams& p) {
       block_gemm(a_panels, down_w, D, mp, np_r, tiles, next);
       for (int64_t r = 0; r < count; ++r) {
         for (int64_t n = 0; n < np_r; ++n)
-          store_down<T>(p, t0 + r, n * kNR, tile_row(tiles, np_r, r, n), static_cast<int>(std::min<int64_t>(kNR, R - n * kNR)));
+          store_down<T>(p, t0 + r, n * kNR, tile_row(tiles, np_r, r, n),
+                        static_cast<int>(std::min<int64_t>(kNR, R - n * kNR)));
         rms_norm_row<T>(p.z + (t0 + r) * R, norm_w, R, p.eps, h + r * R);
       }
 
