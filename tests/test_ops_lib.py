@@ -1,9 +1,11 @@
-"""The shared op plumbing in zaya_rt.ops._lib: the direct CPU call that skips the dispatcher only when nothing the
-dispatcher provides is in play, and the per-thread CPU workspace."""
+"""The shared op plumbing in zaya_rt.ops._lib: the direct CPU call (router, MoE experts) that skips the dispatcher
+only when nothing the dispatcher provides is in play, and the per-thread CPU workspace."""
 
 import threading
 
+import pytest
 import torch
+import torch.utils._pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import zaya_rt
@@ -27,13 +29,21 @@ class _RecordOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_dispatch_modes_still_see_the_op():
-    args = _router_args()
-    plain = zaya_rt.ops.zaya_router(*args)
+def _moe_args(T=6, D=16, I=8, E=3, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, E + 1, (T,), generator=gen)  # E = skip
+    return (torch.randn(T, D, generator=gen), index, torch.rand(T, generator=gen),
+            0.3 * torch.randn(E, 2 * I, D, generator=gen), 0.3 * torch.randn(E, D, I, generator=gen))
+
+
+@pytest.mark.parametrize("name, make", [("zaya_router", _router_args), ("moe_experts", _moe_args)])
+def test_dispatch_modes_still_see_the_op(name, make):
+    args, op = make(), getattr(zaya_rt.ops, name)
+    plain = op(*args)
     with _RecordOps() as mode:
-        recorded = zaya_rt.ops.zaya_router(*args)
-    assert any("zaya_router" in op for op in mode.ops), mode.ops
-    for a, b in zip(plain, recorded):
+        recorded = op(*args)
+    assert any(name in o for o in mode.ops), mode.ops
+    for a, b in zip(torch.utils._pytree.tree_leaves(plain), torch.utils._pytree.tree_leaves(recorded)):
         assert torch.equal(a, b)
 
 

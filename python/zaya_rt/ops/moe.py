@@ -19,6 +19,7 @@ from zaya_rt import _C
 from zaya_rt.ops._lib import (
     DTYPE_CODES,
     FLOAT_DTYPES,
+    call_op,
     check_same_device,
     check_tensor,
     device_args,
@@ -298,4 +299,5 @@ def moe_experts(
     gate and both weights."""
     if not all(isinstance(t, torch.Tensor) for t in (hidden, expert_index, gate, gate_up_proj, down_proj)):
         _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj)
-    return torch.ops.zaya_rt.moe_experts(hidden, expert_index, gate, gate_up_proj, down_proj)
+    return call_op(torch.ops.zaya_rt.moe_experts.default, (hidden, expert_index, gate, gate_up_proj, down_proj),
+                   cpu_impl=_moe_experts_impl)

@@ -48,6 +48,7 @@ _BIAS_DTYPES = frozenset((torch.float32, torch.float64))
 # cuda/router_kernels.cuh); at or below it the router's own down-projection kernel does.
 _GPU_FUSED_DOWN_MAX_TOKENS = 64
 _TENSOR_OR_NONE = frozenset((torch.Tensor, type(None)))
+_WEIGHT_TYPES = frozenset((torch.Tensor, torch.nn.Parameter))  # what the fast path takes as a weight
 _NAMES = ("x", "z_prev", "down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w",
           "balancing_bias")
 
@@ -98,7 +99,7 @@ def _well_formed_cpu(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b,
     if dt not in _FAST_DTYPES or not x.is_cpu or x.dim() != 2:
         return False
     for w in (down_w, out_w):
-        if type(w) is not torch.Tensor or w.dtype is not dt or w.dim() != 2 or not w.is_cpu:
+        if type(w) not in _WEIGHT_TYPES or w.dtype is not dt or w.dim() != 2 or not w.is_cpu:
             return False
     T, D = x.shape
     R, C = down_w.shape[0], out_w.shape[0]
@@ -108,7 +109,7 @@ def _well_formed_cpu(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b,
         return False
     vec, mat = (R,), (R, R)
     for t, shape in ((down_b, vec), (norm_w, vec), (fc1_w, mat), (fc1_b, vec), (fc2_w, mat), (fc2_b, vec)):
-        if type(t) is not torch.Tensor or t.dtype is not dt or t.shape != shape or not t.is_cpu:
+        if type(t) not in _WEIGHT_TYPES or t.dtype is not dt or t.shape != shape or not t.is_cpu:
             return False
     if not (down_w.is_contiguous() and fc1_w.is_contiguous() and fc2_w.is_contiguous() and out_w.is_contiguous()):
         return False
