@@ -205,13 +205,14 @@ def _c_router_poisoned(x, z_prev, w, bias, eps=1e-5):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("T", [4, 5, 8, 9, 16, 17, 97, 1000])
+@pytest.mark.parametrize("T", [1, 4, 5, 8, 9, 12, 13, 16, 17, 97, 1000])
 @pytest.mark.parametrize("eda", [False, True])
-def test_token_blocks_cover_every_output_and_match_reference(dtype, T, eda):
-    """Both CPU paths (dot products up to 16 tokens, token blocks beyond) with ragged blocks, R and C that fill no
-    whole column panel, a strided x and a z_prev in another dtype: every poisoned output is written and matches
-    float64."""
-    D, R, E = 70, 40, 2
+@pytest.mark.parametrize("D", [70, 301])
+def test_token_blocks_cover_every_output_and_match_reference(dtype, T, eda, D):
+    """Every CPU path (up to 16 tokens: dot products, or for fp32 from 13 tokens on the tokens as vector lanes;
+    token blocks beyond) with ragged blocks, K passes, R and C that fill no whole column panel, a strided x and a
+    z_prev in another dtype: every poisoned output is written and matches float64."""
+    R, E = 40, 2
     w, bias = _weights(D=D, R=R, E=E, dtype=dtype, seed=T, eda=eda)
     x = torch.randn(T, D + 9).to(dtype)[:, 3:D + 3]
     z_prev = torch.randn(T, R).to(torch.bfloat16 if dtype == torch.float32 else torch.float32) if eda else None
@@ -245,3 +246,24 @@ def test_token_blocks_are_batch_and_thread_invariant():
     for a, b, c in zip(full, one, part):
         assert torch.equal(a, b)
         assert torch.equal(a[123:160], c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_few_token_path_is_thread_invariant_and_lanes_batch_invariant(dtype):
+    """Up to 16 tokens each thread owns whole output columns, so the thread count changes no bit; in the fp32
+    lanes path (13-16 tokens) a token's result does not depend on the others either."""
+    w, bias = _weights(D=300, R=72, E=7, seed=6, dtype=dtype)
+    x, z_prev = torch.randn(16, 300).to(dtype), torch.randn(16, 72)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _call(x, z_prev, w, bias)
+    finally:
+        torch.set_num_threads(threads)
+    full = _call(x, z_prev, w, bias)
+    for a, b in zip(full, one):
+        assert torch.equal(a, b)
+    if dtype == torch.float32:
+        part = _call(x[2:15], z_prev[2:15], w, bias)
+        for a, c in zip(full, part):
+            assert torch.equal(a[2:15], c)

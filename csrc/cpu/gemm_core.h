@@ -343,14 +343,16 @@ inline int dot_chunk_rows(int m, int chunk) {
 }
 
 // Interleaves m rows of A for dot_rows: each chunk of rows is stored as [K / step][rows][step] (for bf16 on
-// AVX-512: floats, evens then odds within a step). dst holds m * K entries.
+// AVX-512: floats, evens then odds within a step). dst holds m * K entries. Only the steps in [k_begin, k_end)
+// (multiples of kDotStep) are written, so threads can share the packing of one copy.
 template <typename T>
-inline void pack_dot_rows(const T* const* a_rows, int m, int64_t K, DotA<T>* dst) {
+inline void pack_dot_rows(const T* const* a_rows, int m, int64_t K, DotA<T>* dst, int64_t k_begin, int64_t k_end) {
   constexpr int64_t step = kDotStep<T>;
   const int64_t kfull = K / step * step;
+  k_end = std::min(k_end, kfull);
   for (int i0 = 0, c = 0; i0 < m; i0 += dot_chunk_rows(m, c++)) {
     const int rows = dot_chunk_rows(m, c);
-    for (int64_t k = 0; k < kfull; k += step)
+    for (int64_t k = k_begin; k < k_end; k += step)
       for (int i = 0; i < rows; ++i) {
         DotA<T>* to = dst + k * rows + i * step;
         if constexpr (std::is_same_v<DotA<T>, T>) {
@@ -364,6 +366,10 @@ inline void pack_dot_rows(const T* const* a_rows, int m, int64_t K, DotA<T>* dst
       }
     dst += kfull * rows;
   }
+}
+template <typename T>
+inline void pack_dot_rows(const T* const* a_rows, int m, int64_t K, DotA<T>* dst) {
+  pack_dot_rows(a_rows, m, K, dst, 0, K);
 }
 
 template <typename T, int G>

@@ -5,6 +5,7 @@
 
 #include "cpu/gemm_shape.h"
 #include "cpu/router_blocks.h"
+#include "cpu/router_decode.h"
 #include "zaya_rt/moe.h"
 #include "zaya_rt/router.h"
 
@@ -36,10 +37,7 @@ int64_t moe_experts_workspace(int64_t T, int64_t top_k, int64_t D, int64_t I, in
 
 int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t C) {
   if (use_router_token_blocks(T, D, R)) return router_block_workspace(D, R, C, threads());
-  // Packed operand rows: the tokens, or (transposed products) the largest weight matrix.
-  const int64_t width = std::max(D, R), packed_rows = std::max({T, R, C});
-  return 2 * aligned(T * R * 4) + aligned((packed_rows + kGemmMR) * width * kPackedEntryBytes) +
-         threads() * width * kGemmNC * kPackedEntryBytes + 64;
+  return router_decode_workspace(T, D, R, C, threads());
 }
 
 }  // namespace zaya_rt::cpu

@@ -1,79 +1,164 @@
-// CPU ZAYA1 router forward for few tokens (decode): four GEMMs on the shared driver with fused epilogues
-// (bias + EDA, bias + GELU), the RMSNorm between them, and a per-token softmax / biased argmax. More tokens
-// take the token-block path (router_blocked.cpp). Compiled once per ISA.
+// CPU ZAYA1 router forward for few tokens (decode), in one parallel region: each thread owns a slice of every
+// layer's output columns and reads its weight rows once; barriers separate the layers. The products are dot
+// products of the interleaved token rows with the weight rows, or, for fp32 with enough tokens on AVX-512,
+// FMAs over the transposed token rows as vector lanes (lane_gemm.h). More tokens take the token-block path
+// (router_blocked.cpp). Compiled once per ISA.
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
-#include <vector>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "cpu/gemm_driver.h"
 #include "cpu/isa_kernels.h"
+#include "cpu/lane_gemm.h"
 #include "cpu/router_blocks.h"
+#include "cpu/router_decode.h"
 #include "cpu/router_rows.h"
 
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 namespace {
 
+static_assert(kDotMaxRows == kRouterDecodeMaxTokens && kLanes == kRouterDecodeMaxTokens,
+              "the few-token path's layout assumes 16 rows");
+// fp32 products take the lanes path from this many tokens on: it costs the same for any count up to 16, the dot
+// path grows with it, and they break even at 12-13 tokens.
+constexpr int64_t kLaneMinTokens = 13;
+
+// Thread tid's share [begin, end) of n items: contiguous, sizes differing by at most one.
+inline std::pair<int64_t, int64_t> share(int64_t n, int tid, int threads) {
+  return {n * tid / threads, n * (tid + 1) / threads};
+}
+
+// sums[t * (c1 - c0) + c - c0] = <a_t, w_c> for t < m and c in [c0, c1), w in nn.Linear layout [N][K]: K
+// blocks outer, so the block's slice of the interleaved rows stays in L1 while the weight rows stream past.
 template <typename T>
-const char* router_t(const RouterParams& p) {
-  constexpr bool Dot = false;
-  using Entry = typename PackMode<T, Dot>::Entry;
+void dot_columns(const DotA<T>* a_packed, const T* const* a_rows, int m, const T* w, int64_t K, int64_t c0,
+                 int64_t c1, float* sums) {
+  const int64_t nc = c1 - c0;
+  std::fill(sums, sums + m * nc, 0.f);
+  const int64_t kb = dot_k_block<T>(m, K);
+  float dots[kDotMaxRows * kDotMaxB];
+  const T* rows[kDotMaxB];
+  for (int64_t k0 = 0; k0 < K; k0 += kb) {
+    const int64_t k1 = std::min(K, k0 + kb);
+    for (int64_t j = c0; j < c1; j += kDotMaxB) {
+      const int g = static_cast<int>(std::min<int64_t>(kDotMaxB, c1 - j));
+      for (int i = 0; i < g; ++i) rows[i] = w + (j + i) * K;
+      // The next group's rows (or the first group's next K block) come from L2 while this group computes.
+      const T* next[kDotMaxB];
+      const int64_t jn = j + kDotMaxB < c1 ? j + kDotMaxB : c0;
+      const int gn = static_cast<int>(std::min<int64_t>(kDotMaxB, c1 - jn));
+      for (int i = 0; i < gn; ++i) next[i] = w + (jn + i) * K;
+      if (j + kDotMaxB < c1) prefetch_rows(next, gn, k0, k1);
+      else if (k1 < K) prefetch_rows(next, gn, k1, std::min(K, k1 + kb));
+      dot_rows<T>(a_packed, a_rows, m, rows, g, K, k0, k1, dots);
+      for (int i = 0; i < g; ++i)
+        for (int r = 0; r < m; ++r) sums[r * nc + (j - c0) + i] += dots[r * g + i];
+    }
+  }
+}
+
+template <typename T>
+const char* router_decode(const RouterParams& p) {
   const int64_t T_ = p.T, D = p.D, R = p.R, C = p.C;
-  char* cursor = static_cast<char*>(p.workspace);
-  auto carve_bytes = [&](int64_t bytes) {
-    char* at = cursor;
-    cursor += (bytes + 63) / 64 * 64;
-    return at;
-  };
-  T* h0 = reinterpret_cast<T*>(carve_bytes(T_ * R * static_cast<int64_t>(sizeof(T))));
-  T* h1 = reinterpret_cast<T*>(carve_bytes(T_ * R * static_cast<int64_t>(sizeof(T))));
-  const int64_t kp_max = std::max(packed_k<T, Dot>(D), packed_k<T, Dot>(R));
-  Entry* packed_a =
-      reinterpret_cast<Entry*>(carve_bytes(gemm_packed_a_entries(std::max({T_, R, C}), 1, kp_max) * 4));
-  const int64_t room = (static_cast<char*>(p.workspace) + p.workspace_bytes - cursor) /
-                       (gemm_b_block_entries(kp_max) * 4);
+  if (T_ == 0) return nullptr;
+  if (T_ > kRouterDecodeMaxTokens) return "router_decode: too many tokens for the few-token path";
+  const RouterDecodeLayout L = router_decode_layout(T_, D, R, C);
+  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(p.workspace) + 63) & ~uintptr_t{63});
+  const int64_t fixed = L.x_packed + 2 * L.rows;
+  const int64_t room = (p.workspace_bytes - (base - static_cast<char*>(p.workspace)) - fixed) / L.per_thread();
   if (room < 1) return "workspace too small";
-  Entry* b_blocks = reinterpret_cast<Entry*>(cursor);
   const int threads = static_cast<int>(std::min<int64_t>(room, omp_get_max_threads()));
 
-  const T* x = static_cast<const T*>(p.x);
-  const T* norm_w = static_cast<const T*>(p.norm_w);
-  // out[T_, N] = a[T_, K] . w[N, K]^T, delivered to row_epi(t, n0, values, count) in runs of consecutive
-  // columns: for few tokens, dot products that read each weight row once.
-  auto run = [&](Source<T> a, const void* w, int64_t N, int64_t K, auto&& row_epi) {
-    std::vector<GemmJob<T>> jobs{{a, Source<T>{static_cast<const T*>(w), K, 1}, T_, N, K}};
-    run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads,
-                          [&](int64_t, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
-                            for (int r = 0; r < mr; ++r) row_epi(m0 + r, n0, tile + r * kNR, nr);
-                          });
-  };
+  const int m = static_cast<int>(T_);
+#if defined(__AVX512F__)
+  const bool lanes = std::is_same_v<T, float> && T_ >= kLaneMinTokens;
+#else
+  const bool lanes = false;
+#endif
+  DotA<T>* x_packed = reinterpret_cast<DotA<T>*>(base);
+  T* h0 = reinterpret_cast<T*>(base + L.x_packed);
+  T* h1 = reinterpret_cast<T*>(base + L.x_packed + L.rows);
+  const T *x_rows[kDotMaxRows], *h0_rows[kDotMaxRows], *h1_rows[kDotMaxRows];
+  for (int t = 0; t < m; ++t) {
+    x_rows[t] = static_cast<const T*>(p.x) + t * p.x_row_stride;
+    h0_rows[t] = h0 + t * R;
+    h1_rows[t] = h1 + t * R;
+  }
 
-  // z = x W_down^T + b (+ eda_scale * z_prev), fp32.
-  run(Source<T>{x, p.x_row_stride, 1}, p.down_w, R, D, [&](int64_t t, int64_t n0, const float* v, int n) {
-    store_down<T>(p, t, n0, v, n);
-  });
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    char* mine = base + fixed + tid * L.per_thread();
+    DotA<T>* h_packed = reinterpret_cast<DotA<T>*>(mine);
+    float* sums = reinterpret_cast<float*>(mine + L.h_packed);
+    [[maybe_unused]] float* lane_sums = reinterpret_cast<float*>(mine + L.h_packed + L.sums);
+    const auto [t0, t1] = share(T_, tid, nth);
 
-  // h0 = RMSNorm(z) * norm_w in T.
-#pragma omp parallel for schedule(static) num_threads(threads) if (T_ * R >= (1 << 14))
-  for (int64_t t = 0; t < T_; ++t) rms_norm_row<T>(p.z + t * R, norm_w, R, p.eps, h0 + t * R);
+    // rows[t][k] for k in [k_begin, k_end) into `packed`: interleaved for the dot path, transposed for lanes.
+    auto pack = [&](const T* const* rows, int64_t K, DotA<T>* packed, int64_t k_begin, int64_t k_end) {
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>)
+        if (lanes) return transpose_rows(rows, m, K, k_begin, std::min(K, k_end), packed);
+#endif
+      pack_dot_rows<T>(rows, m, K, packed, k_begin, k_end);
+    };
+    // sums[t][c - c0] = <row t, w_c> for this thread's columns [c0, c1) of w [N][K].
+    auto product = [&](const DotA<T>* packed, const T* const* rows, const void* w, int64_t K, int64_t c0,
+                       int64_t c1) {
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>)
+        if (lanes) return lane_columns(packed, m, static_cast<const float*>(w), K, c0, c1, lane_sums, sums);
+#endif
+      dot_columns<T>(packed, rows, m, static_cast<const T*>(w), K, c0, c1, sums);
+    };
 
-  // h1 = GELU(h0 W1^T + b1), h0 <- GELU(h1 W2^T + b2) (h0's buffer is free again).
-  const T* fc1_b = static_cast<const T*>(p.fc1_b);
-  const T* fc2_b = static_cast<const T*>(p.fc2_b);
-  run(Source<T>{h0, R, 1}, p.fc1_w, R, R, [&](int64_t t, int64_t n0, const float* v, int n) {
-    store_bias_gelu(h1 + t * R + n0, v, fc1_b + n0, n);
-  });
-  run(Source<T>{h1, R, 1}, p.fc2_w, R, R, [&](int64_t t, int64_t n0, const float* v, int n) {
-    store_bias_gelu(h0 + t * R + n0, v, fc2_b + n0, n);
-  });
+    // The token rows packed once, each thread taking a share of the K steps.
+    constexpr int64_t step = kDotStep<T>;
+    const auto [s0, s1] = share((D + step - 1) / step, tid, nth);
+    pack(x_rows, D, x_packed, s0 * step, s1 * step);
+#pragma omp barrier
 
-  // logits = h2 W_out^T (rounded to T like a T-typed linear), then softmax and the biased choice per token.
-  run(Source<T>{h0, R, 1}, p.out_w, C, R, [&](int64_t t, int64_t n0, const float* v, int n) {
-    for (int c = 0; c < n; ++c) p.logits[t * C + n0 + c] = round_to<T>(v[c]);
-  });
-#pragma omp parallel for schedule(static) num_threads(threads) if (T_ * C >= (1 << 14))
-  for (int64_t t = 0; t < T_; ++t) choose_expert<T>(p, t);
+    // z = x W_down^T + b (+ eda_scale * z_prev), fp32.
+    {
+      const auto [c0, c1] = share(R, tid, nth);
+      product(x_packed, x_rows, p.down_w, D, c0, c1);
+      for (int t = 0; t < m; ++t) store_down<T>(p, t, c0, sums + t * (c1 - c0), static_cast<int>(c1 - c0));
+    }
+#pragma omp barrier
+
+    // h0 = RMSNorm(z) * norm_w in T.
+    for (int64_t t = t0; t < t1; ++t) rms_norm_row<T>(p.z + t * R, static_cast<const T*>(p.norm_w), R, p.eps, h0 + t * R);
+#pragma omp barrier
+
+    // h1 = GELU(h0 W1^T + b1), then h0 = GELU(h1 W2^T + b2) (h0's rows are free again by then).
+    auto gelu_layer = [&](const T* const* in_rows, const void* w, const void* b, T* out) {
+      const auto [c0, c1] = share(R, tid, nth);
+      pack(in_rows, R, h_packed, 0, R);
+      product(h_packed, in_rows, w, R, c0, c1);
+      for (int t = 0; t < m; ++t)
+        store_bias_gelu(out + t * R + c0, sums + t * (c1 - c0), static_cast<const T*>(b) + c0, static_cast<int>(c1 - c0));
+    };
+    gelu_layer(h0_rows, p.fc1_w, p.fc1_b, h1);
+#pragma omp barrier
+    gelu_layer(h1_rows, p.fc2_w, p.fc2_b, h0);
+#pragma omp barrier
+
+    // logits = h2 W_out^T (rounded to T like a T-typed linear).
+    {
+      const auto [c0, c1] = share(C, tid, nth);
+      pack(h0_rows, R, h_packed, 0, R);
+      product(h_packed, h0_rows, p.out_w, R, c0, c1);
+      for (int t = 0; t < m; ++t)
+        for (int64_t c = c0; c < c1; ++c) p.logits[t * C + c] = round_to<T>(sums[t * (c1 - c0) + c - c0]);
+    }
+#pragma omp barrier
+
+    // Softmax and the biased choice per token.
+    for (int64_t t = t0; t < t1; ++t) choose_expert<T>(p, t);
+  }
   return nullptr;
 }
 
@@ -82,7 +167,7 @@ const char* router_t(const RouterParams& p) {
 const char* zaya_router(const RouterParams& p) {
   if (use_router_token_blocks(p.T, p.D, p.R))
     ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, return router_token_blocks<T>(p));
-  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, return router_t<T>(p));
+  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, return router_decode<T>(p));
   return nullptr;
 }
 

@@ -103,12 +103,6 @@ def register_kernels(name: str, impl, fake) -> None:
 _PLAIN_ARG_TYPES = frozenset((torch.Tensor, torch.nn.Parameter))
 
 
-def _needs_grad(args: tuple) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-
-
 def call_op(op, args: tuple, cpu_impl=None):
     """op(*args) for an op whose Autograd kernel comes from `register_autograd`.
 
@@ -120,10 +114,15 @@ def call_op(op, args: tuple, cpu_impl=None):
     """
     if torch.compiler.is_compiling():
         return op(*args)
-    if _needs_grad(args):
-        return op(*args)
-    if (cpu_impl is not None and isinstance(args[0], torch.Tensor) and args[0].is_cpu
-            and all(type(a) in _PLAIN_ARG_TYPES for a in args if isinstance(a, torch.Tensor))
+    grad = torch.is_grad_enabled()
+    direct = cpu_impl is not None
+    for a in args:  # one pass: does any input need a gradient, are all tensors plain?
+        if isinstance(a, torch.Tensor):
+            if grad and a.requires_grad:
+                return op(*args)
+            if type(a) not in _PLAIN_ARG_TYPES:
+                direct = False
+    if (direct and isinstance(args[0], torch.Tensor) and args[0].is_cpu
             and not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled()
             and not torch._C._are_functorch_transforms_active()):
         return cpu_impl(*args)

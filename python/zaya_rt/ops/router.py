@@ -48,6 +48,7 @@ _BIAS_DTYPES = frozenset((torch.float32, torch.float64))
 # cuda/router_kernels.cuh); at or below it the router's own down-projection kernel does.
 _GPU_FUSED_DOWN_MAX_TOKENS = 64
 _TENSOR_OR_NONE = frozenset((torch.Tensor, type(None)))
+_CPU_DEVICE_ARGS = (0, 0, 0)  # device_args() of a CPU tensor
 _WEIGHT_TYPES = frozenset((torch.Tensor, torch.nn.Parameter))  # what the fast path takes as a weight
 _NAMES = ("x", "z_prev", "down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w",
           "balancing_bias")
@@ -93,8 +94,9 @@ def _reference(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w
 def _well_formed_cpu(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
                      balancing_bias, eps) -> bool:
     """True when every argument is one that _check accepts, for CPU tensors of one f32/f16/bf16 dtype with
-    contiguous weights: the inference hot path, checked in a few microseconds. Anything else goes through
-    _check (which raises the precise error, or accepts float64, GPU and strided inputs)."""
+    contiguous weights, vectors and z_prev: the inference hot path (_run_cpu), checked in a few microseconds.
+    Anything else goes through _check (which raises the precise error, or accepts float64, GPU and strided
+    inputs)."""
     dt = x.dtype
     if dt not in _FAST_DTYPES or not x.is_cpu or x.dim() != 2:
         return False
@@ -111,33 +113,38 @@ def _well_formed_cpu(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b,
     for t, shape in ((down_b, vec), (norm_w, vec), (fc1_w, mat), (fc1_b, vec), (fc2_w, mat), (fc2_b, vec)):
         if type(t) not in _WEIGHT_TYPES or t.dtype is not dt or t.shape != shape or not t.is_cpu:
             return False
-    if not (down_w.is_contiguous() and fc1_w.is_contiguous() and fc2_w.is_contiguous() and out_w.is_contiguous()):
+    if not all(t.is_contiguous() for t in (down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias)):
         return False
     if z_prev is None:
         return eda_scale is None
     return (eda_scale is not None and eda_scale.dtype is dt and eda_scale.shape == vec and eda_scale.is_cpu
-            and z_prev.dtype in _FAST_DTYPES and z_prev.shape == (T, R) and z_prev.is_cpu)
+            and z_prev.dtype in _FAST_DTYPES and z_prev.shape == (T, R) and z_prev.is_cpu
+            and eda_scale.is_contiguous() and z_prev.is_contiguous())
 
 
 def _impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
     args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
-    fast = _well_formed_cpu(*args)
-    if not fast:
+    if not _well_formed_cpu(*args):
         _check(*args)
-    on_gpu = x.device.type != "cpu"
-    if x.dtype == torch.float64 or (on_gpu and _C.gpu_backend == "none"):
-        return _reference(*args)
+        if x.dtype == torch.float64 or (x.device.type != "cpu" and _C.gpu_backend == "none"):
+            return _reference(*args)
+        down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias = (
+            t.contiguous() for t in (down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias))
+        eda_scale = eda_scale.contiguous() if eda_scale is not None else None
+        z_prev = z_prev.contiguous() if z_prev is not None else None
+        eps = float(eps)
+    return _launch(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias,
+                   eps)
+
+
+def _launch(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
+    """The _C kernel on checked arguments: contiguous weights, vectors and z_prev, eps a float."""
+    on_gpu = not x.is_cpu
     T, D = x.shape
     R, C = down_w.shape[0], out_w.shape[0]
     if D > 1 and x.stride(1) != 1:
         x = x.contiguous()
-    if not fast:  # the fast path has contiguous weight matrices; 1-D tensors are contiguous unless strided
-        down_w, fc1_w, fc2_w, out_w = (t.contiguous() for t in (down_w, fc1_w, fc2_w, out_w))
-    down_b, norm_w, fc1_b, fc2_b = (t.contiguous() for t in (down_b, norm_w, fc1_b, fc2_b))
-    eda = eda_scale.contiguous() if eda_scale is not None else None
-    zp = z_prev.contiguous() if z_prev is not None else None
     bias = balancing_bias if balancing_bias.dtype is torch.float32 else balancing_bias.to(torch.float32)
-    bias = bias.contiguous()
     logits = x.new_empty((T, C), dtype=torch.float32)
     gate = x.new_empty((T,), dtype=torch.float32)
     choice = x.new_empty((T,), dtype=torch.int64)
@@ -145,13 +152,14 @@ def _impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2
     ws = None if on_gpu else workspace(_C.zaya_router_workspace(T, D, R, C), x.device)
     z0 = F.linear(x, down_w, down_b) if on_gpu and T > _GPU_FUSED_DOWN_MAX_TOKENS else None
     _C.zaya_router(
-        x.data_ptr(), x.stride(0), zp.data_ptr() if zp is not None else 0, R,
-        DTYPE_CODES[zp.dtype] if zp is not None else 0, down_w.data_ptr(), down_b.data_ptr(),
-        eda.data_ptr() if eda is not None else 0, norm_w.data_ptr(), fc1_w.data_ptr(), fc1_b.data_ptr(),
-        fc2_w.data_ptr(), fc2_b.data_ptr(), out_w.data_ptr(), bias.data_ptr(), DTYPE_CODES[x.dtype], float(eps),
+        x.data_ptr(), x.stride(0), z_prev.data_ptr() if z_prev is not None else 0, R,
+        DTYPE_CODES[z_prev.dtype] if z_prev is not None else 0, down_w.data_ptr(), down_b.data_ptr(),
+        eda_scale.data_ptr() if eda_scale is not None else 0, norm_w.data_ptr(), fc1_w.data_ptr(), fc1_b.data_ptr(),
+        fc2_w.data_ptr(), fc2_b.data_ptr(), out_w.data_ptr(), bias.data_ptr(), DTYPE_CODES[x.dtype], eps,
         logits.data_ptr(), gate.data_ptr(), choice.data_ptr(), z.data_ptr(), T, D, R, C,
         ws.data_ptr() if ws is not None else 0, ws.numel() if ws is not None else 0,
-        z0.data_ptr() if z0 is not None else 0, z0.stride(0) if z0 is not None else 0, *device_args(x),
+        z0.data_ptr() if z0 is not None else 0, z0.stride(0) if z0 is not None else 0,
+        *(device_args(x) if on_gpu else _CPU_DEVICE_ARGS),
     )
     return logits, gate, choice, z
 
