@@ -97,29 +97,28 @@ const char* router_decode(const RouterParams& p) {
     [[maybe_unused]] float* lane_sums = reinterpret_cast<float*>(mine + L.h_packed + L.sums);
     const auto [t0, t1] = share(T_, tid, nth);
 
-    // rows[t][k] for k in [k_begin, k_end) into `packed`: interleaved for the dot path, transposed for lanes.
+    // The dot path's products: dot_columns over rows interleaved beforehand into `packed` (lanes transpose
+    // their rows themselves, pass by pass).
     auto pack = [&](const T* const* rows, int64_t K, DotA<T>* packed, int64_t k_begin, int64_t k_end) {
-#if defined(__AVX512F__)
-      if constexpr (std::is_same_v<T, float>)
-        if (lanes) return transpose_rows(rows, m, K, k_begin, std::min(K, k_end), packed);
-#endif
-      pack_dot_rows<T>(rows, m, K, packed, k_begin, k_end);
+      if (!lanes) pack_dot_rows<T>(rows, m, K, packed, k_begin, k_end);
     };
     // sums[t][c - c0] = <row t, w_c> for this thread's columns [c0, c1) of w [N][K].
     auto product = [&](const DotA<T>* packed, const T* const* rows, const void* w, int64_t K, int64_t c0,
                        int64_t c1) {
 #if defined(__AVX512F__)
       if constexpr (std::is_same_v<T, float>)
-        if (lanes) return lane_columns(packed, m, static_cast<const float*>(w), K, c0, c1, lane_sums, sums);
+        if (lanes) return lane_columns(rows, m, static_cast<const float*>(w), K, c0, c1, lane_sums, sums);
 #endif
       dot_columns<T>(packed, rows, m, static_cast<const T*>(w), K, c0, c1, sums);
     };
 
-    // The token rows packed once, each thread taking a share of the K steps.
-    constexpr int64_t step = kDotStep<T>;
-    const auto [s0, s1] = share((D + step - 1) / step, tid, nth);
-    pack(x_rows, D, x_packed, s0 * step, s1 * step);
+    // The dot path interleaves the token rows once, each thread taking a share of the K steps.
+    if (!lanes) {
+      constexpr int64_t step = kDotStep<T>;
+      const auto [s0, s1] = share((D + step - 1) / step, tid, nth);
+      pack(x_rows, D, x_packed, s0 * step, s1 * step);
 #pragma omp barrier
+    }
 
     // z = x W_down^T + b (+ eda_scale * z_prev), fp32.
     {
