@@ -15,9 +15,8 @@ constexpr int64_t kLaneKBlock = 256;       // K per pass: the pass's 16 KB of tr
 constexpr int kLaneGroup = 8;              // weight rows per pass (two accumulators each)
 
 #if defined(__AVX512F__)
-// dst[(k - k_begin) * 16 + t] = rows[t][k] for k in [k_begin, k_end) and t < m (k_end <= K); lanes t >= m are
-// zero.
-inline void transpose_rows(const float* const* rows, int m, int64_t K, int64_t k_begin, int64_t k_end, float* dst) {
+// dst[(k - k_begin) * 16 + t] = rows[t][k] for k in [k_begin, k_end) and t < m; lanes t >= m are zero.
+inline void transpose_rows(const float* const* rows, int m, int64_t k_begin, int64_t k_end, float* dst) {
   __m512 r[kLanes];
   for (int64_t k = k_begin; k < k_end; k += kLanes) {
     const int kn = static_cast<int>(std::min<int64_t>(kLanes, k_end - k));
@@ -25,7 +24,6 @@ inline void transpose_rows(const float* const* rows, int m, int64_t K, int64_t k
     transpose16(r);
     for (int j = 0; j < kn; ++j) _mm512_storeu_ps(dst + (k - k_begin + j) * kLanes, r[j]);
   }
-  (void)K;
 }
 
 // lanes[g * 16 + t] (+)= sum over k < kn of w[g * ldw + k] * a_t[k * 16 + t] for g < G.
@@ -81,7 +79,7 @@ inline void lane_columns(const float* const* rows, int m, const float* w, int64_
   if (K == 0) std::fill(lanes, lanes + nc * kLanes, 0.f);
   for (int64_t k0 = 0; k0 < K; k0 += kLaneKBlock) {
     const int64_t k1 = std::min(K, k0 + kLaneKBlock);
-    if (nc > 0) transpose_rows(rows, m, K, k0, k1, block);
+    if (nc > 0) transpose_rows(rows, m, k0, k1, block);
     for (int64_t n = c0; n < c1; n += kLaneGroup)
       lane_rows_any(static_cast<int>(std::min<int64_t>(kLaneGroup, c1 - n)), block, w + n * K + k0, K, k1 - k0,
                     lanes + (n - c0) * kLanes, k0 > 0);

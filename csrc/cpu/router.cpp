@@ -129,7 +129,8 @@ const char* router_decode(const RouterParams& p) {
 #pragma omp barrier
 
     // h0 = RMSNorm(z) * norm_w in T.
-    for (int64_t t = t0; t < t1; ++t) rms_norm_row<T>(p.z + t * R, static_cast<const T*>(p.norm_w), R, p.eps, h0 + t * R);
+    const T* norm_w = static_cast<const T*>(p.norm_w);
+    for (int64_t t = t0; t < t1; ++t) rms_norm_row<T>(p.z + t * R, norm_w, R, p.eps, h0 + t * R);
 #pragma omp barrier
 
     // h1 = GELU(h0 W1^T + b1), then h0 = GELU(h1 W2^T + b2) (h0's rows are free again by then).
@@ -137,8 +138,9 @@ const char* router_decode(const RouterParams& p) {
       const auto [c0, c1] = share(R, tid, nth);
       pack(in_rows, R, h_packed, 0, R);
       product(h_packed, in_rows, w, R, c0, c1);
+      const T* bias = static_cast<const T*>(b) + c0;
       for (int t = 0; t < m; ++t)
-        store_bias_gelu(out + t * R + c0, sums + t * (c1 - c0), static_cast<const T*>(b) + c0, static_cast<int>(c1 - c0));
+        store_bias_gelu(out + t * R + c0, sums + t * (c1 - c0), bias, static_cast<int>(c1 - c0));
     };
     gelu_layer(h0_rows, p.fc1_w, p.fc1_b, h1);
 #pragma omp barrier

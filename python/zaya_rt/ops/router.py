@@ -94,9 +94,9 @@ def _reference(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w
 def _well_formed_cpu(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
                      balancing_bias, eps) -> bool:
     """True when every argument is one that _check accepts, for CPU tensors of one f32/f16/bf16 dtype with
-    contiguous weights, vectors and z_prev: the inference hot path (_run_cpu), checked in a few microseconds.
-    Anything else goes through _check (which raises the precise error, or accepts float64, GPU and strided
-    inputs)."""
+    contiguous weights, vectors and z_prev: the inference hot path (straight to _launch), checked in a few
+    microseconds. Anything else goes through _check (which raises the precise error, or accepts float64, GPU and
+    strided inputs)."""
     dt = x.dtype
     if dt not in _FAST_DTYPES or not x.is_cpu or x.dim() != 2:
         return False
