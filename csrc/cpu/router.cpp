@@ -1,14 +1,15 @@
-// CPU ZAYA1 router forward for few tokens (decode), in one parallel region: each thread owns a slice of every
-// layer's output columns and reads its weight rows once; barriers separate the layers. The products are dot
-// products of the interleaved token rows with the weight rows, or, for fp32 with enough tokens on AVX-512,
-// FMAs over the transposed token rows as vector lanes (lane_gemm.h). More tokens take the token-block path
-// (router_blocked.cpp). Compiled once per ISA.
+// CPU ZAYA1 router forward for few tokens (decode and short prefill), in one parallel region: each thread owns a
+// slice of every layer's output columns and computes it for chunks of up to 16 tokens; barriers separate the
+// layers. A chunk's products are dot products of its interleaved token rows with the weight rows, or, for fp32
+// chunks of 13 tokens or more on AVX-512, FMAs over its transposed rows as vector lanes (lane_gemm.h). More
+// tokens take the token-block path (router_blocked.cpp). Compiled once per ISA.
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "cpu/gemm_driver.h"
 #include "cpu/isa_kernels.h"
@@ -20,9 +21,9 @@
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 namespace {
 
-static_assert(kDotMaxRows == kRouterDecodeMaxTokens && kLanes == kRouterDecodeMaxTokens,
-              "the few-token path's layout assumes 16 rows");
-// fp32 products take the lanes path from this many tokens on: it costs the same for any count up to 16, the dot
+static_assert(kDotMaxRows == kRouterChunkTokens && kLanes == kRouterChunkTokens,
+              "the few-token path's layout assumes chunks of 16 rows");
+// fp32 chunks take the lanes path from this many tokens on: it costs the same for any count up to 16, the dot
 // path grows with it, and they break even at 12-13 tokens.
 constexpr int64_t kLaneMinTokens = 13;
 
@@ -64,7 +65,6 @@ template <typename T>
 const char* router_decode(const RouterParams& p) {
   const int64_t T_ = p.T, D = p.D, R = p.R, C = p.C;
   if (T_ == 0) return nullptr;
-  if (T_ > kRouterDecodeMaxTokens) return "router_decode: too many tokens for the few-token path";
   const RouterDecodeLayout L = router_decode_layout(T_, D, R, C);
   char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(p.workspace) + 63) & ~uintptr_t{63});
   const int64_t fixed = L.x_packed + 2 * L.rows;
@@ -72,17 +72,28 @@ const char* router_decode(const RouterParams& p) {
   if (room < 1) return "workspace too small";
   const int threads = static_cast<int>(std::min<int64_t>(room, omp_get_max_threads()));
 
-  const int m = static_cast<int>(T_);
+  constexpr int64_t kChunk = kRouterChunkTokens;
+  const int64_t chunks = (T_ + kChunk - 1) / kChunk;
+  auto chunk_rows = [&](int64_t c) { return static_cast<int>(std::min(kChunk, T_ - c * kChunk)); };
+  auto lanes = [&](int64_t c) {
 #if defined(__AVX512F__)
-  const bool lanes = std::is_same_v<T, float> && T_ >= kLaneMinTokens;
+    return std::is_same_v<T, float> && chunk_rows(c) >= kLaneMinTokens;
 #else
-  const bool lanes = false;
+    (void)c;
+    return false;
 #endif
+  };
+  bool any_dot = false;
+  for (int64_t c = 0; c < chunks; ++c) any_dot = any_dot || !lanes(c);
+
   DotA<T>* x_packed = reinterpret_cast<DotA<T>*>(base);
   T* h0 = reinterpret_cast<T*>(base + L.x_packed);
   T* h1 = reinterpret_cast<T*>(base + L.x_packed + L.rows);
-  const T *x_rows[kDotMaxRows], *h0_rows[kDotMaxRows], *h1_rows[kDotMaxRows];
-  for (int t = 0; t < m; ++t) {
+  std::vector<const T*> row_ptrs(3 * T_);
+  const T** x_rows = row_ptrs.data();
+  const T** h0_rows = x_rows + T_;
+  const T** h1_rows = h0_rows + T_;
+  for (int64_t t = 0; t < T_; ++t) {
     x_rows[t] = static_cast<const T*>(p.x) + t * p.x_row_stride;
     h0_rows[t] = h0 + t * R;
     h1_rows[t] = h1 + t * R;
@@ -97,34 +108,36 @@ const char* router_decode(const RouterParams& p) {
     [[maybe_unused]] float* lane_sums = reinterpret_cast<float*>(mine + L.h_packed + L.sums);
     const auto [t0, t1] = share(T_, tid, nth);
 
-    // The dot path's products: dot_columns over rows interleaved beforehand into `packed` (lanes transpose
-    // their rows themselves, pass by pass).
-    auto pack = [&](const T* const* rows, int64_t K, DotA<T>* packed, int64_t k_begin, int64_t k_end) {
-      if (!lanes) pack_dot_rows<T>(rows, m, K, packed, k_begin, k_end);
-    };
-    // sums[t][c - c0] = <row t, w_c> for this thread's columns [c0, c1) of w [N][K].
-    auto product = [&](const DotA<T>* packed, const T* const* rows, const void* w, int64_t K, int64_t c0,
-                       int64_t c1) {
+    // sums[t][c - c0] = <row t, w_c> for chunk `chunk`'s rows and this thread's columns [c0, c1) of w [N][K];
+    // on the dot path `packed` holds the chunk's rows interleaved (lanes transpose theirs pass by pass).
+    auto product = [&](int64_t chunk, const DotA<T>* packed, const T* const* rows, const void* w, int64_t K,
+                       int64_t c0, int64_t c1) {
+      const int m = chunk_rows(chunk);
 #if defined(__AVX512F__)
       if constexpr (std::is_same_v<T, float>)
-        if (lanes) return lane_columns(rows, m, static_cast<const float*>(w), K, c0, c1, lane_sums, sums);
+        if (lanes(chunk)) return lane_columns(rows, m, static_cast<const float*>(w), K, c0, c1, lane_sums, sums);
 #endif
       dot_columns<T>(packed, rows, m, static_cast<const T*>(w), K, c0, c1, sums);
     };
 
-    // The dot path interleaves the token rows once, each thread taking a share of the K steps.
-    if (!lanes) {
+    // The dot path's chunks are interleaved once, each thread taking a share of the K steps.
+    if (any_dot) {
       constexpr int64_t step = kDotStep<T>;
       const auto [s0, s1] = share((D + step - 1) / step, tid, nth);
-      pack(x_rows, D, x_packed, s0 * step, s1 * step);
+      for (int64_t c = 0; c < chunks; ++c)
+        if (!lanes(c))
+          pack_dot_rows<T>(x_rows + c * kChunk, chunk_rows(c), D, x_packed + c * kChunk * D, s0 * step, s1 * step);
 #pragma omp barrier
     }
 
     // z = x W_down^T + b (+ eda_scale * z_prev), fp32.
     {
       const auto [c0, c1] = share(R, tid, nth);
-      product(x_packed, x_rows, p.down_w, D, c0, c1);
-      for (int t = 0; t < m; ++t) store_down<T>(p, t, c0, sums + t * (c1 - c0), static_cast<int>(c1 - c0));
+      for (int64_t c = 0; c < chunks; ++c) {
+        product(c, x_packed + c * kChunk * D, x_rows + c * kChunk, p.down_w, D, c0, c1);
+        for (int r = 0; r < chunk_rows(c); ++r)
+          store_down<T>(p, c * kChunk + r, c0, sums + r * (c1 - c0), static_cast<int>(c1 - c0));
+      }
     }
 #pragma omp barrier
 
@@ -133,28 +146,33 @@ const char* router_decode(const RouterParams& p) {
     for (int64_t t = t0; t < t1; ++t) rms_norm_row<T>(p.z + t * R, norm_w, R, p.eps, h0 + t * R);
 #pragma omp barrier
 
-    // h1 = GELU(h0 W1^T + b1), then h0 = GELU(h1 W2^T + b2) (h0's rows are free again by then).
-    auto gelu_layer = [&](const T* const* in_rows, const void* w, const void* b, T* out) {
-      const auto [c0, c1] = share(R, tid, nth);
-      pack(in_rows, R, h_packed, 0, R);
-      product(h_packed, in_rows, w, R, c0, c1);
-      const T* bias = static_cast<const T*>(b) + c0;
-      for (int t = 0; t < m; ++t)
-        store_bias_gelu(out + t * R + c0, sums + t * (c1 - c0), bias, static_cast<int>(c1 - c0));
+    // Chunk by chunk: the dot path interleaves the chunk's rows into this thread's h_packed, then
+    // epi(token, sums of the thread's columns) takes the products.
+    auto layer = [&](const T* const* in_rows, const void* w, int64_t N, auto&& epi) {
+      const auto [c0, c1] = share(N, tid, nth);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const T* const* rows = in_rows + c * kChunk;
+        if (!lanes(c)) pack_dot_rows<T>(rows, chunk_rows(c), R, h_packed);
+        product(c, h_packed, rows, w, R, c0, c1);
+        for (int r = 0; r < chunk_rows(c); ++r) epi(c * kChunk + r, c0, c1, sums + r * (c1 - c0));
+      }
     };
-    gelu_layer(h0_rows, p.fc1_w, p.fc1_b, h1);
+
+    // h1 = GELU(h0 W1^T + b1), then h0 = GELU(h1 W2^T + b2) (h0's rows are free again by then).
+    auto gelu_into = [&](T* out, const void* b) {
+      return [out, b, R](int64_t t, int64_t c0, int64_t c1, const float* v) {
+        store_bias_gelu(out + t * R + c0, v, static_cast<const T*>(b) + c0, static_cast<int>(c1 - c0));
+      };
+    };
+    layer(h0_rows, p.fc1_w, R, gelu_into(h1, p.fc1_b));
 #pragma omp barrier
-    gelu_layer(h1_rows, p.fc2_w, p.fc2_b, h0);
+    layer(h1_rows, p.fc2_w, R, gelu_into(h0, p.fc2_b));
 #pragma omp barrier
 
     // logits = h2 W_out^T (rounded to T like a T-typed linear).
-    {
-      const auto [c0, c1] = share(C, tid, nth);
-      pack(h0_rows, R, h_packed, 0, R);
-      product(h_packed, h0_rows, p.out_w, R, c0, c1);
-      for (int t = 0; t < m; ++t)
-        for (int64_t c = c0; c < c1; ++c) p.logits[t * C + c] = round_to<T>(sums[t * (c1 - c0) + c - c0]);
-    }
+    layer(h0_rows, p.out_w, C, [&](int64_t t, int64_t c0, int64_t c1, const float* v) {
+      for (int64_t c = c0; c < c1; ++c) p.logits[t * C + c] = round_to<T>(v[c - c0]);
+    });
 #pragma omp barrier
 
     // Softmax and the biased choice per token.

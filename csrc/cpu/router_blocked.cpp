@@ -15,8 +15,6 @@
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 namespace {
 
-static_assert(kRouterBlockMinTokens == kDotMaxRows + 1, "the token-block path starts where the dot path ends");
-
 // tiles[(m * np + n)] (+)= A panel m . B panel n^T over K, for mp token panels and np weight panels: K in
 // passes of kRouterBlockKC, each token panel's slice staying in L1 while it meets every weight panel.
 // between(i, calls) runs before each of the `calls` micro-kernel calls.

@@ -10,8 +10,10 @@
 
 namespace zaya_rt::cpu {
 
-// More tokens than the few-token path's dot products take (16 rows) go through token blocks.
-constexpr int64_t kRouterBlockMinTokens = 17;
+// From this many tokens on the router runs in token blocks (its weights packed per call pay off); fewer go
+// through the few-token path in chunks of 16 (measured: chunks win up to 64 tokens in fp32 and bf16, block win
+// from about 96 on).
+constexpr int64_t kRouterBlockMinTokens = 65;
 constexpr int64_t kRouterBlockPanels = 8;       // kGemmMR-token panels per block (96 tokens)
 constexpr int64_t kRouterBlockKC = 256;         // K entries per pass over a block's C tiles
 
