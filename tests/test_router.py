@@ -85,12 +85,23 @@ def test_gradcheck_float64(eda):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
 
 
+
+def _assert_clear_choices_agree(choice, r_logits, r_choice, bias, margin):
+    """The kernel's choice equals the float64 reference's wherever the reference's best score (p + bias) leads
+    the runner-up by more than `margin`, and most tokens have such a lead (near-ties may go either way)."""
+    top2 = (torch.softmax(r_logits, -1) + bias.double()).topk(2, dim=-1).values
+    clear = top2[:, 0] - top2[:, 1] > margin
+    assert clear.float().mean().item() > 0.5
+    assert torch.equal(choice[clear], r_choice[clear])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T", [1, 16, 300])
 def test_kernel_matches_float64_reference_with_gradients(dtype, T):
     w, bias = _weights(dtype=dtype, grad=True, seed=T)
-    x = torch.randn(T, 48).to(dtype).requires_grad_()
-    z_prev = torch.randn(T, 20).requires_grad_()
+    gen = torch.Generator().manual_seed(T)
+    x = torch.randn(T, 48, generator=gen).to(dtype).requires_grad_()
+    z_prev = torch.randn(T, 20, generator=gen).requires_grad_()
     logits, gate, choice, z = _call(x, z_prev, w, bias)
     ref_in = {k: None if v is None else v.detach().double().requires_grad_() for k, v in w.items()}
     x64, zp64 = x.detach().double().requires_grad_(), z_prev.detach().double().requires_grad_()
@@ -98,8 +109,7 @@ def test_kernel_matches_float64_reference_with_gradients(dtype, T):
     tol = 1e-5 if dtype == torch.float32 else 5e-2
     scale = r_logits.abs().max().item()
     assert (logits.double() - r_logits).abs().max().item() <= tol * scale
-    agree = (choice == r_choice).float().mean().item()
-    assert agree == 1.0 if dtype == torch.float32 else agree > 0.8
+    _assert_clear_choices_agree(choice, r_logits, r_choice, bias, 1e-6 if dtype == torch.float32 else tol)
     same = choice == r_choice
     g = [torch.randn_like(t, dtype=torch.float32) for t in (logits, gate, z)]
     torch.autograd.backward([logits, gate, z], g)
@@ -228,12 +238,7 @@ def test_token_blocks_cover_every_output_and_match_reference(dtype, T, eda, D):
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     assert (z.double() - r_z).abs().max().item() <= tol * r_z.abs().max().item()
     assert (logits.double() - r_logits).abs().max().item() <= tol * r_logits.abs().max().item()
-    # The choice must agree wherever the reference's best score leads the runner-up by more than the tolerance.
-    scores = torch.softmax(r_logits, -1) + bias.double()
-    top2 = scores.topk(2, dim=-1).values
-    clear = top2[:, 0] - top2[:, 1] > (1e-6 if dtype == torch.float32 else tol)
-    assert clear.float().mean().item() > 0.5
-    assert torch.equal(choice[clear], r_choice[clear])
+    _assert_clear_choices_agree(choice, r_logits, r_choice, bias, 1e-6 if dtype == torch.float32 else tol)
     same = choice == r_choice
     if dtype == torch.float32:
         torch.testing.assert_close(gate[same].double(), r_gate[same], atol=tol, rtol=tol)
