@@ -215,14 +215,14 @@ def _c_router_poisoned(x, z_prev, w, bias, eps=1e-5):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("T", [1, 4, 5, 8, 9, 12, 13, 16, 17, 45, 64, 65, 97, 1000])
+@pytest.mark.parametrize("T", [1, 4, 5, 8, 9, 12, 13, 16, 17, 45, 64, 65, 96, 97, 1000])
 @pytest.mark.parametrize("eda", [False, True])
 @pytest.mark.parametrize("D", [70, 301])
 def test_token_blocks_cover_every_output_and_match_reference(dtype, T, eda, D):
-    """Every CPU path (up to 64 tokens in chunks of 16: dot products, or for fp32 chunks of 13 tokens or more the
-    tokens as vector lanes; token blocks beyond) with ragged chunks and blocks, K passes, R and C that fill no
-    whole column panel, a strided x and a z_prev in another dtype: every poisoned output is written and matches
-    float64."""
+    """Every CPU path (up to 64 tokens, 96 for fp32, in chunks of 16: dot products, or for fp32 chunks of 13
+    tokens or more the tokens as vector lanes; token blocks beyond) with ragged chunks and blocks, K passes, R and
+    C that fill no whole column panel, a strided x and a z_prev in another dtype: every poisoned output is written
+    and matches float64."""
     R, E = 40, 2
     w, bias = _weights(D=D, R=R, E=E, dtype=dtype, seed=T, eda=eda)
     gen = torch.Generator().manual_seed(1000 * T + D)

@@ -36,8 +36,12 @@ int64_t moe_experts_workspace(int64_t T, int64_t top_k, int64_t D, int64_t I, in
 }
 
 int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t C) {
-  if (use_router_token_blocks(T, D, R)) return router_block_workspace(D, R, C, threads());
-  return router_decode_workspace(T, D, R, C, threads());
+  // The path (and so the layout) depends on the dtype, which this query does not take: room for any.
+  int64_t bytes = 0;
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+    bytes = std::max(bytes, use_router_token_blocks(T, D, R, dtype) ? router_block_workspace(D, R, C, threads())
+                                                                    : router_decode_workspace(T, D, R, C, threads()));
+  return bytes;
 }
 
 }  // namespace zaya_rt::cpu

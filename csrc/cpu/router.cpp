@@ -2,7 +2,7 @@
 // slice of every layer's output columns and computes it for chunks of up to 16 tokens; barriers separate the
 // layers. A chunk's products are dot products of its interleaved token rows with the weight rows, or, for fp32
 // chunks of 13 tokens or more on AVX-512, FMAs over its transposed rows as vector lanes (lane_gemm.h). More
-// tokens take the token-block path (router_blocked.cpp). Compiled once per ISA.
+// tokens (router_blocks.h says how many) take the token-block path (router_blocked.cpp). Compiled once per ISA.
 #include <omp.h>
 
 #include <algorithm>
@@ -184,7 +184,7 @@ const char* router_decode(const RouterParams& p) {
 }  // namespace
 
 const char* zaya_router(const RouterParams& p) {
-  if (use_router_token_blocks(p.T, p.D, p.R))
+  if (use_router_token_blocks(p.T, p.D, p.R, p.dtype))
     ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, return router_token_blocks<T>(p));
   ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, return router_decode<T>(p));
   return nullptr;

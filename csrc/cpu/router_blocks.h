@@ -7,18 +7,21 @@
 #include <cstdint>
 
 #include "cpu/gemm_shape.h"
+#include "zaya_rt/common.h"
 
 namespace zaya_rt::cpu {
 
 // From this many tokens on the router runs in token blocks (its weights packed per call pay off); fewer go
-// through the few-token path in chunks of 16 (measured: chunks win up to 64 tokens in fp32 and bf16, block win
-// from about 96 on).
+// through the few-token path in chunks of 16. Measured crossovers: about 64 tokens for bf16, about 96 for fp32
+// (whose chunks of 16 take the faster lanes path).
 constexpr int64_t kRouterBlockMinTokens = 65;
+constexpr int64_t kRouterBlockMinTokensF32 = 97;
 constexpr int64_t kRouterBlockPanels = 8;       // kGemmMR-token panels per block (96 tokens)
 constexpr int64_t kRouterBlockKC = 256;         // K entries per pass over a block's C tiles
 
-inline bool use_router_token_blocks(int64_t T, int64_t D, int64_t R) {
-  return T >= kRouterBlockMinTokens && D > 0 && R > 0;
+inline bool use_router_token_blocks(int64_t T, int64_t D, int64_t R, DType dtype) {
+  const int64_t min_tokens = dtype == DType::kFloat32 ? kRouterBlockMinTokensF32 : kRouterBlockMinTokens;
+  return T >= min_tokens && D > 0 && R > 0;
 }
 
 struct RouterBlockLayout {
