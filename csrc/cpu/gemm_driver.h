@@ -43,6 +43,36 @@ template <typename T> inline void prefetch_rows(const T* const* rows, int g, int
   }
 }
 
+// The decode dot path: add(r, b, value) receives <A_r, B_b> over each K block, for the m (<= kDotMaxRows) rows
+// of A (a_packed: interleaved by pack_dot_rows; a_rows for the K tail) and nb rows of B given by row(b), all
+// contiguous along K. K blocks run outer, so the block's slice of A stays in L1 while B's rows stream past,
+// kDotMaxB at a time.
+template <typename T, typename Row, typename Add>
+void dot_rows_k_blocked(const DotA<T>* a_packed, const T* const* a_rows, int m, int nb, const Row& row, int64_t K,
+                        const Add& add) {
+  float dots[kDotMaxRows * kDotMaxB];
+  const T* group[kDotMaxB];
+  const T* next[kDotMaxB];
+  const int64_t kb = dot_k_block<T>(m, K);
+  for (int64_t k0 = 0; k0 < K; k0 += kb) {
+    const int64_t k1 = std::min(K, k0 + kb);
+    for (int j = 0; j < nb; j += kDotMaxB) {
+      const int g = std::min(kDotMaxB, nb - j);
+      for (int i = 0; i < g; ++i) group[i] = row(j + i);
+      // The next group's rows (or the first group's next K block) are on their way from L3 while this group
+      // computes: short row slices give the hardware prefetcher no time to ramp up.
+      const int jn = j + kDotMaxB < nb ? j + kDotMaxB : 0;
+      const int gn = std::min(kDotMaxB, nb - jn);
+      for (int i = 0; i < gn; ++i) next[i] = row(jn + i);
+      if (j + kDotMaxB < nb) prefetch_rows(next, gn, k0, k1);
+      else if (k1 < K) prefetch_rows(next, gn, k1, std::min(K, k1 + kb));
+      dot_rows(a_packed, a_rows, m, group, g, K, k0, k1, dots);
+      for (int i = 0; i < g; ++i)
+        for (int r = 0; r < m; ++r) add(r, j + i, dots[r * g + i]);
+    }
+  }
+}
+
 // epi(job, tile[kTileRows][kNR], m0, mr, n0, nr, sub): tile rows 0..mr-1 and columns 0..nr-1 are C_job[m0 + r,
 // n0 + c]; sub is the NR-panel index within its B block. One task (a job's B block) runs on one thread and
 // delivers its sub-panels in order, each sweeping all rows of the job before the next sub-panel starts.
@@ -116,23 +146,8 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
           cols[nb] = c;
           brows[nb++] = brow;
         }
-        float dots[kDotMaxRows * kDotMaxB];
-        const int64_t kb = dot_k_block<T>(job.M, job.K);
-        for (int64_t k0 = 0; k0 < job.K; k0 += kb) {
-          const int64_t k1 = std::min(job.K, k0 + kb);
-          for (int j = 0; j < nb; j += kDotMaxB) {
-            const int g = std::min(kDotMaxB, nb - j);
-            // The next group's rows (or the first group's next K block) are on their way from L3 while
-            // this group computes: short row slices give the hardware prefetcher no time to ramp up.
-            if (j + kDotMaxB < nb) prefetch_rows(brows + j + kDotMaxB, std::min(kDotMaxB, nb - j - kDotMaxB), k0, k1);
-            else if (k1 < job.K) prefetch_rows(brows, std::min(kDotMaxB, nb), k1, std::min(job.K, k1 + kb));
-            dot_rows(a_packed, a_rows, static_cast<int>(job.M), brows + j, g, job.K, k0, k1, dots);
-            for (int i = 0; i < g; ++i) {
-              float* tile = tiles[cols[j + i] / kNR] + cols[j + i] % kNR;
-              for (int r = 0; r < job.M; ++r) tile[r * kNR] += dots[r * g + i];
-            }
-          }
-        }
+        dot_rows_k_blocked<T>(a_packed, a_rows, static_cast<int>(job.M), nb, [&](int b) { return brows[b]; }, job.K,
+                              [&](int r, int b, float v) { tiles[cols[b] / kNR][r * kNR + cols[b] % kNR] += v; });
         for (int s = 0; s < subs; ++s)
           epi(tasks[t].job, tiles[s], int64_t{0}, static_cast<int>(job.M), n0 + s * kNR,
               static_cast<int>(std::min<int64_t>(kNR, nc - s * kNR)), s);

@@ -32,33 +32,14 @@ inline std::pair<int64_t, int64_t> share(int64_t n, int tid, int threads) {
   return {n * tid / threads, n * (tid + 1) / threads};
 }
 
-// sums[t * (c1 - c0) + c - c0] = <a_t, w_c> for t < m and c in [c0, c1), w in nn.Linear layout [N][K]: K
-// blocks outer, so the block's slice of the interleaved rows stays in L1 while the weight rows stream past.
+// sums[t * (c1 - c0) + c - c0] = <a_t, w_c> for t < m and c in [c0, c1), w in nn.Linear layout [N][K].
 template <typename T>
 void dot_columns(const DotA<T>* a_packed, const T* const* a_rows, int m, const T* w, int64_t K, int64_t c0,
                  int64_t c1, float* sums) {
   const int64_t nc = c1 - c0;
   std::fill(sums, sums + m * nc, 0.f);
-  const int64_t kb = dot_k_block<T>(m, K);
-  float dots[kDotMaxRows * kDotMaxB];
-  const T* rows[kDotMaxB];
-  for (int64_t k0 = 0; k0 < K; k0 += kb) {
-    const int64_t k1 = std::min(K, k0 + kb);
-    for (int64_t j = c0; j < c1; j += kDotMaxB) {
-      const int g = static_cast<int>(std::min<int64_t>(kDotMaxB, c1 - j));
-      for (int i = 0; i < g; ++i) rows[i] = w + (j + i) * K;
-      // The next group's rows (or the first group's next K block) come from L2 while this group computes.
-      const T* next[kDotMaxB];
-      const int64_t jn = j + kDotMaxB < c1 ? j + kDotMaxB : c0;
-      const int gn = static_cast<int>(std::min<int64_t>(kDotMaxB, c1 - jn));
-      for (int i = 0; i < gn; ++i) next[i] = w + (jn + i) * K;
-      if (j + kDotMaxB < c1) prefetch_rows(next, gn, k0, k1);
-      else if (k1 < K) prefetch_rows(next, gn, k1, std::min(K, k1 + kb));
-      dot_rows<T>(a_packed, a_rows, m, rows, g, K, k0, k1, dots);
-      for (int i = 0; i < g; ++i)
-        for (int r = 0; r < m; ++r) sums[r * nc + (j - c0) + i] += dots[r * g + i];
-    }
-  }
+  dot_rows_k_blocked<T>(a_packed, a_rows, m, static_cast<int>(nc), [&](int b) { return w + (c0 + b) * K; }, K,
+                        [&](int r, int b, float v) { sums[r * nc + b] += v; });
 }
 
 template <typename T>
