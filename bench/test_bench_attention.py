@@ -1,7 +1,6 @@
 """pytest-benchmark for attention_varlen (prefill) and attention_decode against SDPA."""
 
 import pytest
-import torch
 
 from zaya_rt.benchmarks import decode_cases, prefill_cases
 
@@ -16,10 +15,6 @@ def _cases(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("index", range(len(_cases("cpu"))))
 @pytest.mark.parametrize("side", ["ours", "peer"])
-def test_attention(benchmark, device, index, side):
+def test_attention(run_case, device, index, side):
     case = _cases(device)[index]
-    benchmark.group = f"{device} {case.op} {case.shape} {case.dtype} vs {case.peer_name}"
-    fn = case.ours if side == "ours" else case.peer
-    with torch.inference_mode():
-        benchmark.pedantic(fn, rounds=3, warmup_rounds=1) if device == "cpu" else benchmark(
-            lambda: (fn(), torch.cuda.synchronize()))
+    run_case(case, device, side, rounds=3)

@@ -15,16 +15,6 @@ CASES = [("cpu", 1), ("cpu", 16)] + [pytest.param("cuda", T, marks=pytest.mark.c
 @pytest.mark.parametrize(("device", "tokens"), CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("side", ["ours", "peer"])
-def test_router(benchmark, device, tokens, dtype, side):
+def test_router(run_case, device, tokens, dtype, side):
     (case,) = router_cases(device, tokens=(tokens,), dtypes=(dtype,))
-    benchmark.group = f"{device} {case.op}-{case.shape}-{case.dtype}"
-    benchmark.extra_info.update(op=case.op, shape=case.shape, dtype=case.dtype, peer=case.peer_name)
-    fn = case.ours if side == "ours" else case.peer
-    with torch.inference_mode():
-        if device == "cuda":
-            def timed():
-                fn()
-                torch.cuda.synchronize()
-            benchmark(timed)
-        else:
-            benchmark(fn)
+    run_case(case, device, side)
