@@ -1,7 +1,7 @@
 // Host interface of the Hopper (sm_90a) grouped GEMM: CUTLASS 3 ptr-array kernels with TMA loads, wgmma and a
 // TMA-store epilogue, built only when CMake finds the CUTLASS headers and sm_90a is a target (it then defines
 // ZAYA_RT_WITH_CUTLASS_SM90). One instantiation per file: cuda/moe_gemm_sm90_bf16.cu, cuda/moe_gemm_sm90_f16.cu
-// (the template is cuda/moe_gemm_sm90.cuh); cuda/moe_kernels.cuh decides per call whether to take it.
+// (the template is cuda/moe_gemm_sm90.cuh); cuda/moe_gemm_launch.cuh decides per call whether to take it.
 //
 // The kernel serves out_g = a_g @ b_g^T with a row-major ([M, K], unit column stride), b_g [N, K] K-contiguous
 // (CUTLASS's "column-major B", a TN GEMM) and out row-major, 16-bit operands, fp32 accumulation. A small setup

@@ -2,7 +2,7 @@
 // C++ so that tests/cpp/test_moe_gemm_sm90_setup.cpp can check it with g++: group g of the ragged row space
 // (rows grouped by the int32 cumulative ends `offsets`) and where its operands start. Offsets are clamped into
 // [0, M] and a group whose end lies before its start is empty, the rules of group_start/group_end in
-// cuda/moe_kernels.cuh, so the CUTLASS and WMMA paths agree on any offsets and never leave the operands.
+// cuda/moe_gemm_common.cuh, so the CUTLASS and WMMA paths agree on any offsets and never leave the operands.
 #pragma once
 #include <cstdint>
 

@@ -1,7 +1,7 @@
-// Tensor-core tiles of the grouped GEMMs (NVIDIA only, sm_80+; included by cuda/moe_kernels.cuh on CUDA):
+// Tensor-core tiles of the grouped GEMMs (NVIDIA only, sm_80+; included by cuda/moe_gemm_launch.cuh on CUDA):
 // bf16/fp16 operands, fp32 accumulators, nvcuda::wmma 16x16x16 fragments fed from shared memory that a
 // cp.async pipeline fills kStages - 1 tiles ahead. Operands must allow 16-byte loads along their contiguous
-// dimension (8 elements); the launchers in cuda/moe_kernels.cuh check that and fall back to the SIMT
+// dimension (8 elements); the launchers in cuda/moe_gemm_launch.cuh check that and fall back to the SIMT
 // kernels otherwise.
 //
 // Warp w of a block owns rows wm*WM + [0, WM) of the tile and the 16-column fragments j*(BN/FN) + wn*16,
