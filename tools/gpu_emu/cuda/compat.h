@@ -11,7 +11,9 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -33,6 +35,11 @@ struct dim3 {
 };
 
 namespace emu {
+// The block's static __shared__ variables (build.py rewrites each declaration into a block_shared call).
+struct BlockStatics {
+  std::mutex mu;
+  std::map<const void*, std::unique_ptr<unsigned char[]>> objects;
+};
 struct Ctx {
   dim3 thread, block, block_dim, grid_dim;
   std::barrier<>* block_bar;
@@ -41,10 +48,24 @@ struct Ctx {
   float* smem;
   float* wave_scratch;  // kWaveScratch floats per warp (tools/gpu_emu/amdgcn_mfma.h)
   size_t smem_bytes;    // dynamic shared memory of the launch
+  BlockStatics* statics;
 };
 constexpr unsigned kWaveScratch = ZAYA_RT_EMU_WARP * 8;
 inline thread_local Ctx ctx;
 inline float* dyn_smem() { return ctx.smem; }
+
+// One object per block and declaration site (`Site` is the type of a lambda written at the site); every thread
+// of the block gets the same one, poisoned (all bits set: NaN floats, -1 ints) when the block starts.
+template <typename T, typename Site> T& block_shared(Site) {
+  static const char key = 0;
+  std::lock_guard<std::mutex> lock(ctx.statics->mu);
+  auto& slot = ctx.statics->objects[&key];
+  if (!slot) {
+    slot.reset(new unsigned char[sizeof(T)]);
+    std::memset(slot.get(), 0xff, sizeof(T));
+  }
+  return *reinterpret_cast<T*>(slot.get());
+}
 
 template <typename F> void launch(dim3 grid, dim3 block, size_t smem_bytes, void*, F body) {
   const unsigned nthreads = block.x * block.y * block.z;
@@ -53,6 +74,7 @@ template <typename F> void launch(dim3 grid, dim3 block, size_t smem_bytes, void
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         std::vector<float> smem(smem_bytes / 4 + 1, std::nanf(""));  // poisoned
+        BlockStatics statics;
         std::barrier<> bar(nthreads);
         std::vector<std::unique_ptr<std::barrier<>>> wbars;
         for (unsigned w = 0; w < (nthreads + W - 1) / W; ++w) wbars.emplace_back(new std::barrier<>(W));
@@ -62,7 +84,7 @@ template <typename F> void launch(dim3 grid, dim3 block, size_t smem_bytes, void
         for (unsigned t = 0; t < nthreads; ++t)
           threads.emplace_back([&, t] {
             ctx = Ctx{dim3(t), dim3(bx, by, bz), block, grid, &bar, wbars[t / W].get(), slots.data() + (t / W) * W,
-                      smem.data(), scratch.data() + (t / W) * kWaveScratch, smem_bytes};
+                      smem.data(), scratch.data() + (t / W) * kWaveScratch, smem_bytes, &statics};
             body();
             ctx.block_bar->arrive_and_drop();
             ctx.warp_bar->arrive_and_drop();
@@ -108,6 +130,18 @@ inline float warp_max(float v) { return warp_reduce(v, true); }
 inline void warp_sync() { emu::ctx.warp_bar->arrive_and_wait(); }
 
 using lane_mask_t = unsigned long long;
+// Warp votes (cuda/compat.h): every lane posts its predicate, then each reads the whole warp's.
+inline lane_mask_t warp_ballot(bool p) {
+  emu::ctx.warp_slots[emu_lane()] = p ? 1.0f : 0.0f;
+  emu::ctx.warp_bar->arrive_and_wait();
+  lane_mask_t m = 0;
+  for (int i = 0; i < kWarpSize; ++i)
+    if (emu::ctx.warp_slots[i] != 0.0f) m |= lane_mask_t{1} << i;
+  emu::ctx.warp_bar->arrive_and_wait();
+  return m;
+}
+inline int lane_count(lane_mask_t m) { return __builtin_popcountll(m); }
+inline lane_mask_t lanes_below(int lane) { return (lane_mask_t{1} << lane) - 1; }
 inline uint32_t float_to_bits(float f) { return __builtin_bit_cast(uint32_t, f); }
 inline float bits_to_float(uint32_t u) { return __builtin_bit_cast(float, u); }
 }  // namespace zaya_rt::gpu
