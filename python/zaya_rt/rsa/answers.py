@@ -65,8 +65,13 @@ def _math_verify(gold: str, answer: str) -> bool:
     return bool(verify(parse(f"\\boxed{{{gold}}}"), parse(f"\\boxed{{{answer}}}")))
 
 
+def _load_math_verify() -> None:
+    import math_verify  # noqa: F401
+
+
 class _Worker:
-    """One spawned worker process shared by every MathVerify; restarted after a deadline kill."""
+    """One spawned worker process shared by every MathVerify; restarted after a deadline kill. The deadline
+    covers the check only: a new worker first imports math-verify (seconds) with no deadline."""
 
     _lock = threading.Lock()
     _pool = None
@@ -76,6 +81,7 @@ class _Worker:
         with cls._lock:
             if cls._pool is None:
                 cls._pool = multiprocessing.get_context("spawn").Pool(1)
+                cls._pool.apply(_load_math_verify)
             pending = cls._pool.apply_async(_math_verify, (gold, answer))
             try:
                 return pending.get(timeout)
