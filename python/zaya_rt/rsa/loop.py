@@ -174,8 +174,6 @@ def markovian_rsa(engine, tokenizer, problem: str, config: RSAConfig, *,
     for t in range(len(result.prompts), len(result.rounds)):  # prompts of restored rounds: rebuilt exactly
         prompts, _ = _round_prompts(template, problem, result.rounds, t, config, _rng(config, t), rollout)
         result.prompts.append(prompts)
-    from tqdm.auto import tqdm
-
     for t in range(len(result.rounds), config.rounds + 1):
         start = time.perf_counter()
         rng = _rng(config, t)
@@ -183,9 +181,14 @@ def markovian_rsa(engine, tokenizer, problem: str, config: RSAConfig, *,
         params = [SamplingParams(max_new_tokens=config.budget, temperature=config.temperature, top_p=config.top_p,
                                  top_k=config.top_k, min_p=config.min_p, stop_token_ids=stop,
                                  seed=rng.getrandbits(63)) for _ in prompts]
-        with tqdm(total=config.population * config.budget, desc=f"RSA round {t}/{config.rounds}", unit="tok",
-                  disable=not progress, leave=False) as bar:
-            out = run_round(engine, prompts, params, bar)
+        if progress:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=config.population * config.budget, desc=f"RSA round {t}/{config.rounds}",
+                      unit="tok", leave=False) as bar:
+                out = run_round(engine, prompts, params, bar)
+        else:
+            out = run_round(engine, prompts, params)
         candidates = []
         for ids, reason, ps in zip(out.completions, out.finish_reasons, parents):
             generated = ids[:-1] if ids and ids[-1] in stop else ids
