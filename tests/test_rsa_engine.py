@@ -52,3 +52,26 @@ def test_seeds_give_different_traces_and_repeat(model):
     assert tokens(a) == tokens(b) and a.prompts == b.prompts
     assert tokens(a)[0] != tokens(c)[0]
     assert len({tuple(x.token_ids) for x in a.rounds[0]}) == 3  # one seed per request, not per round
+
+
+def test_cache_counts_peak_held_pages():
+    from zaya_rt.runtime import PagedKVCache, tiny_config
+
+    cache = PagedKVCache(tiny_config(), 6, 4, 2, dtype=__import__("torch").float32)
+    pages = [cache.allocate() for _ in range(4)]
+    assert cache.num_held_pages == cache.peak_held_pages == 4
+    cache.share(pages[0])  # a second holder of a held page holds no new page
+    for page in pages:
+        cache.release(page)
+    assert cache.num_held_pages == 1 and cache.peak_held_pages == 4
+    cache.reset_peak()
+    assert cache.peak_held_pages == 1
+    page = cache.allocate()
+    assert cache.peak_held_pages == 2
+    entry = cache.register(0, (1, 2, 3, 4), page)
+    cache.mark_ready(entry, None, None)
+    cache.release(page)  # a ready prefix page nobody holds stays cached (evictable), not held
+    assert cache.num_held_pages == 1 and cache.num_free_pages == 5
+    cache.reset_peak()
+    cache.share(page)  # taken back from the prefix cache: held again
+    assert cache.num_held_pages == cache.peak_held_pages == 2
