@@ -38,6 +38,11 @@ def test_page_bound_prefix_hits_and_release(model):
         assert stats.generated_tokens == N * config.budget
         assert max(-(-len(p) // PAGE) for p in prompts) <= stats.peak_kv_pages < unshared <= bound
         assert stats.prefix_hit_tokens > 0
+        lcp = next((i for i in range(len(prompts[0])) if len({p[i] if i < len(p) else -1 for p in prompts}) > 1),
+                   len(prompts[0]))
+        assert lcp > 2 * PAGE
+        # the shared prefix is prefilled once: every other prompt takes its full pages from the prefix cache
+        assert stats.prefix_hit_tokens >= (N - 1) * (lcp // PAGE) * PAGE
         assert stats.seconds > 0
     assert engine.cache.num_held_pages == 0  # finished traces released everything
     assert engine.num_free_pages == engine.num_pages

@@ -123,6 +123,18 @@ def plot_report(report: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _tokenizer(model_dir, load_tokenizer):
+    """The checkpoint's transformers tokenizer (it carries the chat template) when transformers is installed,
+    else its tokenizer.json; the byte tokenizer for the tiny model."""
+    if model_dir is not None:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            return load_tokenizer(model_dir)
+        return AutoTokenizer.from_pretrained(model_dir)
+    return load_tokenizer(None)
+
+
 def run_rsa(args: argparse.Namespace) -> int:
     """Entry of `zaya-rt rsa`: bad arguments print one line and return 2."""
     try:
@@ -161,8 +173,10 @@ def _run(args: argparse.Namespace) -> int:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     model = (tiny_model(seed=0, dtype=dtype) if args.model is None
              else zaya_rt.load(args.model, dtype=dtype)).to(args.device)
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = _tokenizer(args.model, load_tokenizer)
     template = DefaultTemplate(tokenizer)
+    eos = getattr(model.config, "eos_token_id", None)
+    stop = None if eos is None else ([eos] if isinstance(eos, int) else list(eos))
     num_pages = args.num_pages
     if num_pages is None:  # N x (|q| + C*(tau+head) + template overhead + beta), in pages
         longest = max(len(template.aggregate(p["problem"], [[]] * config.tails)) for p in problems)
@@ -185,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"problem {index + 1}/{len(problems)}", file=sys.stderr)
         result = markovian_rsa(engine, tokenizer, entry["problem"], config, template=template,
-                               progress=not args.quiet, resume=resume, on_round=save)
+                               progress=not args.quiet, resume=resume, on_round=save, stop_token_ids=stop)
         save(result)
         final = entry["scores"][-1]
         line = f"problem {index + 1}: answers {result.answers()}"
