@@ -13,7 +13,8 @@ PROBLEM = "Find x if 2x + 3 = 17."
 def _run(config, tokenizer=None, engine=None, **kw):
     engine = FakeEngine() if engine is None else engine
     tokenizer = ScriptTokenizer() if tokenizer is None else tokenizer
-    return engine, markovian_rsa(engine, tokenizer, PROBLEM, config, progress=False, **kw)
+    kw.setdefault("progress", False)
+    return engine, markovian_rsa(engine, tokenizer, PROBLEM, config, **kw)
 
 
 def _check_protocol(engine, result, config, tokenizer):
@@ -130,3 +131,30 @@ def test_accuracy_helpers():
     assert result.majority_answer(0) == "2"
     result.rounds[0] = [RSACandidate([], [], "", None, "stop")] * 4
     assert result.majority_answer(0) is None and not result.majority_vote(0, "7")
+
+
+class _BosTokenizer(ScriptTokenizer):
+    """Prepends BOS (id 1) when asked for special tokens, as transformers tokenizers do."""
+
+    def encode(self, text, add_special_tokens=True):
+        return ([1] if add_special_tokens else []) + super().encode(text)
+
+
+class _BosChatTokenizer(_BosTokenizer, ChatTokenizer):
+    pass
+
+
+def test_special_tokens_only_once_and_not_under_a_chat_template():
+    config = RSAConfig(population=3, tails=2, rounds=1, budget=12, tail_tokens=6)
+    _, plain = _run(config, _BosTokenizer())
+    _, chat = _run(config, _BosChatTokenizer())
+    for prompts in plain.prompts:
+        assert all(p[0] == 1 and p.count(1) == 1 for p in prompts)
+    for prompts in chat.prompts:
+        assert all(1 not in p for p in prompts)
+
+
+def test_progress_bar_per_round(capsys):
+    _run(RSAConfig(population=2, tails=1, rounds=1, budget=4, tail_tokens=2), progress=True)
+    err = capsys.readouterr().err
+    assert "RSA round 0/1" in err and "RSA round 1/1" in err
