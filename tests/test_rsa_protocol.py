@@ -114,6 +114,9 @@ def test_resume_continues_exactly():
     assert resumed.prompts == full.prompts and resumed.to_dict()["rounds"] == full.to_dict()["rounds"]
     with pytest.raises(ValueError, match="resume"):
         _run(RSAConfig(**{**config.to_dict(), "seed": 8}), resume=partial)
+    partial.rounds[1] = partial.rounds[1][:3]
+    with pytest.raises(ValueError, match="rounds of 4 candidates"):
+        _run(config, resume=partial)
 
 
 def test_accuracy_helpers():

@@ -169,6 +169,9 @@ def markovian_rsa(engine, tokenizer, problem: str, config: RSAConfig, *,
     if resume is not None:
         if resume.problem != problem or resume.config != config:
             raise ValueError("resume: the saved result belongs to another problem or config")
+        if len(resume.rounds) > config.rounds + 1 or any(len(r) != config.population for r in resume.rounds):
+            raise ValueError(f"resume: the saved result must hold at most {config.rounds + 1} rounds of "
+                             f"{config.population} candidates")
         result.rounds, result.stats = list(resume.rounds), list(resume.stats)
     rollout = _check_prompt(template.rollout(problem), "rollout()")
     for t in range(len(result.prompts), len(result.rounds)):  # prompts of restored rounds: rebuilt exactly
