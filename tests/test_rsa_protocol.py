@@ -5,7 +5,7 @@ prompt-length bound, seeded reproducibility and resumption, and the special case
 import pytest
 
 from rsa_helpers import EOS, ChatTokenizer, FakeEngine, ScriptTokenizer, find
-from zaya_rt.rsa import DefaultTemplate, RSAConfig, RSAResult, markovian_rsa
+from zaya_rt.rsa import DefaultTemplate, RSAConfig, RSAResult, RSATemplate, markovian_rsa
 
 PROBLEM = "Find x if 2x + 3 = 17."
 
@@ -161,3 +161,28 @@ def test_progress_bar_per_round(capsys):
     _run(RSAConfig(population=2, tails=1, rounds=1, budget=4, tail_tokens=2), progress=True)
     err = capsys.readouterr().err
     assert "RSA round 0/1" in err and "RSA round 1/1" in err
+
+
+class _CompactTemplate(RSATemplate):
+    """A custom template: [9, 9] + problem bytes, then each tail after a 0."""
+
+    def rollout(self, problem):
+        return [9, 9] + list(problem.encode())
+
+    def aggregate(self, problem, tails):
+        ids = self.rollout(problem)
+        for tail in tails:
+            ids += [0] + list(tail)
+        return ids
+
+
+def test_custom_template():
+    config = RSAConfig(population=4, tails=3, rounds=1, budget=12, tail_tokens=5, seed=3)
+    _, result = _run(config, template=_CompactTemplate())
+    head = [9, 9] + list(PROBLEM.encode())
+    assert all(p == head for p in result.prompts[0])
+    for prompt, cand in zip(result.prompts[1], result.rounds[1]):
+        want = list(head)
+        for j in cand.parents:
+            want += [0] + result.rounds[0][j].tail_ids
+        assert prompt == want

@@ -56,9 +56,11 @@ class RSAResult:
 
     @property
     def final(self) -> list[RSACandidate]:
+        """The last round's candidates."""
         return self.rounds[-1]
 
     def answers(self, t: int = -1) -> list[str | None]:
+        """Round t's extracted answers (None where a candidate has none)."""
         return [c.answer for c in self.rounds[t]]
 
     def mean_accuracy(self, t: int = -1, check=None) -> float:
@@ -101,6 +103,7 @@ class RSAResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> RSAResult:
+        """The result to_dict() saved (prompts empty: markovian_rsa(resume=...) rebuilds them)."""
         return cls(data["problem"], RSAConfig(**data["config"]),
                    [[RSACandidate(**c) for c in r] for r in data["rounds"]],
                    [], [RoundStats(**s) for s in data["stats"]])

@@ -68,6 +68,7 @@ class TextEncoder:
         self._cache: dict[tuple[str, bool], list[int]] = {}
 
     def encode(self, text: str, *, specials: bool) -> list[int]:
+        """Ids of text (cached); specials: let the tokenizer add its special tokens (BOS)."""
         key = (text, specials)
         if key not in self._cache:
             ids = self.tokenizer.encode(text, add_special_tokens=specials) if self._kw else self.tokenizer.encode(text)
