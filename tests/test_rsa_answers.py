@@ -2,6 +2,7 @@
 in a worker process whose deadline holds from any thread."""
 
 import threading
+import time
 
 import pytest
 
@@ -53,10 +54,12 @@ def test_math_verify_equivalence_and_off_main_thread():
 
 
 def test_math_verify_deadline_kills_the_worker_and_recovers():
-    assert _Worker.run("1", "1.0", timeout=60) is True  # a warm worker
-    assert _Worker.run("1", "1.0", timeout=1e-5) is False  # no check answers within 10 us
-    assert _Worker._pool is None
-    assert _Worker.run("1", "1.0", timeout=60) is True
+    assert MathVerify("1", timeout=60)("1.0")  # a warm worker
+    start = time.monotonic()
+    assert _Worker.call(time.sleep, (120,), timeout=0.5) == (False, None)  # a check that hangs
+    assert time.monotonic() - start < 60 and _Worker._pool is None  # killed, not awaited
+    assert _Worker.call(pow, (2, 10), timeout=60) == (True, 1024)  # a fresh worker
+    assert MathVerify("1", timeout=60)("1.0") and not MathVerify("1", timeout=60)("2")
 
 
 def test_math_verify_bad_arguments():

@@ -3,8 +3,8 @@
 A checker is a callable answer -> bool with `equivalent(a, b) -> bool` (used to cluster answers for the
 majority vote). `ExactMatch(gold)` compares normalised strings; `MathVerify(gold)` uses the `math-verify`
 package (`pip install zaya_rt[math]`), gold first as its docs ask. math-verify's own timeouts use signals,
-which only work on a main thread, so it runs in a worker process with a deadline enforced from outside: a
-check that overruns kills the worker and counts as wrong.
+which only work on a main thread, so it runs with them off in a worker process whose deadline is enforced
+from outside: a check that overruns kills the worker and counts as wrong.
 """
 
 from __future__ import annotations
@@ -60,35 +60,43 @@ class ExactMatch:
 
 
 def _math_verify(gold: str, answer: str) -> bool:
+    """In the worker: math-verify with its signal timeouts off (the parent's deadline bounds the call)."""
     from math_verify import parse, verify
 
-    return bool(verify(parse(f"\\boxed{{{gold}}}"), parse(f"\\boxed{{{answer}}}")))
+    return bool(verify(parse(f"\\boxed{{{gold}}}", parsing_timeout=None),
+                       parse(f"\\boxed{{{answer}}}", parsing_timeout=None), timeout_seconds=None))
 
 
 def _load_math_verify() -> None:
-    import math_verify  # noqa: F401
+    """In a new worker: imports math-verify and runs one check, so its lazy set-up is not timed."""
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice
+    _math_verify("1", "1")
 
 
 class _Worker:
     """One spawned worker process shared by every MathVerify; restarted after a deadline kill. The deadline
-    covers the check only: a new worker first imports math-verify (seconds) with no deadline."""
+    covers the call only: a new worker first imports math-verify (seconds) with no deadline."""
 
     _lock = threading.Lock()
     _pool = None
 
     @classmethod
-    def run(cls, gold: str, answer: str, timeout: float) -> bool:
+    def call(cls, fn, args: tuple, timeout: float) -> tuple[bool, object]:
+        """(True, fn(*args)) run in the worker, or (False, None) if it overran `timeout` seconds (the worker
+        is then killed)."""
         with cls._lock:
             if cls._pool is None:
                 cls._pool = multiprocessing.get_context("spawn").Pool(1)
                 cls._pool.apply(_load_math_verify)
-            pending = cls._pool.apply_async(_math_verify, (gold, answer))
+            pending = cls._pool.apply_async(fn, args)
             try:
-                return pending.get(timeout)
+                return True, pending.get(timeout)
             except multiprocessing.TimeoutError:
                 cls._pool.terminate()
                 cls._pool = None
-                return False
+                return False, None
 
 
 class MathVerify:
@@ -113,7 +121,8 @@ class MathVerify:
             return False
         if normalize_answer(a) == normalize_answer(b):
             return True
-        return _Worker.run(a, b, self.timeout)
+        done, same = _Worker.call(_math_verify, (a, b), self.timeout)
+        return done and bool(same)
 
 
 def as_checker(check):
