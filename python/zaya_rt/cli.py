@@ -3,6 +3,7 @@
   zaya-rt demo    greedy generation with the embedded tiny random-weight model (no downloads)
   zaya-rt bench   kernel benchmarks against PyTorch peers, as a table (`zaya-rt bench e2e`: end-to-end decode)
   zaya-rt generate  stream text from a checkpoint (or the embedded tiny model) with the continuous-batching engine
+  zaya-rt rsa     Markovian RSA test-time compute on math problems (population, tails, rounds, report, plot)
 """
 
 from __future__ import annotations
@@ -188,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     gen.add_argument("--device", default="cpu")
     gen.set_defaults(func=_generate)
+    from zaya_rt.rsa.cli import add_rsa_parser
+
+    add_rsa_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -66,6 +66,7 @@ class PagedKVCache:
         self._table: dict[tuple, PrefixEntry] = {}
         self._entry_of_page: dict[int, PrefixEntry] = {}
         self._serial = 0
+        self.peak_held_pages = 0  # most pages held by sequences at once since construction or reset_peak()
 
     @staticmethod
     def bytes_per_page(config: ZayaConfig, page_size: int, dtype: torch.dtype) -> int:
@@ -89,6 +90,7 @@ class PagedKVCache:
         else:
             return None
         self.refcount[page] = 1
+        self._note_held()
         return page
 
     def share(self, page: int) -> None:
@@ -96,6 +98,7 @@ class PagedKVCache:
         if self.refcount[page] == 0:
             self._evictable.pop(page)
         self.refcount[page] += 1
+        self._note_held()
 
     def release(self, page: int) -> None:
         """One holder fewer; a page nobody holds is freed, or kept as evictable if it is a ready prefix page."""
@@ -109,6 +112,18 @@ class PagedKVCache:
             else:
                 self._unregister(page)
                 self._free.append(page)
+
+    @property
+    def num_held_pages(self) -> int:
+        """Pages some sequence holds now (neither free nor cached-evictable)."""
+        return self.num_pages - len(self._free) - len(self._evictable)
+
+    def reset_peak(self) -> None:
+        """Restarts peak_held_pages from the pages held now."""
+        self.peak_held_pages = self.num_held_pages
+
+    def _note_held(self) -> None:
+        self.peak_held_pages = max(self.peak_held_pages, self.num_held_pages)
 
     def writable(self, page: int) -> int:
         """page itself if only one sequence holds it, else a private copy (copy-on-write); the caller swaps
