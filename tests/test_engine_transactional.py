@@ -206,6 +206,11 @@ def test_generate_argument_types(model, clean):
     numpy_ids = [[np.int64(t) for t in PROMPTS[0]], np.array(PROMPTS[1], dtype=np.int32),
                  [np.uint8(t) for t in PROMPTS[2]]]
     assert engine.generate(numpy_ids, _params()) == clean
+    numpy_params = [zaya_rt.SamplingParams(max_new_tokens=np.int64(p.max_new_tokens), temperature=np.float32(0.9),
+                                           top_k=np.int32(40), top_p=np.float32(0.95), seed=np.uint16(p.seed))
+                    for p in _params()]
+    assert all(type(p.top_k) is int and type(p.temperature) is float for p in numpy_params)
+    assert engine.generate(PROMPTS, numpy_params) == clean
     for bad in ([np.bool_(True), 3], [True, 3], [np.float32(3.0)]):
         with pytest.raises(ValueError, match="ints"):
             engine.generate([bad])
