@@ -215,3 +215,75 @@ def test_generate_argument_types(model, clean):
         with pytest.raises(ValueError, match="ints"):
             engine.generate([bad])
     assert not engine.has_unfinished() and engine.num_free_pages == engine.num_pages
+
+
+def test_fault_soak_under_a_tight_page_budget(model, monkeypatch):
+    """Sixty mixed requests (shared prefixes, greedy and sampled, stop tokens) on a page budget that forces
+    preemption, with faults injected into a third of them: callbacks that raise, sampler rows that raise, a
+    kernel that fails whenever their sequence is in the batch. Exactly the faulty requests fail, each after the
+    clean run's tokens up to its fault; every other request gets the clean run's tokens; no page is left held."""
+    rng = np.random.default_rng(15)
+    bases = [rng.integers(0, 256, int(rng.integers(5, 14))).tolist() for _ in range(4)]
+    prompts, params = [], []
+    for i in range(60):
+        head = bases[i % 4] if i % 3 else []
+        prompts.append(head + rng.integers(0, 256, int(rng.integers(1, 6))).tolist())
+        params.append(zaya_rt.SamplingParams(
+            max_new_tokens=int(rng.integers(2, 9)), temperature=[0.0, 0.8, 1.0][i % 3], top_k=[0, 16][i % 2],
+            stop_token_ids=tuple(rng.integers(0, 256, 6).tolist()), seed=5000 + i))
+    args = dict(num_pages=22, page_size=4, max_batch=8, max_tokens_per_step=48)
+    clean = zaya_rt.Engine(model, **args).generate(prompts, params)
+
+    callback_at = {i: int(rng.integers(0, 4)) for i in range(0, 60, 9)}   # raises on this token index
+    sampler_at = {i: int(rng.integers(0, 4)) for i in range(4, 60, 9)}    # sampled (i % 3 = 1): raises at this step
+    kernel_at = {i: int(rng.integers(0, 4)) for i in range(6, 60, 9)}     # fails with this many tokens so far
+    engine = zaya_rt.Engine(model, **args)
+    real_sampler = ops.sample_tokens
+    bad_rows = {(params[i].seed, step) for i, step in sampler_at.items()}
+
+    def sampler(logits, temperature, top_k, top_p, min_p, seed, step):
+        if any((s, t) in bad_rows for s, t in zip(seed.tolist(), step.tolist())):
+            raise RuntimeError("sampler fault")
+        return real_sampler(logits, temperature, top_k, top_p, min_p, seed, step)
+
+    monkeypatch.setattr(ops, "sample_tokens", sampler)
+    ids: list[int] = []
+
+    def kernel_target(batch):
+        slots = batch.state_slots.tolist()
+        for i, at in kernel_at.items():
+            seq = engine._results[ids[i]]
+            if not seq.finished and seq.slot in slots and len(seq.generated) >= at:
+                return True
+        return False
+
+    _KernelFault(engine, kernel_target)
+
+    def callback(i):
+        def on_token(rid, token):
+            if len(engine.result(rid)) == callback_at[i] + 1:
+                raise ValueError("callback fault")
+        return on_token
+
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        ids.append(engine.add_request(p, sp, callback(i) if i in callback_at else None))
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.stats["preemptions"] > 0
+    failures = 0
+    faults = {"callback": callback_at, "sampler": sampler_at, "kernel": kernel_at}
+    reasons = {"callback": "ValueError: callback fault", "sampler": "RuntimeError: sampler fault",
+               "kernel": "RuntimeError: expert kernel failed"}
+    for i, rid in enumerate(ids):
+        got, reason = engine.result(rid), engine.finish_reason(rid)
+        kind = next((k for k, at in faults.items() if i in at), None)
+        at = faults[kind][i] + (kind == "callback") if kind else None
+        if kind and len(clean[i]) > faults[kind][i]:
+            failures += 1
+            assert reason == f"error: {reasons[kind]}", (i, reason)
+            assert got == clean[i][:at], (i, kind)
+        else:
+            assert reason in ("length", "stop", "context"), (i, reason)
+            assert got == clean[i], f"request {i} differs from the clean run"
+    assert failures >= 15
+    assert engine.num_free_pages == engine.num_pages and engine.cache.num_free_slots == engine.max_batch
