@@ -214,6 +214,8 @@ def test_generate_argument_types(model, clean):
     for bad in ([np.bool_(True), 3], [True, 3], [np.float32(3.0)]):
         with pytest.raises(ValueError, match="ints"):
             engine.generate([bad])
+    with pytest.raises(ValueError, match="needs .* pages"):  # the second request is checked before any is queued
+        engine.generate([PROMPTS[0], [1] * 100], zaya_rt.SamplingParams(max_new_tokens=50))
     assert not engine.has_unfinished() and engine.num_free_pages == engine.num_pages
 
 

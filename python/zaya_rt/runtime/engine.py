@@ -136,18 +136,9 @@ class Engine:
 
     def add_request(self, prompt: SequenceABC[int], params: SamplingParams | None = None,
                     callback: Callable[[int, int], None] | None = None) -> int:
-        """Queues a request; returns its id. callback(request_id, token) is called for each new token."""
-        params = SamplingParams() if params is None else params
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
-        params.validate()
-        prompt = self._check_prompt(prompt)
-        max_len = min(len(prompt) + params.max_new_tokens, self.config.max_position_embeddings)
-        need = -(-max_len // self.page_size)
-        if need > self.cache.num_pages:
-            raise ValueError(
-                f"a request of {len(prompt)} prompt + {params.max_new_tokens} new tokens needs {need} pages of "
-                f"{self.page_size}; the cache has {self.cache.num_pages}")
+        """Queues a request; returns its id. callback(request_id, token) is called for each new token (a callback
+        that raises fails its request, see `step`)."""
+        prompt, params, max_len = self._check_request(prompt, params)
         seed = params.seed if params.seed is not None else int(
             torch.randint(0, 2**62, (1,), generator=self._seed_gen))
         seq = _Sequence(next(self._ids), prompt, params, seed, next(self._arrivals), max_len, callback)
@@ -216,17 +207,19 @@ class Engine:
             per_request = list(params)
         else:
             per_request = [params] * len(prompts)
-        checked = [self._check_prompt(p) for p in prompts]  # all requests valid before any is queued
-        ids = [self.add_request(p, sp) for p, sp in zip(checked, per_request)]
+        checked = [self._check_request(p, sp)[:2] for p, sp in zip(prompts, per_request)]  # all, before queueing
+        ids = [self.add_request(p, sp) for p, sp in checked]
         self.last_request_ids = ids
         return self._stream([self._results[rid] for rid in ids])
 
     def _stream(self, seqs: list[_Sequence]) -> Iterator[tuple[int, int]]:
         index_of = {seq.request_id: i for i, seq in enumerate(seqs)}
-        while not all(seq.finished for seq in seqs):
+        remaining = [seq for seq in seqs if not seq.finished]
+        while remaining:
             for rid, token in self.step():
                 if rid in index_of:
                     yield index_of[rid], token
+            remaining = [seq for seq in remaining if not seq.finished]
         failed = [(i, seq) for i, seq in enumerate(seqs) if seq.error is not None]
         if failed:
             i, seq = failed[0]
@@ -269,6 +262,21 @@ class Engine:
         del self._results[request_id]
 
     # -- checks -------------------------------------------------------------------------------------------
+    def _check_request(self, prompt, params) -> tuple[list[int], SamplingParams, int]:
+        """(prompt as ints, params, context length at which it stops); raises before anything is queued."""
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        params.validate()
+        prompt = self._check_prompt(prompt)
+        max_len = min(len(prompt) + params.max_new_tokens, self.config.max_position_embeddings)
+        need = -(-max_len // self.page_size)
+        if need > self.cache.num_pages:
+            raise ValueError(
+                f"a request of {len(prompt)} prompt + {params.max_new_tokens} new tokens needs {need} pages of "
+                f"{self.page_size}; the cache has {self.cache.num_pages}")
+        return prompt, params, max_len
+
     def _check_prompt(self, prompt) -> list[int]:
         if hasattr(prompt, "tolist") and hasattr(prompt, "ndim"):  # a torch tensor or numpy array
             if prompt.ndim != 1:
