@@ -135,9 +135,13 @@ def load(
 ) -> ZayaForCausalLM:
     """Loads a ZAYA checkpoint directory (config.json + safetensors, sharded or not, either layout).
 
-    dtype: weights' dtype (default: as stored); balancing biases stay fp32. Returns the model in eval mode.
-    Raises ValueError naming the file and key on missing, unexpected, misshapen or unreadable tensors.
+    dtype: weights' dtype (default: as stored); balancing biases stay fp32. device: where the weights go; it must
+    hold data ('meta' raises ValueError: build ZayaForCausalLM(config) under torch.device("meta") for shapes) and
+    be available in this PyTorch (else RuntimeError). Returns the model in eval mode. Raises ValueError naming
+    the file and key on missing, unexpected, misshapen or unreadable tensors and on config fields of the wrong
+    type or value.
     """
+    device = _check_device(device)
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path}: not a checkpoint directory")
@@ -182,6 +186,27 @@ def load(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
+
+
+def _check_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"load: device {device!r} is not a torch device ({exc})") from None
+    if dev.type == "meta":
+        raise ValueError("load: device='meta' would give a model without weights; load to 'cpu' or a GPU, or build "
+                         "ZayaForCausalLM(config) under torch.device('meta') for shapes alone")
+    if dev.type != "cpu":
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise RuntimeError(f"load: device {str(dev)!r} is not available in this PyTorch build "
+                               f"(torch {torch.__version__})")
+        count = getattr(backend, "device_count", None)
+        if dev.index is not None and count is not None and dev.index >= count():
+            raise ValueError(f"load: device {str(dev)!r} does not exist; this machine has {count()} {dev.type} "
+                             f"device(s)")
+    return dev
 
 
 def _cast(model: ZayaForCausalLM, dtype: torch.dtype) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,15 +69,46 @@ class ZayaConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raises ValueError naming the first inconsistent field."""
+        """Raises ValueError naming the first field of the wrong type or value (JSON strings for numbers,
+        strings or numbers for booleans, fractional sizes) or inconsistent with the others."""
         positive = (
             "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "head_dim", "moe_intermediate_size", "num_experts", "router_hidden_size", "cca_time0", "cca_time1",
+            "max_position_embeddings", "num_experts_per_tok",
         )
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ValueError(f"ZayaConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("tie_word_embeddings", "attention_bias", "lm_head_bias", "skip_passthrough"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"ZayaConfig.{name} must be a boolean (true or false), got {value!r}")
+        if self.sliding_window is not None and (not _is_int(self.sliding_window) or self.sliding_window < 1):
+            raise ValueError(f"ZayaConfig.sliding_window must be a positive integer or null, got "
+                             f"{self.sliding_window!r}")
+        if not _is_real(self.rms_norm_eps) or not math.isfinite(self.rms_norm_eps) or self.rms_norm_eps < 0:
+            raise ValueError(f"ZayaConfig.rms_norm_eps must be a finite number >= 0, got {self.rms_norm_eps!r}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            ids = value if name == "eos_token_id" and isinstance(value, list) else [value]
+            if value is not None and any(not _is_int(t) or t < 0 for t in ids):
+                raise ValueError(f"ZayaConfig.{name} must be null or a non-negative integer"
+                                 f"{' (or a list of them)' if name == 'eos_token_id' else ''}, got {value!r}")
+        if not all(isinstance(t, str) for t in self.layer_types):
+            raise ValueError(f"ZayaConfig.layer_types must be a list of strings, got {self.layer_types!r}")
+        for layer_type in LAYER_TYPES:
+            rope = self.rope_parameters[layer_type]
+            key = f"ZayaConfig.rope_parameters[{layer_type!r}]"
+            if rope.get("rope_type", "default") != "default":
+                raise ValueError(f"{key}['rope_type'] must be 'default' (the only RoPE ZAYA1 uses), got "
+                                 f"{rope['rope_type']!r}")
+            theta = rope.get("rope_theta")
+            if not _is_real(theta) or not math.isfinite(theta) or theta <= 0:
+                raise ValueError(f"{key}['rope_theta'] must be a finite number > 0, got {theta!r}")
+            factor = rope.get("partial_rotary_factor", 0.5)
+            if not _is_real(factor) or not 0 < factor <= 1:
+                raise ValueError(f"{key}['partial_rotary_factor'] must lie in (0, 1], got {factor!r}")
         if self.num_experts_per_tok != 1:
             raise ValueError(f"ZAYA1 routes each token to one expert; num_experts_per_tok={self.num_experts_per_tok}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -94,8 +127,6 @@ class ZayaConfig:
             raise ValueError(f"unknown layer types {unknown}; expected {list(LAYER_TYPES)}")
         if "hybrid_sliding" in self.layer_types and (self.sliding_window is None or self.sliding_window < 1):
             raise ValueError("sliding_window must be a positive integer when a layer is 'hybrid_sliding'")
-        if not (self.rms_norm_eps >= 0):
-            raise ValueError(f"rms_norm_eps must be non-negative, got {self.rms_norm_eps}")
         if self.hidden_act != "silu":
             raise ValueError(f"only hidden_act='silu' is supported, got {self.hidden_act!r}")
         for layer_type in set(self.layer_types):
@@ -166,27 +197,61 @@ class ZayaConfig:
             json.dump(self.to_dict(), f, indent=2)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _zyphra_int(raw: dict[str, Any], key: str, default: Any = None) -> int:
+    """raw[key] (or default when absent) as an int; ValueError naming the key for anything but an integer."""
+    value = raw[key] if default is None else raw.get(key, default)
+    if not _is_int(value):
+        raise ValueError(f"original ZAYA config: {key} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _zyphra_real(raw: dict[str, Any], key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if not _is_real(value):
+        raise ValueError(f"original ZAYA config: {key} must be a number, got {value!r}")
+    return float(value)
+
+
 def is_zyphra_config(raw: dict[str, Any]) -> bool:
     """True for the original Zyphra (alternating attention/MoE sub-layer) config.json."""
     return "ffn_hidden_size" in raw or "zaya_mlp_expansion" in raw
 
 
 def _native_from_zyphra(raw: dict[str, Any]) -> dict[str, Any]:
-    sub_layers = int(raw["num_hidden_layers"])
+    """The transformers-native keys of an original Zyphra config; numbers must be numbers (ValueError naming the
+    original key), the rest is checked by ZayaConfig.validate."""
+    sub_layers = _zyphra_int(raw, "num_hidden_layers")
     if sub_layers % 2:
         raise ValueError(f"original ZAYA configs alternate attention and MoE sub-layers; got {sub_layers} layers")
     layers = sub_layers // 2
-    topk = int(raw.get("moe_router_topk", raw.get("num_experts_per_tok", 1)))
+    topk_key = "moe_router_topk" if "moe_router_topk" in raw else "num_experts_per_tok"
+    topk = _zyphra_int(raw, topk_key, 1)
     if topk != 1:
-        raise ValueError(f"moe_router_topk must be 1 for ZAYA1, got {topk}")
+        raise ValueError(f"{topk_key} must be 1 for ZAYA1, got {topk}")
     swa = raw.get("swa_layers") or []
+    if not isinstance(swa, list) or not all(_is_int(w) for w in swa):
+        raise ValueError(f"original ZAYA config: swa_layers must be a list of integers, got {swa!r}")
     if len(swa) == sub_layers:
         swa = swa[::2]
     elif swa and len(swa) != layers:
         raise ValueError(f"swa_layers has {len(swa)} entries for {sub_layers} sub-layers")
-    layer_types = ["hybrid_sliding" if int(w) > 0 else "hybrid" for w in swa] or ["hybrid"] * layers
-    windows = [int(w) for w in swa if int(w) > 0]
-    factor = float(raw.get("partial_rotary_factor", 0.5))
+    layer_types = ["hybrid_sliding" if w > 0 else "hybrid" for w in swa] or ["hybrid"] * layers
+    windows = [int(w) for w in swa if w > 0]
+    factor = _zyphra_real(raw, "partial_rotary_factor", 0.5)
+    ffn = _zyphra_int(raw, "ffn_hidden_size")
+    if ffn % 2:
+        raise ValueError(f"original ZAYA config: ffn_hidden_size (gate and up halves) must be even, got {ffn}")
+    eps_key = "norm_epsilon" if "norm_epsilon" in raw else "rms_norm_eps"
+    head_key = "head_dim" if raw.get("head_dim") else "kv_channels"
+    kv_key = "num_key_value_heads" if raw.get("num_key_value_heads") else "num_query_groups"
     native = {
         k: v
         for k, v in raw.items()
@@ -194,21 +259,21 @@ def _native_from_zyphra(raw: dict[str, Any]) -> dict[str, Any]:
     }
     native.update(
         num_hidden_layers=layers,
-        router_hidden_size=int(raw["zaya_mlp_expansion"]),
-        moe_intermediate_size=int(raw["ffn_hidden_size"]) // 2,
-        rms_norm_eps=float(raw.get("norm_epsilon", raw.get("rms_norm_eps", 1e-5))),
+        router_hidden_size=_zyphra_int(raw, "zaya_mlp_expansion"),
+        moe_intermediate_size=ffn // 2,
+        rms_norm_eps=_zyphra_real(raw, eps_key, 1e-5),
         num_experts_per_tok=1,
-        head_dim=int(raw.get("head_dim") or raw["kv_channels"]),
-        num_key_value_heads=int(raw.get("num_key_value_heads") or raw["num_query_groups"]),
+        head_dim=_zyphra_int(raw, head_key),
+        num_key_value_heads=_zyphra_int(raw, kv_key),
         layer_types=layer_types,
         sliding_window=max(windows) + 1 if windows else None,
-        cca_time0=int(raw.get("cca_time0", 2)),
-        cca_time1=int(raw.get("cca_time1", 2)),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
+        cca_time0=raw.get("cca_time0", 2),
+        cca_time1=raw.get("cca_time1", 2),
+        tie_word_embeddings=raw.get("tie_word_embeddings", True),
         rope_parameters={
-            "hybrid": {"rope_type": "default", "rope_theta": float(raw.get("rope_theta", 5_000_000.0)),
+            "hybrid": {"rope_type": "default", "rope_theta": _zyphra_real(raw, "rope_theta", 5_000_000.0),
                        "partial_rotary_factor": factor},
-            "hybrid_sliding": {"rope_type": "default", "rope_theta": float(raw.get("swa_rotary_base", 10_000.0)),
+            "hybrid_sliding": {"rope_type": "default", "rope_theta": _zyphra_real(raw, "swa_rotary_base", 10_000.0),
                                "partial_rotary_factor": factor},
         },
     )

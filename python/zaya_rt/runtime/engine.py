@@ -7,6 +7,18 @@ When pages run out the newest running sequence is preempted: its pages are relea
 later from its prompt and the tokens it already produced (with the same sampling uniforms, so the output
 is as if nothing happened).
 
+Failures (SPEC section 9) are contained per request wherever the failing request can be told apart:
+- the sampler, a request's logits (NaN, or no finite value) and its token callback act per request: the request
+  finishes with finish_reason "error: <ExcType>: <message>" (the exception is kept, see `error()`), its pages
+  and state slot return, and the rest of the batch goes on untouched in the same step;
+- the batched forward (batch assembly and every kernel of the model) cannot name its culprit: when it raises
+  with several sequences in the batch, all of them are preempted (their pages released, nothing kept from the
+  failed step) and each is recomputed in a batch of its own until it passes the point where the batch failed;
+  one that fails again alone finishes with the error, the others go on with exactly the tokens they would
+  have had. A failure common to every request (a kernel that cannot run this configuration) so fails each
+  of them with its error, returns every page, and leaves the engine ready for the next request.
+Configurations that the kernels reject outright (a page size they cannot read) are refused at construction.
+
 Pure decode steps (every scheduled sequence adds one token to cached pages, no prompt chunk, no prefix
 snapshot, at most max_batch sequences) run on CUDA devices as CUDA graphs, one per batch bucket
 (runtime/decode_graph.py): the batch is padded to the bucket with rows that touch only the cache's padding
@@ -17,6 +29,7 @@ the CPU runs the same padded static-buffer path without capture (used by the tes
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence as SequenceABC
 from dataclasses import dataclass, field
@@ -24,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from zaya_rt import ops
-from zaya_rt.runtime import direct
+from zaya_rt.runtime import attention, direct
 from zaya_rt.runtime.decode_graph import DecodeGraphs, graphs_enabled
 from zaya_rt.runtime.kv_cache import PagedKVCache, PrefixEntry
 from zaya_rt.runtime.params import SamplingParams
@@ -50,6 +63,8 @@ class _Sequence:
     slot: int | None = None
     finished: bool = False
     finish_reason: str | None = None
+    error: BaseException | None = None             # what failed the request (finish_reason "error: ...")
+    solo_until: int = 0                            # runs alone until num_computed reaches this (after a failure)
 
     @property
     def tokens(self) -> list[int]:
@@ -80,6 +95,10 @@ class Engine:
         weight = model.model.norm.weight
         self.model, self.config = model, model.config
         self.device, self.dtype = weight.device, weight.dtype
+        probe = torch.empty(0, self.config.head_dim, dtype=self.dtype, device="meta")
+        if attention._op("attention_decode", probe) is not None and page_size & (page_size - 1):
+            raise ValueError(f"Engine: page_size must be a power of two for the attention kernels (head_dim "
+                             f"{self.config.head_dim}, {self.dtype}), got {page_size}")
         per_page = PagedKVCache.bytes_per_page(self.config, page_size, self.dtype)
         if num_pages is None:
             num_pages = max_batch * -(-2048 // page_size)
@@ -117,18 +136,9 @@ class Engine:
 
     def add_request(self, prompt: SequenceABC[int], params: SamplingParams | None = None,
                     callback: Callable[[int, int], None] | None = None) -> int:
-        """Queues a request; returns its id. callback(request_id, token) is called for each new token."""
-        params = SamplingParams() if params is None else params
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
-        params.validate()
-        prompt = self._check_prompt(prompt)
-        max_len = min(len(prompt) + params.max_new_tokens, self.config.max_position_embeddings)
-        need = -(-max_len // self.page_size)
-        if need > self.cache.num_pages:
-            raise ValueError(
-                f"a request of {len(prompt)} prompt + {params.max_new_tokens} new tokens needs {need} pages of "
-                f"{self.page_size}; the cache has {self.cache.num_pages}")
+        """Queues a request; returns its id. callback(request_id, token) is called for each new token (a callback
+        that raises fails its request, see `step`)."""
+        prompt, params, max_len = self._check_request(prompt, params)
         seed = params.seed if params.seed is not None else int(
             torch.randint(0, 2**62, (1,), generator=self._seed_gen))
         seq = _Sequence(next(self._ids), prompt, params, seed, next(self._arrivals), max_len, callback)
@@ -140,62 +150,81 @@ class Engine:
         return bool(self._waiting or self._running)
 
     def step(self) -> list[tuple[int, int]]:
-        """Runs one batch; returns the (request_id, token) pairs it produced."""
+        """Runs one batch; returns the (request_id, token) pairs it produced. An exception inside the step fails
+        only the requests it can be traced to (module docstring); the token whose callback raised is returned
+        and kept before its request finishes with the error."""
         scheduled = self._schedule()
         if not scheduled:
             if self.has_unfinished():
                 raise RuntimeError("engine made no progress (a request cannot fit the cache)")
             return []
-        if self._is_pure_decode(scheduled):
-            logits, samplers = self._decode_step(scheduled)
-        else:
-            batch, samplers = self._build_batch(scheduled)
-            logits, snapshots = self.runner.forward(batch)
-            self._take_snapshots(scheduled, batch, snapshots)
-        for seq, n in scheduled:
-            seq.num_computed += n
-        tokens = self._sample(logits, samplers) if samplers else []
+        solo = [item for item in scheduled if item[0].solo_until]
+        if solo:  # a sequence of a failed batch: run it alone until it is past the failure
+            scheduled = [min(solo, key=lambda item: item[0].arrival)]
+        self.stats["steps"] += 1
+        try:
+            logits, samplers = self._forward(scheduled)
+        except Exception as exc:  # noqa: BLE001 - any failure of the batch is contained, see the module docstring
+            self._forward_failed(scheduled, exc)
+            return []
         out = []
-        for seq, token in zip(samplers, tokens):
+        for seq, token in zip(samplers, self._sample(logits, samplers) if samplers else []):
+            if token is None:  # its request failed in the sampler and is finished
+                continue
             seq.generated.append(token)
             out.append((seq.request_id, token))
             if seq.callback is not None:
-                seq.callback(seq.request_id, token)
+                try:
+                    seq.callback(seq.request_id, token)
+                except Exception as exc:  # noqa: BLE001 - the callback's failure is its request's
+                    self._fail(seq, exc)
+                    continue
             self._maybe_finish(seq, token)
-        self.stats["steps"] += 1
         return out
 
     def generate(self, prompts: SequenceABC[SequenceABC[int]],
                  params: SamplingParams | SequenceABC[SamplingParams] | None = None) -> list[list[int]]:
-        """Generated ids (no prompt) per prompt, in request order."""
-        outputs: list[list[int]] = [[] for _ in prompts]
-        for index, token in self.stream(prompts, params):
+        """Generated ids (no prompt) per prompt, in request order. Raises like `stream`."""
+        tokens = self.stream(prompts, params)
+        outputs: list[list[int]] = [[] for _ in self.last_request_ids]
+        for index, token in tokens:
             outputs[index].append(token)
         return outputs
 
     def stream(self, prompts: SequenceABC[SequenceABC[int]],
                params: SamplingParams | SequenceABC[SamplingParams] | None = None) -> Iterator[tuple[int, int]]:
-        """Yields (index into prompts, token) as tokens are produced; other queued requests also advance."""
-        if isinstance(prompts, torch.Tensor):
+        """Checks and queues every prompt now (a list of token-id lists, or a 2-D tensor/array; ids are
+        integers); the returned iterator yields (index into prompts, token) as tokens are produced, other queued
+        requests also advancing. Once all of them have finished it raises RuntimeError if one failed (its
+        finish_reason starts with "error"; the others' tokens are complete, see `result`)."""
+        if hasattr(prompts, "tolist") and hasattr(prompts, "ndim"):  # a torch tensor or numpy array
             prompts = prompts.tolist()
         if not isinstance(prompts, SequenceABC) or isinstance(prompts, (str, bytes)):
-            raise TypeError("prompts must be a list of token-id lists")
+            raise TypeError(f"Engine: prompts must be a list of token-id lists, got {type(prompts).__name__}")
         if isinstance(params, SequenceABC):
             if len(params) != len(prompts):
                 raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
             per_request = list(params)
         else:
             per_request = [params] * len(prompts)
-        checked = [self._check_prompt(p) for p in prompts]  # all requests valid before any is queued
-        ids = [self.add_request(p, sp) for p, sp in zip(checked, per_request)]
-        index_of = {rid: i for i, rid in enumerate(ids)}
+        checked = [self._check_request(p, sp)[:2] for p, sp in zip(prompts, per_request)]  # all, before queueing
+        ids = [self.add_request(p, sp) for p, sp in checked]
         self.last_request_ids = ids
-        remaining = set(ids)
+        return self._stream([self._results[rid] for rid in ids])
+
+    def _stream(self, seqs: list[_Sequence]) -> Iterator[tuple[int, int]]:
+        index_of = {seq.request_id: i for i, seq in enumerate(seqs)}
+        remaining = [seq for seq in seqs if not seq.finished]
         while remaining:
             for rid, token in self.step():
                 if rid in index_of:
                     yield index_of[rid], token
-            remaining = {rid for rid in remaining if not self._results[rid].finished}
+            remaining = [seq for seq in remaining if not seq.finished]
+        failed = [(i, seq) for i, seq in enumerate(seqs) if seq.error is not None]
+        if failed:
+            i, seq = failed[0]
+            raise RuntimeError(f"Engine: {len(failed)} of {len(seqs)} requests failed; the first, prompt {i} "
+                               f"(request {seq.request_id}): {seq.finish_reason}") from seq.error
 
     def result(self, request_id: int) -> list[int]:
         """Tokens generated so far for a request."""
@@ -209,8 +238,12 @@ class Engine:
         return list(generated[len(generated) - tau :]) if tau else []
 
     def finish_reason(self, request_id: int) -> str | None:
-        """'length', 'stop', 'context' or 'aborted' once finished, else None."""
+        """'length', 'stop', 'context', 'aborted' or 'error: <ExcType>: <message>' once finished, else None."""
         return self._request(request_id).finish_reason
+
+    def error(self, request_id: int) -> BaseException | None:
+        """The exception that failed a request (finish_reason 'error: ...'), else None."""
+        return self._request(request_id).error
 
     def abort(self, request_id: int) -> None:
         """Stops a request and releases its pages."""
@@ -229,9 +262,24 @@ class Engine:
         del self._results[request_id]
 
     # -- checks -------------------------------------------------------------------------------------------
+    def _check_request(self, prompt, params) -> tuple[list[int], SamplingParams, int]:
+        """(prompt as ints, params, context length at which it stops); raises before anything is queued."""
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        params.validate()
+        prompt = self._check_prompt(prompt)
+        max_len = min(len(prompt) + params.max_new_tokens, self.config.max_position_embeddings)
+        need = -(-max_len // self.page_size)
+        if need > self.cache.num_pages:
+            raise ValueError(
+                f"a request of {len(prompt)} prompt + {params.max_new_tokens} new tokens needs {need} pages of "
+                f"{self.page_size}; the cache has {self.cache.num_pages}")
+        return prompt, params, max_len
+
     def _check_prompt(self, prompt) -> list[int]:
-        if isinstance(prompt, torch.Tensor):
-            if prompt.dim() != 1:
+        if hasattr(prompt, "tolist") and hasattr(prompt, "ndim"):  # a torch tensor or numpy array
+            if prompt.ndim != 1:
                 raise ValueError(f"a prompt tensor must be 1-D, got shape {tuple(prompt.shape)}")
             prompt = prompt.tolist()
         if isinstance(prompt, (str, bytes)) or not isinstance(prompt, SequenceABC):
@@ -241,10 +289,11 @@ class Engine:
             raise ValueError("a prompt must hold at least one token")
         vocab = self.config.vocab_size
         for t in prompt:
-            if not isinstance(t, int) or isinstance(t, bool):
+            if not isinstance(t, numbers.Integral) or isinstance(t, bool):  # numpy integers pass, bools do not
                 raise ValueError(f"prompt token ids must be ints, got {t!r}")
             if not 0 <= t < vocab:
                 raise ValueError(f"prompt token id {t} lies outside the vocabulary [0, {vocab})")
+        prompt = [int(t) for t in prompt]
         if len(prompt) >= self.config.max_position_embeddings:
             raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in the model's context of "
                              f"{self.config.max_position_embeddings}")
@@ -385,6 +434,38 @@ class Engine:
         elif len(seq.tokens) >= seq.max_len:
             self._finish(seq, "context")
 
+    def _fail(self, seq: _Sequence, exc: BaseException) -> None:
+        """Finishes a request with the error (its pages and slot return)."""
+        seq.error = exc
+        if seq in self._waiting:
+            self._waiting.remove(seq)
+        self._finish(seq, f"error: {type(exc).__name__}: {exc}")
+
+    def _forward(self, scheduled):
+        """Runs the batch's forward; (logits [R, vocab], the R sequences they sample). Advances num_computed
+        only once the whole forward has succeeded."""
+        if self._is_pure_decode(scheduled):
+            logits, samplers = self._decode_step(scheduled)
+        else:
+            batch, samplers = self._build_batch(scheduled)
+            logits, snapshots = self.runner.forward(batch)
+            self._take_snapshots(scheduled, batch, snapshots)
+        for seq, n in scheduled:
+            seq.num_computed += n
+            if seq.num_computed >= seq.solo_until:
+                seq.solo_until = 0
+        return logits, samplers
+
+    def _forward_failed(self, scheduled, exc: Exception) -> None:
+        """A lone sequence fails with exc; a batch's sequences are preempted (what the failed step wrote is
+        dropped with their pages) and run alone until past this step."""
+        if len(scheduled) == 1:
+            self._fail(scheduled[0][0], exc)
+            return
+        for seq, n in sorted(scheduled, key=lambda item: -item[0].arrival):  # the oldest ends first in the queue
+            seq.solo_until = seq.num_computed + n
+            self._preempt(seq)
+
     def _finish(self, seq: _Sequence, reason: str) -> None:
         self._release(seq)
         if seq in self._running:
@@ -471,17 +552,44 @@ class Engine:
             self.cache.mark_ready(entry, conv.clone(), v.clone())
             seq.pending.remove(entry)
 
-    def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int | None]:
+        """Token of each row of logits [len(seqs), vocab] (any float dtype); None where the row's request failed
+        (NaN logits, no logit above -inf, or the sampler raised for that row alone): it is finished with the error."""
+        live = []
+        for i, ok in enumerate((logits.amax(-1) > float("-inf")).tolist()):  # False for NaN anywhere in the row
+            if ok:
+                live.append(i)
+            else:
+                self._fail(seqs[i], ValueError(f"the logits of request {seqs[i].request_id} hold NaN or no value "
+                                               f"above -inf"))
+        tokens: list[int | None] = [None] * len(seqs)
+        if not live:
+            return tokens
+        rows = logits if len(live) == len(seqs) else logits.index_select(
+            0, torch.tensor(live, dtype=torch.long, device=logits.device))
+        try:
+            for i, token in zip(live, self._sample_rows(rows, [seqs[i] for i in live])):
+                tokens[i] = token
+        except Exception:  # noqa: BLE001 - find the row(s) it failed for; a row's token does not depend on the batch
+            for i in live:
+                try:
+                    tokens[i] = self._sample_rows(logits[i : i + 1], [seqs[i]])[0]
+                except Exception as exc:  # noqa: BLE001
+                    self._fail(seqs[i], exc)
+        return tokens
+
+    def _sample_rows(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
         params = [s.params for s in seqs]
         dev = logits.device
         if all(p.temperature == 0 for p in params):
             if self._greedy is not None and logits.stride(-1) == 1:
                 return self._greedy(logits).tolist()
             return logits.argmax(-1).tolist()
+        vocab = logits.shape[-1]
         tokens = ops.sample_tokens(
             logits,
             torch.tensor([p.temperature for p in params], dtype=torch.float32, device=dev),
-            torch.tensor([p.top_k for p in params], dtype=torch.int32, device=dev),
+            torch.tensor([min(p.top_k, vocab) for p in params], dtype=torch.int32, device=dev),
             torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev),
             torch.tensor([p.min_p for p in params], dtype=torch.float32, device=dev),
             torch.tensor([s.seed for s in seqs], dtype=torch.int64, device=dev),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 
@@ -13,7 +14,8 @@ class SamplingParams:
     temperature 0 = greedy (argmax); top_k 0 = off; top_p 1 = off; min_p 0 = off. A request stops after
     max_new_tokens tokens, after emitting one of stop_token_ids (the stop token is returned), or when its
     context reaches the model's max_position_embeddings. seed=None draws a seed from the engine's generator;
-    a fixed seed gives the same tokens whatever else is in the batch.
+    a fixed seed gives the same tokens whatever else is in the batch. Integer fields take any integral number
+    (numpy integers too, not bools) and real fields any real number; both are stored as Python int / float.
     """
 
     max_new_tokens: int = 16
@@ -27,6 +29,13 @@ class SamplingParams:
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         self.validate()
+        for name in ("max_new_tokens", "top_k"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("temperature", "top_p", "min_p"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", int(self.seed))
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
@@ -47,8 +56,8 @@ class SamplingParams:
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
