@@ -1,5 +1,6 @@
-"""Training utilities (SPEC section 7). So far: router balancing."""
+"""Training utilities (SPEC section 7): router balancing, answer-preserving trimming, packing and data."""
 
 from zaya_rt.train.balancing import RouterBalancer, collect_router_loads
+from zaya_rt.train.trim import trim_to_budget
 
-__all__ = ["RouterBalancer", "collect_router_loads"]
+__all__ = ["RouterBalancer", "collect_router_loads", "trim_to_budget"]
