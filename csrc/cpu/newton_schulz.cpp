@@ -1,5 +1,5 @@
 // Batched Newton-Schulz orthogonalisation (zaya_rt/newton_schulz.h) on the register-tiled CPU GEMM micro-kernel
-// (cpu/gemm_core.h). Per step three products, each one parallel pass over every matrix of a chunk:
+// (cpu/gemm_core.h). Per step three products, each one parallel pass (two barriers) over every matrix of a chunk:
 //   S = X X^T         only the tiles on or above the diagonal, mirrored into the lower triangle;
 //   P = b S + c S S   the same over S (S S = S S^T since S is symmetric), P mirrored likewise;
 //   X' = a X + P X    P's rows against the rows of X^T.
@@ -112,13 +112,14 @@ void pack_panel(const T* m, int64_t K, int64_t r0, int count, typename PackMode<
   pack_rows<LANES, T, Dot>(Source<T>{m + r0 * K, K, 1}, 0, count, K, dst);
 }
 
-// C = A B^T for `count` matrices, A [M, K] at a + mt * a_step and B [N, K] at b + mt * b_step, rows contiguous.
-// Every A and B panel is packed once; then each task (a matrix's kNR-column panel) sweeps the A panels,
-// only those at or above the diagonal when `symmetric` (C's lower triangle is left to the epilogue).
-// epi(mt, tile[kMR][kNR], m0, mr, n0, nr) receives C_mt[m0 + r][n0 + c].
 // Packed K entries per slice of a product (a 16 KiB slice of a B panel).
 constexpr int64_t kSliceK = 128;
 
+// C = A B^T for `count` matrices, A [M, K] at a + mt * a_step and B [N, K] at b + mt * b_step, rows contiguous.
+// One parallel pass: every A panel is packed once up front; then each task (one matrix's kNR-row panel of B,
+// packed into the thread's buffer `pb`) sweeps the A panels in K slices, only the panels at or above the
+// diagonal when `symmetric` (C's lower triangle is left to the epilogue).
+// epi(mt, tile[kMR][kNR], m0, mr, n0, nr) receives C_mt[m0 + r][n0 + c].
 template <typename T, bool Dot, typename Epi>
 void products(int64_t count, const T* a, int64_t a_step, const T* b, int64_t b_step, int64_t M, int64_t N, int64_t K,
               bool symmetric, typename PackMode<T, Dot>::Entry* pa, typename PackMode<T, Dot>::Entry* pb,
@@ -129,16 +130,12 @@ void products(int64_t count, const T* a, int64_t a_step, const T* b, int64_t b_s
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
-    for (int64_t idx = 0; idx < count * (a_panels + b_panels); ++idx) {
-      const int64_t mt = idx / (a_panels + b_panels), q = idx % (a_panels + b_panels);
-      if (q < a_panels)
-        pack_panel<kMR, T, Dot>(a + mt * a_step, K, q * kMR, static_cast<int>(std::min<int64_t>(kMR, M - q * kMR)),
-                                pa + (mt * a_panels + q) * kMR * kp);
-      else
-        pack_panel<kNR, T, Dot>(b + mt * b_step, K, (q - a_panels) * kNR,
-                                static_cast<int>(std::min<int64_t>(kNR, N - (q - a_panels) * kNR)),
-                                pb + (mt * b_panels + q - a_panels) * kNR * kp);
+    for (int64_t idx = 0; idx < count * a_panels; ++idx) {
+      const int64_t mt = idx / a_panels, q = idx % a_panels;
+      pack_panel<kMR, T, Dot>(a + mt * a_step, K, q * kMR, static_cast<int>(std::min<int64_t>(kMR, M - q * kMR)),
+                              pa + idx * kMR * kp);
     }
+    Entry* pbj = pb + static_cast<int64_t>(omp_get_thread_num()) * kNR * kp;
     thread_local std::vector<float> tiles;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < count * b_panels; ++t) {
@@ -147,8 +144,8 @@ void products(int64_t count, const T* a, int64_t a_step, const T* b, int64_t b_s
       const int nr = static_cast<int>(std::min<int64_t>(kNR, N - n0));
       const int64_t i_end = symmetric ? std::min(a_panels, (n0 + nr + kMR - 1) / kMR) : a_panels;
       if (tiles.size() < static_cast<size_t>(i_end * kMR * kNR)) tiles.resize(i_end * kMR * kNR);
+      pack_panel<kNR, T, Dot>(b + mt * b_step, K, n0, nr, pbj);
       // K slices outer: the B panel's slice stays in L1 while the A panels' slices stream past.
-      const Entry* pbj = pb + (mt * b_panels + j) * kNR * kp;
       for (int64_t k0 = 0; k0 < kp; k0 += kSliceK) {
         const int64_t kc = std::min(kSliceK, kp - k0);
         for (int64_t i = 0; i < i_end; ++i)
@@ -165,17 +162,16 @@ template <typename T, bool Dot> const char* newton_schulz_t(const NewtonSchulzPa
   using Entry = typename PackMode<T, Dot>::Entry;
   const bool transposed = p.rows > p.cols;
   const int64_t m = std::min(p.rows, p.cols), n = std::max(p.rows, p.cols);
-  const int64_t threads_max = omp_get_max_threads();
-  const int64_t chunk = newton_schulz_cpu_chunk(p.batch, m, n, sizeof(T), threads_max);
+  const int threads = omp_get_max_threads();
+  const int64_t chunk = newton_schulz_cpu_chunk(p.batch, m, n, sizeof(T));
   char* cursor = static_cast<char*>(p.workspace);
   T* xs = carve<T>(cursor, chunk * m * n);   // the iterates X [m, n], updated in place
   T* xt = carve<T>(cursor, chunk * m * n);   // and their transposes [n, m]
   T* s = carve<T>(cursor, chunk * m * m);
   T* pm = carve<T>(cursor, chunk * m * m);
   Entry* pa = carve<Entry>(cursor, newton_schulz_cpu_a_entries(chunk, m, n));
-  Entry* pb = carve<Entry>(cursor, newton_schulz_cpu_b_entries(chunk, m, n));
+  Entry* pb = carve<Entry>(cursor, newton_schulz_cpu_b_entries(threads, n));
   if (cursor > static_cast<char*>(p.workspace) + p.workspace_bytes) return "workspace too small";
-  const int threads = static_cast<int>(threads_max);
   const float a = p.a, b = p.b, c = p.c;
   const T* x = static_cast<const T*>(p.x);
   T* out = static_cast<T*>(p.out);

@@ -25,11 +25,11 @@ const char* newton_schulz(const NewtonSchulzParams& p) {
 int64_t newton_schulz_workspace(DType dtype, int64_t batch, int64_t rows, int64_t cols, int64_t threads) {
   const int64_t m = std::min(rows, cols), n = std::max(rows, cols);
   const int64_t elem = dtype == DType::kFloat32 ? 4 : 2;
-  const int64_t chunk = newton_schulz_cpu_chunk(batch, m, n, elem, threads);
+  const int64_t chunk = newton_schulz_cpu_chunk(batch, m, n, elem);
   auto lines = [](int64_t bytes) { return (bytes + 63) / 64 * 64; };
   return 2 * lines(chunk * m * n * elem) + 2 * lines(chunk * m * m * elem) +
          lines(newton_schulz_cpu_a_entries(chunk, m, n) * kPackedEntryBytes) +
-         lines(newton_schulz_cpu_b_entries(chunk, m, n) * kPackedEntryBytes);
+         lines(newton_schulz_cpu_b_entries(threads, n) * kPackedEntryBytes);
 }
 
 }  // namespace zaya_rt::cpu

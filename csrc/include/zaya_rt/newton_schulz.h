@@ -29,7 +29,7 @@ struct NewtonSchulzParams {
 namespace cpu {
 // Error message or null; picks the ISA build at run time (csrc/cpu/newton_schulz_isa.cpp).
 const char* newton_schulz(const NewtonSchulzParams& p);
-// Workspace bytes of the CPU kernel for up to `threads` threads.
+// Workspace bytes of the CPU kernel run by up to `threads` threads.
 int64_t newton_schulz_workspace(DType dtype, int64_t batch, int64_t rows, int64_t cols, int64_t threads);
 }  // namespace cpu
 namespace gpu {

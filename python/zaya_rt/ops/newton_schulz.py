@@ -9,17 +9,19 @@ each [A, B] matrix of the stack is orthogonalised on its own, all of them in one
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
 from zaya_rt import _C
-from zaya_rt.ops._lib import DTYPE_CODES, check_tensor, device_args, lib, register_kernels, workspace
+from zaya_rt.ops._lib import DTYPE_CODES, check_tensor, device_args, lib, register_kernels
 
 lib.define(
     "newton_schulz(Tensor x, int steps, float[] coefficients, float eps, ScalarType compute_dtype) -> Tensor"
 )
 
 COMPUTE_DTYPES = (torch.bfloat16, torch.float32)
+_held = threading.local()
 DEFAULT_COEFFICIENTS = (3.4445, -4.775, 2.0315)
 
 
@@ -41,6 +43,18 @@ def _check_args(x, steps, coefficients, eps, compute_dtype) -> None:
         raise TypeError(f"zaya_rt.{op}: compute_dtype must be torch.bfloat16 or torch.float32, got {compute_dtype}")
 
 
+def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
+    """The kernel's workspace. On the CPU each thread keeps one growing buffer: an optimizer calls the op with
+    the same shapes every step, and a fresh allocation of the ~100 MB a large expert stack needs would cost
+    every call its page faults."""
+    if device.type != "cpu":
+        return torch.empty(max(nbytes, 64), dtype=torch.uint8, device=device)
+    buf = getattr(_held, "buf", None)
+    if buf is None or buf.numel() < nbytes:
+        buf = _held.buf = torch.empty(max(nbytes, 64), dtype=torch.uint8)
+    return buf
+
+
 def _newton_schulz_impl(x, steps, coefficients, eps, compute_dtype):
     _check_args(x, steps, coefficients, eps, compute_dtype)
     rows, cols = x.shape[-2:]
@@ -51,7 +65,7 @@ def _newton_schulz_impl(x, steps, coefficients, eps, compute_dtype):
     batch = x3.shape[0]
     dev = device_args(x)
     code = DTYPE_CODES[compute_dtype]
-    ws = workspace(_C.newton_schulz_workspace(dev[0], code, batch, rows, cols), x.device)
+    ws = _workspace(_C.newton_schulz_workspace(dev[0], code, batch, rows, cols), x.device)
     a, b, c = coefficients
     _C.newton_schulz(
         x3.data_ptr(), x3.stride(0), x3.stride(1), x3.stride(2), out.data_ptr(), code, batch, rows, cols, steps,
