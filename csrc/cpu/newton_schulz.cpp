@@ -5,7 +5,7 @@
 //   X' = a X + P X    P's rows against the rows of X^T.
 // The symmetric products cost about half of their full GEMMs, so a step costs about 1.5 m^2 n + 0.5 m^3
 // multiply-adds instead of 2 m^2 n + m^3. Each product packs every panel of its operands once (bf16 pairs by
-// 32-bit register transposes); the iterate is kept in both layouts so that every operand is contiguous along K.
+// 32-bit register transposes, X's columns by interleaving row pairs).
 // The last step writes straight into the output, transposed back where rows > cols.
 #include <omp.h>
 
@@ -112,17 +112,49 @@ void pack_panel(const T* m, int64_t K, int64_t r0, int count, typename PackMode<
   pack_rows<LANES, T, Dot>(Source<T>{m + r0 * K, K, 1}, 0, count, K, dst);
 }
 
+// Packs columns n0 .. n0 + nr (nr <= kNR) of a row-major [K, ld] matrix as the rows of a B panel ([Kp][kNR]
+// entries): the panel of X^T without forming X^T.
+template <typename T, bool Dot>
+void pack_columns(const T* m, int64_t ld, int64_t K, int64_t n0, int nr, typename PackMode<T, Dot>::Entry* dst) {
+#if defined(__AVX512BF16__)
+  if constexpr (PackMode<T, Dot>::bf16) {
+    static_assert(kNR == 32, "one 32-lane bf16 vector per row segment");
+    // Entry (q, c) = bits of m[2q][c] | bits of m[2q + 1][c] << 16: two row segments interleaved by vpermt2w.
+    alignas(64) static constexpr uint16_t kLo[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                    8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    const __m512i lo_idx = _mm512_load_si512(kLo);
+    const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
+    const __mmask32 mask = nr == 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << nr) - 1u);
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+    for (int64_t q = 0; q < (K + 1) / 2; ++q) {
+      const __m512i even = _mm512_maskz_loadu_epi16(mask, m + 2 * q * ld + n0);
+      const __m512i odd = 2 * q + 1 < K ? _mm512_maskz_loadu_epi16(mask, m + (2 * q + 1) * ld + n0) : _mm512_setzero_si512();
+      _mm512_storeu_si512(out + q * kNR, _mm512_permutex2var_epi16(even, lo_idx, odd));
+      _mm512_storeu_si512(out + q * kNR + 16, _mm512_permutex2var_epi16(even, hi_idx, odd));
+    }
+    return;
+  }
+#endif
+  if constexpr (!PackMode<T, Dot>::bf16) {
+    for (int64_t k = 0; k < K; ++k) {
+      float* row = reinterpret_cast<float*>(dst) + k * kNR;
+      for (int c = 0; c < kNR; ++c) row[c] = c < nr ? load(m + k * ld + n0, c) : 0.f;
+    }
+  }
+}
+
 // Packed K entries per slice of a product (a 16 KiB slice of a B panel).
 constexpr int64_t kSliceK = 128;
 
-// C = A B^T for `count` matrices, A [M, K] at a + mt * a_step and B [N, K] at b + mt * b_step, rows contiguous.
+// C = A B^T for `count` matrices, A [M, K] at a + mt * a_step and B [N, K] at b + mt * b_step, rows contiguous
+// (with b_columns: C = A B for B [K, N] row-major).
 // One parallel pass: every A panel is packed once up front; then each task (one matrix's kNR-row panel of B,
 // packed into the thread's buffer `pb`) sweeps the A panels in K slices, only the panels at or above the
 // diagonal when `symmetric` (C's lower triangle is left to the epilogue).
 // epi(mt, tile[kMR][kNR], m0, mr, n0, nr) receives C_mt[m0 + r][n0 + c].
 template <typename T, bool Dot, typename Epi>
 void products(int64_t count, const T* a, int64_t a_step, const T* b, int64_t b_step, int64_t M, int64_t N, int64_t K,
-              bool symmetric, typename PackMode<T, Dot>::Entry* pa, typename PackMode<T, Dot>::Entry* pb,
+              bool symmetric, bool b_columns, typename PackMode<T, Dot>::Entry* pa, typename PackMode<T, Dot>::Entry* pb,
               int threads, const Epi& epi) {
   using Entry = typename PackMode<T, Dot>::Entry;
   const int64_t kp = packed_k<T, Dot>(K);
@@ -144,7 +176,8 @@ void products(int64_t count, const T* a, int64_t a_step, const T* b, int64_t b_s
       const int nr = static_cast<int>(std::min<int64_t>(kNR, N - n0));
       const int64_t i_end = symmetric ? std::min(a_panels, (n0 + nr + kMR - 1) / kMR) : a_panels;
       if (tiles.size() < static_cast<size_t>(i_end * kMR * kNR)) tiles.resize(i_end * kMR * kNR);
-      pack_panel<kNR, T, Dot>(b + mt * b_step, K, n0, nr, pbj);
+      if (b_columns) pack_columns<T, Dot>(b + mt * b_step, N, K, n0, nr, pbj);
+      else pack_panel<kNR, T, Dot>(b + mt * b_step, K, n0, nr, pbj);
       // K slices outer: the B panel's slice stays in L1 while the A panels' slices stream past.
       for (int64_t k0 = 0; k0 < kp; k0 += kSliceK) {
         const int64_t kc = std::min(kSliceK, kp - k0);
@@ -165,8 +198,7 @@ template <typename T, bool Dot> const char* newton_schulz_t(const NewtonSchulzPa
   const int threads = omp_get_max_threads();
   const int64_t chunk = newton_schulz_cpu_chunk(p.batch, m, n, sizeof(T));
   char* cursor = static_cast<char*>(p.workspace);
-  T* xs = carve<T>(cursor, chunk * m * n);   // the iterates X [m, n], updated in place
-  T* xt = carve<T>(cursor, chunk * m * n);   // and their transposes [n, m]
+  T* xs = carve<T>(cursor, chunk * m * n);  // the iterates X [m, n], updated in place
   T* s = carve<T>(cursor, chunk * m * m);
   T* pm = carve<T>(cursor, chunk * m * m);
   Entry* pa = carve<Entry>(cursor, newton_schulz_cpu_a_entries(chunk, m, n));
@@ -185,12 +217,10 @@ template <typename T, bool Dot> const char* newton_schulz_t(const NewtonSchulzPa
                                           : View<const T>{src, p.x_row_stride, p.x_col_stride};
       T* x0 = xs + mt * m * n;
       normalise(in, m, n, p.eps, x0);
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t j = 0; j < n; ++j) xt[mt * m * n + j * m + i] = x0[i * n + j];
     }
     for (int64_t step = 0; step < p.steps; ++step) {
       // S = X X^T: upper triangle, mirrored.
-      products<T, Dot>(count, xs, m * n, xs, m * n, m, m, n, true, pa, pb, threads,
+      products<T, Dot>(count, xs, m * n, xs, m * n, m, m, n, true, false, pa, pb, threads,
                        [&](int64_t mt, const float* tile, int64_t m0, int mr, int64_t n0, int nr) {
                          T* sm = s + mt * m * m;
                          for (int r = 0; r < mr; ++r) {
@@ -200,7 +230,7 @@ template <typename T, bool Dot> const char* newton_schulz_t(const NewtonSchulzPa
                          mirror(sm, m, m0, mr, n0, nr);
                        });
       // P = b S + c S S (S symmetric, so S S = S S^T): upper triangle, mirrored.
-      products<T, Dot>(count, s, m * m, s, m * m, m, m, m, true, pa, pb, threads,
+      products<T, Dot>(count, s, m * m, s, m * m, m, m, m, true, false, pa, pb, threads,
                        [&](int64_t mt, const float* tile, int64_t m0, int mr, int64_t n0, int nr) {
                          const T* sm = s + mt * m * m;
                          T* pmm = pm + mt * m * m;
@@ -211,21 +241,19 @@ template <typename T, bool Dot> const char* newton_schulz_t(const NewtonSchulzPa
                          }
                          mirror(pmm, m, m0, mr, n0, nr);
                        });
-      // X' = a X + P X, with P X = P (X^T)^T. X and X^T are updated in place (both are packed before any
-      // tile lands); the last step also writes the output.
+      // X' = a X + P X, B panels packed from X's columns. X is updated in place: each task packs its columns
+      // of X before its tiles land, and no other task reads them.
       const bool last = step + 1 == p.steps;
-      products<T, Dot>(count, pm, m * m, xt, m * n, m, n, m, false, pa, pb, threads,
+      products<T, Dot>(count, pm, m * m, xs, m * n, m, n, m, false, true, pa, pb, threads,
                        [&](int64_t mt, const float* tile, int64_t m0, int mr, int64_t n0, int nr) {
                          T* xm = xs + mt * m * n;
                          for (int r = 0; r < mr; ++r) {
                            T* row = xm + (m0 + r) * n + n0;
                            axpy_row(row, tile + r * kNR, 1.f, row, a, nr);
                          }
-                         if (!last) {
-                           transpose_block(xm, n, xt + mt * m * n, m, m0, mr, n0, nr);
-                         } else if (transposed) {
+                         if (last && transposed) {
                            transpose_block(xm, n, out + (b0 + mt) * m * n, m, m0, mr, n0, nr);
-                         } else {
+                         } else if (last) {
                            T* o = out + (b0 + mt) * m * n;
                            for (int r = 0; r < mr; ++r)
                              std::copy(xm + (m0 + r) * n + n0, xm + (m0 + r) * n + n0 + nr, o + (m0 + r) * n + n0);

@@ -27,7 +27,7 @@ int64_t newton_schulz_workspace(DType dtype, int64_t batch, int64_t rows, int64_
   const int64_t elem = dtype == DType::kFloat32 ? 4 : 2;
   const int64_t chunk = newton_schulz_cpu_chunk(batch, m, n, elem);
   auto lines = [](int64_t bytes) { return (bytes + 63) / 64 * 64; };
-  return 2 * lines(chunk * m * n * elem) + 2 * lines(chunk * m * m * elem) +
+  return lines(chunk * m * n * elem) + 2 * lines(chunk * m * m * elem) +
          lines(newton_schulz_cpu_a_entries(chunk, m, n) * kPackedEntryBytes) +
          lines(newton_schulz_cpu_b_entries(threads, n) * kPackedEntryBytes);
 }

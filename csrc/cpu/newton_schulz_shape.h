@@ -17,7 +17,7 @@ inline int64_t newton_schulz_cpu_b_entries(int64_t threads, int64_t n) { return 
 // each product is one parallel pass over all of them (few barriers: a pass per matrix would wait at two
 // barriers per product and matrix, a large cost when threads are preempted). X is [m, n] with m <= n.
 inline int64_t newton_schulz_cpu_chunk(int64_t batch, int64_t m, int64_t n, int64_t elem_bytes) {
-  const int64_t per_matrix = (2 * m * n + 2 * m * m) * elem_bytes +
+  const int64_t per_matrix = (m * n + 2 * m * m) * elem_bytes +
                              newton_schulz_cpu_a_entries(1, m, n) * kPackedEntryBytes;
   const int64_t fit = (int64_t{128} << 20) / std::max<int64_t>(1, per_matrix);
   return std::max<int64_t>(1, std::min(batch, fit));
