@@ -9,7 +9,8 @@ set(ZAYA_RT_CPU_KERNEL_SOURCES
   csrc/cpu/attention_bwd.cpp
   csrc/cpu/attention_decode.cpp
   csrc/cpu/cca.cpp
-  csrc/cpu/packed_linear.cpp)
+  csrc/cpu/packed_linear.cpp
+  csrc/cpu/newton_schulz.cpp)
 
 set(ZAYA_RT_CPU_ISAS base avx2 avx512)
 set(ZAYA_RT_CPU_FLAGS_base "")

@@ -30,7 +30,8 @@ set(ZAYA_RT_CUDA_SOURCES
   cuda/router.cu
   cuda/attention.cu
   cuda/cca.cu
-  cuda/runtime.cu)
+  cuda/runtime.cu
+  cuda/newton_schulz.cu)
 set(ZAYA_RT_CUDA_SM90_SOURCES
   cuda/moe_gemm_sm90_bf16.cu
   cuda/moe_gemm_sm90_f16.cu)

@@ -12,7 +12,8 @@ set(ZAYA_RT_HIP_SOURCES
   hip/router.hip
   hip/attention.hip
   hip/cca.hip
-  hip/runtime.hip)
+  hip/runtime.hip
+  hip/newton_schulz.hip)
 
 if(ZAYA_RT_HIP)
   find_program(ZAYA_RT_HIP_CLANG_EXE NAMES ${ZAYA_RT_HIP_CLANG} REQUIRED)

@@ -166,4 +166,5 @@ PYBIND11_MODULE(_C, m) {
   bind_attention(m);
   void bind_packed_linear(py::module_&); bind_packed_linear(m);  // csrc/bindings_packed_linear.cpp
   void bind_attention_gpu(py::module_&); bind_attention_gpu(m);  // csrc/bindings_attention_gpu.cpp
+  void bind_newton_schulz(py::module_&); bind_newton_schulz(m);  // csrc/bindings_newton_schulz.cpp
 }

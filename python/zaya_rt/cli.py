@@ -135,6 +135,10 @@ def _bench(args: argparse.Namespace) -> int:
 
         cases += sampling_cases(device) if "sampling" in args.ops else []
         cases += page_cases(device) if "pages" in args.ops else []
+    if "newton_schulz" in args.ops:
+        from zaya_rt.benchmarks.newton_schulz import newton_schulz_cases
+
+        cases += newton_schulz_cases(device)
     results = run_cases(cases, device, min_time_s=args.min_time)
     from zaya_rt.benchmarks.harness import peak_gbps_for
 
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--layers", type=int, default=4, help="e2e --device cuda: layers of the ZAYA1-8B-shaped model")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
-    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router,attention,cca", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, attention, cca, sampling, pages")
+    bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router,attention,cca", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, attention, cca, sampling, pages, newton_schulz (Muon's update, [16, 1024, 512] bf16 on CPU)")
     bench.add_argument("--attn-tokens", default=None, help="comma-separated prefill lengths of the attention cases "
                        "(default: 2048 on CPU, 2048,8192,16384 on GPU)")
     bench.add_argument("--moe-shapes", default=None,

@@ -5,7 +5,8 @@ from zaya_rt.benchmarks.attention import attention_cases, decode_cases, prefill_
 from zaya_rt.benchmarks.cca import cca_cases
 from zaya_rt.benchmarks.harness import Case, Result, format_table, run_cases
 from zaya_rt.benchmarks.moe import dispatch_cases, grouped_gemm_cases, moe_cases
+from zaya_rt.benchmarks.newton_schulz import newton_schulz_cases
 from zaya_rt.benchmarks.norms import norm_cases
 from zaya_rt.benchmarks.router import router_cases
 
-__all__ = ["Case", "Result", "attention_cases", "cca_cases", "decode_cases", "dispatch_cases", "format_table", "grouped_gemm_cases", "moe_cases", "norm_cases", "prefill_cases", "router_cases", "run_cases"]
+__all__ = ["Case", "Result", "attention_cases", "cca_cases", "decode_cases", "dispatch_cases", "format_table", "grouped_gemm_cases", "moe_cases", "newton_schulz_cases", "norm_cases", "prefill_cases", "router_cases", "run_cases"]

@@ -3,6 +3,7 @@
 from zaya_rt.ops.attention import attention_decode, attention_varlen
 from zaya_rt.ops.cca import cca_prep
 from zaya_rt.ops.moe import grouped_gemm, moe_dispatch, moe_experts
+from zaya_rt.ops.newton_schulz import newton_schulz
 from zaya_rt.ops.norms import residual_rms_norm, rms_norm
 from zaya_rt.ops.router import zaya_router
 from zaya_rt.ops.runtime import copy_pages, gather_tail, kv_write
@@ -19,6 +20,7 @@ __all__ = [
     "grouped_gemm",
     "moe_dispatch",
     "moe_experts",
+    "newton_schulz",
     "residual_rms_norm",
     "rms_norm",
     "zaya_router",

@@ -5,6 +5,7 @@ from zaya_rt.ref.attention import attention, attention_decode_ref, attention_var
 from zaya_rt.ref.grouped_gemm import grouped_gemm
 from zaya_rt.ref.cca import cca_conv_qk, cca_prep, cca_project, partial_rope, qk_norm, rope_cos_sin, rope_inv_freq
 from zaya_rt.ref.moe import moe_experts
+from zaya_rt.ref.newton_schulz import newton_schulz
 from zaya_rt.ref.norms import residual_rms_norm, rms_norm
 from zaya_rt.ref.router import zaya_router
 
@@ -18,6 +19,7 @@ __all__ = [
     "cca_project",
     "grouped_gemm",
     "moe_experts",
+    "newton_schulz",
     "partial_rope",
     "qk_norm",
     "residual_rms_norm",

@@ -1,0 +1,12 @@
+// Argument checks and backend choice for the batched Newton-Schulz orthogonalisation: bad input throws
+// std::invalid_argument (ValueError), a failing kernel std::runtime_error.
+#pragma once
+#include "zaya_rt/common.h"
+#include "zaya_rt/newton_schulz.h"
+
+namespace zaya_rt {
+
+void newton_schulz(const NewtonSchulzParams& p, const Device& d);
+int64_t newton_schulz_workspace(const Device& d, DType dtype, int64_t batch, int64_t rows, int64_t cols);
+
+}  // namespace zaya_rt

@@ -1,0 +1,83 @@
+"""Atomic training checkpoints: each is written into a temporary folder, fsynced and renamed into place, so
+a reader finds complete checkpoints only; the last K are kept (SPEC section 7)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from typing import Callable
+
+_NAME = re.compile(r"^step-(\d{8,})$")
+_TMP_PREFIX = ".tmp-step-"
+
+
+def _fsync_tree(root: str) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(dirpath)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_steps(out_dir: str | os.PathLike) -> list[int]:
+    """Steps of the complete checkpoints in out_dir (folders `step-NNNNNNNN`), ascending."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(int(m.group(1)) for name in os.listdir(out_dir) if (m := _NAME.match(name)))
+
+
+def checkpoint_path(out_dir: str | os.PathLike, step: int) -> str:
+    return os.path.join(os.fspath(out_dir), f"step-{step:08d}")
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> str | None:
+    """The folder of the newest complete checkpoint, or None. Half-written ones (temporary folders) are never
+    returned."""
+    steps = checkpoint_steps(out_dir)
+    return checkpoint_path(out_dir, steps[-1]) if steps else None
+
+
+def save_checkpoint(out_dir: str | os.PathLike, step: int, write: Callable[[str], None], keep: int) -> str:
+    """Writes checkpoint `step` atomically and keeps only the newest `keep` checkpoints.
+
+    write(folder) fills a fresh temporary folder; its files are fsynced, the folder is renamed to
+    out_dir/step-NNNNNNNN and out_dir is fsynced. Leftover temporary folders of interrupted saves are removed.
+    Returns the checkpoint folder.
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"save_checkpoint: step must be a non-negative int, got {step!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"save_checkpoint: keep must be a positive int, got {keep!r}")
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    for name in os.listdir(out_dir):
+        if name.startswith(_TMP_PREFIX):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+    final = checkpoint_path(out_dir, step)
+    if os.path.exists(final):
+        raise ValueError(f"save_checkpoint: {final} already exists")
+    tmp = os.path.join(out_dir, f"{_TMP_PREFIX}{step:08d}")
+    os.makedirs(tmp)
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(out_dir)
+    for old in checkpoint_steps(out_dir)[:-keep]:
+        shutil.rmtree(checkpoint_path(out_dir, old))
+    return final
