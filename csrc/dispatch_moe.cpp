@@ -60,6 +60,8 @@ void grouped_gemm(const GroupedGemmParams& p, const Device& d) {
   check_ptr(op, "workspace", p.workspace, true);
   check_host_offsets(op, d, p.offsets, p.G, p.M);
   if (p.M * p.N == 0) return;
+  if (p.K == 0)  // zaya_rt.ops.grouped_gemm returns the zeros itself
+    bad(op, "K = 0 (an empty inner dimension): the kernels need K >= 1 where the output is not empty");
   route(op, p, d, cpu::grouped_gemm, gpu::grouped_gemm);
 }
 
@@ -90,6 +92,8 @@ void moe_experts(const MoeExpertsParams& p, const Device& d) {
     check_ptr(op, "tensor", q, p.T * p.D > 0);
   check_ptr(op, "workspace", p.workspace, true);
   if (p.T * p.D == 0) return;
+  if (p.I == 0)  // zaya_rt.ops.moe_experts returns the zeros itself
+    bad(op, "I = 0 (experts of width 0): the kernels need I >= 1 where the output is not empty");
   route(op, p, d, cpu::moe_experts, gpu::moe_experts);
 }
 
