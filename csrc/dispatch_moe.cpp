@@ -33,6 +33,17 @@ void check_index_dtype(const char* op, DType t) {
     bad(op, std::string("expert_index must be int32 or int64, got ") + dtype_name(t));
 }
 
+// Expert ids live on the tensors' device; host-resident ones must each name an expert or the skip class E.
+void check_host_expert_ids(const char* op, const Device& d, const void* index, DType t, int64_t n, int64_t E) {
+  if (d.type != DeviceType::kCpu) return;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t e = t == DType::kInt64 ? static_cast<const int64_t*>(index)[i] : static_cast<const int32_t*>(index)[i];
+    if (e < 0 || e > E)
+      bad(op, "expert_index values must lie in [0, " + std::to_string(E) + "] (" + std::to_string(E) +
+                  " = skip); expert_index[" + std::to_string(i) + "] = " + std::to_string(e));
+  }
+}
+
 }  // namespace
 
 void moe_dispatch(const MoeDispatchParams& p, const Device& d) {
@@ -92,6 +103,7 @@ void moe_experts(const MoeExpertsParams& p, const Device& d) {
     check_ptr(op, "tensor", q, p.T * p.D > 0);
   check_ptr(op, "workspace", p.workspace, true);
   if (p.T * p.D == 0) return;
+  check_host_expert_ids(op, d, p.expert_index, p.index_dtype, p.T * p.top_k, p.E);
   if (p.I == 0)  // zaya_rt.ops.moe_experts returns the zeros itself
     bad(op, "I = 0 (experts of width 0): the kernels need I >= 1 where the output is not empty");
   route(op, p, d, cpu::moe_experts, gpu::moe_experts);
