@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "dispatch_common.h"
 
@@ -50,6 +52,19 @@ void copy_pages(const CopyPagesParams& p, const Device& d) {
   require_device(op, d);
   if (p.n == 0) return;
   if (d.type == DeviceType::kGpu) return finish(op, gpu::copy_pages(p, d.stream));
+  // A page both read and written would make the result depend on the order of the copies.
+  std::vector<char> role(static_cast<size_t>(p.P), 0);  // bit 1: a source, bit 2: a destination
+  for (int64_t i = 0; i < p.n; ++i)
+    for (auto [name, page, bit] : {std::tuple{"src", p.src[i], 1}, std::tuple{"dst", p.dst[i], 2}}) {
+      if (page < 0 || page >= p.P)
+        bad(op, std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(page) +
+                    " is not a page of the cache (0.." + std::to_string(p.P - 1) + ")");
+      role[page] |= bit;
+    }
+  for (int64_t i = 0; i < p.n; ++i)
+    if (role[p.dst[i]] == 3)
+      bad(op, "page " + std::to_string(p.dst[i]) + " is both a source and a destination (dst[" + std::to_string(i) +
+                  "]); overlapping copies are not supported");
   finish(op, cpu::copy_pages(p));
 }
 
