@@ -84,10 +84,11 @@ void attention_decode(const AttnPagedDecodeParams& p, const Device& d) {
   if (p.num_pages < 1 && p.batch > 0) bad(op, "the cache has no pages");
   if (p.max_pages < 0) bad(op, "block_table must have non-negative width");
   if (p.batch == 0) return;
-  for (const void* q : {p.q, p.k_cache, p.v_cache, static_cast<const void*>(p.block_table),
-                        static_cast<const void*>(p.seq_lens), static_cast<const void*>(p.out),
-                        static_cast<const void*>(p.workspace)})
-    check_ptr(op, "q/k_cache/v_cache/block_table/seq_lens/out/workspace", q, true);
+  for (const void* q : {p.q, p.k_cache, p.v_cache, static_cast<const void*>(p.seq_lens),
+                        static_cast<const void*>(p.out), static_cast<const void*>(p.workspace)})
+    check_ptr(op, "q/k_cache/v_cache/seq_lens/out/workspace", q, true);
+  // A zero-width block table holds no page: every row must then be inactive (seq_lens 0, checked below).
+  check_ptr(op, "block_table", p.block_table, p.max_pages > 0);
   if (d.type == DeviceType::kCpu) {
     const int64_t capacity = p.max_pages * p.page_size;
     for (int64_t b = 0; b < p.batch; ++b) {

@@ -16,7 +16,8 @@ void zaya_router(const RouterParams& p, const Device& d) {
   for (const void* q : {p.down_w, p.down_b, p.norm_w, p.fc1_w, p.fc1_b, p.fc2_w, p.fc2_b, p.out_w,
                         static_cast<const void*>(p.balancing_bias)})
     check_ptr(op, "weight", q, true);
-  if ((p.z_prev == nullptr) != (p.eda_scale == nullptr)) bad(op, "z_prev and eda_scale come together");
+  // An empty z_prev (no tokens) may have no address.
+  if (p.T > 0 && (p.z_prev == nullptr) != (p.eda_scale == nullptr)) bad(op, "z_prev and eda_scale come together");
   if (p.z_prev != nullptr) check_float_dtype(op, "z_prev", p.z_prev_dtype);
   if (d.type == DeviceType::kCpu) {
     check_ptr(op, "workspace", p.workspace, true);

@@ -322,3 +322,10 @@ def test_non_finite_inputs_and_biases_follow_the_reference(dtype, T, E):
         assert torch.equal(choice[nan_rows], r_choice[nan_rows]), "choice where a NaN or -inf decides it"
         p = torch.softmax(logits.double(), -1).gather(-1, choice[:, None]).squeeze(-1).masked_fill(choice == E, 0)
         assert (gate.double()[finite] - p[finite]).abs().max().item() <= 4 * tolerance(dtype)
+
+
+def test_empty_batch_with_z_prev_is_an_empty_answer():
+    """T = 0 with an (empty, address-less) z_prev: empty outputs, not a 'z_prev and eda_scale' complaint."""
+    w, bias = _weights()
+    logits, gate, choice, z = _call(torch.randn(0, 48), torch.randn(0, 20), w, bias)
+    assert logits.shape == (0, 6) and gate.shape == (0,) and choice.shape == (0,) and z.shape == (0, 20)
