@@ -15,12 +15,10 @@ set(ZAYA_RT_CUTLASS_DIR "" CACHE PATH "CUTLASS include folder (default: the nvid
 function(zaya_rt_attach_gpu_backend target)
   if(ZAYA_RT_CUDA)
     target_link_libraries(${target} PRIVATE zaya_rt_cuda_kernels)
-    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_CUDA
-      ZAYA_RT_WITH_GPU_ATTENTION ZAYA_RT_WITH_GPU_CCA)
+    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_CUDA)
   elseif(ZAYA_RT_HIP)
     target_link_libraries(${target} PRIVATE zaya_rt_hip_kernels)
-    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_HIP
-      ZAYA_RT_WITH_GPU_ATTENTION ZAYA_RT_WITH_GPU_CCA)
+    target_compile_definitions(${target} PRIVATE ZAYA_RT_WITH_GPU ZAYA_RT_WITH_HIP)
   endif()
 endfunction()
 

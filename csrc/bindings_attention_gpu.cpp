@@ -10,13 +10,6 @@
 
 namespace py = pybind11;
 
-#if !defined(ZAYA_RT_WITH_GPU_ATTENTION)
-namespace zaya_rt::gpu {
-const char* attention_varlen_fwd_path(const AttnVarlenFwdParams&) { return "none"; }
-bool built_with_sm90_attention() { return false; }
-}  // namespace zaya_rt::gpu
-#endif
-
 void bind_attention_gpu(py::module_& m) {
   m.attr("sm90_attention") = zaya_rt::gpu::built_with_sm90_attention();
   m.def(

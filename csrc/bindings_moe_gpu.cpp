@@ -10,13 +10,6 @@
 
 namespace py = pybind11;
 
-#if !defined(ZAYA_RT_WITH_GPU)
-namespace zaya_rt::gpu {
-const char* grouped_gemm_path(const GroupedGemmParams&) { return "none"; }
-bool built_with_cutlass_sm90() { return false; }
-}  // namespace zaya_rt::gpu
-#endif
-
 void bind_moe_gpu(py::module_& m) {
   m.attr("cutlass_sm90") = zaya_rt::gpu::built_with_cutlass_sm90();
   m.def(

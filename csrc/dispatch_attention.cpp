@@ -1,40 +1,14 @@
 #include "dispatch_attention.h"
 
 #include <cmath>
-#include <stdexcept>
 #include <string>
 
+#include "dispatch_common.h"
+
 namespace zaya_rt {
+using namespace dispatch;
+
 namespace {
-
-[[noreturn]] void bad(const char* op, const std::string& what) {
-  throw std::invalid_argument(std::string("zaya_rt.") + op + ": " + what);
-}
-
-void finish(const char* op, const char* err) {
-  if (err != nullptr) throw std::runtime_error(std::string("zaya_rt.") + op + ": " + err);
-}
-
-bool gpu_attention_built() {
-#if defined(ZAYA_RT_WITH_GPU_ATTENTION)
-  return true;
-#else
-  return false;
-#endif
-}
-
-void require_gpu(const char* op) {
-  if (!gpu_attention_built())
-    bad(op, "this zaya_rt._C has no GPU attention kernels (CPU tensors only for now)");
-}
-
-template <typename Params, typename CpuFn, typename GpuFn>
-void route(const char* op, const Params& p, const Device& d, CpuFn cpu_fn, GpuFn gpu_fn) {
-  if (d.type == DeviceType::kCpu) return finish(op, cpu_fn(p));
-  if (d.type != DeviceType::kGpu) bad(op, "unknown device type");
-  require_gpu(op);
-  finish(op, gpu_fn(p, d.stream));
-}
 
 void check_heads(const char* op, int64_t hq, int64_t hk, int64_t d) {
   if (hq < 1 || hk < 1) bad(op, "need at least one query head and one kv head");
@@ -45,13 +19,9 @@ void check_heads(const char* op, int64_t hq, int64_t hk, int64_t d) {
 }
 
 void check_common(const char* op, DType t, float scale, int64_t window) {
-  if (!is_floating_16_32(t)) bad(op, std::string("q must be float32, float16 or bfloat16, got ") + dtype_name(t));
+  check_float_dtype(op, "q", t);
   if (!std::isfinite(scale)) bad(op, "scale must be finite");
   (void)window;
-}
-
-void check_ptr(const char* op, const char* name, const void* ptr, bool needed) {
-  if (needed && ptr == nullptr) bad(op, std::string(name) + " is a null pointer");
 }
 
 // cu_seqlens live on the tensors' device; only host-resident ones are read (no sync on GPU).
@@ -84,18 +54,6 @@ template <typename P> void check_varlen(const char* op, const P& p, const Device
 
 }  // namespace
 
-#if !defined(ZAYA_RT_WITH_GPU_ATTENTION)
-// Linked until a GPU backend provides these; require_gpu() rejects GPU calls before they are reached.
-namespace gpu {
-const char* attention_varlen_fwd(const AttnVarlenFwdParams&, void*) { return "no GPU attention backend"; }
-const char* attention_varlen_bwd(const AttnVarlenBwdParams&, void*) { return "no GPU attention backend"; }
-const char* attention_decode(const AttnPagedDecodeParams&, void*) { return "no GPU attention backend"; }
-int64_t attention_varlen_fwd_workspace(const AttnVarlenFwdParams&) { return 0; }
-int64_t attention_varlen_bwd_workspace(const AttnVarlenBwdParams&) { return 0; }
-int64_t attention_decode_workspace(const AttnPagedDecodeParams&) { return 0; }
-}  // namespace gpu
-#endif
-
 void attention_varlen_fwd(const AttnVarlenFwdParams& p, const Device& d) {
   const char* op = "attention_varlen";
   check_varlen(op, p, d);
@@ -126,10 +84,11 @@ void attention_decode(const AttnPagedDecodeParams& p, const Device& d) {
   if (p.num_pages < 1 && p.batch > 0) bad(op, "the cache has no pages");
   if (p.max_pages < 0) bad(op, "block_table must have non-negative width");
   if (p.batch == 0) return;
-  for (const void* q : {p.q, p.k_cache, p.v_cache, static_cast<const void*>(p.block_table),
-                        static_cast<const void*>(p.seq_lens), static_cast<const void*>(p.out),
-                        static_cast<const void*>(p.workspace)})
-    check_ptr(op, "q/k_cache/v_cache/block_table/seq_lens/out/workspace", q, true);
+  for (const void* q : {p.q, p.k_cache, p.v_cache, static_cast<const void*>(p.seq_lens),
+                        static_cast<const void*>(p.out), static_cast<const void*>(p.workspace)})
+    check_ptr(op, "q/k_cache/v_cache/seq_lens/out/workspace", q, true);
+  // A zero-width block table holds no page: every row must then be inactive (seq_lens 0, checked below).
+  check_ptr(op, "block_table", p.block_table, p.max_pages > 0);
   if (d.type == DeviceType::kCpu) {
     const int64_t capacity = p.max_pages * p.page_size;
     for (int64_t b = 0; b < p.batch; ++b) {

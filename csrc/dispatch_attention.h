@@ -1,4 +1,4 @@
-// Argument checks and backend choice for the attention family (see csrc/dispatch.h for the conventions).
+// Argument checks and backend choice for the attention family (see csrc/dispatch_common.h for the conventions).
 #pragma once
 #include "zaya_rt/attention.h"
 

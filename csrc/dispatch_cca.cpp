@@ -5,19 +5,14 @@
 #include <cmath>
 #include <initializer_list>
 #include <utility>
-#include <stdexcept>
 #include <string>
 
+#include "dispatch_common.h"
+
 namespace zaya_rt {
+using namespace dispatch;
+
 namespace {
-
-[[noreturn]] void bad(const char* op, const std::string& what) {
-  throw std::invalid_argument(std::string("zaya_rt.") + op + ": " + what);
-}
-
-void need(const char* op, bool ok, const std::string& what) {
-  if (!ok) bad(op, what);
-}
 
 void check_sizes(const char* op, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t d, int64_t k0, int64_t k1,
                  int64_t rd, float eps) {
@@ -31,21 +26,10 @@ void check_sizes(const char* op, int64_t T, int64_t B, int64_t Hq, int64_t Hk, i
 }
 
 void check_types(const char* op, DType dtype, DType w_dtype, DType state_dtype, DType pos_dtype) {
-  need(op, is_floating_16_32(dtype), std::string("activations must be float32, float16 or bfloat16, got ") +
-                                         dtype_name(dtype));
+  check_float_dtype(op, "activations", dtype);
   need(op, w_dtype == dtype || w_dtype == DType::kFloat32, "weights must have the activations' dtype or float32");
   need(op, state_dtype == dtype || state_dtype == DType::kFloat32, "state must have the activations' dtype or float32");
   need(op, pos_dtype == DType::kInt32 || pos_dtype == DType::kInt64, "positions must be int32 or int64");
-}
-
-void check_ptr(const char* op, const char* name, const void* p, bool needed) {
-  if (needed && p == nullptr) bad(op, std::string(name) + " is a null pointer");
-}
-
-void check_stride(const char* op, const char* name, int64_t stride, int64_t width, int64_t rows) {
-  if (rows > 1 && stride < width)
-    bad(op, std::string(name) + " row stride " + std::to_string(stride) + " is smaller than its row (" +
-                std::to_string(width) + ")");
 }
 
 // cu_seqlens is host memory on the CPU: checks it fully, so the kernel can trust it.
@@ -58,29 +42,7 @@ void check_cu_seqlens(const char* op, const int32_t* cu, int64_t B, int64_t T) {
                            std::to_string(cu[B]));
 }
 
-void finish(const char* op, const char* err) {
-  if (err != nullptr) throw std::runtime_error(std::string("zaya_rt.") + op + ": " + err);
-}
-
-bool gpu_cca_built() {
-#if defined(ZAYA_RT_WITH_GPU_CCA)
-  return true;
-#else
-  return false;
-#endif
-}
-
 }  // namespace
-
-#if !defined(ZAYA_RT_WITH_GPU_CCA)
-// Linked until a GPU backend provides these; gpu_cca_built() rejects GPU calls before they are reached.
-namespace gpu {
-const char* cca_prep_fwd(const CcaPrepFwdParams&, void*) { return "no GPU CCA prep backend"; }
-const char* cca_prep_bwd(const CcaPrepBwdParams&, void*) { return "no GPU CCA prep backend"; }
-int64_t cca_prep_fwd_workspace(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) { return 0; }
-int64_t cca_prep_bwd_workspace(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) { return 0; }
-}  // namespace gpu
-#endif
 
 void cca_prep_fwd(const CcaPrepFwdParams& p, const Device& dev) {
   const char* op = "cca_prep";
@@ -108,13 +70,12 @@ void cca_prep_fwd(const CcaPrepFwdParams& p, const Device& dev) {
   need(op, p.q_head_stride >= p.d && p.k_head_stride >= p.d, "q/k head strides must be at least head_dim");
   check_stride(op, "q", p.q_row_stride, p.Hq * p.q_head_stride - (p.q_head_stride - p.d), p.T);
   check_stride(op, "k", p.k_row_stride, p.Hk * p.k_head_stride - (p.k_head_stride - p.d), p.T);
+  require_device(op, dev);
   if (dev.type == DeviceType::kGpu) {  // cu_seqlens stay on the device: not read here (no sync)
-    need(op, gpu_cca_built(), "this zaya_rt._C has no GPU CCA prep kernels");
     need(op, p.workspace_bytes >= gpu::cca_prep_fwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd),
          "workspace is too small");
     return finish(op, gpu::cca_prep_fwd(p, dev.stream));
   }
-  if (dev.type != DeviceType::kCpu) bad(op, "unknown device type");
   check_cu_seqlens(op, p.cu_seqlens, p.B, p.T);
   if (p.workspace_bytes < cpu::cca_prep_fwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, 1))
     bad(op, "workspace is too small");
@@ -149,11 +110,10 @@ void cca_prep_bwd(const CcaPrepBwdParams& p, const Device& dev) {
   check_stride(op, "grad_v_cur", p.gvc_row_stride, V, p.T);
   check_stride(op, "grad_v_del", p.gvd_row_stride, V, p.T);
   if (p.grad_v) check_stride(op, "grad_v", p.gv_row_stride, kd, p.T);
+  require_device(op, dev);
   if (dev.type == DeviceType::kGpu) {
-    need(op, gpu_cca_built(), "this zaya_rt._C has no GPU CCA prep kernels");
     return finish(op, gpu::cca_prep_bwd(p, dev.stream));
   }
-  if (dev.type != DeviceType::kCpu) bad(op, "unknown device type");
   check_cu_seqlens(op, p.cu_seqlens, p.B, p.T);
   if (p.workspace_bytes < cpu::cca_prep_bwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, 1))
     bad(op, "workspace is too small");

@@ -1,24 +1,19 @@
 #include "dispatch_packed_linear.h"
 
-#include <stdexcept>
 #include <string>
+
+#include "dispatch_common.h"
 
 #include "cpu/isa_kernels.h"
 
 namespace zaya_rt {
+using namespace dispatch;
+
 namespace {
-
-[[noreturn]] void bad(const char* op, const std::string& what) {
-  throw std::invalid_argument(std::string("zaya_rt.") + op + ": " + what);
-}
-
-void finish(const char* op, const char* err) {
-  if (err != nullptr) throw std::runtime_error(std::string("zaya_rt.") + op + ": " + err);
-}
 
 void check_common(const char* op, DType dtype, int64_t N, int64_t K, const Device& d) {
   if (d.type != DeviceType::kCpu) bad(op, "runs on the CPU only");
-  if (!is_floating_16_32(dtype)) bad(op, std::string("dtype must be float32, float16 or bfloat16, got ") + dtype_name(dtype));
+  check_float_dtype(op, "dtype", dtype);
   if (N <= 0 || K <= 0) bad(op, "N and K must be positive, got N=" + std::to_string(N) + ", K=" + std::to_string(K));
 }
 

@@ -1,59 +1,23 @@
 #include "dispatch_runtime.h"
 
 #include <cmath>
-#include <stdexcept>
 #include <string>
+#include <tuple>
+#include <vector>
+
+#include "dispatch_common.h"
 
 namespace zaya_rt {
+using namespace dispatch;
+
 namespace {
-
-[[noreturn]] void bad(const std::string& op, const std::string& what) {
-  throw std::invalid_argument("zaya_rt." + op + ": " + what);
-}
-
-void finish(const char* op, const char* err) {
-  if (err != nullptr) throw std::runtime_error(std::string("zaya_rt.") + op + ": " + err);
-}
-
-void check_nonneg(const char* op, const char* name, int64_t v) {
-  if (v < 0) bad(op, std::string(name) + " must be non-negative, got " + std::to_string(v));
-}
-
-void check_positive(const char* op, const char* name, int64_t v) {
-  if (v <= 0) bad(op, std::string(name) + " must be positive, got " + std::to_string(v));
-}
 
 void check_cache_dtype(const char* op, DType t) {
   if (!is_floating_16_32(t) && t != DType::kFloat64)
     bad(op, std::string("cache dtype must be float32, float16, bfloat16 or float64, got ") + dtype_name(t));
 }
 
-bool gpu_runtime_built() {
-#if defined(ZAYA_RT_WITH_GPU)
-  return true;
-#else
-  return false;
-#endif
-}
-
-// GPU calls go to cuda/runtime_kernels.cuh on the given stream. Their index tensors stay on the device, so
-// nothing here reads slot, page, sequence-length or sampling-parameter values (that would sync the host).
-void require_known(const char* op, const Device& d) {
-  if (d.type == DeviceType::kGpu && !gpu_runtime_built()) bad(op, "this zaya_rt._C has no GPU backend");
-  if (d.type != DeviceType::kCpu && d.type != DeviceType::kGpu) bad(op, "unknown device type");
-}
-
 }  // namespace
-
-#if !defined(ZAYA_RT_WITH_GPU)
-// Linked until a GPU backend provides these; require_known() rejects GPU calls before they are reached.
-namespace gpu {
-const char* kv_write(const KvWriteParams&, void*) { return "no GPU backend"; }
-const char* copy_pages(const CopyPagesParams&, void*) { return "no GPU backend"; }
-const char* gather_tail(const GatherTailParams&, void*) { return "no GPU backend"; }
-const char* sample_tokens(const SampleParams&, void*) { return "no GPU backend"; }
-}  // namespace gpu
-#endif
 
 void kv_write(const KvWriteParams& p, const Device& d) {
   const char* op = "kv_write";
@@ -64,8 +28,9 @@ void kv_write(const KvWriteParams& p, const Device& d) {
   check_positive(op, "page size", p.S);
   if (p.token_stride < p.W || p.page_stride < p.S * p.token_stride) bad(op, "cache strides overlap rows");
   if (p.N > 0 && (!p.k_new || !p.v_new || !p.k_cache || !p.v_cache || !p.slot_mapping)) bad(op, "null pointer");
-  require_known(op, d);
+  require_device(op, d);
   if (p.N == 0) return;
+  // GPU index tensors stay on the device: nothing here reads their values (that would sync the host).
   if (d.type == DeviceType::kGpu) return finish(op, gpu::kv_write(p, d.stream));
   const int64_t capacity = p.P * p.S;
   for (int64_t n = 0; n < p.N; ++n)
@@ -84,9 +49,22 @@ void copy_pages(const CopyPagesParams& p, const Device& d) {
   check_positive(op, "page size", p.page_elems);
   if (p.page_stride < p.page_elems || p.layer_stride < p.P * p.page_stride) bad(op, "cache strides overlap pages");
   if (p.n > 0 && (!p.cache || !p.src || !p.dst)) bad(op, "null pointer");
-  require_known(op, d);
+  require_device(op, d);
   if (p.n == 0) return;
   if (d.type == DeviceType::kGpu) return finish(op, gpu::copy_pages(p, d.stream));
+  // A page both read and written would make the result depend on the order of the copies.
+  std::vector<char> role(static_cast<size_t>(p.P), 0);  // bit 1: a source, bit 2: a destination
+  for (int64_t i = 0; i < p.n; ++i)
+    for (auto [name, page, bit] : {std::tuple{"src", p.src[i], 1}, std::tuple{"dst", p.dst[i], 2}}) {
+      if (page < 0 || page >= p.P)
+        bad(op, std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(page) +
+                    " is not a page of the cache (0.." + std::to_string(p.P - 1) + ")");
+      role[page] |= bit;
+    }
+  for (int64_t i = 0; i < p.n; ++i)
+    if (role[p.dst[i]] == 3)
+      bad(op, "page " + std::to_string(p.dst[i]) + " is both a source and a destination (dst[" + std::to_string(i) +
+                  "]); overlapping copies are not supported");
   finish(op, cpu::copy_pages(p));
 }
 
@@ -100,7 +78,7 @@ void gather_tail(const GatherTailParams& p, const Device& d) {
   check_positive(op, "page size", p.S);
   check_nonneg(op, "block table width", p.M);
   if (p.B * p.tau > 0 && (!p.cache || !p.block_table || !p.seq_lens || !p.out)) bad(op, "null pointer");
-  require_known(op, d);
+  require_device(op, d);
   if (p.B * p.tau == 0) return;
   if (d.type == DeviceType::kGpu) return finish(op, gpu::gather_tail(p, d.stream));
   for (int64_t b = 0; b < p.B; ++b)
@@ -112,10 +90,10 @@ void gather_tail(const GatherTailParams& p, const Device& d) {
 
 void sample_tokens(const SampleParams& p, const Device& d) {
   const char* op = "sample_tokens";
-  if (!is_floating_16_32(p.dtype)) bad(op, std::string("logits must be float32, float16 or bfloat16, got ") + dtype_name(p.dtype));
+  check_float_dtype(op, "logits", p.dtype);
   check_nonneg(op, "B", p.B);
   check_positive(op, "vocabulary size", p.V);
-  require_known(op, d);
+  require_device(op, d);
   if (p.B == 0) return;
   if (!p.logits || !p.temperature || !p.top_k || !p.top_p || !p.min_p || !p.seed || !p.step || !p.out)
     bad(op, "null pointer");

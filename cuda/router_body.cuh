@@ -13,14 +13,15 @@
 // Numerics: those of the CPU kernel (csrc/cpu/router.cpp), term for term: fp32 accumulation and statistics;
 // z rounded to the weight dtype after the bias and after the EDA add; the normalised value rounded before
 // the norm weight; every GEMM output rounded to the weight dtype after its bias (and before GELU); logits
-// rounded to the weight dtype; probabilities rounded to it before the balancing bias; argmax with the
-// lowest index on ties (strict >).
+// rounded to the weight dtype; probabilities rounded to it before the balancing bias; the biased argmax of
+// zaya_rt/router_choice.h (torch.argmax's order: the first NaN, else the lowest index on ties).
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
 #include "zaya_rt/router.h"
+#include "zaya_rt/router_choice.h"
 
 #if defined(__CUDACC__) || defined(__HIP__)
 #include "cuda/numeric.cuh"
@@ -227,19 +228,13 @@ ZAYA_RT_ROUTER_FN void phase_softmax_choice(const HeadArgs& a, const HeadSmem<T>
   }
   float sum = 0.f;
   for (int64_t c = 0; c < C; ++c) sum += expf(lr[c] - mx);
-  int64_t best = 0;
-  float best_score = -INFINITY, best_p = 0.f;
+  RouterChoice best;
   for (int64_t c = 0; c < C; ++c) {
     const float prob = round_to<T>(expf(lr[c] - mx) / sum);
-    const float score = prob + p.balancing_bias[c];
-    if (score > best_score) {
-      best_score = score;
-      best = c;
-      best_p = prob;
-    }
+    best.offer(c, prob, prob + p.balancing_bias[c]);
   }
-  p.choice[row] = best;
-  p.gate[row] = best == C - 1 ? 0.f : best_p;
+  p.choice[row] = best.index;
+  p.gate[row] = best.gate(C);
 }
 
 // ---- weight tiles: global -> registers (issued early) -> shared ---------------------------------------------

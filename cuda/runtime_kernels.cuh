@@ -3,7 +3,8 @@
 //
 // Page operations are byte copies, 16-byte accesses where both rows and the row length allow it:
 //   kv_write     one block per new token row (k and v); slot < 0 (padding) or beyond the cache: no-op.
-//   copy_pages   grid over (page pair x chunk of the page, layer); a pair naming a page outside the cache: no-op.
+//   copy_pages   grid over (page pair x chunk of the page, layer); a pair naming a page outside the cache, or a
+//                page that is both a source and a destination (the CPU rejects both): no-op.
 //   gather_tail  one block per output row; positions < 0 and page ids outside the cache give zero rows.
 //
 // Sampler: one block per row. Temperature 0 is the first maximum (block reduction). Otherwise, as on the CPU,
@@ -98,13 +99,20 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kCopyThreads) void kv_write_kernel(KvWriteParam
   }
 }
 
+// Whether a pair touches a page that is both a source and a destination: copies would race (the CPU rejects it).
+ZAYA_RT_DEVICE_INLINE bool page_read_and_written(const CopyPagesParams& p, int64_t src, int64_t dst) {
+  for (int64_t j = 0; j < p.n; ++j)
+    if (p.dst[j] == src || p.src[j] == dst) return true;
+  return false;
+}
+
 __global__ ZAYA_RT_LAUNCH_BOUNDS(kCopyThreads) void copy_pages_kernel(CopyPagesParams p, int64_t eb, int64_t chunks) {
   const int64_t page_bytes = p.page_elems * eb;
   for (int64_t l = blockIdx.y; l < p.L; l += gridDim.y) {
     for (int64_t w = blockIdx.x; w < p.n * chunks; w += gridDim.x) {
       const int64_t i = w / chunks, off = (w % chunks) * kChunkBytes;
       const int64_t src = p.src[i], dst = p.dst[i];
-      if (src < 0 || src >= p.P || dst < 0 || dst >= p.P) continue;
+      if (src < 0 || src >= p.P || dst < 0 || dst >= p.P || page_read_and_written(p, src, dst)) continue;
       char* base = static_cast<char*>(p.cache) + l * p.layer_stride * eb;
       const int64_t bytes = page_bytes - off < kChunkBytes ? page_bytes - off : kChunkBytes;
       block_copy(base + dst * p.page_stride * eb + off, base + src * p.page_stride * eb + off, bytes);

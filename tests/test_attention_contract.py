@@ -220,3 +220,24 @@ def test_kernel_checks_cu_seqlens_too():
         zaya_rt._C.attention_varlen_fwd(q.data_ptr(), 128, 32, k.data_ptr(), 64, 32, v.data_ptr(), 64, 32,
                                         bad.data_ptr(), ck.data_ptr(), out.data_ptr(), 128, 32, lse.data_ptr(), 14,
                                         0, 3, 14, 18, 4, 2, 32, True, 0, 0.2, ws.data_ptr(), ws.numel(), 0, 0, 0)
+
+
+def test_decode_with_a_zero_width_block_table_and_inactive_rows_gives_zeros():
+    q, k_cache, v_cache, _, _ = _decode()
+    table, lens = torch.zeros(2, 0, dtype=torch.int32), torch.zeros(2, dtype=torch.int32)
+    out = zaya_rt.ops.attention_decode(q, k_cache, v_cache, table, lens)
+    assert out.shape == q.shape and not out.any()
+    with pytest.raises(ValueError, match=r"seq_lens\[0\] = 13"):  # an active row cannot fit a zero-width table
+        zaya_rt.ops.attention_decode(q, k_cache, v_cache, table, torch.tensor([13, 0], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("window", [2**31, 2**63, 10**30])
+def test_windows_past_every_position_mask_nothing(window):
+    """Any window of 2**31 - 1 keys or more (positions are int32) is no window, even past int64."""
+    q, k, v, cu_q, cu_k = _varlen()
+    want = zaya_rt.ops.attention_varlen(q, k, v, cu_q, cu_k, causal=True)
+    torch.testing.assert_close(zaya_rt.ops.attention_varlen(q, k, v, cu_q, cu_k, causal=True, window=window), want,
+                               rtol=0, atol=0)
+    q, k_cache, v_cache, table, lens = _decode()
+    torch.testing.assert_close(zaya_rt.ops.attention_decode(q, k_cache, v_cache, table, lens, window=window),
+                               zaya_rt.ops.attention_decode(q, k_cache, v_cache, table, lens), rtol=0, atol=0)

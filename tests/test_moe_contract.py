@@ -126,3 +126,62 @@ def test_dispatch_rejects_bad_input():
         zaya_rt.ops.moe_dispatch(torch.zeros(4), 2)
     with pytest.raises(ValueError, match="num_experts must be a positive int"):
         zaya_rt.ops.moe_dispatch(torch.zeros(4, dtype=torch.long), 0)
+
+
+def _sub(code: str):
+    """Runs code in a fresh interpreter, so a signal (the SIGFPE these shapes once raised) fails the test."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root / "python"))
+    proc = subprocess.run([sys.executable, "-c", "import torch, zaya_rt\nfrom zaya_rt import ops, ref\n" + code],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_grouped_gemm_empty_inner_dimension_gives_zeros(dtype):
+    _sub(f"""
+off = torch.tensor([3, 6, 10], dtype=torch.int32)
+out = ops.grouped_gemm(torch.randn(10, 0).to(torch.{dtype}), torch.randn(3, 5, 0).to(torch.{dtype}), off)
+assert out.shape == (10, 5) and out.dtype == torch.{dtype} and not out.any()
+a = torch.randn(10, 4, requires_grad=True); b = torch.randn(3, 0, 4, requires_grad=True)  # N = 0: backward has K = 0
+ops.grouped_gemm(a, b, off).sum().backward()
+assert a.grad.shape == (10, 4) and not a.grad.any() and b.grad.shape == (3, 0, 4)
+""")
+
+
+def test_moe_experts_zero_widths_give_zeros_with_gradients():
+    _sub("""
+h = torch.randn(4, 0, requires_grad=True); g = torch.rand(4, 2, requires_grad=True)   # D = 0
+w1 = torch.randn(3, 8, 0, requires_grad=True); w2 = torch.randn(3, 0, 4, requires_grad=True)
+idx = torch.tensor([[0, 1], [2, 3], [1, 1], [3, 0]])
+ops.moe_experts(h, idx, g, w1, w2).sum().backward()
+assert not g.grad.any() and w1.grad.shape == w1.shape and w2.grad.shape == w2.shape
+h = torch.randn(4, 6, requires_grad=True); g = torch.rand(4, 2, requires_grad=True)   # I = 0
+w1 = torch.randn(3, 0, 6, requires_grad=True); w2 = torch.randn(3, 6, 0, requires_grad=True)
+out = ops.moe_experts(h, idx, g, w1, w2)
+assert out.shape == (4, 6) and not out.any()
+out.sum().backward()
+assert not h.grad.any() and not g.grad.any()
+""")
+
+
+@pytest.mark.parametrize("bad_id", [-1, 7])
+def test_direct_moe_experts_rejects_out_of_range_expert_ids(bad_id):
+    """The runtime's direct path (no Python checks) gets the id check from the C++ dispatch."""
+    from zaya_rt import _C
+    from zaya_rt.ops._lib import DTYPE_CODES
+
+    T, D, I, E = 3, 8, 4, 3
+    x, w1, w2 = torch.randn(T, D), torch.randn(E, 2 * I, D), torch.randn(E, D, I)
+    choice, gate, out = torch.tensor([0, bad_id, 1]), torch.rand(T), torch.empty(T, D)
+    ws = torch.empty(_C.moe_experts_workspace(0, T, 1, D, I, E, DTYPE_CODES[x.dtype]), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=rf"expert_index\[1\] = {bad_id}"):
+        _C.moe_experts(x.data_ptr(), D, choice.data_ptr(), DTYPE_CODES[choice.dtype], gate.data_ptr(),
+                       DTYPE_CODES[gate.dtype], 1, w1.data_ptr(), w1.stride(0), w1.stride(1), w2.data_ptr(),
+                       w2.stride(0), w2.stride(1), out.data_ptr(), D, DTYPE_CODES[x.dtype], T, D, I, E,
+                       ws.data_ptr(), ws.numel(), 0, 0, 0)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import zaya_rt
+from conftest import tolerance
 from zaya_rt.ops.router import _reference
 
 
@@ -287,3 +288,44 @@ def test_few_token_path_is_thread_invariant_and_lanes_batch_invariant(dtype):
         part = _call(x[2:15], z_prev[2:15], w, bias)
         for a, c in zip(full, part):
             assert torch.equal(a[2:15], c)
+
+
+def _reference_nan_aware(x, z_prev, w, bias):
+    """ref.zaya_router in float64 on the same inputs (its torch.argmax picks the first NaN, else the first max)."""
+    up = lambda t: t.double() if t is not None else None  # noqa: E731
+    return zaya_rt.ref.zaya_router(up(x), up(z_prev), *[up(w[k]) for k in ("down_w", "down_b", "eda_scale", "norm_w",
+                                   "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w")], bias.double(), 1e-5)
+
+
+# T: the few-token lanes path, the token-block path (> 96 tokens); E: the vector softmax (C <= 256) and the scalar one
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("T,E", [(5, 7), (120, 7), (3, 300)])
+def test_non_finite_inputs_and_biases_follow_the_reference(dtype, T, E):
+    """NaN or inf in x give NaN logits and a NaN gate on the reference's choice (no real expert with gate 0);
+    an all -inf bias gives class 0 with gate p[0]; a NaN bias entry wins its class, as torch.argmax does."""
+    w, bias = _weights(D=32, R=16, E=E, dtype=dtype, seed=T)
+    x = torch.randn(T, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
+    z_prev = torch.randn(T, 16)
+    x[0, 3], x[T - 1, 0] = float("nan"), float("inf")
+    cases = [(x, bias), (x.nan_to_num(0.0), torch.full_like(bias, -float("inf")))]
+    for j in (2, E):  # an expert and the skip class
+        b = bias.clone()
+        b[j] = float("nan")
+        cases.append((x.nan_to_num(0.0), b))
+    for xi, b in cases:
+        logits, gate, choice, _ = _call(xi, z_prev, w, b)
+        r_logits, r_gate, r_choice, _ = _reference_nan_aware(xi, z_prev, w, b)
+        assert torch.equal(logits.isnan(), r_logits.isnan())
+        assert torch.equal(gate.isnan(), r_gate.isnan())
+        finite = ~r_gate.isnan()
+        nan_rows = r_logits.isnan().any(-1) | b.isnan().any() | (b == -float("inf")).all()
+        assert torch.equal(choice[nan_rows], r_choice[nan_rows]), "choice where a NaN or -inf decides it"
+        p = torch.softmax(logits.double(), -1).gather(-1, choice[:, None]).squeeze(-1).masked_fill(choice == E, 0)
+        assert (gate.double()[finite] - p[finite]).abs().max().item() <= 4 * tolerance(dtype)
+
+
+def test_empty_batch_with_z_prev_is_an_empty_answer():
+    """T = 0 with an (empty, address-less) z_prev: empty outputs, not a 'z_prev and eda_scale' complaint."""
+    w, bias = _weights()
+    logits, gate, choice, z = _call(torch.randn(0, 48), torch.randn(0, 20), w, bias)
+    assert logits.shape == (0, 6) and gate.shape == (0,) and choice.shape == (0,) and z.shape == (0, 20)

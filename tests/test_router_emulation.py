@@ -177,3 +177,27 @@ def test_emulated_biases_flip_the_choice(emulator):
     b[1] = b[4] = 1e30  # p + 1e30 rounds to 1e30 for both: a tie, torch.argmax takes the lowest index
     _, _, choice, _ = _emulate(emulator, x, w, b, tb=16, tensor_cores=True, vec_down=True, vec_head=True)
     assert (choice == 1).all()
+
+
+def test_emulated_non_finite_inputs_and_biases_match_the_cpu_kernel(emulator):
+    """The GPU kernels' NaN semantics are the CPU kernel's and the reference's (zaya_rt/router_choice.h): NaN/inf
+    in x -> NaN logits and gate on class 0; all -inf bias -> class 0, gate p[0]; a NaN bias entry wins its class."""
+    x, w, bias = _inputs(21, 64, 32, 7, torch.bfloat16, seed=9)
+    x[0, 5], x[20, 0] = float("nan"), float("inf")
+    cases = [(x, bias), (x.nan_to_num(0.0), torch.full((8,), -float("inf")))]
+    for j in (3, 7):
+        b = bias.clone()
+        b[j] = float("nan")
+        cases.append((x.nan_to_num(0.0), b))
+    for xi, b in cases:
+        for tensor_cores in (False, True):
+            logits, gate, choice, _ = _emulate(emulator, xi, w, b, tb=16, tensor_cores=tensor_cores, vec_down=True,
+                                               vec_head=True)
+            c_logits, c_gate, c_choice, _ = zaya_rt.ops.zaya_router(*_args(xi, w, b))
+            r_logits, r_gate, r_choice, _ = zaya_rt.ref.zaya_router(
+                *[t.double() if isinstance(t, torch.Tensor) and t is not b else t for t in _args(xi, w, b)])
+            assert torch.equal(logits.isnan(), r_logits.isnan()) and torch.equal(gate.isnan(), r_gate.isnan())
+            decided = r_logits.isnan().any(-1) | b.isnan().any() | (b == -float("inf")).all()
+            assert torch.equal(choice[decided], r_choice[decided]) and torch.equal(choice[decided], c_choice[decided])
+            finite = ~gate.isnan()
+            torch.testing.assert_close(gate[finite], c_gate[finite], rtol=2e-2, atol=1e-3)

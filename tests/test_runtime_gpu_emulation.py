@@ -157,6 +157,17 @@ def test_copy_pages_skips_out_of_range_pairs(emu):
     assert _same_bits(got, want)
 
 
+def test_copy_pages_skips_pairs_on_a_page_both_read_and_written(emu):
+    """The CPU rejects [0, 1] -> [1, 2] (order-dependent); the GPU kernel, which reads no ids on the host, skips
+    every pair that touches such a page (no race) and still copies the others."""
+    cache = torch.arange(2 * 6 * 4, dtype=torch.float32).reshape(2, 6, 4)
+    got = cache.clone()
+    _emu_copy_pages(emu, got, torch.tensor([0, 1, 4], dtype=torch.int32), torch.tensor([1, 2, 5], dtype=torch.int32))
+    want = cache.clone()
+    want[:, 5] = cache[:, 4]
+    assert _same_bits(got, want)
+
+
 def _gather_expected(cache, table, lens, tau):
     B = table.shape[0]
     P_, S = cache.shape[:2]

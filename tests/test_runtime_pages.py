@@ -61,6 +61,24 @@ def test_copy_pages_every_layer():
     assert torch.equal(cache, want)
 
 
+@pytest.mark.parametrize("src,dst", [([0, 1], [1, 2]), ([1, 2], [0, 1]), ([3], [3])])
+def test_copy_pages_rejects_a_page_both_read_and_written(src, dst, monkeypatch):
+    """Chained copies would depend on their order (the CPU copied pair by pair, the PyTorch path all at once):
+    the op, the C++ dispatch alone and the PyTorch fallback all reject them and leave the cache untouched."""
+    cache = torch.randn(2, 5, 3)
+    before = cache.clone()
+    s, d = torch.tensor(src, dtype=torch.int32), torch.tensor(dst, dtype=torch.int32)
+    with pytest.raises(ValueError, match="both a source and a destination"):
+        ops.copy_pages(cache, s, d)
+    with pytest.raises(ValueError, match="both a source and a destination"):
+        zaya_rt._C.copy_pages(cache.data_ptr(), 15, 3, 3, s.data_ptr(), d.data_ptr(), 0, 2, 5, len(src), 0, 0, 0)
+    monkeypatch.setattr(rt, "_torch_fallback", lambda t: True)
+    monkeypatch.setattr(rt, "_check_copy_pages", lambda *a, **k: None)  # as for a GPU tensor: ids not read first
+    with pytest.raises(ValueError, match="both a source and a destination"):
+        rt._copy_pages(cache, s, d)
+    assert torch.equal(cache, before)
+
+
 def test_opcheck_and_compile():
     k_cache, v_cache = torch.zeros(4, 3, 2, 5), torch.zeros(4, 3, 2, 5)
     k, v = torch.randn(2, 2, 5), torch.randn(2, 2, 5)

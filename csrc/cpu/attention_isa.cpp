@@ -18,17 +18,9 @@ ZAYA_RT_DECLARE_ATTENTION_KERNELS(avx512)
 
 namespace zaya_rt::cpu {
 
-#define ZAYA_RT_ATTENTION_ROUTE(FN, PARAMS)                  \
-  const char* FN(const PARAMS& p) {                          \
-    switch (active_isa()) {                                  \
-      case Isa::kAvx512: return avx512::FN(p);               \
-      case Isa::kAvx2: return avx2::FN(p);                   \
-      default: return base::FN(p);                           \
-    }                                                        \
-  }
-ZAYA_RT_ATTENTION_ROUTE(attention_varlen_fwd, AttnVarlenFwdParams)
-ZAYA_RT_ATTENTION_ROUTE(attention_varlen_bwd, AttnVarlenBwdParams)
-ZAYA_RT_ATTENTION_ROUTE(attention_decode, AttnPagedDecodeParams)
+ZAYA_RT_CPU_ROUTE(attention_varlen_fwd, AttnVarlenFwdParams)
+ZAYA_RT_CPU_ROUTE(attention_varlen_bwd, AttnVarlenBwdParams)
+ZAYA_RT_CPU_ROUTE(attention_decode, AttnPagedDecodeParams)
 
 int64_t attention_varlen_fwd_workspace(const AttnVarlenFwdParams& p) {
   const int64_t group = p.num_heads_k > 0 ? std::max<int64_t>(1, p.num_heads_q / p.num_heads_k) : 1;

@@ -67,15 +67,6 @@ const char* isa_name(Isa isa) {
   }
 }
 
-#define ZAYA_RT_CPU_ROUTE(FN, PARAMS)                        \
-  const char* FN(const PARAMS& p) {                          \
-    switch (active_isa()) {                                  \
-      case Isa::kAvx512: return avx512::FN(p);               \
-      case Isa::kAvx2: return avx2::FN(p);                   \
-      default: return base::FN(p);                           \
-    }                                                        \
-  }
-
 ZAYA_RT_CPU_ROUTE(rms_norm_fwd, RmsNormFwdParams)
 ZAYA_RT_CPU_ROUTE(rms_norm_bwd, RmsNormBwdParams)
 ZAYA_RT_CPU_ROUTE(residual_rms_norm_fwd, ResidualRmsNormFwdParams)

@@ -39,3 +39,13 @@ const char* isa_name(Isa isa);
 int bf16_dot_override();
 void set_bf16_dot_override(int mode);
 }  // namespace zaya_rt::cpu
+
+// Defines zaya_rt::cpu::FN (inside namespace zaya_rt::cpu), which calls the build of the active ISA.
+#define ZAYA_RT_CPU_ROUTE(FN, PARAMS)                        \
+  const char* FN(const PARAMS& p) {                          \
+    switch (active_isa()) {                                  \
+      case Isa::kAvx512: return avx512::FN(p);               \
+      case Isa::kAvx2: return avx2::FN(p);                   \
+      default: return base::FN(p);                           \
+    }                                                        \
+  }

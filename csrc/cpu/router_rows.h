@@ -9,6 +9,7 @@
 #include "cpu/epilogue.h"
 #include "cpu/gemm_core.h"
 #include "zaya_rt/router.h"
+#include "zaya_rt/router_choice.h"
 
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 
@@ -73,12 +74,17 @@ inline bool softmax_exps(const float* l, int64_t C, float* e, float* sum) {
   for (int64_t c = 0; c < C; c += 16) mv = _mm512_mask_max_ps(mv, mask(c), mv, _mm512_maskz_loadu_ps(mask(c), l + c));
   const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
   __m512 acc = _mm512_setzero_ps();
+  __mmask16 nan = 0;
   for (int64_t c = 0; c < C; c += 16) {
-    const __m512 v = _mm512_maskz_mov_ps(mask(c), exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(c), l + c), mx)));
+    const __m512 shifted = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask(c), l + c), mx);
+    nan |= _mm512_mask_cmp_ps_mask(mask(c), shifted, shifted, _CMP_UNORD_Q);
+    const __m512 v = _mm512_maskz_mov_ps(mask(c), exp_avx512(shifted));
     _mm512_mask_storeu_ps(e + c, mask(c), v);
     acc = _mm512_add_ps(acc, v);
   }
-  *sum = _mm512_reduce_add_ps(acc);
+  // exp_avx512 clamps NaN to a finite value: a NaN logit (or inf - inf) makes every probability NaN instead,
+  // as torch.softmax does.
+  *sum = nan ? NAN : _mm512_reduce_add_ps(acc);
   return true;
 #else
   (void)l, (void)C, (void)e, (void)sum;
@@ -86,8 +92,7 @@ inline bool softmax_exps(const float* l, int64_t C, float* e, float* sum) {
 #endif
 }
 
-// Softmax of token t's logits (rounded to T), then choice = argmax(p + balancing_bias) and gate = p[choice]
-// (0 for the skip class C - 1).
+// Softmax of token t's logits (rounded to T), then the biased choice and its gate (zaya_rt/router_choice.h).
 template <typename T> inline void choose_expert(const RouterParams& p, int64_t t) {
   const int64_t C = p.C;
   const float* lr = p.logits + t * C;
@@ -99,19 +104,13 @@ template <typename T> inline void choose_expert(const RouterParams& p, int64_t t
     for (int64_t c = 1; c < C; ++c) mx = std::max(mx, lr[c]);
     for (int64_t c = 0; c < C; ++c) sum += std::exp(lr[c] - mx);
   }
-  int64_t best = 0;
-  float best_score = -INFINITY, best_p = 0.f;
+  RouterChoice best;
   for (int64_t c = 0; c < C; ++c) {
     const float prob = round_to<T>((vec ? e[c] : std::exp(lr[c] - mx)) / sum);
-    const float score = prob + p.balancing_bias[c];
-    if (score > best_score) {
-      best_score = score;
-      best = c;
-      best_p = prob;
-    }
+    best.offer(c, prob, prob + p.balancing_bias[c]);
   }
-  p.choice[t] = best;
-  p.gate[t] = best == C - 1 ? 0.f : best_p;
+  p.choice[t] = best.index;
+  p.gate[t] = best.gate(C);
 }
 
 // The token-block path (router_blocked.cpp) for float, f16 and bf16.

@@ -96,8 +96,8 @@ int64_t attention_varlen_bwd_workspace(const AttnVarlenBwdParams& p);
 int64_t attention_decode_workspace(const AttnPagedDecodeParams& p);
 }  // namespace cpu
 
-// A GPU backend that implements these defines ZAYA_RT_WITH_GPU_ATTENTION for csrc/dispatch_attention.cpp
-// (without it, GPU calls are rejected with a clear error and stubs are linked).
+// Implemented by the GPU backend (a build without one links csrc/gpu_stubs.cpp; csrc/dispatch_common.h rejects
+// GPU calls there with a clear error).
 namespace gpu {
 const char* attention_varlen_fwd(const AttnVarlenFwdParams& p, void* stream);
 const char* attention_varlen_bwd(const AttnVarlenBwdParams& p, void* stream);

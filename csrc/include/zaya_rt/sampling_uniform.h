@@ -4,11 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(__HIP__)
-#define ZAYA_RT_HOST_DEVICE __host__ __device__
-#else
-#define ZAYA_RT_HOST_DEVICE
-#endif
+#include "zaya_rt/host_device.h"
 
 namespace zaya_rt {
 

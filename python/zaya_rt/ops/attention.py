@@ -291,17 +291,22 @@ register_kernels("attention_decode", _attention_decode_impl, _attention_decode_f
 register_autograd("attention_varlen", _varlen_setup, _varlen_backward)
 
 
+_WINDOW_ALL = 2**31 - 1
+
+
 def _window_arg(op: str, window) -> int:
     if window is None:
         return 0
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"zaya_rt.{op}: window must be a positive int or None, got {window!r}")
-    return window
+    # Positions are int32, so every window of 2**31 - 1 keys or more masks nothing: one int32 value stands for
+    # them all (the op schemas take an int64, the GPU kernels an int32).
+    return min(window, _WINDOW_ALL)
 
 
 def _scale_arg(op: str, scale, d: int) -> float:
     if scale is None:
-        return d**-0.5
+        return d**-0.5 if d > 0 else 1.0  # a zero head_dim is rejected by the op's checks
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise ValueError(f"zaya_rt.{op}: scale must be a finite number or None, got {scale!r}")
     return float(scale)

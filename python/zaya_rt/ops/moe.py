@@ -96,6 +96,8 @@ def _grouped_gemm_impl(a, b, offsets):
     a, b, offsets = _unit_inner(a), _unit_inner(b), offsets.contiguous()
     M, K = a.shape
     G, N, _ = b.shape
+    if K == 0:  # an empty inner dimension: every product is an empty sum
+        return torch.zeros((M, N), dtype=a.dtype, device=a.device)
     out = torch.empty((M, N), dtype=a.dtype, device=a.device)
     dev = device_args(a)
     ws = workspace(_C.grouped_gemm_workspace(dev[0], M, N, K, G, DTYPE_CODES[a.dtype]), a.device)
@@ -200,6 +202,8 @@ def _moe_experts_impl(hidden, expert_index, gate, gate_up_proj, down_proj):
     E, two_i, D = gate_up_proj.shape
     _check_index_values(expert_index, E)
     T = hidden.shape[0]
+    if two_i == 0:  # experts of width 0 contribute nothing
+        return torch.zeros((T, D), dtype=hidden.dtype, device=hidden.device)
     top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
     hidden, w1, w2 = _unit_inner(hidden), _unit_inner(gate_up_proj), _unit_inner(down_proj)
     idx, gate = expert_index.contiguous(), gate.contiguous()
@@ -228,6 +232,10 @@ def _moe_experts_backward(ctx, grad_out):
     then differentiates with grouped GEMMs; rows of skipped slots stay zero throughout."""
     hidden, expert_index, gate, w1, w2 = ctx.saved_tensors
     E, two_i, _ = w1.shape
+    if two_i == 0:  # experts of width 0: the output was constant zero
+        need = ctx.needs_input_grad
+        z = lambda i, t: torch.zeros_like(t) if need[i] else None  # noqa: E731
+        return z(0, hidden), None, z(2, gate), z(3, w1), z(4, w2)
     top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
     offsets, sorted_slots, _ = torch.ops.zaya_rt.moe_dispatch(expert_index, E)
     sorted_slots = sorted_slots.long()

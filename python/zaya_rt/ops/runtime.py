@@ -3,14 +3,16 @@
   kv_write(k_new[N, Hk, d], v_new[N, Hk, d], k_cache![P, S, Hk, d], v_cache![P, S, Hk, d], slot_mapping[N] int32)
       writes row n into slot slot_mapping[n] = page * S + offset (-1 skips the row); mutates the caches.
   copy_pages(cache![L, P, S, Hk, d], src[n] int32, dst[n] int32)
-      cache[:, dst[i]] = cache[:, src[i]] (copy-on-write of shared pages); mutates cache.
+      cache[:, dst[i]] = cache[:, src[i]] (copy-on-write of shared pages); mutates cache. No page may be both
+      a source and a destination (ValueError), nor a destination twice.
   gather_tail(cache[P, S, Hk, d], block_table[B, M] int32, seq_lens[B] int32, tau) -> [B, tau, Hk, d]
       the rows of positions seq_lens[b] - tau .. seq_lens[b] - 1 of each sequence (zeros before position 0).
 
 The kernels live in csrc/cpu/runtime.cpp (CPU) and cuda/runtime_kernels.cuh (CUDA and HIP builds of _C). On a
 GPU nothing is read back to the host, so slots, page ids and seq_lens are not range-checked there (nor dst pages
 for duplicates): kv_write skips slot -1 (as on the CPU) and also any slot beyond the cache, copy_pages skips a
-pair naming a page outside the cache, gather_tail writes zero rows for positions whose page id lies outside the
+pair naming a page outside the cache (and any pair touching a page that is both a source and a destination,
+which the CPU rejects), gather_tail writes zero rows for positions whose page id lies outside the
 cache or the block table, all without an error. A GPU tensor with a _C built
 without a GPU backend falls back to PyTorch index ops (kv_write then needs every slot >= 0).
 """
@@ -112,6 +114,14 @@ def _check_copy_pages(cache, src, dst, values: bool = True) -> None:
                                  f"[{int(t.min())}, {int(t.max())}]")
         if torch.unique(dst).numel() != dst.numel():
             raise ValueError(f"zaya_rt.{op}: dst names a page twice")
+        _check_no_overlap(src, dst)
+
+
+def _check_no_overlap(src, dst) -> None:
+    both = set(src.tolist()) & set(dst.tolist())
+    if both:
+        raise ValueError(f"zaya_rt.copy_pages: pages {sorted(both)} are both a source and a destination; "
+                         "overlapping copies are not supported")
 
 
 def _copy_pages(cache, src, dst) -> None:
@@ -122,6 +132,7 @@ def _copy_pages(cache, src, dst) -> None:
     L, P = cache.shape[:2]
     page = cache[0, 0].numel()
     if _torch_fallback(cache):
+        _check_no_overlap(src, dst)  # off the CPU only here: the slow path may read the ids back
         cache[:, dst.long()] = cache[:, src.long()]
         return
     _C.copy_pages(cache.data_ptr(), P * page, page, page, src.data_ptr(), dst.data_ptr(), DTYPE_CODES[cache.dtype],
