@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "cuda/compat.h"
+#include "cuda/launch_result.cuh"
 #include "cuda/numeric.cuh"
 #include "zaya_rt/moe.h"
 #include "zaya_rt/moe_gpu_path.h"
@@ -27,16 +28,6 @@ ZAYA_RT_DEVICE_INLINE int imin(int a, int b) { return a < b ? a : b; }
 ZAYA_RT_DEVICE_INLINE int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
 ZAYA_RT_DEVICE_INLINE int64_t lmax(int64_t a, int64_t b) { return a > b ? a : b; }
 ZAYA_RT_DEVICE_INLINE int64_t dceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// nullptr after a good launch; otherwise "<what>: <runtime message>" (valid until this thread's next failing
-// launch; the dispatcher copies it into an exception at once).
-inline const char* launch_result(const char* what) {
-  const gpuError_t e = gpu_last_error();
-  if (e == gpuSuccess) return nullptr;
-  thread_local std::string msg;
-  msg = std::string(what) + ": kernel launch failed: " + gpu_error_string(e);
-  return msg.c_str();
-}
 
 inline int64_t elem_bytes(DType t) { return t == DType::kFloat32 ? 4 : 2; }
 

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "cuda/compat.h"
+#include "cuda/launch_result.cuh"
 #include "cuda/numeric.cuh"
 #include "zaya_rt/newton_schulz.h"
 
@@ -105,14 +106,6 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(kThreads)
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t aligned(int64_t bytes) { return ceil_div(bytes, 256) * 256; }
-
-inline const char* launch_result(const char* what) {
-  const gpuError_t e = gpu_last_error();
-  if (e == gpuSuccess) return nullptr;
-  thread_local std::string msg;
-  msg = std::string(what) + ": kernel launch failed: " + gpu_error_string(e);
-  return msg.c_str();
-}
 
 template <typename T>
 const char* gemm(View<const T> A, View<const T> Bt, View<const T> D, View<T> C, int64_t batch, int64_t M, int64_t N,

@@ -24,6 +24,7 @@
 #include <string>
 
 #include "cuda/compat.h"
+#include "cuda/launch_result.cuh"
 #include "cuda/numeric.cuh"
 #include "zaya_rt/norms.h"
 
@@ -348,16 +349,6 @@ inline int block_threads(int64_t work, int max_threads) {
 inline bool vec_ok(const void* p, int64_t row_stride, int64_t rows, int64_t esize) {
   if (reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(kVec * esize) != 0) return false;
   return rows <= 1 || row_stride % kVec == 0;
-}
-
-// nullptr after a good launch; otherwise "<what>: <runtime message>" (valid until this thread's
-// next failing launch; the dispatcher copies it into an exception at once).
-inline const char* launch_result(const char* what) {
-  const gpuError_t e = gpu_last_error();
-  if (e == gpuSuccess) return nullptr;
-  thread_local std::string msg;
-  msg = std::string(what) + ": kernel launch failed: " + gpu_error_string(e);
-  return msg.c_str();
 }
 
 inline const char* launch_reduce_partials(const float* partials, int64_t count, int64_t width, float* out,

@@ -33,6 +33,7 @@
 #include <string>
 
 #include "cuda/compat.h"
+#include "cuda/launch_result.cuh"
 #include "cuda/numeric.cuh"
 #include "cuda/router_body.cuh"
 #if defined(ZAYA_RT_GPU_CUDA)
@@ -121,12 +122,6 @@ inline const char* router_error(const std::string& what) {
   thread_local std::string msg;
   msg = what;
   return msg.c_str();
-}
-
-inline const char* launch_result(const char* what) {
-  const gpuError_t e = gpu_last_error();
-  if (e == gpuSuccess) return nullptr;
-  return router_error(std::string(what) + ": kernel launch failed: " + gpu_error_string(e));
 }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVecBytes == 0; }
