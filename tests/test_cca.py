@@ -154,7 +154,10 @@ def test_backward_matches_reference(dtype, case):
         assert_close_to_peer(g, w, p, f"grad {name}", scale=scale, floor=floor)
 
 
-def test_gradcheck_float64():
+def test_float64_path_is_the_differentiable_reference():
+    """float64 cca_prep runs zaya_rt.ref.cca_prep (forward, and autograd through it for the backward): this
+    gradcheck covers that op path's wiring, not the kernel, whose fused backward test_backward_matches_reference
+    checks against float64."""
     args, attrs = make_inputs([3, 0, 4], Hq=2, Hk=1, d=4, k0=2, k1=2, rd=2, dtype=torch.float64, seed=9)
     names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
 
