@@ -28,8 +28,9 @@ def tolerance(dtype: torch.dtype) -> float:
     return {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
 
 
-# Runs a module only where a GPU kernel can run: `pytestmark = NEEDS_GPU`.
+# Marks a module as GPU tests that run only where a GPU kernel can: `pytestmark = NEEDS_GPU`.
 NEEDS_GPU = [
+    pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU visible to torch"),
     pytest.mark.skipif(_C.gpu_backend == "none", reason="zaya_rt._C was built without a GPU backend"),
 ]
