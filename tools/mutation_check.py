@@ -108,10 +108,16 @@ def build(src_root: Path, build_dir: Path, log) -> None:
                    stderr=subprocess.STDOUT)
 
 
-def run_tests(src_root: Path, tests, log) -> int:
+def run_tests(src_root: Path, tests, log) -> tuple[int, str]:
+    """Runs pytest (stopping at the first failure) on the copy; returns its exit status and the first failed test."""
     env = dict(os.environ, PYTHONPATH=str(src_root / "python"))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
-    return subprocess.run(cmd, cwd=src_root, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:cacheprovider", "--hypothesis-seed=0",
+           *tests]
+    run = subprocess.run(cmd, cwd=src_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log.write(run.stdout)
+    log.flush()
+    failed = [line.split(" - ")[0] for line in run.stdout.splitlines() if line.startswith("FAILED ")]
+    return run.returncode, failed[0][len("FAILED "):] if failed else ""
 
 
 def verdict(rc: int) -> str:
@@ -124,6 +130,8 @@ def main() -> int:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "mutation")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--tests", nargs="+", help="pytest arguments instead of each mutation's test files "
+                    "(e.g. to see whether one test alone notices)")
     args = ap.parse_args()
     if args.list:
         for name, m in MUTATIONS.items():
@@ -141,8 +149,8 @@ def main() -> int:
         if not args.skip_baseline:
             t0 = time.time()
             build(src_root, build_dir, log)
-            tests = sorted({t for n in names for t in MUTATIONS[n].tests})
-            rc = run_tests(src_root, tests, log)
+            tests = args.tests or sorted({t for n in names for t in MUTATIONS[n].tests})
+            rc, _ = run_tests(src_root, tests, log)
             print(f"baseline: pytest exit {rc} ({time.time() - t0:.0f} s)", flush=True)
             if rc != 0:
                 print(f"baseline fails: see {args.work / 'log.txt'}")
@@ -160,12 +168,13 @@ def main() -> int:
             try:
                 target.write_text(original.replace(m.old, m.new))
                 build(src_root, build_dir, log)
-                results[name] = verdict(run_tests(src_root, m.tests, log))
+                rc, first = run_tests(src_root, args.tests or m.tests, log)
+                results[name] = verdict(rc) + (f" by {first}" if first else "")
             except subprocess.CalledProcessError:
                 results[name] = "build failed"
             finally:
                 target.write_text(original)
-            print(f"{name}: {results[name]} ({time.time() - t0:.0f} s; {' '.join(m.tests)})", flush=True)
+            print(f"{name}: {results[name]} ({time.time() - t0:.0f} s)", flush=True)
         build(src_root, build_dir, log)  # leave the copy's build matching the unmutated sources
     return 0 if all(r.startswith("caught") for r in results.values()) else 1
 
