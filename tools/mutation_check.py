@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import filecmp
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,8 +131,8 @@ def main() -> int:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "mutation")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--tests", nargs="+", help="pytest arguments instead of each mutation's test files "
-                    "(e.g. to see whether one test alone notices)")
+    ap.add_argument("--tests", type=shlex.split, help="pytest arguments, one string, instead of each mutation's "
+                    "test files (e.g. to see whether one test alone notices)")
     args = ap.parse_args()
     if args.list:
         for name, m in MUTATIONS.items():
