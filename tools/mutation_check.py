@@ -8,6 +8,7 @@ file it changes (once per CPU ISA). The copy is restored after every mutation, w
 
     nice python tools/mutation_check.py                   # baseline, then every mutation
     nice python tools/mutation_check.py gemm_drop_last_k  # some of them
+    nice python tools/mutation_check.py gemm_drop_last_k --skip-baseline --tests "tests/test_moe.py -k every_isa"
     python tools/mutation_check.py --list
 
 Exit status 0 when the baseline passes and every mutation fails at least one test ("caught")."""
