@@ -26,3 +26,42 @@ def cpu_isa(request):
 def tolerance(dtype: torch.dtype) -> float:
     """Max error relative to the output's scale, for a kernel vs the float64 reference."""
     return {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+
+
+# Marks a module as GPU tests that run only where a GPU kernel can: `pytestmark = NEEDS_GPU`.
+NEEDS_GPU = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU visible to torch"),
+    pytest.mark.skipif(_C.gpu_backend == "none", reason="zaya_rt._C was built without a GPU backend"),
+]
+
+
+def max_abs_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| in float64 (0 for empty tensors)."""
+    return 0.0 if want.numel() == 0 else (got.double() - want.double()).abs().max().item()
+
+
+def assert_close_to_peer(got, want, peer, what: str = "", *, scale: float | None = None, floor: float | None = None,
+                         extra: float = 0.0, dtype: torch.dtype | None = None) -> None:
+    """Flash-attention's tolerance rule: the kernel's max error against the float64 reference `want` is at most
+    twice that of `peer`, the same computation composed of PyTorch ops in the kernel's precision, plus a small
+    floor for cases the composition happens to get exact.
+
+    got, peer: any float dtype, want's shape; want: float64. The floor is `floor` times `scale` (default:
+    max |want|, at least 1e-6); `extra` is an absolute allowance the caller derives (e.g. a rounding the kernel
+    does and the composition does not). The default floor is one ulp for the 16-bit types, the rounding of the
+    output itself; 16 ulps (2e-6) for float32, whose sums the kernels block and order differently from PyTorch,
+    so a composition that happens to be near exact is no yardstick there. `dtype` names the precision the
+    kernel computed in where got's dtype is wider (e.g. a float32 gate gradient of a bf16 expert block)."""
+    assert got.shape == want.shape and peer.shape == want.shape, (what, got.shape, peer.shape, want.shape)
+    if want.numel() == 0:
+        return
+    if scale is None:
+        scale = max(want.abs().max().item(), 1e-6)
+    if floor is None:
+        dtype = dtype or got.dtype
+        floor = tolerance(dtype) if dtype == torch.float32 else torch.finfo(dtype).eps
+    err, peer_err = max_abs_err(got, want), max_abs_err(peer, want)
+    bound = 2 * peer_err + floor * scale + extra
+    assert err <= bound, (f"{what}: error {err:.3g} > bound {bound:.3g} (same-precision PyTorch error "
+                          f"{peer_err:.3g}, {dtype or got.dtype}, scale {scale:.3g})")

@@ -8,14 +8,10 @@ import pytest
 import torch
 
 import zaya_rt
-from conftest import tolerance
-from zaya_rt import _C, ref
+from conftest import NEEDS_GPU, tolerance
+from zaya_rt import ref
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU visible to torch"),
-    pytest.mark.skipif(_C.gpu_backend == "none", reason="zaya_rt._C was built without a GPU backend"),
-]
+pytestmark = NEEDS_GPU
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DEV = "cuda"

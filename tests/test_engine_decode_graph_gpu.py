@@ -8,14 +8,10 @@ import pytest
 import torch
 
 import zaya_rt
-from zaya_rt import _C
+from conftest import NEEDS_GPU
 from zaya_rt.runtime.tiny import tiny_model
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU visible to torch"),
-    pytest.mark.skipif(_C.gpu_backend == "none", reason="zaya_rt._C was built without a GPU backend"),
-]
+pytestmark = NEEDS_GPU
 
 
 @pytest.fixture(scope="module")

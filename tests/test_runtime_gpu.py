@@ -9,16 +9,12 @@ Runs only where torch sees a GPU and _C carries a GPU backend (`pytest -m cuda`)
 import pytest
 import torch
 
-from zaya_rt import _C
+from conftest import NEEDS_GPU
 from zaya_rt.ops import copy_pages, gather_tail, kv_write, sample_tokens
 from zaya_rt.ops.sampling import sampling_uniform
 from zaya_rt.ref.sampling import sample_token
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU visible to torch"),
-    pytest.mark.skipif(_C.gpu_backend == "none", reason="zaya_rt._C was built without a GPU backend"),
-]
+pytestmark = NEEDS_GPU
 
 CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
