@@ -204,12 +204,12 @@ class ZayaModel(nn.Module):
         h = (self.embed_tokens(input_ids_N).float() + self.input_hidden_states_bias.float()) * (
             self.input_hidden_states_scale.float()
         )
-        layers = self.layers
+        layers = list(self.layers)
+        next_norms = [layer.input_layernorm for layer in layers[1:]] + [self.norm]
         x = layers[0].input_layernorm(h)
         z = None
-        last = len(layers) - 1
-        for i, layer in enumerate(layers):
-            h, x, z = layer(x, h, z, layers[i + 1].input_layernorm if i < last else self.norm, ctx)
+        for layer, next_norm in zip(layers, next_norms):
+            h, x, z = layer(x, h, z, next_norm, ctx)
         return x
 
     def forward(self, input_ids: torch.Tensor, attention_mask=None, cache: ZayaCache | None = None, *,
