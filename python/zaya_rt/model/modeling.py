@@ -350,8 +350,9 @@ def _check_input_ids(input_ids, vocab_size: int) -> None:
         raise TypeError(f"input_ids must be int64 or int32, got {input_ids.dtype}")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must have shape [batch, tokens] with tokens >= 1, got {tuple(input_ids.shape)}")
-    # Reading the ids costs a host sync on GPU, so only host-resident ids are range-checked here.
-    if input_ids.device.type == "cpu" and input_ids.numel() and (
+    # Reading the ids costs a host sync on GPU, so only host-resident ids are range-checked here (in eager mode:
+    # under torch.compile the read would split the graph).
+    if input_ids.device.type == "cpu" and input_ids.numel() and not torch.compiler.is_compiling() and (
         int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size
     ):
         raise ValueError(f"input_ids must lie in [0, {vocab_size}), got [{int(input_ids.min())}, {int(input_ids.max())}]")
@@ -374,8 +375,8 @@ def _check_cu_seqlens(cu_seqlens, N: int, device) -> None:
                          f"{tuple(cu_seqlens.shape)}")
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, input_ids on {device}")
-    # Reading the offsets costs a host sync on GPU, so only host-resident offsets are checked here.
-    if cu_seqlens.device.type == "cpu" and (
+    # Reading the offsets costs a host sync on GPU, so only host-resident offsets are checked here (in eager mode).
+    if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling() and (
         int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != N or bool((cu_seqlens[1:] < cu_seqlens[:-1]).any())
     ):
         raise ValueError(f"cu_seqlens must rise from 0 to the token count {N}, got {cu_seqlens.tolist()}")
