@@ -67,7 +67,7 @@ def zaya_rt_attention_forward(
     S = key.shape[2]
     scale = d**-0.5 if scaling is None else scaling
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, tokens, heads, d] views
-    if attention_mask is None and not (32 <= d <= 256 and d % 8 == 0):  # head dims the kernels do not take
+    if attention_mask is None and not ops.attention.kernel_takes_head_dim(d):
         q_pos = torch.arange(S - T, S, device=q.device)[:, None]
         k_pos = torch.arange(S, device=q.device)[None]
         allowed = (k_pos <= q_pos) & (k_pos > q_pos - sliding_window if sliding_window else True)

@@ -51,6 +51,12 @@ def _unit_inner(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
 
+def kernel_takes_head_dim(head_dim: int) -> bool:
+    """True when zaya_rt's attention kernels take this head dim (a multiple of 8 in [32, 256]); the one place
+    the rule is written in Python."""
+    return 32 <= head_dim <= 256 and head_dim % 8 == 0
+
+
 def _check_heads(op: str, hq: int, hk: int, d: int, d_k: int) -> None:
     if hk < 1 or hq < 1:
         raise ValueError(f"zaya_rt.{op}: need at least one query head and one kv head, got Hq={hq}, Hk={hk}")
@@ -58,7 +64,7 @@ def _check_heads(op: str, hq: int, hk: int, d: int, d_k: int) -> None:
         raise ValueError(f"zaya_rt.{op}: query heads ({hq}) must be a multiple of kv heads ({hk})")
     if d != d_k:
         raise ValueError(f"zaya_rt.{op}: q has head_dim {d} but k/v have {d_k}")
-    if not (32 <= d <= 256 and d % 8 == 0):
+    if not kernel_takes_head_dim(d):
         raise ValueError(f"zaya_rt.{op}: head_dim must be a multiple of 8 in [32, 256], got {d}")
 
 

@@ -30,13 +30,13 @@ a device value on the host or copy host data to the device):
     device), in the warm-up step. (Its fused forward passed the CPU's device arguments on CUDA; fixed.)
   kv_write: the GPU fallback (index_copy_) has no host read but does not skip slot -1, hence the padding page.
   attention_decode: values are checked only for CPU / float64 inputs; the GPU kernel reads seq_lens and the
-    block table on the device, its split count comes from sizes (the table width). The shim for head dims the
-    kernels lack (runtime/attention.py: gather_tail_torch + SDPA with a boolean mask) is capturable too.
+    block table on the device, its split count comes from sizes (the table width). Head dims the kernels
+    lack take the reference (`ref.attention_decode_ref`, which reads seq_lens on the host): not capturable.
   zaya_router, moe_experts: index range checks only on the CPU; the GPU kernels route on the device.
   cuda/: no cudaMemcpy, cudaMalloc or synchronisation; all launches on the caller's stream.
 Outside the graph: sampling (tokens go to the host each step), copy-on-write page copies, state resets of
-new sequences. Not on the decode path: runtime/cca.py's shim (`int(lens.max())`), attention_varlen's shim
-(`.tolist()`), `ZayaModel.forward` (`bool(mask.all())`), sample_tokens' value checks.
+new sequences. Not on the decode path: `ref.attention_varlen_ref` (`.tolist()`), `ZayaModel.forward`'s
+batch form (`bool(mask.all())`), sample_tokens' value checks.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 import torch
 
 from zaya_rt import ops
-from zaya_rt.runtime import attention, direct
+from zaya_rt.ops.attention import kernel_takes_head_dim
+from zaya_rt.runtime import direct
 from zaya_rt.runtime.decode_graph import DecodeGraphs, graphs_enabled
 from zaya_rt.runtime.kv_cache import PagedKVCache, PrefixEntry
 from zaya_rt.runtime.params import SamplingParams
@@ -95,8 +96,8 @@ class Engine:
         weight = model.model.norm.weight
         self.model, self.config = model, model.config
         self.device, self.dtype = weight.device, weight.dtype
-        probe = torch.empty(0, self.config.head_dim, dtype=self.dtype, device="meta")
-        if attention._op("attention_decode", probe) is not None and page_size & (page_size - 1):
+        kernel_pages = kernel_takes_head_dim(self.config.head_dim) and self.dtype != torch.float64
+        if kernel_pages and page_size & (page_size - 1):
             raise ValueError(f"Engine: page_size must be a power of two for the attention kernels (head_dim "
                              f"{self.config.head_dim}, {self.dtype}), got {page_size}")
         per_page = PagedKVCache.bytes_per_page(self.config, page_size, self.dtype)

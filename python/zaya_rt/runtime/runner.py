@@ -1,23 +1,25 @@
-"""Runs ZayaForCausalLM's layers over a packed batch against the paged cache.
+"""Runs ZayaForCausalLM's layer math (`zaya_rt.model.modeling`) over a packed batch against the paged cache.
 
-A step's batch concatenates the new tokens of every scheduled sequence (T rows in total). Dense parts (norms,
-projections, router, experts, head) run once over all T rows; CCA preparation continues each sequence from
-its state slot; attention reads the paged cache: sequences decoding one token go through one
-`attention_decode` call, fresh prompts (nothing cached yet) through one `attention_varlen` call, and prompt
-chunks that continue cached pages through `attention_decode` with their chunk as the query block.
+A step's batch concatenates the new tokens of every scheduled sequence (T rows in total). The runner builds a
+`ForwardContext` for the step, with its kernel set (`runtime.kernels`: direct `_C` calls on the CPU) and the
+`PagedState` adapter, and calls the model's layer stack. The adapter continues each sequence's CCA state from
+its slot, writes K/V to the pages and attends: sequences decoding one token through one `attention_decode`
+call, fresh prompts (nothing cached yet) through one `attention_varlen` call, and prompt chunks that continue
+cached pages through `attention_decode` with their chunk as the query block.
 Legend: T packed tokens, B sequences, L layers, D hidden, C conv channels, K conv state columns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from zaya_rt import ops, ref
-from zaya_rt.runtime import attention, cca, direct
+from zaya_rt.model.context import ForwardContext
+from zaya_rt.runtime import direct
+from zaya_rt.runtime.cca_snapshots import boundary_states
+from zaya_rt.runtime.kernels import DirectKernels, FusedOpsKernels
 from zaya_rt.runtime.kv_cache import PagedKVCache
 
 
@@ -39,46 +41,16 @@ class StepBatch:
     snapshots: list[tuple[int, int]] = field(default_factory=list)  # (sequence, tokens of its chunk before a page end)
 
 
-@dataclass
-class _LayerWeights:
-    qkv_w: torch.Tensor
-    qkv_b: torch.Tensor | None
-    splits: tuple[int, int, int, int]
-    conv0_w: torch.Tensor
-    conv0_b: torch.Tensor
-    conv1_w: torch.Tensor
-    conv1_b: torch.Tensor
-    temp: torch.Tensor
-    rope_dims: int
-    rope_theta: float
-    window: int | None
-
-
-@dataclass
-class _LayerKernels:
-    qkv: Callable            # x [T, D] -> [T, (Hq + Hk) * d + Hk * d]
-    cca: Callable            # (qp, kp, v_cur, v_del, positions, cu_seqlens, conv_in, v_in, conv_out, v_out) -> q, k, v
-    o_proj: Callable
-    attn_residual: Callable  # (y, h) -> (r, post_attention_layernorm(r))
-    mlp_residual: Callable   # (y, r) -> (h_next, next layer's input_layernorm (or final norm)(h_next))
-    router: Callable         # (x, z_prev) -> (logits, gate, choice, z)
-    experts: Callable        # (x, choice, gate) -> y
-    kv_write: Callable
-    attention_decode: Callable | None  # pure decode steps; None: through runtime.attention
-    skip_class: int | None   # E when skipped tokens pass their input through (skip_passthrough), else None
-
-
 _DIRECT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class ModelRunner:
     """Executes `model` (a zaya_rt ZayaForCausalLM) step by step over the paged `cache`.
 
-    The q/k/v projection weights of each layer are concatenated once here, the CCA conv weights cast to fp32,
-    and the kernels keep the addresses of the rest: call `refresh_weights()` after changing the model's
-    parameters (it bumps `weight_version`, which drops captured CUDA graphs of decode steps). On the CPU the
-    layers call `_C` directly (`runtime.direct`); `direct_calls=False` takes the checked `zaya_rt.ops` path
-    everywhere.
+    The kernel set prepares the weights once (fused q/k/v projections, fp32 CCA conv weights, the addresses of
+    the rest): call `refresh_weights()` after changing the model's parameters (it bumps `weight_version`, which
+    drops captured CUDA graphs of decode steps). On the CPU the layers call `_C` directly (`runtime.direct`);
+    `direct_calls=False` takes the checked `zaya_rt.ops` path everywhere.
     """
 
     def __init__(self, model, cache: PagedKVCache, *, direct_calls: bool | None = None) -> None:
@@ -91,76 +63,21 @@ class ModelRunner:
     @torch.no_grad()
     def refresh_weights(self) -> None:
         """Re-reads the model's weights (concatenations, casts, kernel addresses); captured graphs go stale."""
-        cfg = self.config
         self.weight_version += 1
-        self.layers = []
-        for i, layer in enumerate(self.model.model.layers):
-            proj = layer.self_attn.qkv_proj
-            linears = (proj.q_proj, proj.k_proj, proj.v_proj_current, proj.v_proj_delayed)
-            bias = None
-            if proj.q_proj.bias is not None:
-                bias = torch.cat([m.bias for m in linears])
-            rope_dims = int(cfg.head_dim * cfg.partial_rotary_factor(cfg.layer_types[i]))
-            self.layers.append(_LayerWeights(
-                qkv_w=torch.cat([m.weight for m in linears]), qkv_b=bias,
-                splits=tuple(m.weight.shape[0] for m in linears),
-                # the CCA conv runs in fp32 (SPEC section 3 numerics); cast its weights once
-                conv0_w=proj.conv_qk_depthwise.weight.float(), conv0_b=proj.conv_qk_depthwise.bias.float(),
-                conv1_w=proj.conv_qk_grouped.weight.float(), conv1_b=proj.conv_qk_grouped.bias.float(),
-                temp=layer.self_attn.qk_norm.temp.float(), rope_dims=rope_dims,
-                rope_theta=cfg.rope_theta(cfg.layer_types[i]), window=cfg.window(i),
-            ))
         dtype = self.model.lm_head.weight.dtype
         self.direct = self.model.lm_head.weight.device.type == "cpu" and dtype in _DIRECT_DTYPES
         if self._direct_calls is not None:
             self.direct = self.direct and self._direct_calls
-        self.kernels = [self._layer_kernels(i, w) for i, w in enumerate(self.layers)]
-        self.lm_head = (direct.Linear(self.model.lm_head.weight, self.model.lm_head.bias, self._ws) if self.direct
-                        else self.model.lm_head)
+        if self.direct:
+            self.kernels = DirectKernels(self.model, self._ws)
+            self._kv_write, self._decode = direct.kv_write, self._direct_decode
+        else:
+            self.kernels = FusedOpsKernels(self.model)
+            self._kv_write, self._decode = ops.kv_write, None
 
-    def _layer_kernels(self, i: int, w: _LayerWeights) -> _LayerKernels:
-        """The callables layer i runs: direct `_C` calls on the CPU, `zaya_rt.ops` elsewhere."""
-        cfg, layers = self.config, self.model.model.layers
-        layer = layers[i]
-        attn, mlp = layer.self_attn, layer.mlp
-        next_norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.model.norm
-        skip_class = mlp.gate.num_experts if mlp.skip_passthrough else None
-        if not self.direct:
-            def cca_ops(qp, kp, v_cur, v_del, positions, cu_seqlens, conv_in, v_in, conv_out, v_out):
-                q, k, v, conv_state, v_state = cca.cca_prep(
-                    qp, kp, v_cur, v_del, w.conv0_w, w.conv0_b, w.conv1_w, w.conv1_b, w.temp, positions, cu_seqlens,
-                    conv_in, v_in, num_q_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
-                    rope_dims=w.rope_dims, rope_theta=w.rope_theta)
-                conv_out.copy_(conv_state)
-                v_out.copy_(v_state)
-                return q, k, v
-
-            return _LayerKernels(
-                qkv=lambda x: F.linear(x, w.qkv_w, w.qkv_b), cca=cca_ops, o_proj=attn.o_proj,
-                attn_residual=lambda y, h: layer.post_attention_residual_scale.fused_with_norm(
-                    y, h, layer.post_attention_layernorm),
-                mlp_residual=lambda y, h: layer.post_mlp_residual_scale.fused_with_norm(y, h, next_norm),
-                router=mlp.gate, experts=mlp.experts, kv_write=ops.kv_write, attention_decode=None,
-                skip_class=skip_class,
-            )
-        ws = self._ws
-        decode = None
-        if 32 <= cfg.head_dim <= 256 and cfg.head_dim % 8 == 0:
-            scale = cfg.head_dim**-0.5
-            decode = lambda q, kp, vp, bt, lens: direct.attention_decode(q, kp, vp, bt, lens, scale, w.window, ws)  # noqa: E731
-        return _LayerKernels(
-            qkv=direct.Linear(w.qkv_w, w.qkv_b, ws),
-            cca=direct.CcaPrep(w.conv0_w, w.conv0_b, w.conv1_w, w.conv1_b, w.temp,
-                               num_q_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
-                               head_dim=cfg.head_dim, rope_dims=w.rope_dims,
-                               inv_freq=ref.rope_inv_freq(w.rope_dims, float(w.rope_theta), torch.float32), ws=ws),
-            o_proj=direct.Linear(attn.o_proj.weight, attn.o_proj.bias, ws),
-            attn_residual=direct.ResidualNorm(layer.post_attention_residual_scale, layer.post_attention_layernorm),
-            mlp_residual=direct.ResidualNorm(layer.post_mlp_residual_scale, next_norm),
-            router=direct.Router(mlp.gate, ws),
-            experts=direct.Experts(mlp.experts, ws), kv_write=direct.kv_write, attention_decode=decode,
-            skip_class=skip_class,
-        )
+    def _direct_decode(self, attn, q, k_pages, v_pages, block_table, seq_lens):
+        return direct.attention_decode(q, k_pages, v_pages, block_table, seq_lens, attn.head_dim**-0.5, attn.window,
+                                       self._ws)
 
     @torch.no_grad()
     def initial_v_state(self) -> torch.Tensor:
@@ -175,80 +92,89 @@ class ModelRunner:
     def forward(self, batch: StepBatch):
         """Logits [R, vocab] of batch.sample_rows, and the CCA snapshots [(conv [L, C, K], v [L, Hk*d/2])]
         requested in batch.snapshots. Writes K/V to the pages and the CCA states to the slots."""
-        model = self.model.model
-        cache = self.cache
-        conv_all = cache.conv_state.index_select(1, batch.state_slots)  # [L, B, C, K]
-        v_all = cache.v_state.index_select(1, batch.state_slots)
-        conv_out, v_out = torch.empty_like(conv_all), torch.empty_like(v_all)
-        snaps_conv, snaps_v = [], []
-        groups = _attention_groups(batch)
-
-        h = (model.embed_tokens(batch.input_ids).float() + model.input_hidden_states_bias.float()) * (
-            model.input_hidden_states_scale.float())
-        x = model.layers[0].input_layernorm(h)
-        z = None
-        per_layer = zip(self.layers, self.kernels, conv_all.unbind(0), v_all.unbind(0), conv_out.unbind(0),
-                        v_out.unbind(0), cache.k_pages.unbind(0), cache.v_pages.unbind(0))
-        for i, (w, kern, conv_in, v_in, conv_next, v_next, k_pages, v_pages) in enumerate(per_layer):
-            qkv = kern.qkv(x)
-            qp, kp, v_cur, v_del = torch.split(qkv, w.splits, dim=-1)
-            q, k, v = kern.cca(qp, kp, v_cur, v_del, batch.positions, batch.cu_seqlens, conv_in, v_in, conv_next,
-                               v_next)
-            if batch.snapshots:
-                seqs = [s for s, _ in batch.snapshots]
-                sc, sv = cca.boundary_states(qp, kp, v_del, conv_in, [batch.starts[s] for s in seqs], seqs,
-                                             [e for _, e in batch.snapshots])
-                snaps_conv.append(sc)
-                snaps_v.append(sv)
-            kern.kv_write(k, v, k_pages, v_pages, batch.slot_mapping)
-            attn = self._attention(i, q, k, v, batch, groups, k_pages, v_pages)
-            attn = kern.o_proj(attn.reshape(attn.shape[0], -1))
-            r, x2 = kern.attn_residual(attn, h)
-            logits, gate, choice, z = kern.router(x2, z)
-            y = kern.experts(x2, choice, gate)
-            if kern.skip_class is not None:
-                p_skip = torch.softmax(logits, dim=-1)[:, -1]
-                y = y + torch.where(choice == kern.skip_class, p_skip, 0).to(y.dtype)[:, None] * x2
-            h, x = kern.mlp_residual(y, r)
-        cache.conv_state.index_copy_(1, batch.state_slots, conv_out.float())
-        cache.v_state.index_copy_(1, batch.state_slots, v_out.float())
-        logits = self.lm_head(x.index_select(0, batch.sample_rows))
-        snapshots = []
-        if batch.snapshots:
-            conv_s, v_s = torch.stack(snaps_conv, 1).float(), torch.stack(snaps_v, 1).float()  # [R, L, ...]
-            snapshots = [(conv_s[r], v_s[r]) for r in range(len(batch.snapshots))]
+        state = PagedState(self, batch)
+        ctx = ForwardContext(positions=batch.positions, cu_seqlens=batch.cu_seqlens, conv_mask=None,
+                             kernels=self.kernels, state=state)
+        x = self.model.model.run(batch.input_ids, ctx)
+        snapshots = state.finish()
+        logits = self.kernels.linear(self.model.lm_head, x.index_select(0, batch.sample_rows))
         return logits, snapshots
 
-    def _attention(self, i: int, q, k, v, batch: StepBatch, groups, k_pages, v_pages) -> torch.Tensor:
-        """Attention of the step's rows q [T, Hq, d] (k, v [T, Hk, d] already written to layer i's pages)."""
-        window = self.layers[i].window
-        pure_decode, decode_seqs, decode_rows, fresh_seqs, chunk_seqs = groups
+
+class PagedState:
+    """The state adapter of one step (see `zaya_rt.model.context.RowsState` for the contract): CCA states from
+    and to the cache's slots, K/V to the pages, attention over the pages."""
+
+    def __init__(self, runner: ModelRunner, batch: StepBatch) -> None:
+        cache = runner.cache
+        self.runner, self.batch, self.cache = runner, batch, cache
+        self.conv_in = cache.conv_state.index_select(1, batch.state_slots).unbind(0)  # L x [B, C, K]
+        self.v_in = cache.v_state.index_select(1, batch.state_slots).unbind(0)
+        self.k_pages, self.v_pages = cache.k_pages.unbind(0), cache.v_pages.unbind(0)
+        L = len(self.conv_in)
+        self.conv_out, self.v_out = [None] * L, [None] * L
+        self.snaps_conv, self.snaps_v = [], []
+        self.groups = _attention_groups(batch)
+
+    def cca_state(self, attn):
+        return self.conv_in[attn.layer_idx], self.v_in[attn.layer_idx]
+
+    def store(self, attn, k, v, conv_state, v_state, pre) -> None:
+        i, batch = attn.layer_idx, self.batch
+        self.conv_out[i], self.v_out[i] = conv_state, v_state
+        self.runner._kv_write(k, v, self.k_pages[i], self.v_pages[i], batch.slot_mapping)
+        if batch.snapshots:
+            qp, kp, v_del, conv_in = pre
+            seqs = [s for s, _ in batch.snapshots]
+            sc, sv = boundary_states(qp, kp, v_del, conv_in, [batch.starts[s] for s in seqs], seqs,
+                                     [e for _, e in batch.snapshots])
+            self.snaps_conv.append(sc)
+            self.snaps_v.append(sv)
+
+    def finish(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Writes the outgoing CCA states to the slots; returns the requested snapshots [(conv [L, C, K],
+        v [L, Hk*d/2])]."""
+        slots = self.batch.state_slots
+        self.cache.conv_state.index_copy_(1, slots, torch.stack(self.conv_out).float())
+        self.cache.v_state.index_copy_(1, slots, torch.stack(self.v_out).float())
+        if not self.batch.snapshots:
+            return []
+        conv_s, v_s = torch.stack(self.snaps_conv, 1).float(), torch.stack(self.snaps_v, 1).float()  # [R, L, ...]
+        return [(conv_s[r], v_s[r]) for r in range(len(self.batch.snapshots))]
+
+    def attend(self, attn, q, k, v) -> torch.Tensor:
+        """Attention of the step's rows q [T, Hq, d] (k, v [T, Hk, d] already written to the layer's pages)."""
+        batch, i = self.batch, attn.layer_idx
+        k_pages, v_pages = self.k_pages[i], self.v_pages[i]
+        pure_decode, decode_seqs, decode_rows, fresh_seqs, chunk_seqs = self.groups
         if pure_decode:
-            if self.kernels[i].attention_decode is not None:
-                return self.kernels[i].attention_decode(q, k_pages, v_pages, batch.block_table, batch.seq_lens)
-            return attention.attention_decode(
-                q[:, None], k_pages, v_pages, batch.block_table, batch.seq_lens, window=window,
-            )[:, 0]
+            if self.runner._decode is not None and attn.kernel_attention:
+                return self.runner._decode(attn, q, k_pages, v_pages, batch.block_table, batch.seq_lens)
+            return _decode(attn, q[:, None], k_pages, v_pages, batch.block_table, batch.seq_lens)[:, 0]
         out = q.new_empty(q.shape)
         if decode_seqs is not None:
-            out[decode_rows] = attention.attention_decode(
-                q.index_select(0, decode_rows)[:, None], k_pages, v_pages,
+            out[decode_rows] = _decode(
+                attn, q.index_select(0, decode_rows)[:, None], k_pages, v_pages,
                 batch.block_table.index_select(0, decode_seqs), batch.seq_lens.index_select(0, decode_seqs),
-                window=window,
             )[:, 0]
         if fresh_seqs:
             rows = torch.cat([torch.arange(batch.starts[s], batch.starts[s] + batch.lens[s]) for s in fresh_seqs])
             rows = rows.to(q.device)
             cu = torch.tensor([0, *_cumsum([batch.lens[s] for s in fresh_seqs])], dtype=torch.int32, device=q.device)
             qs, ks, vs = q.index_select(0, rows), k.index_select(0, rows), v.index_select(0, rows)
-            out[rows] = attention.attention_varlen(qs, ks, vs, cu, cu, causal=True, window=window)
+            varlen = ops.attention_varlen if attn.kernel_attention else ref.attention_varlen_ref
+            out[rows] = varlen(qs, ks, vs, cu, cu, causal=True, window=attn.window, scale=attn.head_dim**-0.5)
         for s in chunk_seqs:
             a, n = batch.starts[s], batch.lens[s]
-            out[a : a + n] = attention.attention_decode(
-                q[None, a : a + n], k_pages, v_pages, batch.block_table[s : s + 1], batch.seq_lens[s : s + 1],
-                window=window,
-            )[0]
+            out[a : a + n] = _decode(attn, q[None, a : a + n], k_pages, v_pages, batch.block_table[s : s + 1],
+                                     batch.seq_lens[s : s + 1])[0]
         return out
+
+
+def _decode(attn, q_BnHd, k_pages, v_pages, block_table, seq_lens) -> torch.Tensor:
+    """`ops.attention_decode`, or its reference for head dims no kernel takes."""
+    decode = ops.attention_decode if attn.kernel_attention else ref.attention_decode_ref
+    return decode(q_BnHd, k_pages, v_pages, block_table, seq_lens, scale=attn.head_dim**-0.5, window=attn.window)
 
 
 def _cumsum(values: list[int]) -> list[int]:
