@@ -137,20 +137,21 @@ class _KernelFault:
     def __init__(self, engine, when):
         self.engine, self.when, self.armed, self.raised = engine, when, False, 0
         runner = engine.runner
-        forward, experts = runner.forward, runner.kernels[2].experts
+        forward, experts = runner.forward, runner.kernels.experts
+        layer2_experts = engine.model.model.layers[2].mlp.experts
 
         def armed_forward(batch):
             self.armed = self.when(batch)
             return forward(batch)
 
-        def faulty_experts(*args):
-            if self.armed:
+        def faulty_experts(module, *args):
+            if self.armed and module is layer2_experts:
                 self.raised += 1
                 raise RuntimeError("expert kernel failed")
-            return experts(*args)
+            return experts(module, *args)
 
         runner.forward = armed_forward
-        runner.kernels[2].experts = faulty_experts
+        runner.kernels.experts = faulty_experts
 
 
 def test_kernel_error_for_one_request_mid_step(model, clean):
