@@ -1,18 +1,21 @@
 """The ZAYA1 MoE++ model (SPEC section 3), numerically equal to transformers' `ZayaForCausalLM`.
 
 Module and parameter names follow the transformers-native checkpoint layout, so `state_dict()` keys are
-checkpoint keys. Ops with a zaya_rt kernel come from `zaya_rt.ops`; the rest from `zaya_rt.ref` until their
-kernels land. Legend: B batch, T new tokens, S keys (cached + new), D hidden, R router width, E experts.
+checkpoint keys. This is the one copy of the layer math: the layers run on flat token rows [N, ...] with a
+`ForwardContext` (model/context.py) that says where the rows sit (batch rows or packed documents), which
+kernels compute (zaya_rt.ops by default; the runtime injects its direct CPU calls) and how state is kept (no
+cache, the contiguous `ZayaCache`, or the runtime's paged cache). Legend: N token rows, B batch rows or
+documents, T tokens per row, S keys (cached + new), D hidden, R router width, E experts.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zaya_rt import ops, ref
-from zaya_rt.model.cache import LayerCache, ZayaCache
+from zaya_rt.model.cache import ZayaCache
+from zaya_rt.model.context import OPS_KERNELS, ForwardContext, RowsState, allowed_mask
 from zaya_rt.model.config import ZayaConfig
 
 
@@ -58,26 +61,6 @@ class ZayaCCAProjection(nn.Module):
         self.conv_qk_depthwise = nn.Conv1d(channels, channels, config.cca_time0, groups=channels)
         self.conv_qk_grouped = nn.Conv1d(channels, channels, config.cca_time1, groups=hq + hk)
 
-    def forward(self, x_BTD: torch.Tensor, temp: torch.Tensor, positions_N: torch.Tensor, cu_seqlens: torch.Tensor,
-                rope_dims: int, rope_theta: float, conv_state=None, v_state=None):
-        """x [B, T, D] (padding rows already zeroed), each batch row one sequence; positions [B*T], cu_seqlens
-        [B+1]. Returns q [B, T, Hq, d], k, v [B, T, Hk, d] (after qk norm, temperature and RoPE), conv_state
-        [B, C, K], v_state [B, Hk*d/2]. None states start every row fresh."""
-        B, T, _ = x_BTD.shape
-        flat = lambda lin: lin(x_BTD).reshape(B * T, -1)  # noqa: E731
-        if v_state is None and self.v_proj_delayed.bias is not None:
-            # A fresh sequence shifts in the projection of a zero input: the delayed projection's bias.
-            v_state = self.v_proj_delayed.bias.expand(B, -1)
-        q, k, v, conv_state, v_state = ops.cca_prep(
-            flat(self.q_proj), flat(self.k_proj), flat(self.v_proj_current), flat(self.v_proj_delayed),
-            self.conv_qk_depthwise.weight, self.conv_qk_depthwise.bias,
-            self.conv_qk_grouped.weight, self.conv_qk_grouped.bias, temp, positions_N, cu_seqlens,
-            conv_state, v_state, num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads,
-            rope_dims=rope_dims, rope_theta=rope_theta,
-        )
-        return (q.view(B, T, self.num_q_heads, -1), k.view(B, T, self.num_kv_heads, -1),
-                v.view(B, T, self.num_kv_heads, -1), conv_state, v_state)
-
 
 class ZayaQKNorm(nn.Module):
     def __init__(self, config: ZayaConfig) -> None:
@@ -91,9 +74,12 @@ class ZayaQKNorm(nn.Module):
 class ZayaAttention(nn.Module):
     def __init__(self, config: ZayaConfig, layer_idx: int) -> None:
         super().__init__()
+        self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.layer_type = config.layer_types[layer_idx]
         self.window = config.window(layer_idx)
+        self.rope_dims = int(config.head_dim * config.partial_rotary_factor(self.layer_type))
+        self.rope_theta = config.rope_theta(self.layer_type)
         # zaya_rt's attention kernels take head dims that are multiples of 8 in [32, 256].
         self.kernel_attention = 32 <= config.head_dim <= 256 and config.head_dim % 8 == 0
         self.qkv_proj = ZayaCCAProjection(config)
@@ -101,40 +87,21 @@ class ZayaAttention(nn.Module):
         self.o_proj = nn.Linear(config.num_attention_heads * config.head_dim, config.hidden_size,
                                 bias=config.attention_bias)
 
-    def forward(self, x_BTD, rope, allowed_BTS, conv_mask_BT, layer_cache: LayerCache | None, past: int):
-        """rope = (positions [B*T], cu_seqlens [B+1], rope_dims, rope_theta) for this layer type."""
-        B, T, _ = x_BTD.shape
-        if conv_mask_BT is not None:
-            x_BTD = x_BTD * conv_mask_BT[..., None].to(x_BTD.dtype)
-        continuing = layer_cache is not None and past > 0
-        q, k, v, conv_state, v_state = self.qkv_proj(
-            x_BTD, self.qk_norm.temp, *rope,
-            layer_cache.conv_state if continuing else None,
-            layer_cache.v_state if continuing else None,
-        )
-        if layer_cache is not None:
-            layer_cache.k[:, past : past + T] = k
-            layer_cache.v[:, past : past + T] = v
-            layer_cache.conv_state.copy_(conv_state)
-            layer_cache.v_state.copy_(v_state)
-        scale = self.head_dim**-0.5
-        if allowed_BTS is not None or not self.kernel_attention:  # explicit mask (reference path)
-            if layer_cache is not None:
-                k, v = layer_cache.k[:, : past + T], layer_cache.v[:, : past + T]
-            if allowed_BTS is None:
-                allowed_BTS = _allowed_mask(torch.ones(B, past + T, dtype=torch.bool, device=q.device), past, T,
-                                            self.window)
-            out = ref.attention(q, k, v, allowed_BTS, scale)
-        elif past == 0:  # every row is one whole sequence: packed causal attention
-            cu_seqlens = rope[1]
-            out = ops.attention_varlen(q.reshape(B * T, *q.shape[2:]), k.reshape(B * T, *k.shape[2:]),
-                                       v.reshape(B * T, *v.shape[2:]), cu_seqlens, cu_seqlens, causal=True,
-                                       window=self.window, scale=scale)
-        else:  # the T new tokens of each row against its cached keys, the cache read as pages
-            k_pages, v_pages, block_table = layer_cache.pages()
-            seq_lens = torch.full((B,), past + T, dtype=torch.int32, device=q.device)
-            out = ops.attention_decode(q, k_pages, v_pages, block_table, seq_lens, scale=scale, window=self.window)
-        return self.o_proj(out.reshape(B, T, -1))
+    def forward(self, x_ND: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """x [N, D] (input_layernorm applied) -> o_proj(attention) [N, D]; K/V and CCA state go to ctx.state."""
+        kern, state = ctx.kernels, ctx.state
+        if ctx.conv_mask is not None:
+            x_ND = x_ND * ctx.conv_mask[:, None].to(x_ND.dtype)
+        qp, kp, v_cur, v_del = kern.qkv(self.qkv_proj, x_ND)
+        conv_in, v_in = state.cca_state(self)
+        delayed_bias = self.qkv_proj.v_proj_delayed.bias
+        if v_in is None and delayed_bias is not None:
+            # A fresh sequence shifts in the projection of a zero input: the delayed projection's bias.
+            v_in = delayed_bias.expand(ctx.cu_seqlens.shape[0] - 1, -1)
+        q, k, v, conv_out, v_out = kern.cca(self, qp, kp, v_cur, v_del, ctx.positions, ctx.cu_seqlens, conv_in, v_in)
+        state.store(self, k, v, conv_out, v_out, (qp, kp, v_del, conv_in))
+        out = state.attend(self, q, k, v)
+        return kern.linear(self.o_proj, out.reshape(out.shape[0], -1))
 
 
 class ZayaRouterMLP(nn.Module):
@@ -187,17 +154,15 @@ class ZayaSparseMoeBlock(nn.Module):
         self.gate = ZayaRouter(config, layer_idx)
         self.experts = ZayaExperts(config)
 
-    def forward(self, x_BTD: torch.Tensor, z_prev_BTR: torch.Tensor | None):
-        B, T, D = x_BTD.shape
-        x_TD = x_BTD.reshape(B * T, D)
-        z_prev = None if z_prev_BTR is None else z_prev_BTR.reshape(B * T, -1)
-        logits, gate, choice, z = self.gate(x_TD, z_prev)
-        y = self.experts(x_TD, choice, gate)
+    def forward(self, x_ND: torch.Tensor, z_prev_NR: torch.Tensor | None, kernels=OPS_KERNELS):
+        """x [N, D], z_prev [N, R] or None -> (y [N, D], z [N, R])."""
+        logits, gate, choice, z = kernels.router(self.gate, x_ND, z_prev_NR)
+        y = kernels.experts(self.experts, x_ND, choice, gate)
         if self.skip_passthrough:
             skipped = choice == self.gate.num_experts
             p_skip = torch.softmax(logits, dim=-1)[:, -1]
-            y = y + torch.where(skipped, p_skip, 0).to(y.dtype)[:, None] * x_TD
-        return y.view(B, T, D), z.view(B, T, -1)
+            y = y + torch.where(skipped, p_skip, 0).to(y.dtype)[:, None] * x_ND
+        return y, z
 
 
 class ZayaDecoderLayer(nn.Module):
@@ -210,15 +175,16 @@ class ZayaDecoderLayer(nn.Module):
         self.post_attention_residual_scale = ZayaResidualScaling(config.hidden_size)
         self.post_mlp_residual_scale = ZayaResidualScaling(config.hidden_size)
 
-    def forward(self, x, h, z_prev, next_norm: ZayaRMSNorm, rope, allowed, conv_mask, layer_cache, past):
-        """x = input_layernorm(h) (already applied), h the fp32 residual stream [B, T, D].
+    def forward(self, x, h, z_prev, next_norm: ZayaRMSNorm, ctx: ForwardContext):
+        """x = input_layernorm(h) (already applied), h the fp32 residual stream [N, D], z_prev [N, R] or None.
 
         Returns (h_next, next_norm(h_next), z): the post-MoE residual scaling is fused with the next norm.
         """
-        attn = self.self_attn(x, rope, allowed, conv_mask, layer_cache, past)
-        r, x2 = self.post_attention_residual_scale.fused_with_norm(attn, h, self.post_attention_layernorm)
-        y, z = self.mlp(x2, z_prev)
-        h_next, x_next = self.post_mlp_residual_scale.fused_with_norm(y, r, next_norm)
+        kern = ctx.kernels
+        attn = self.self_attn(x, ctx)
+        r, x2 = kern.residual_norm(self.post_attention_residual_scale, self.post_attention_layernorm, attn, h)
+        y, z = self.mlp(x2, z_prev, kern)
+        h_next, x_next = kern.residual_norm(self.post_mlp_residual_scale, next_norm, y, r)
         return h_next, x_next, z
 
 
@@ -232,12 +198,32 @@ class ZayaModel(nn.Module):
         self.layers = nn.ModuleList(ZayaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = ZayaRMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask=None, cache: ZayaCache | None = None):
-        """Final-normed hidden states [B, T, D] in the weights' dtype."""
-        cfg = self.config
+    def run(self, input_ids_N: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """The layer stack over flat token rows: input_ids [N] -> final-normed hidden states [N, D] in the
+        weights' dtype. ctx says where the rows sit and supplies the kernels and the state adapter."""
+        h = (self.embed_tokens(input_ids_N).float() + self.input_hidden_states_bias.float()) * (
+            self.input_hidden_states_scale.float()
+        )
+        layers = self.layers
+        x = layers[0].input_layernorm(h)
+        z = None
+        last = len(layers) - 1
+        for i, layer in enumerate(layers):
+            h, x, z = layer(x, h, z, layers[i + 1].input_layernorm if i < last else self.norm, ctx)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, attention_mask=None, cache: ZayaCache | None = None, *,
+                cu_seqlens: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
+        """Final-normed hidden states in the weights' dtype: [B, T, D] for batch rows input_ids [B, T]; for
+        packed documents (cu_seqlens given) [N, D] or [1, N, D] as input_ids is [N] or [1, N]."""
+        if cu_seqlens is not None:
+            return self._packed(input_ids, cu_seqlens, position_ids, attention_mask, cache)
+        if position_ids is not None:
+            raise ValueError("position_ids is only taken with cu_seqlens (packed documents)")
         B, T = input_ids.shape
+        device = input_ids.device
         past = 0 if cache is None else cache.length
-        new_valid = _new_token_mask(attention_mask, B, T, past, input_ids.device)
+        new_valid = _new_token_mask(attention_mask, B, T, past, device)
         if cache is not None:
             cache.reserve(B, T)
             cache.valid[:, past : past + T] = new_valid
@@ -247,30 +233,36 @@ class ZayaModel(nn.Module):
         conv_mask = None if bool(new_valid.all()) else new_valid
         if cache is not None and conv_mask is not None:
             cache.padded = True
-        padded = conv_mask is not None or (cache is not None and cache.padded)
-        positions = torch.arange(past, past + T, device=input_ids.device).repeat(B)
-        cu_seqlens = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=input_ids.device)
-        rope = {
-            lt: (positions, cu_seqlens, int(cfg.head_dim * cfg.partial_rotary_factor(lt)), cfg.rope_theta(lt))
-            for lt in set(cfg.layer_types)
-        }
-        windows = {cfg.window(i) for i in range(len(self.layers))}
-        allowed = {w: _allowed_mask(valid, past, T, w) if padded else None for w in windows}
-
-        h = (self.embed_tokens(input_ids).float() + self.input_hidden_states_bias.float()) * (
-            self.input_hidden_states_scale.float()
+        allowed = None
+        if conv_mask is not None or (cache is not None and cache.padded):
+            allowed = {w: allowed_mask(valid, past, T, w) for w in {layer.self_attn.window for layer in self.layers}}
+        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=device)
+        ctx = ForwardContext(
+            positions=torch.arange(past, past + T, device=device).repeat(B), cu_seqlens=cu,
+            conv_mask=None if conv_mask is None else conv_mask.reshape(B * T), kernels=OPS_KERNELS,
+            state=RowsState(cu, batch=B, tokens=T, cache=cache, past=past, allowed=allowed),
         )
-        x = self.layers[0].input_layernorm(h)
-        z = None
-        for i, layer in enumerate(self.layers):
-            next_norm = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
-            layer_cache = None if cache is None else cache.layers[i]
-            h, x, z = layer(
-                x, h, z, next_norm, rope[cfg.layer_types[i]], allowed[cfg.window(i)], conv_mask, layer_cache, past
-            )
+        x = self.run(input_ids.reshape(B * T), ctx)
         if cache is not None:
             cache.length += T
-        return x
+        return x.view(B, T, -1)
+
+    def _packed(self, input_ids, cu_seqlens, position_ids, attention_mask, cache):
+        if attention_mask is not None or cache is not None:
+            raise ValueError("cu_seqlens (packed documents) takes no attention_mask and no cache")
+        N = input_ids.shape[-1]
+        ids = input_ids.reshape(N)
+        _check_cu_seqlens(cu_seqlens, N, ids.device)
+        if position_ids is None:
+            lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+            starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lens, output_size=N)
+            positions = torch.arange(N, device=ids.device) - starts
+        else:
+            positions = _check_position_ids(position_ids, N, ids.device)
+        ctx = ForwardContext(positions=positions, cu_seqlens=cu_seqlens, conv_mask=None, kernels=OPS_KERNELS,
+                             state=RowsState(cu_seqlens))
+        x = self.run(ids, ctx)
+        return x.view(*input_ids.shape, -1)
 
 
 class ZayaForCausalLM(nn.Module):
@@ -289,11 +281,23 @@ class ZayaForCausalLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: ZayaCache | None = None,
+        *,
+        cu_seqlens: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids [B, T] int; attention_mask [B, T] or [B, cached + T] (1 = real token, 0 = left padding);
-        cache from `new_cache` to continue earlier calls. Returns logits [B, T, vocab] in the weights' dtype."""
-        _check_input_ids(input_ids, self.config.vocab_size)
-        return self.lm_head(self.model(input_ids, attention_mask, cache))
+        """Batch rows: input_ids [B, T] int; attention_mask [B, T] or [B, cached + T] (1 = real token, 0 = left
+        padding); cache from `new_cache` to continue earlier calls. Returns logits [B, T, vocab].
+
+        Packed documents (the training form): input_ids [N] or [1, N] and cu_seqlens int32 [docs + 1]
+        (0 = cu[0] <= ... <= cu[docs] = N); every document is independent (attention, the CCA conv state and
+        the value shift restart at each boundary) and its positions restart at 0 unless position_ids ([N] or
+        [1, N] int) are given. Returns logits [N, vocab] or [1, N, vocab]. Logits are in the weights' dtype."""
+        if cu_seqlens is None:
+            _check_input_ids(input_ids, self.config.vocab_size)
+        else:
+            _check_packed_ids(input_ids, self.config.vocab_size)
+        return self.lm_head(self.model(input_ids, attention_mask, cache, cu_seqlens=cu_seqlens,
+                                       position_ids=position_ids))
 
     def new_cache(self, batch_size: int, max_seq_len: int) -> ZayaCache:
         """An empty contiguous cache for `batch_size` sequences of up to `max_seq_len` tokens."""
@@ -353,6 +357,38 @@ def _check_input_ids(input_ids, vocab_size: int) -> None:
         raise ValueError(f"input_ids must lie in [0, {vocab_size}), got [{int(input_ids.min())}, {int(input_ids.max())}]")
 
 
+def _check_packed_ids(input_ids, vocab_size: int) -> None:
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
+        _check_input_ids(input_ids[None], vocab_size)
+    elif isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[0] != 1:
+        raise ValueError(f"with cu_seqlens, input_ids must be [N] or [1, N], got {tuple(input_ids.shape)}")
+    else:
+        _check_input_ids(input_ids, vocab_size)
+
+
+def _check_cu_seqlens(cu_seqlens, N: int, device) -> None:
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens must be int32 [docs + 1] with docs >= 1, got {cu_seqlens.dtype} "
+                         f"{tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, input_ids on {device}")
+    # Reading the offsets costs a host sync on GPU, so only host-resident offsets are checked here.
+    if cu_seqlens.device.type == "cpu" and (
+        int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != N or bool((cu_seqlens[1:] < cu_seqlens[:-1]).any())
+    ):
+        raise ValueError(f"cu_seqlens must rise from 0 to the token count {N}, got {cu_seqlens.tolist()}")
+
+
+def _check_position_ids(position_ids, N: int, device) -> torch.Tensor:
+    if not isinstance(position_ids, torch.Tensor) or position_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError("position_ids must be an int64 or int32 tensor")
+    if position_ids.numel() != N or position_ids.dim() not in (1, 2) or position_ids.shape[-1] != N:
+        raise ValueError(f"position_ids must be [N] or [1, N] with N = {N}, got {tuple(position_ids.shape)}")
+    return position_ids.reshape(N).to(device=device, dtype=torch.int64)
+
+
 def _new_token_mask(attention_mask, B: int, T: int, past: int, device) -> torch.Tensor:
     if attention_mask is None:
         return torch.ones(B, T, dtype=torch.bool, device=device)
@@ -365,12 +401,3 @@ def _new_token_mask(attention_mask, B: int, T: int, past: int, device) -> torch.
     return attention_mask[:, -T:].to(device=device, dtype=torch.bool)
 
 
-def _allowed_mask(valid_BS: torch.Tensor, past: int, T: int, window: int | None) -> torch.Tensor:
-    """[B, T, S]: causal, within the sliding window if any, and only real keys."""
-    S = valid_BS.shape[1]
-    q_pos = torch.arange(past, past + T, device=valid_BS.device)[:, None]
-    k_pos = torch.arange(S, device=valid_BS.device)[None, :]
-    allowed = k_pos <= q_pos
-    if window is not None:
-        allowed = allowed & (k_pos > q_pos - window)
-    return allowed[None] & valid_BS[:, None, :]
