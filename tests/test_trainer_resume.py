@@ -94,11 +94,11 @@ def test_sigkill_then_rerun_reproduces_losses_exactly(tmp_path):
 def test_rerun_with_another_config_refuses_to_resume(tmp_path):
     data = tmp_path / "runs.jsonl"
     runs_corpus(data, docs=40, seed=4)
-    raw = raw_config(data, tmp_path / "o", steps=2, checkpoint_every=1)
+    raw = raw_config(data, tmp_path / "o", steps=2, checkpoint_every=1, warmup_steps=0, decay_steps=0)
     cfg = tmp_path / "run.toml"
     cfg.write_text(to_toml(raw))
     subprocess.run(_command(cfg), env=_env(), check=True, capture_output=True, timeout=600)
-    raw["train"]["lr"] = 1e-2
+    raw["train"]["lr"] = 3e-2
     cfg.write_text(to_toml(raw))
     rerun = subprocess.run(_command(cfg), env=_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 2 and "--fresh" in rerun.stderr
