@@ -15,7 +15,8 @@ from train_helpers import raw_config, runs_corpus, to_toml, unigram_entropy
 from zaya_rt import cli
 from zaya_rt.train.config import parse_config
 from zaya_rt.train.data import IGNORE_INDEX, ByteTokenizer, load_samples, pack_windows
-from zaya_rt.train.trainer import Trainer, _batch
+from zaya_rt.train import Trainer
+from zaya_rt.train.trainer import _batch
 
 
 def _losses(out_dir) -> list[float]:
