@@ -237,3 +237,22 @@ def test_config_errors_name_the_key(corpus, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": "cut\n')
     assert "line 2" in _run_cli(raw_config(bad, tmp_path / "o"), tmp_path, capsys)
+
+
+def test_bfloat16_checkpointed_muon_run_resumes_exactly(corpus, tmp_path):
+    path, _ = corpus
+    options = dict(steps=6, warmup_steps=1, decay_steps=2, dtype="bfloat16", activation_checkpointing=True,
+                   grad_accum=2, checkpoint_every=3)
+    straight = Trainer(parse_config(raw_config(path, tmp_path / "a", **options)), progress=False)
+    straight.run()
+    first = Trainer(parse_config(raw_config(path, tmp_path / "b", **options)), progress=False)
+    for step in (1, 2, 3):
+        first.train_step(step)
+        first.step = step
+    first.save_checkpoint()
+    resumed = Trainer(parse_config(raw_config(path, tmp_path / "b", **options)), progress=False)
+    assert resumed.resume() == 3
+    resumed.run()
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")[3:]
+    for a, b in zip(straight.masters.values(), resumed.masters.values(), strict=True):
+        assert torch.equal(a, b)
