@@ -256,3 +256,14 @@ def test_bfloat16_checkpointed_muon_run_resumes_exactly(corpus, tmp_path):
     assert _losses(tmp_path / "b") == _losses(tmp_path / "a")[3:]
     for a, b in zip(straight.masters.values(), resumed.masters.values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_init_from_a_trained_checkpoint(corpus, trained, tmp_path):
+    path, _ = corpus
+    _, final, trainer = trained["muon"]
+    raw = raw_config(path, tmp_path / "o", steps=2, warmup_steps=0, decay_steps=0, lr=0.0)
+    raw["model"] = {"init_from": final}
+    again = Trainer(parse_config(raw), progress=False)
+    for a, b in zip(again.model.state_dict().values(), trainer.final_model().state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert again.train_step(1)["loss"] < 1.0  # starts where the trained run ended, not from random weights

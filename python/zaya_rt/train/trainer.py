@@ -169,9 +169,14 @@ class Trainer:
         out = []
         for position in range((step - 1) * per_step, step * per_step):
             epoch, index = divmod(position, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch))
-            out.append(self.windows[int(order[index])])
+            out.append(self.windows[int(self._epoch_order(epoch)[index])])
         return out
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if getattr(self, "_order", (None,))[0] != epoch:
+            gen = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.windows), generator=gen))
+        return self._order[1]
 
     # -- one step ----------------------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict:
