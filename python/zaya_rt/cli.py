@@ -3,6 +3,7 @@
   zaya-rt demo    greedy generation with the embedded tiny random-weight model (no downloads)
   zaya-rt bench   kernel benchmarks against PyTorch peers, as a table (`zaya-rt bench e2e`: end-to-end decode)
   zaya-rt generate  stream text from a checkpoint (or the embedded tiny model) with the continuous-batching engine
+  zaya-rt train   pretraining / SFT from a TOML config (rerunning the same command resumes; --fresh starts over)
   zaya-rt rsa     Markovian RSA test-time compute on math problems (population, tails, rounds, report, plot)
 """
 
@@ -88,6 +89,22 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     batches = tuple(int(b) for b in args.batches.split(","))
     run_e2e(device=args.device, config=config, batches=batches, prompt_len=args.prompt_len,
             new_tokens=args.new_tokens, repeats=args.repeats)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from zaya_rt.train.config import load_config
+    from zaya_rt.train.trainer import Trainer
+
+    try:
+        config = load_config(args.config)
+        trainer = Trainer(config, fresh=args.fresh, progress=not args.no_progress)
+        trainer.resume()
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"zaya-rt train: {exc}", file=sys.stderr)
+        return 2
+    final = trainer.run()
+    print(f"trained {trainer.step} steps; final model in {final}, metrics in {config.train.out_dir}/metrics.jsonl")
     return 0
 
 
@@ -193,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     gen.add_argument("--device", default="cpu")
     gen.set_defaults(func=_generate)
+    train = sub.add_parser("train", help="pretraining / SFT from a TOML config; rerunning resumes")
+    train.add_argument("--config", required=True, help="the run's TOML file ([model], [data], [train], [balancer])")
+    train.add_argument("--fresh", action="store_true", help="delete out_dir's checkpoints and metrics, start over")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
     from zaya_rt.rsa.cli import add_rsa_parser
 
     add_rsa_parser(sub)

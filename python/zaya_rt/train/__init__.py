@@ -1,9 +1,11 @@
-"""Training utilities (SPEC section 7): Muon, router balancing, answer-preserving trimming, packing and data."""
+"""Training (SPEC section 7): the Trainer, Muon, router balancing, answer-preserving trimming, packing and data."""
 
 from zaya_rt.train.balancing import RouterBalancer, collect_router_loads
 from zaya_rt.train.muon import Muon
 from zaya_rt.train.pack import pack_indices
 from zaya_rt.train.params import param_groups
+from zaya_rt.train.trainer import Trainer
 from zaya_rt.train.trim import trim_to_budget
 
-__all__ = ["Muon", "RouterBalancer", "collect_router_loads", "pack_indices", "param_groups", "trim_to_budget"]
+__all__ = ["Muon", "RouterBalancer", "Trainer", "collect_router_loads", "pack_indices", "param_groups",
+           "trim_to_budget"]

@@ -65,7 +65,7 @@ class RunConfig:
 _CHOICES = {"train.optimizer": ("muon", "adamw"), "train.dtype": ("float32", "bfloat16")}
 _POSITIVE = {"data.window", "data.sft_budget", "train.steps", "train.batch_windows", "train.grad_accum",
              "train.keep_checkpoints"}
-_NON_NEGATIVE = {"train.lr", "train.weight_decay", "train.warmup_steps", "train.decay_steps",
+_NON_NEGATIVE = {"train.lr", "train.weight_decay", "train.clip", "train.warmup_steps", "train.decay_steps",
                  "train.checkpoint_every", "balancer.lr"}
 _UNIT = {"train.min_lr_ratio", "balancer.skip_target"}
 
@@ -165,6 +165,9 @@ def parse_config(raw: dict[str, Any]) -> RunConfig:
     balancer = _build(BalancerConfig, "balancer", raw.get("balancer", {}))
     if data.sft_budget is not None and data.sft_budget > data.window:
         raise ValueError(f"config: data.sft_budget ({data.sft_budget}) must not exceed data.window ({data.window})")
+    if train.batch_windows % train.grad_accum:
+        raise ValueError(f"config: train.batch_windows ({train.batch_windows}) must be a multiple of "
+                         f"train.grad_accum ({train.grad_accum})")
     if train.warmup_steps + train.decay_steps > train.steps:
         raise ValueError(f"config: train.warmup_steps + train.decay_steps ({train.warmup_steps + train.decay_steps}) "
                          f"exceed train.steps ({train.steps})")
