@@ -51,9 +51,9 @@ def test_bad_problem_files_and_config(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "ok"}\n{"question": "no problem key"}\n')
     assert main(ARGS + ["--problems", str(bad)]) == 2
-    assert "bad.jsonl:2" in capsys.readouterr().err
+    assert "bad.jsonl: line 2" in capsys.readouterr().err
     bad.write_text("not json\n")
     assert main(ARGS + ["--problems", str(bad)]) == 2
-    assert "not JSON" in capsys.readouterr().err
+    assert "line 1: not valid JSON" in capsys.readouterr().err
     assert main(ARGS + ["--problem", "1+1?", "--tails", "3"]) == 2
     assert "tails" in capsys.readouterr().err

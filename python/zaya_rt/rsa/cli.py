@@ -9,6 +9,8 @@ import json
 import os
 import sys
 
+from zaya_rt.jsonl import read_jsonl
+
 
 def add_rsa_parser(sub) -> None:
     """Registers the `rsa` subcommand on an argparse subparsers object."""
@@ -45,18 +47,11 @@ def _load_problems(args) -> list[dict]:
     if args.problem is not None:
         return [{"problem": args.problem, "answer": args.answer}]
     problems = []
-    with open(args.problems, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{args.problems}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(item, dict) or not isinstance(item.get("problem"), str):
-                raise ValueError(f'{args.problems}:{number}: needs {{"problem": str, "answer": ...}}')
-            answer = item.get("answer")
-            problems.append({"problem": item["problem"], "answer": None if answer is None else str(answer)})
+    for number, item in read_jsonl(args.problems):
+        if not isinstance(item.get("problem"), str):
+            raise ValueError(f'{args.problems}: line {number}: needs {{"problem": str, "answer": ...}}')
+        answer = item.get("answer")
+        problems.append({"problem": item["problem"], "answer": None if answer is None else str(answer)})
     if not problems:
         raise ValueError(f"{args.problems}: no problems")
     return problems

@@ -11,12 +11,12 @@ assistant's CONTENT and `<|end|>` carry the loss, headers and other roles do not
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import torch
 
+from zaya_rt.jsonl import read_jsonl
 from zaya_rt.runtime.tokenizer import ByteTokenizer, HFTokenizer
 from zaya_rt.train.pack import pack_indices
 from zaya_rt.train.trim import trim_to_budget
@@ -51,22 +51,6 @@ class Window:
     input_ids: torch.Tensor
     labels: torch.Tensor
     cu_seqlens: torch.Tensor
-
-
-def read_jsonl(path: str | os.PathLike):
-    """Yields (line number from 1, object) for each non-blank line; a malformed line raises ValueError naming
-    the file and line number."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {line_no}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {line_no}: expected a JSON object, got {type(obj).__name__}")
-            yield line_no, obj
 
 
 def render_chat(messages: list[dict], tokenizer) -> Sample:
