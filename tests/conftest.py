@@ -6,9 +6,20 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import zaya_rt  # noqa: E402
 from zaya_rt import _C  # noqa: E402
 
 CPU_ISAS = ("base", "avx2", "avx512")
+
+
+def subprocess_env(**extra: str) -> dict:
+    """Environment for a child Python that must import the same zaya_rt as this process (an installed wheel, the
+    source tree with a dev build, or the sanitizer build) and the tests' helper modules."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(zaya_rt.__file__)))
+    path = [package_parent, os.path.dirname(os.path.abspath(__file__))]
+    if os.environ.get("PYTHONPATH"):
+        path.append(os.environ["PYTHONPATH"])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path), **extra)
 
 
 @pytest.fixture(params=CPU_ISAS)

@@ -13,21 +13,21 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import subprocess_env
+
 FAMILIES = ["grouped_gemm", "moe_experts", "router", "norms", "attention_varlen", "attention_decode", "cca",
             "page_ops"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fuzz_family(family):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(ROOT / "tests")]))
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, __file__, family], capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode < 0:
         pytest.fail(f"{family}: killed by {signal.Signals(-proc.returncode).name}\n{proc.stdout[-4000:]}"

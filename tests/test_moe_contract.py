@@ -130,13 +130,12 @@ def test_dispatch_rejects_bad_input():
 
 def _sub(code: str):
     """Runs code in a fresh interpreter, so a signal (the SIGFPE these shapes once raised) fails the test."""
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root / "python"))
+    from conftest import subprocess_env
+
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", "import torch, zaya_rt\nfrom zaya_rt import ops, ref\n" + code],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}{proc.stderr}"

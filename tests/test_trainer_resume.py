@@ -10,9 +10,9 @@ import time
 
 import torch
 
+from conftest import subprocess_env
 from train_helpers import raw_config, runs_corpus, to_toml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 24, 4
 
 
@@ -21,8 +21,7 @@ def _command(cfg) -> list[str]:
 
 
 def _env() -> dict:
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), OMP_NUM_THREADS="2")
-    return env
+    return subprocess_env(OMP_NUM_THREADS="2")
 
 
 def _metrics(out_dir) -> list[dict]:
