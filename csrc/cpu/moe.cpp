@@ -11,16 +11,12 @@
 #include "cpu/gemm_driver.h"
 #include "cpu/isa_kernels.h"
 #include "cpu/numeric.h"
+#include "cpu/workspace_carve.h"
 #include "zaya_rt/moe.h"
 
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 namespace {
 
-template <typename Entry> Entry* carve(char*& cursor, int64_t count) {
-  auto* p = reinterpret_cast<Entry*>(cursor);
-  cursor += ((count * static_cast<int64_t>(sizeof(Entry)) + 63) / 64) * 64;
-  return p;
-}
 
 inline int64_t read_index(const void* base, DType t, int64_t i) {
   return t == DType::kInt64 ? static_cast<const int64_t*>(base)[i] : static_cast<const int32_t*>(base)[i];

@@ -17,16 +17,12 @@
 #include "cpu/gemm_core.h"
 #include "cpu/newton_schulz_shape.h"
 #include "cpu/numeric.h"
+#include "cpu/workspace_carve.h"
 #include "zaya_rt/newton_schulz.h"
 
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 namespace {
 
-template <typename E> E* carve(char*& cursor, int64_t count) {
-  auto* p = reinterpret_cast<E*>(cursor);
-  cursor += ((count * static_cast<int64_t>(sizeof(E)) + 63) / 64) * 64;
-  return p;
-}
 
 // A [rows, cols] matrix addressed through strides.
 template <typename T> struct View {
