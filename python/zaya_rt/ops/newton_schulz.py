@@ -55,6 +55,23 @@ def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
     return buf
 
 
+def newton_schulz_params(x3: torch.Tensor, out: torch.Tensor, steps: int, coefficients, eps: float,
+                         ws: torch.Tensor) -> _C.NewtonSchulzParams:
+    """The kernel's arguments, field by field: x3 [batch, rows, cols] and out (contiguous, same shape) in the
+    compute dtype, the coefficients (a, b, c), eps and a uint8 workspace of newton_schulz_workspace bytes."""
+    p = _C.NewtonSchulzParams()
+    p.x = x3.data_ptr()
+    p.x_batch_stride, p.x_row_stride, p.x_col_stride = x3.stride()
+    p.out = out.data_ptr()
+    p.dtype = DTYPE_CODES[x3.dtype]
+    p.batch, p.rows, p.cols = x3.shape
+    p.steps = steps
+    p.a, p.b, p.c = (float(v) for v in coefficients)
+    p.eps = float(eps)
+    p.workspace, p.workspace_bytes = ws.data_ptr(), ws.numel()
+    return p
+
+
 def _newton_schulz_impl(x, steps, coefficients, eps, compute_dtype):
     _check_args(x, steps, coefficients, eps, compute_dtype)
     rows, cols = x.shape[-2:]
@@ -62,15 +79,10 @@ def _newton_schulz_impl(x, steps, coefficients, eps, compute_dtype):
     if out.numel() == 0:
         return out
     x3 = x.to(compute_dtype).reshape(-1, rows, cols)  # a view when the leading dimensions allow one
-    batch = x3.shape[0]
     dev = device_args(x)
-    code = DTYPE_CODES[compute_dtype]
-    ws = _workspace(_C.newton_schulz_workspace(dev[0], code, batch, rows, cols), x.device)
-    a, b, c = coefficients
-    _C.newton_schulz(
-        x3.data_ptr(), x3.stride(0), x3.stride(1), x3.stride(2), out.data_ptr(), code, batch, rows, cols, steps,
-        float(a), float(b), float(c), float(eps), ws.data_ptr(), ws.numel(), *dev,
-    )
+    ws = _workspace(_C.newton_schulz_workspace(dev[0], DTYPE_CODES[compute_dtype], x3.shape[0], rows, cols),
+                    x.device)
+    _C.newton_schulz(newton_schulz_params(x3, out, steps, coefficients, eps, ws), *dev)
     return out
 
 
