@@ -15,22 +15,26 @@ set(ZAYA_RT_HIP_SOURCES
   hip/runtime.hip
   hip/newton_schulz.hip)
 
+include(${CMAKE_CURRENT_LIST_DIR}/hip_device_libs.cmake)
+
 if(ZAYA_RT_HIP)
   find_program(ZAYA_RT_HIP_CLANG_EXE NAMES ${ZAYA_RT_HIP_CLANG} REQUIRED)
   find_library(ZAYA_RT_AMDHIP64_LIB NAMES amdhip64
     HINTS ${ZAYA_RT_ROCM_PATH}/lib ${ZAYA_RT_ROCM_PATH}/lib64 ${ZAYA_RT_ROCM_PATH}/lib/x86_64-linux-gnu
     REQUIRED)
 
+  zaya_rt_hip_device_libs(${ZAYA_RT_ROCM_DEVICE_LIB_PATH} "${ZAYA_RT_HIP_ARCH}" ${ZAYA_RT_HIP_CLANG_EXE}
+                          _zaya_device_lib_dir)
   set(_zaya_hip_common_flags
     -x hip
     --rocm-path=${ZAYA_RT_ROCM_PATH}
-    --rocm-device-lib-path=${ZAYA_RT_ROCM_DEVICE_LIB_PATH}
+    --rocm-device-lib-path=${_zaya_device_lib_dir}
     -fPIC -O3 -std=c++17)
 
-  # Probe each architecture once at configure time. An architecture whose device library this
-  # ROCm lacks (Debian's ROCm 5.2 ships oclc_isa_version_940.bc but not 941/942) is left out with
-  # a warning; any other failure (say, no ld.lld for the device link) stops the configure here
-  # with clang's message rather than halfway through the build.
+  # Probe each architecture once at configure time. An architecture whose device library neither this
+  # ROCm nor cmake/hip_device_libs.cmake provides is left out with a warning; any other failure (say, no
+  # ld.lld for the device link) stops the configure here with clang's message rather than halfway through
+  # the build.
   set(_zaya_probe_dir ${CMAKE_CURRENT_BINARY_DIR}/zaya_rt_hip_probe)
   file(MAKE_DIRECTORY ${_zaya_probe_dir})
   file(WRITE ${_zaya_probe_dir}/probe.hip
