@@ -112,6 +112,21 @@ def test_varlen_backward_tile_edges(name, dtype):
     _check_backward(case, dtype, seed=len(name))
 
 
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_varlen_backward_key_ranges_across_threads(threads):
+    """With fewer (sequence, kv head) items than about two per thread, an item's key blocks run as parallel ranges
+    whose dQ shares are summed at the end; every thread count must give the reference's gradients."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        case = dict(lq=[300], lk=[300], hq=4, hk=1, d=64, causal=True, window=None, layout="contiguous")
+        _check_backward(case, torch.float32, seed=threads)
+        case = dict(lq=[200, 3], lk=[330, 3], hq=2, hk=1, d=32, causal=False, window=None, layout="head_major")
+        _check_backward(case, torch.bfloat16, seed=threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _check_backward(case, dtype, seed):
     """dq, dk, dv of attention_varlen against the float64 reference (same-precision rule)."""
     gen = torch.Generator().manual_seed(seed)

@@ -4,8 +4,9 @@
 // tiles, P = exp(S * scale - lse), dS = P * (dP - delta) * scale, then dV += P^T dO and dK += dS^T Q into the
 // block's accumulators and dQ += dS K into the item's dQ rows. The item owns all it writes, so threads need no
 // atomics. Tiles the causal/window mask hides are never computed; per 8-query strip only the 32-key chunks
-// some query reaches are, and the products over keys or queries run over the reached range only.
-// Compiled once per ISA.
+// some query reaches are, and the products over keys or queries run over the reached range only. With fewer
+// items than about two per thread, an item's key blocks are split into ranges that run in parallel, each
+// range past the first accumulating dQ in its own copy (summed when dQ is stored). Compiled once per ISA.
 #include <omp.h>
 
 #include <algorithm>
@@ -28,12 +29,19 @@ static_assert(SR == kBwdTileM && BN % kBwdTileN == 0, "tile shapes");
 struct BwdStage {
   int64_t dp, rows_cap, key_cap;  // padded d; rows per q head; keys per kv head
   float *q, *dout, *dq;           // [hq][rows_cap][dp]
+  float* dq_parts;                // [parts - 1][hq][rows_cap][dp]: dQ of the key ranges past an item's first
+  int64_t parts;
   float *lse, *delta;             // [hq][rows_cap]
   float *k, *kt, *vt;             // [hk][key_cap / 64][64 x dp]
 };
 
 struct BwdItem {
   int64_t seq, head_k, row0, block0;  // row0 / block0: the sequence's first staged row / key block
+};
+
+// Key blocks [kb0, kb1) of an item; part 0 accumulates dQ in BwdStage::dq, part p > 0 in dq_parts[p - 1].
+struct BwdUnit {
+  int64_t item, kb0, kb1, part, cost;
 };
 
 // Per-thread scratch (attn_bwd_thread_bytes).
@@ -111,12 +119,12 @@ void stage_item(const AttnVarlenBwdParams& p, const AttnSeq& s, const BwdItem& i
 
 // One (query tile, key block) step: rows [ta, ta + n) of q head g (n a multiple of SR) against keys
 // [key0, key0 + BN) of the sequence, staged at kf / kt / vt.
-void tile_step(const AttnVarlenBwdParams& p, const AttnSeq& s, const BwdStage& st, const BwdScratch& ws,
+void tile_step(const AttnVarlenBwdParams& p, const AttnSeq& s, const BwdStage& st, const BwdScratch& ws, float* dq,
                int64_t base, int64_t ta, int64_t n, int64_t key0, const float* kf, const float* kt, const float* vt) {
   const int64_t dp = st.dp, shift = s.lk - s.lq;
   const float* qg = st.q + base * dp;
   const float* dog = st.dout + base * dp;
-  float* dqg = st.dq + base * dp;
+  float* dqg = dq + base * dp;
   const float* lse = st.lse + base;
   const float* delta = st.delta + base;
   // Keys [lo, hi) of the block each 8-row strip reaches (the union over its live rows).
@@ -161,28 +169,47 @@ void tile_step(const AttnVarlenBwdParams& p, const AttnSeq& s, const BwdStage& s
   }
 }
 
+// Queries [i_lo, i_hi) of a sequence whose position reaches keys [key0, key0 + kcnt): pos >= key0 (causal) and
+// pos - window < key0 + kcnt - 1.
+struct QueryRange {
+  int64_t lo, hi;
+};
+QueryRange queries_reaching(const AttnVarlenBwdParams& p, const AttnSeq& s, int64_t key0, int64_t kcnt) {
+  const int64_t shift = s.lk - s.lq;
+  const int64_t lo = p.causal ? std::max<int64_t>(0, key0 - shift) : 0;
+  const int64_t hi = p.window > 0 ? std::min<int64_t>(s.lq, key0 + kcnt - 1 + p.window - shift) : s.lq;
+  return {std::min(lo, s.lq), std::max(lo, hi)};
+}
+
+// dK and dV of key blocks [u.kb0, u.kb1) of an item, and their share of its dQ.
 template <typename T>
-void run_item(const AttnVarlenBwdParams& p, const AttnSeq& s, const BwdItem& it, const BwdStage& st,
-              const BwdScratch& ws) {
-  const int64_t G = p.num_heads_q / p.num_heads_k, d = p.head_dim, dp = st.dp, shift = s.lk - s.lq;
-  stage_item<T>(p, s, it, st, ws);
+void run_unit(const AttnVarlenBwdParams& p, const AttnSeq& s, const BwdItem& it, const BwdUnit& u,
+              const BwdStage& st, const BwdScratch& ws) {
+  const int64_t G = p.num_heads_q / p.num_heads_k, d = p.head_dim, dp = st.dp;
+  float* dq = st.dq;
+  if (u.part > 0) {
+    dq = st.dq_parts + (u.part - 1) * p.num_heads_q * st.rows_cap * dp;
+    const int64_t lqp = attn_ceil(s.lq, SR) * SR;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t base = (it.head_k * G + g) * st.rows_cap + it.row0;
+      std::fill(dq + base * dp, dq + (base + lqp) * dp, 0.f);
+    }
+  }
   T* dkp = static_cast<T*>(p.dk);
   T* dvp = static_cast<T*>(p.dv);
-  const int64_t nkb = attn_ceil(s.lk, BN);
-  for (int64_t kb = 0; kb < nkb; ++kb) {
+  for (int64_t kb = u.kb0; kb < u.kb1; ++kb) {
     const int64_t key0 = kb * BN, kcnt = std::min(BN, s.lk - key0);
     const int64_t off = (it.head_k * st.key_cap / BN + it.block0 + kb) * BN * dp;
     std::fill(ws.dk, ws.dk + BN * dp, 0.f);
     std::fill(ws.dv, ws.dv + BN * dp, 0.f);
-    // Queries whose position reaches the block: pos >= key0 (causal) and pos - window < key0 + kcnt - 1.
-    const int64_t i_lo = p.causal ? std::max<int64_t>(0, key0 - shift) : 0;
-    const int64_t i_hi = p.window > 0 ? std::min<int64_t>(s.lq, key0 + kcnt - 1 + p.window - shift) : s.lq;
-    if (i_lo < i_hi) {
-      const int64_t r_begin = i_lo / SR * SR, r_end = attn_ceil(i_hi, SR) * SR;
+    const QueryRange qr = queries_reaching(p, s, key0, kcnt);
+    if (qr.lo < qr.hi) {
+      const int64_t r_begin = qr.lo / SR * SR, r_end = attn_ceil(qr.hi, SR) * SR;
       for (int64_t g = 0; g < G; ++g) {
         const int64_t base = (it.head_k * G + g) * st.rows_cap + it.row0;
         for (int64_t ta = r_begin; ta < r_end; ta += TR)
-          tile_step(p, s, st, ws, base, ta, std::min(TR, r_end - ta), key0, st.k + off, st.kt + off, st.vt + off);
+          tile_step(p, s, st, ws, dq, base, ta, std::min(TR, r_end - ta), key0, st.k + off, st.kt + off,
+                    st.vt + off);
       }
     }
     for (int64_t j = 0; j < kcnt; ++j) {
@@ -193,13 +220,57 @@ void run_item(const AttnVarlenBwdParams& p, const AttnSeq& s, const BwdItem& it,
                    static_cast<int>(d));
     }
   }
+}
+
+// dQ of an item: the sum of its `parts` key ranges' accumulators, stored in T.
+template <typename T>
+void store_dq(const AttnVarlenBwdParams& p, const AttnSeq& s, const BwdItem& it, int64_t parts, const BwdStage& st,
+              const BwdScratch& ws) {
+  const int64_t G = p.num_heads_q / p.num_heads_k, d = p.head_dim, dp = st.dp;
+  const int64_t part_stride = p.num_heads_q * st.rows_cap * dp;
   T* dqp = static_cast<T*>(p.dq);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t h = it.head_k * G + g, base = h * st.rows_cap + it.row0;
-    for (int64_t i = 0; i < s.lq; ++i)
-      store_scaled(dqp + (s.q0 + i) * p.dq_token_stride + h * p.dq_head_stride, st.dq + (base + i) * dp, 1.f,
-                   static_cast<int>(d));
+    for (int64_t i = 0; i < s.lq; ++i) {
+      const float* row = st.dq + (base + i) * dp;
+      if (parts > 1) {
+        std::copy(row, row + d, ws.orow);
+        for (int64_t part = 1; part < parts; ++part)
+          axpy_f32(1.f, st.dq_parts + (part - 1) * part_stride + (base + i) * dp, ws.orow, d);
+        row = ws.orow;
+      }
+      store_scaled(dqp + (s.q0 + i) * p.dq_token_stride + h * p.dq_head_stride, row, 1.f, static_cast<int>(d));
+    }
   }
+}
+
+// Splits each item's key blocks into up to `parts` ranges of about equal cost (query rows reaching them).
+std::vector<BwdUnit> make_units(const AttnVarlenBwdParams& p, const std::vector<AttnSeq>& seqs,
+                                const std::vector<BwdItem>& items, int64_t parts, std::vector<int64_t>& item_parts) {
+  std::vector<BwdUnit> units;
+  item_parts.assign(items.size(), 1);
+  for (size_t i = 0; i < items.size(); ++i) {
+    const AttnSeq& s = seqs[items[i].seq];
+    const int64_t nkb = attn_ceil(s.lk, BN);
+    std::vector<int64_t> cost(nkb);
+    int64_t total = 0;
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const QueryRange qr = queries_reaching(p, s, kb * BN, std::min(BN, s.lk - kb * BN));
+      cost[kb] = (qr.hi - qr.lo) + 1;
+      total += cost[kb];
+    }
+    const int64_t n = std::max<int64_t>(1, std::min(parts, nkb));
+    int64_t kb = 0, acc = 0;
+    for (int64_t part = 0; part < n; ++part) {
+      // At least one block per part, and one left for each later part; the last part takes the rest.
+      const int64_t kb0 = kb, target = total * (part + 1) / n, last = part == n - 1 ? nkb : nkb - (n - 1 - part);
+      int64_t c = 0;
+      while (kb < last && (kb == kb0 || part == n - 1 || acc + cost[kb] <= target)) acc += cost[kb], c += cost[kb++];
+      units.push_back({static_cast<int64_t>(i), kb0, kb, part, c});
+    }
+    item_parts[i] = n;
+  }
+  return units;
 }
 
 template <typename T>
@@ -217,29 +288,27 @@ const char* varlen_bwd_t(const AttnVarlenBwdParams& p) {
   st.lse = take(4 * rows), st.delta = take(4 * rows);
   st.k = take(4 * keys * st.dp), st.kt = take(4 * keys * st.dp), st.vt = take(4 * keys * st.dp);
   const int64_t slab = attn_bwd_thread_bytes(d);
-  const int64_t room = (static_cast<char*>(p.workspace) + p.workspace_bytes - at) / slab;
+  const char* end = static_cast<char*>(p.workspace) + p.workspace_bytes;
+  st.parts = attn_bwd_parts(p.batch, hk, omp_get_max_threads());
+  if (end - at < attn_bwd_parts_bytes(p.total_q, p.batch, hq, d, st.parts) + slab) st.parts = 1;
+  st.dq_parts = take(attn_bwd_parts_bytes(p.total_q, p.batch, hq, d, st.parts));
+  const int64_t room = (end - at) / slab;
   if (room < 1) return "workspace too small";
   const int threads = static_cast<int>(std::min<int64_t>(room, omp_get_max_threads()));
 
-  // Items, the costliest first so that dynamic scheduling balances.
   std::vector<BwdItem> items;
-  std::vector<int64_t> cost;
   for (int64_t b = 0, row0 = 0, block0 = 0; b < p.batch; ++b) {
-    for (int64_t h = 0; h < hk; ++h) {
-      items.push_back({b, h, row0, block0});
-      const int64_t lq = seqs[b].lq, lk = seqs[b].lk;
-      cost.push_back(lq * (p.window > 0 ? std::min(lk, p.window) : (p.causal ? std::min(lk, lq) / 2 + 1 : lk)) +
-                     lq + lk);
-    }
+    for (int64_t h = 0; h < hk; ++h) items.push_back({b, h, row0, block0});
     row0 += attn_ceil(seqs[b].lq, SR) * SR;
     block0 += attn_ceil(seqs[b].lk, BN);
   }
-  std::vector<int64_t> order(items.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
-  const int64_t n = static_cast<int64_t>(items.size());
+  std::vector<int64_t> item_parts;
+  std::vector<BwdUnit> units = make_units(p, seqs, items, st.parts, item_parts);
+  // The costliest units first so that dynamic scheduling balances.
+  std::stable_sort(units.begin(), units.end(), [](const BwdUnit& a, const BwdUnit& b) { return a.cost > b.cost; });
+  const int64_t n_items = static_cast<int64_t>(items.size()), n_units = static_cast<int64_t>(units.size());
 
-#pragma omp parallel num_threads(threads) if (n > 1 && p.total_q * p.total_k >= 4096)
+#pragma omp parallel num_threads(threads) if (n_units > 1 && p.total_q * p.total_k >= 4096)
   {
     char* mine = at + omp_get_thread_num() * slab;
     auto carve = [&](int64_t bytes) { float* r = reinterpret_cast<float*>(mine); mine += attn_align(bytes); return r; };
@@ -248,10 +317,14 @@ const char* varlen_bwd_t(const AttnVarlenBwdParams& p) {
     ws.s = carve(4 * TR * BN), ws.dp = carve(4 * TR * BN);
     ws.orow = carve(4 * SR * st.dp);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n; ++i) {
-      const BwdItem& it = items[order[i]];
-      run_item<T>(p, seqs[it.seq], it, st, ws);
+    for (int64_t i = 0; i < n_items; ++i) stage_item<T>(p, seqs[items[i].seq], items[i], st, ws);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < n_units; ++u) {
+      const BwdItem& it = items[units[u].item];
+      run_unit<T>(p, seqs[it.seq], it, units[u], st, ws);
     }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_items; ++i) store_dq<T>(p, seqs[items[i].seq], items[i], item_parts[i], st, ws);
   }
   return nullptr;
 }

@@ -60,9 +60,21 @@ inline int64_t attn_bwd_thread_bytes(int64_t d) {
   return 2 * attn_align(4 * kAttnBlockN * dp) + 2 * attn_align(4 * kAttnBwdTileRows * kAttnBlockN) +
          attn_align(4 * kAttnBwdStrip * dp);
 }
+// Key-block ranges per (sequence, kv head) when there are fewer of those than about two per thread; each range
+// past the first accumulates dQ in its own [hq][rows][dp] fp32 copy, summed at the end.
+constexpr int64_t kAttnBwdMaxParts = 4;
+inline int64_t attn_bwd_parts(int64_t batch, int64_t hk, int64_t threads) {
+  const int64_t items = std::max<int64_t>(1, batch * hk);
+  return threads < 2 ? 1 : std::clamp<int64_t>(attn_ceil(2 * threads, items), 1, kAttnBwdMaxParts);
+}
+inline int64_t attn_bwd_parts_bytes(int64_t total_q, int64_t batch, int64_t hq, int64_t d, int64_t parts) {
+  return (parts - 1) * attn_align(4 * hq * attn_bwd_rows_cap(total_q, batch) * attn_bwd_dp(d));
+}
 inline int64_t attn_bwd_workspace_bytes(int64_t total_q, int64_t total_k, int64_t batch, int64_t hq, int64_t hk,
                                         int64_t d, int64_t threads) {
-  return attn_bwd_shared_bytes(total_q, total_k, batch, hq, hk, d) + threads * attn_bwd_thread_bytes(d);
+  return attn_bwd_shared_bytes(total_q, total_k, batch, hq, hk, d) +
+         attn_bwd_parts_bytes(total_q, batch, hq, d, attn_bwd_parts(batch, hk, threads)) +
+         threads * attn_bwd_thread_bytes(d);
 }
 
 // Decode: context splits per (sequence, kv head), at least kAttnDecodeMinSplitKeys keys each, enough work
