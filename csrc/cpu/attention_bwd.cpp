@@ -151,21 +151,32 @@ void tile_step(const AttnVarlenBwdParams& p, const AttnSeq& s, const BwdStage& s
     }
     softmax_grad_row(ws.s + r * BN, ws.dp + r * BN, BN, lo, hi, p.scale, lse[i], delta[i]);
   }
-  // dV += P^T dO and dK += dS^T Q per 8-key strip, over the tile rows that see one of its keys.
+  // dV += P^T dO and dK += dS^T Q per 8-key strip, over the tile rows that see one of its keys; then dQ += dS K
+  // per strip, over the keys it reaches. Column chunks outermost: one chunk of dO, Q or K stays in L1 meanwhile.
   const int64_t kcnt = std::min(BN, s.lk - key0);
-  for (int64_t j0 = 0; j0 < kcnt; j0 += kBwdTileM) {
-    int64_t rl = p.causal ? key0 + j0 - shift - ta : 0;
-    int64_t rh = p.window > 0 ? key0 + j0 + kBwdTileM + p.window - 1 - shift - ta : n;
-    rl = std::clamp<int64_t>(rl, 0, n), rh = std::clamp<int64_t>(rh, 0, n);
-    if (rl >= rh) continue;
-    fma_rows(rh - rl, ws.s + rl * BN + j0, BN, 1, dog + (ta + rl) * dp, dp, ws.dv + j0 * dp, dp, dp, true);
-    fma_rows(rh - rl, ws.dp + rl * BN + j0, BN, 1, qg + (ta + rl) * dp, dp, ws.dk + j0 * dp, dp, dp, true);
+  int64_t key_rl[BN / kBwdTileM], key_rh[BN / kBwdTileM];
+  for (int64_t j0 = 0; j0 < BN; j0 += kBwdTileM) {
+    const int64_t rl = p.causal ? key0 + j0 - shift - ta : 0;
+    const int64_t rh = p.window > 0 ? key0 + j0 + kBwdTileM + p.window - 1 - shift - ta : n;
+    key_rl[j0 / kBwdTileM] = std::clamp<int64_t>(rl, 0, n);
+    key_rh[j0 / kBwdTileM] = j0 < kcnt ? std::clamp<int64_t>(rh, 0, n) : 0;
   }
-  // dQ += dS K per strip, over the keys it reaches.
-  for (int64_t r0 = 0; r0 < n; r0 += SR) {
-    const int64_t lo = strip_lo[r0 / SR], hi = strip_hi[r0 / SR];
-    if (lo < hi)
-      fma_rows(hi - lo, ws.dp + r0 * BN + lo, 1, BN, kf + lo * dp, dp, dqg + (ta + r0) * dp, dp, dp, true);
+  for (int64_t c0 = 0; c0 < dp; c0 += kBwdTileN) {
+    for (int64_t j0 = 0; j0 < kcnt; j0 += kBwdTileM) {
+      const int64_t rl = key_rl[j0 / kBwdTileM], rh = key_rh[j0 / kBwdTileM];
+      if (rl < rh)
+        fma_tile(rh - rl, ws.s + rl * BN + j0, BN, 1, dog + (ta + rl) * dp + c0, dp, ws.dv + j0 * dp + c0, dp, true);
+    }
+    for (int64_t j0 = 0; j0 < kcnt; j0 += kBwdTileM) {
+      const int64_t rl = key_rl[j0 / kBwdTileM], rh = key_rh[j0 / kBwdTileM];
+      if (rl < rh)
+        fma_tile(rh - rl, ws.dp + rl * BN + j0, BN, 1, qg + (ta + rl) * dp + c0, dp, ws.dk + j0 * dp + c0, dp, true);
+    }
+    for (int64_t r0 = 0; r0 < n; r0 += SR) {
+      const int64_t lo = strip_lo[r0 / SR], hi = strip_hi[r0 / SR];
+      if (lo < hi)
+        fma_tile(hi - lo, ws.dp + r0 * BN + lo, 1, BN, kf + lo * dp + c0, dp, dqg + (ta + r0) * dp + c0, dp, true);
+    }
   }
 }
 

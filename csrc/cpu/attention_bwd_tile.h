@@ -63,12 +63,6 @@ inline void fma_tile(int64_t kq, const float* a, int64_t aq, int64_t am, const f
 #endif
 }
 
-// fma_tile over ncols columns (a multiple of kBwdTileN) in register-tile steps.
-inline void fma_rows(int64_t kq, const float* a, int64_t aq, int64_t am, const float* b, int64_t ldb, float* c,
-                     int64_t ldc, int64_t ncols, bool accumulate) {
-  for (int64_t c0 = 0; c0 < ncols; c0 += kBwdTileN) fma_tile(kq, a, aq, am, b + c0, ldb, c + c0, ldc, accumulate);
-}
-
 // out[m] = sum_{c < n} a[m * ld + c] * b[m * ld + c] for m < 8, summed in fma_tile's order (one fused
 // multiply-add per c, c ascending), so that the softmax backward's delta = rowsum(dO * O) cancels dP = dO . V
 // exactly where O is one V row (a query that sees one key).
