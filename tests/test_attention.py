@@ -86,6 +86,49 @@ def test_varlen_forward_matches_reference(case, dtype, seed):
 @settings(max_examples=12, deadline=None)
 @given(case=varlen_case(max_len=130), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 9999))
 def test_varlen_backward_matches_reference(case, dtype, seed):
+    _check_backward(case, dtype, seed)
+
+
+# Edges of the tiled backward (8-query strips, 64-query tiles, 64-key blocks, 32-column register tiles): one
+# token, lengths around 8 and 64, empty sequences inside a batch (no queries, or queries without keys), head dims
+# that are not a multiple of 16 or 32, windows narrower than a strip or a block, chunked prefill, non-causal.
+BACKWARD_EDGES = {
+    "one_token": dict(lq=[1], lk=[1], hq=2, hk=1, d=32),
+    "strip_edges": dict(lq=[7, 0, 8, 9], lk=[7, 0, 8, 9], hq=4, hk=2, d=64),
+    "block_edges_d40": dict(lq=[63, 64, 65], lk=[63, 64, 65], hq=8, hk=2, d=40),
+    "window3_d72": dict(lq=[129, 0], lk=[129, 0], hq=4, hk=1, d=72, window=3),
+    "window_below_block": dict(lq=[200], lk=[200], hq=2, hk=2, d=64, window=50),
+    "chunked_window": dict(lq=[70, 5], lk=[150, 5], hq=4, hk=2, d=64, window=70),
+    "chunked_noncausal": dict(lq=[66, 1], lk=[131, 1], hq=8, hk=1, d=128, causal=False),
+    "no_queries_or_keys": dict(lq=[0, 3, 0, 4], lk=[5, 3, 70, 0], hq=2, hk=1, d=32),
+    "long_ragged": dict(lq=[300, 257], lk=[300, 257], hq=8, hk=2, d=64, layout="packed"),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(BACKWARD_EDGES))
+def test_varlen_backward_tile_edges(name, dtype):
+    case = dict(causal=True, window=None, layout="head_major") | BACKWARD_EDGES[name]
+    _check_backward(case, dtype, seed=len(name))
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_varlen_backward_key_ranges_across_threads(threads):
+    """With fewer (sequence, kv head) items than about two per thread, an item's key blocks run as parallel ranges
+    whose dQ shares are summed at the end; every thread count must give the reference's gradients."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        case = dict(lq=[300], lk=[300], hq=4, hk=1, d=64, causal=True, window=None, layout="contiguous")
+        _check_backward(case, torch.float32, seed=threads)
+        case = dict(lq=[200, 3], lk=[330, 3], hq=2, hk=1, d=32, causal=False, window=None, layout="head_major")
+        _check_backward(case, torch.bfloat16, seed=threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_backward(case, dtype, seed):
+    """dq, dk, dv of attention_varlen against the float64 reference (same-precision rule)."""
     gen = torch.Generator().manual_seed(seed)
     q, k, v = _inputs(case["lq"], case["lk"], case["hq"], case["hk"], case["d"], dtype, gen, case["layout"])
     cq, ck = _cu(case["lq"]), _cu(case["lk"])

@@ -30,7 +30,8 @@ int64_t attention_varlen_fwd_workspace(const AttnVarlenFwdParams& p) {
 
 int64_t attention_varlen_bwd_workspace(const AttnVarlenBwdParams& p) {
   if (p.num_heads_k < 1) return 0;
-  return attn_bwd_workspace_bytes(p.total_q, p.num_heads_q, p.num_heads_k, p.head_dim, omp_get_max_threads());
+  return attn_bwd_workspace_bytes(p.total_q, p.total_k, p.batch, p.num_heads_q, p.num_heads_k, p.head_dim,
+                                  omp_get_max_threads());
 }
 
 int64_t attention_decode_workspace(const AttnPagedDecodeParams& p) {

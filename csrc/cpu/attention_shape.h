@@ -40,15 +40,41 @@ inline int64_t attn_fwd_thread_bytes(int64_t group, int64_t d) {
          attn_align(kGemmMR * kAttnBlockN * 4) + attn_align(kAttnBlockN * kGemmMR * 4);
 }
 
-// Backward: rowsum(dO * O) [hq][total_q] fp32, then per thread fp32 copies of a K and a V block, the block's
-// dK/dV accumulators, one query's rows for the GQA group (q, dO) and a query block's rows (q, dO, dQ).
-inline int64_t attn_bwd_block_q(int64_t group) { return std::max<int64_t>(1, 64 / group); }
-inline int64_t attn_bwd_thread_bytes(int64_t group, int64_t d) {
-  const int64_t rows = attn_bwd_block_q(group) * group;
-  return attn_align(4 * d * (4 * kAttnBlockN + 2 * group + 3 * rows) + 4 * kAttnBlockN);
+// Backward. Global fp32 staging, each region written only by the work item (sequence, kv head) that owns it:
+// per q head the item's query rows (Q, dO, the dQ accumulator: [rows][dp], rows padded to kAttnBwdStrip per
+// sequence; lse and rowsum(dO * O) per row), per kv head its key blocks (K [64][dp], K^T and V^T [dp][64]).
+// dp is d rounded up to the register tile's 32 columns. Per thread: the key block's dK and dV accumulators
+// and one tile's scores and dP ([kAttnBwdTileRows][64]).
+constexpr int64_t kAttnBwdStrip = 8;        // query rows per register tile
+constexpr int64_t kAttnBwdTileRows = 64;    // query rows per (query tile, key block) step
+inline int64_t attn_bwd_dp(int64_t d) { return attn_ceil(d, kGemmNR) * kGemmNR; }
+inline int64_t attn_bwd_rows_cap(int64_t total_q, int64_t batch) { return total_q + (kAttnBwdStrip - 1) * batch; }
+inline int64_t attn_bwd_shared_bytes(int64_t total_q, int64_t total_k, int64_t batch, int64_t hq, int64_t hk,
+                                     int64_t d) {
+  const int64_t rows = hq * attn_bwd_rows_cap(total_q, batch), dp = attn_bwd_dp(d);
+  const int64_t keys = hk * attn_num_blocks(total_k, batch) * kAttnBlockN;
+  return 3 * attn_align(4 * rows * dp) + 2 * attn_align(4 * rows) + 3 * attn_align(4 * keys * dp);
 }
-inline int64_t attn_bwd_workspace_bytes(int64_t total_q, int64_t hq, int64_t hk, int64_t d, int64_t threads) {
-  return attn_align(4 * hq * total_q) + threads * attn_bwd_thread_bytes(hq / hk, d);
+inline int64_t attn_bwd_thread_bytes(int64_t d) {
+  const int64_t dp = attn_bwd_dp(d);
+  return 2 * attn_align(4 * kAttnBlockN * dp) + 2 * attn_align(4 * kAttnBwdTileRows * kAttnBlockN) +
+         attn_align(4 * kAttnBwdStrip * dp);
+}
+// Key-block ranges per (sequence, kv head) when there are fewer of those than about two per thread; each range
+// past the first accumulates dQ in its own [hq][rows][dp] fp32 copy, summed at the end.
+constexpr int64_t kAttnBwdMaxParts = 4;
+inline int64_t attn_bwd_parts(int64_t batch, int64_t hk, int64_t threads) {
+  const int64_t items = std::max<int64_t>(1, batch * hk);
+  return threads < 2 ? 1 : std::clamp<int64_t>(attn_ceil(2 * threads, items), 1, kAttnBwdMaxParts);
+}
+inline int64_t attn_bwd_parts_bytes(int64_t total_q, int64_t batch, int64_t hq, int64_t d, int64_t parts) {
+  return (parts - 1) * attn_align(4 * hq * attn_bwd_rows_cap(total_q, batch) * attn_bwd_dp(d));
+}
+inline int64_t attn_bwd_workspace_bytes(int64_t total_q, int64_t total_k, int64_t batch, int64_t hq, int64_t hk,
+                                        int64_t d, int64_t threads) {
+  return attn_bwd_shared_bytes(total_q, total_k, batch, hq, hk, d) +
+         attn_bwd_parts_bytes(total_q, batch, hq, d, attn_bwd_parts(batch, hk, threads)) +
+         threads * attn_bwd_thread_bytes(d);
 }
 
 // Decode: context splits per (sequence, kv head), at least kAttnDecodeMinSplitKeys keys each, enough work
