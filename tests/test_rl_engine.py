@@ -8,6 +8,7 @@ import torch
 
 from zaya_rt import Engine, SamplingParams
 from zaya_rt.model.modeling import ZayaRouter
+from rl_helpers import routed_tiny_model
 from zaya_rt.runtime import Completion, tiny_model
 
 
@@ -29,7 +30,7 @@ def reference(model, prompt, generated):
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model(seed=3)
+    return routed_tiny_model(seed=3)
 
 
 def prompts_of(seed, lengths):
