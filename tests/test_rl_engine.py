@@ -89,6 +89,18 @@ def test_prefix_pages_without_routes_are_recomputed(model):
     assert torch.equal(out.routed_experts, reference(model, shared + [3], out.token_ids)[1])
 
 
+def test_details_survive_preemption(model):
+    prompts = prompts_of(8, [9, 12, 7, 15, 10, 11])
+    engine = Engine(model, page_size=4, num_pages=9, max_batch=6, max_tokens_per_step=12)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=3, logprobs=True)
+    outs = engine.generate(prompts, params, details=True)
+    assert engine.stats["preemptions"] > 0
+    for prompt, out in zip(prompts, outs):
+        want_logp, want_routes = reference(model, prompt, out.token_ids)
+        assert torch.equal(out.routed_experts, want_routes)  # recomputed rows recorded again, none left at -1
+        torch.testing.assert_close(torch.tensor(out.logprobs, dtype=torch.float64), want_logp, rtol=0, atol=1e-4)
+
+
 def test_cuda_graph_path_records_routes_eagerly(model):
     engine = Engine(model, num_pages=64, max_batch=4, cuda_graphs=True)
     prompt = prompts_of(2, [9])[0]
