@@ -146,6 +146,9 @@ def test_repetition_canary():
     loop = "the answer is 4. " * 60
     assert compression_ratio(loop) < 0.1 < compression_ratio(varied)
     assert compression_ratio([7, 8] * 300) < 0.05 and compression_ratio([]) == 1.0
+    # token ids: as bytes when they fit, so byte-level ids give the text's ratio
+    assert compression_ratio(list(varied.encode())) == compression_ratio(varied)
+    assert compression_ratio([70000, 3] * 300) < 0.05 < compression_ratio([rng.randrange(70000) for _ in range(300)])
     rewards, flags = repetition_canary(torch.tensor([1.0, 1.0, 0.5]), [loop, varied, "short"], 0.1)
     assert rewards.tolist() == [0.0, 1.0, 0.5] and flags.tolist() == [True, False, False]
     with pytest.raises(ValueError, match="threshold"):

@@ -109,8 +109,9 @@ def informative_groups(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def compression_ratio(tokens: str | bytes | Sequence[int]) -> float:
-    """zlib-compressed size / raw size of a text (UTF-8), bytes, or token ids (4 little-endian bytes each);
-    1.0 for empty input. Repetitive output compresses well: a low ratio marks degenerate loops."""
+    """zlib-compressed size / raw size of a text (UTF-8), bytes, or token ids (each as the fewest little-endian
+    bytes that hold the largest id: 1, 2 or 4); 1.0 for empty input. Repetitive output compresses well: a low
+    ratio marks degenerate loops."""
     if isinstance(tokens, str):
         raw = tokens.encode("utf-8")
     elif isinstance(tokens, (bytes, bytearray)):
@@ -119,7 +120,8 @@ def compression_ratio(tokens: str | bytes | Sequence[int]) -> float:
         ids = [int(t) for t in tokens]
         if any(t < 0 or t >= 2**32 for t in ids):
             raise ValueError("compression_ratio: token ids must lie in [0, 2**32)")
-        raw = b"".join(t.to_bytes(4, "little") for t in ids)
+        width = 1 if max(ids, default=0) < 2**8 else 2 if max(ids) < 2**16 else 4
+        raw = b"".join(t.to_bytes(width, "little") for t in ids)
     if not raw:
         return 1.0
     return len(zlib.compress(raw, 9)) / len(raw)

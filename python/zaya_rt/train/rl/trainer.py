@@ -178,7 +178,7 @@ class RLTrainer:
         texts = [self.tokenizer.decode(o.token_ids) for o in outs]
         raw = torch.tensor([self.rewards[problems[i // G]](t) for i, t in enumerate(texts)], dtype=torch.float64)
         rewards, degenerate = (raw, torch.zeros_like(raw, dtype=torch.bool)) if rc.canary_threshold == 0 else (
-            repetition_canary(raw, [o.token_ids for o in outs], rc.canary_threshold))
+            repetition_canary(raw, texts, rc.canary_threshold))
         rewards = rewards.view(P, G)
         adv = advantages(rewards, rc.advantage)
         keep_groups = informative_groups(rewards) if rc.dynamic_sampling else torch.ones(P, dtype=torch.bool)
