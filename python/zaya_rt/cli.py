@@ -4,6 +4,7 @@
   zaya-rt bench   kernel benchmarks against PyTorch peers, as a table (`zaya-rt bench e2e`: end-to-end decode)
   zaya-rt generate  stream text from a checkpoint (or the embedded tiny model) with the continuous-batching engine
   zaya-rt train   pretraining / SFT from a TOML config (rerunning the same command resumes; --fresh starts over)
+  zaya-rt rl      RL with verifiable rewards on engine rollouts from a TOML config (resumes like train)
   zaya-rt rsa     Markovian RSA test-time compute on math problems (population, tails, rounds, report, plot)
 """
 
@@ -105,6 +106,22 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     final = trainer.run()
     print(f"trained {trainer.step} steps; final model in {final}, metrics in {config.train.out_dir}/metrics.jsonl")
+    return 0
+
+
+def _rl(args: argparse.Namespace) -> int:
+    from zaya_rt.train.rl.config import load_rl_config
+    from zaya_rt.train.rl.trainer import RLTrainer
+
+    try:
+        config = load_rl_config(args.config)
+        trainer = RLTrainer(config, fresh=args.fresh, progress=not args.no_progress)
+        trainer.resume()
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"zaya-rt rl: {exc}", file=sys.stderr)
+        return 2
+    final = trainer.run()
+    print(f"trained {trainer.step} RL steps; final model in {final}, metrics in {config.rl.out_dir}/metrics.jsonl")
     return 0
 
 
@@ -215,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--fresh", action="store_true", help="delete out_dir's checkpoints and metrics, start over")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
+    rl = sub.add_parser("rl", help="RL with verifiable rewards on engine rollouts from a TOML config; rerunning resumes")
+    rl.add_argument("--config", required=True, help="the run's TOML file ([model], [data], [rl], [balancer])")
+    rl.add_argument("--fresh", action="store_true", help="delete out_dir's checkpoints and metrics, start over")
+    rl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rl.set_defaults(func=_rl)
     from zaya_rt.rsa.cli import add_rsa_parser
 
     add_rsa_parser(sub)

@@ -64,13 +64,15 @@ OPS_KERNELS = OpsKernels()
 class ForwardContext:
     """positions [N] int64; cu_seqlens [B+1] int32 (sequence b owns rows cu[b]..cu[b+1]-1); conv_mask [N] bool
     (False: a padding row, zeroed before the CCA projection) or None; kernels (an OpsKernels-like set);
-    state (an adapter with cca_state / store / attend, as RowsState)."""
+    state (an adapter with cca_state / store / attend, as RowsState); routed_experts [N, L] int or None: router
+    replay, the expert (E = skip) each row must use in each layer instead of the router's own choice."""
 
     positions: torch.Tensor
     cu_seqlens: torch.Tensor
     conv_mask: torch.Tensor | None
     kernels: Any
     state: Any
+    routed_experts: torch.Tensor | None = None
 
 
 class RowsState:

@@ -154,9 +154,17 @@ class ZayaSparseMoeBlock(nn.Module):
         self.gate = ZayaRouter(config, layer_idx)
         self.experts = ZayaExperts(config)
 
-    def forward(self, x_ND: torch.Tensor, z_prev_NR: torch.Tensor | None, kernels=OPS_KERNELS):
-        """x [N, D], z_prev [N, R] or None -> (y [N, D], z [N, R])."""
+    def forward(self, x_ND: torch.Tensor, z_prev_NR: torch.Tensor | None, kernels=OPS_KERNELS,
+                replay_N: torch.Tensor | None = None):
+        """x [N, D], z_prev [N, R] or None -> (y [N, D], z [N, R]). replay [N] int (E = skip): use these experts
+        instead of the router's choice, gated by the router's probability of them (so its gradients flow)."""
         logits, gate, choice, z = kernels.router(self.gate, x_ND, z_prev_NR)
+        if replay_N is not None:
+            forced = replay_N.to(device=choice.device, dtype=choice.dtype)
+            p_forced = torch.softmax(logits, dim=-1).gather(-1, forced[:, None])[:, 0].to(gate.dtype)
+            # where the router agrees, its own gate (same numbers as without replay)
+            gate = torch.where(forced == choice, gate, p_forced).masked_fill(forced == self.gate.num_experts, 0)
+            choice = forced
         y = kernels.experts(self.experts, x_ND, choice, gate)
         if self.skip_passthrough:
             skipped = choice == self.gate.num_experts
@@ -183,7 +191,8 @@ class ZayaDecoderLayer(nn.Module):
         kern = ctx.kernels
         attn = self.self_attn(x, ctx)
         r, x2 = kern.residual_norm(self.post_attention_residual_scale, self.post_attention_layernorm, attn, h)
-        y, z = self.mlp(x2, z_prev, kern)
+        replay = None if ctx.routed_experts is None else ctx.routed_experts[:, self.self_attn.layer_idx]
+        y, z = self.mlp(x2, z_prev, kern, replay)
         h_next, x_next = kern.residual_norm(self.post_mlp_residual_scale, next_norm, y, r)
         return h_next, x_next, z
 
@@ -213,11 +222,14 @@ class ZayaModel(nn.Module):
         return x
 
     def forward(self, input_ids: torch.Tensor, attention_mask=None, cache: ZayaCache | None = None, *,
-                cu_seqlens: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
+                cu_seqlens: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                routed_experts: torch.Tensor | None = None):
         """Final-normed hidden states in the weights' dtype: [B, T, D] for batch rows input_ids [B, T]; for
-        packed documents (cu_seqlens given) [N, D] or [1, N, D] as input_ids is [N] or [1, N]."""
+        packed documents (cu_seqlens given) [N, D] or [1, N, D] as input_ids is [N] or [1, N]. routed_experts
+        (input_ids' shape + [L]): router replay, see ZayaForCausalLM.forward."""
+        replay = _check_routed_experts(routed_experts, input_ids, self.config)
         if cu_seqlens is not None:
-            return self._packed(input_ids, cu_seqlens, position_ids, attention_mask, cache)
+            return self._packed(input_ids, cu_seqlens, position_ids, attention_mask, cache, replay)
         if position_ids is not None:
             raise ValueError("position_ids is only taken with cu_seqlens (packed documents)")
         B, T = input_ids.shape
@@ -240,14 +252,14 @@ class ZayaModel(nn.Module):
         ctx = ForwardContext(
             positions=torch.arange(past, past + T, device=device).repeat(B), cu_seqlens=cu,
             conv_mask=None if conv_mask is None else conv_mask.reshape(B * T), kernels=OPS_KERNELS,
-            state=RowsState(cu, batch=B, tokens=T, cache=cache, past=past, allowed=allowed),
+            state=RowsState(cu, batch=B, tokens=T, cache=cache, past=past, allowed=allowed), routed_experts=replay,
         )
         x = self.run(input_ids.reshape(B * T), ctx)
         if cache is not None:
             cache.length += T
         return x.view(B, T, -1)
 
-    def _packed(self, input_ids, cu_seqlens, position_ids, attention_mask, cache):
+    def _packed(self, input_ids, cu_seqlens, position_ids, attention_mask, cache, replay):
         if attention_mask is not None or cache is not None:
             raise ValueError("cu_seqlens (packed documents) takes no attention_mask and no cache")
         N = input_ids.shape[-1]
@@ -260,7 +272,7 @@ class ZayaModel(nn.Module):
         else:
             positions = _check_position_ids(position_ids, N, ids.device)
         ctx = ForwardContext(positions=positions, cu_seqlens=cu_seqlens, conv_mask=None, kernels=OPS_KERNELS,
-                             state=RowsState(cu_seqlens))
+                             state=RowsState(cu_seqlens), routed_experts=replay)
         x = self.run(ids, ctx)
         return x.view(*input_ids.shape, -1)
 
@@ -284,6 +296,7 @@ class ZayaForCausalLM(nn.Module):
         *,
         cu_seqlens: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        routed_experts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Batch rows: input_ids [B, T] int; attention_mask [B, T] or [B, cached + T] (1 = real token, 0 = left
         padding); cache from `new_cache` to continue earlier calls. Returns logits [B, T, vocab].
@@ -291,13 +304,19 @@ class ZayaForCausalLM(nn.Module):
         Packed documents (the training form): input_ids [N] or [1, N] and cu_seqlens int32 [docs + 1]
         (0 = cu[0] <= ... <= cu[docs] = N); every document is independent (attention, the CCA conv state and
         the value shift restart at each boundary) and its positions restart at 0 unless position_ids ([N] or
-        [1, N] int) are given. Returns logits [N, vocab] or [1, N, vocab]. Logits are in the weights' dtype."""
+        [1, N] int) are given. Returns logits [N, vocab] or [1, N, vocab]. Logits are in the weights' dtype.
+
+        Router replay (RL on engine rollouts): routed_experts, int of input_ids' shape + [num_layers] (values
+        0..E, E = skip; e.g. `Completion.routed_experts`), makes every MoE layer use these experts for each
+        token instead of its router's choice; the gate is still the router's probability of the replayed
+        expert, so the router gets gradients. Each token's record is read by index, so a recompute under
+        activation checkpointing reads the same one."""
         if cu_seqlens is None:
             _check_input_ids(input_ids, self.config.vocab_size)
         else:
             _check_packed_ids(input_ids, self.config.vocab_size)
         return self.lm_head(self.model(input_ids, attention_mask, cache, cu_seqlens=cu_seqlens,
-                                       position_ids=position_ids))
+                                       position_ids=position_ids, routed_experts=routed_experts))
 
     def new_cache(self, batch_size: int, max_seq_len: int) -> ZayaCache:
         """An empty contiguous cache for `batch_size` sequences of up to `max_seq_len` tokens."""
@@ -365,6 +384,26 @@ def _check_packed_ids(input_ids, vocab_size: int) -> None:
         raise ValueError(f"with cu_seqlens, input_ids must be [N] or [1, N], got {tuple(input_ids.shape)}")
     else:
         _check_input_ids(input_ids, vocab_size)
+
+
+def _check_routed_experts(routed_experts, input_ids, config) -> torch.Tensor | None:
+    """routed_experts (input_ids' shape + [L]) as [N, L] int64 on input_ids' device, or None."""
+    if routed_experts is None:
+        return None
+    if not isinstance(routed_experts, torch.Tensor):
+        raise TypeError(f"routed_experts must be a torch.Tensor, got {type(routed_experts).__name__}")
+    if routed_experts.is_floating_point() or routed_experts.is_complex() or routed_experts.dtype == torch.bool:
+        raise TypeError(f"routed_experts must be an integer tensor, got {routed_experts.dtype}")
+    L = config.num_hidden_layers
+    if tuple(routed_experts.shape) != (*input_ids.shape, L):
+        raise ValueError(f"routed_experts must have shape {(*input_ids.shape, L)} (input_ids' shape + [num_layers]), "
+                         f"got {tuple(routed_experts.shape)}")
+    flat = routed_experts.reshape(-1, L).to(device=input_ids.device, dtype=torch.int64)
+    if flat.device.type == "cpu" and flat.numel() and not torch.compiler.is_compiling() and (
+            int(flat.min()) < 0 or int(flat.max()) > config.num_experts):
+        raise ValueError(f"routed_experts must lie in [0, {config.num_experts}] ({config.num_experts} = skip), got "
+                         f"[{int(flat.min())}, {int(flat.max())}]")
+    return flat
 
 
 def _check_cu_seqlens(cu_seqlens, N: int, device) -> None:

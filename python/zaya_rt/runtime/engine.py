@@ -19,6 +19,12 @@ Failures (SPEC section 9) are contained per request wherever the failing request
   of them with its error, returns every page, and leaves the engine ready for the next request.
 Configurations that the kernels reject outright (a page size they cannot read) are refused at construction.
 
+Details for RL (`generate(..., details=True)`): the router's expert choice of every token a request runs
+through the model is recorded (steps with such a request run eagerly, never as a decode graph); a full prompt
+page computed by such a request keeps its choices with its prefix entry, and such a request shares only prefix
+pages that have them. `SamplingParams(logprobs=True)` records each sampled token's raw log-probability.
+`update_weights` loads new weights between batches and drops the prefix cache (its K/V used the old ones).
+
 Pure decode steps (every scheduled sequence adds one token to cached pages, no prompt chunk, no prefix
 snapshot, at most max_batch sequences) run on CUDA devices as CUDA graphs, one per batch bucket
 (runtime/decode_graph.py): the batch is padded to the bucket with rows that touch only the cache's padding
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence as SequenceABC
 from dataclasses import dataclass, field
@@ -41,7 +48,7 @@ from zaya_rt.ops.attention import kernel_takes_head_dim
 from zaya_rt.runtime import direct
 from zaya_rt.runtime.decode_graph import DecodeGraphs, graphs_enabled
 from zaya_rt.runtime.kv_cache import PagedKVCache, PrefixEntry
-from zaya_rt.runtime.params import SamplingParams
+from zaya_rt.runtime.params import Completion, SamplingParams
 from zaya_rt.runtime.runner import ModelRunner, StepBatch
 
 _ROOT = 0  # parent serial of a sequence's first page
@@ -66,6 +73,8 @@ class _Sequence:
     finish_reason: str | None = None
     error: BaseException | None = None             # what failed the request (finish_reason "error: ...")
     solo_until: int = 0                            # runs alone until num_computed reaches this (after a failure)
+    routes: torch.Tensor | None = None             # [max_len, L] int32 router choices, kept for details requests
+    logprobs: list[float] = field(default_factory=list)  # raw log-prob of each generated token (params.logprobs)
 
     @property
     def tokens(self) -> list[int]:
@@ -124,6 +133,7 @@ class Engine:
         self._ids = itertools.count()
         self._arrivals = itertools.count()
         self._seed_gen = torch.Generator().manual_seed(seed)
+        self._entry_routes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # PrefixEntry -> [S, L] int32
         self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0, "prefix_hit_tokens": 0, "preemptions": 0}
 
     # -- public API -----------------------------------------------------------------------------------------
@@ -136,13 +146,17 @@ class Engine:
         return self.cache.num_free_pages
 
     def add_request(self, prompt: SequenceABC[int], params: SamplingParams | None = None,
-                    callback: Callable[[int, int], None] | None = None) -> int:
+                    callback: Callable[[int, int], None] | None = None, *, details: bool = False) -> int:
         """Queues a request; returns its id. callback(request_id, token) is called for each new token (a callback
-        that raises fails its request, see `step`)."""
+        that raises fails its request, see `step`). details: record its router choices (see `completion`)."""
         prompt, params, max_len = self._check_request(prompt, params)
+        if not isinstance(details, bool):
+            raise TypeError(f"details must be a bool, got {type(details).__name__}")
         seed = params.seed if params.seed is not None else int(
             torch.randint(0, 2**62, (1,), generator=self._seed_gen))
         seq = _Sequence(next(self._ids), prompt, params, seed, next(self._arrivals), max_len, callback)
+        if details:
+            seq.routes = torch.full((max_len, self.config.num_hidden_layers), -1, dtype=torch.int32)
         self._results[seq.request_id] = seq
         self._waiting.append(seq)
         return seq.request_id
@@ -169,10 +183,14 @@ class Engine:
             self._forward_failed(scheduled, exc)
             return []
         out = []
-        for seq, token in zip(samplers, self._sample(logits, samplers) if samplers else []):
+        tokens = self._sample(logits, samplers) if samplers else []
+        logprobs = self._logprobs(logits, samplers, tokens)
+        for seq, token, logprob in zip(samplers, tokens, logprobs):
             if token is None:  # its request failed in the sampler and is finished
                 continue
             seq.generated.append(token)
+            if logprob is not None:
+                seq.logprobs.append(logprob)
             out.append((seq.request_id, token))
             if seq.callback is not None:
                 try:
@@ -184,20 +202,29 @@ class Engine:
         return out
 
     def generate(self, prompts: SequenceABC[SequenceABC[int]],
-                 params: SamplingParams | SequenceABC[SamplingParams] | None = None) -> list[list[int]]:
-        """Generated ids (no prompt) per prompt, in request order. Raises like `stream`."""
-        tokens = self.stream(prompts, params)
+                 params: SamplingParams | SequenceABC[SamplingParams] | None = None, *,
+                 details: bool = False) -> list[list[int]] | list[Completion]:
+        """Generated ids (no prompt) per prompt, in request order; with details=True a `Completion` per prompt
+        (token ids, raw log-probs if SamplingParams.logprobs, routed experts, finish reason). Raises like
+        `stream`."""
+        tokens = self.stream(prompts, params, details=details)
         outputs: list[list[int]] = [[] for _ in self.last_request_ids]
         for index, token in tokens:
             outputs[index].append(token)
+        if details:
+            return [self.completion(rid) for rid in self.last_request_ids]
         return outputs
 
     def stream(self, prompts: SequenceABC[SequenceABC[int]],
-               params: SamplingParams | SequenceABC[SamplingParams] | None = None) -> Iterator[tuple[int, int]]:
+               params: SamplingParams | SequenceABC[SamplingParams] | None = None, *,
+               details: bool = False) -> Iterator[tuple[int, int]]:
         """Checks and queues every prompt now (a list of token-id lists, or a 2-D tensor/array; ids are
         integers); the returned iterator yields (index into prompts, token) as tokens are produced, other queued
         requests also advancing. Once all of them have finished it raises RuntimeError if one failed (its
-        finish_reason starts with "error"; the others' tokens are complete, see `result`)."""
+        finish_reason starts with "error"; the others' tokens are complete, see `result`). details: record
+        the requests' router choices (see `completion`)."""
+        if not isinstance(details, bool):
+            raise TypeError(f"details must be a bool, got {type(details).__name__}")
         if hasattr(prompts, "tolist") and hasattr(prompts, "ndim"):  # a torch tensor or numpy array
             prompts = prompts.tolist()
         if not isinstance(prompts, SequenceABC) or isinstance(prompts, (str, bytes)):
@@ -209,7 +236,7 @@ class Engine:
         else:
             per_request = [params] * len(prompts)
         checked = [self._check_request(p, sp)[:2] for p, sp in zip(prompts, per_request)]  # all, before queueing
-        ids = [self.add_request(p, sp) for p, sp in checked]
+        ids = [self.add_request(p, sp, details=details) for p, sp in checked]
         self.last_request_ids = ids
         return self._stream([self._results[rid] for rid in ids])
 
@@ -230,6 +257,42 @@ class Engine:
     def result(self, request_id: int) -> list[int]:
         """Tokens generated so far for a request."""
         return list(self._request(request_id).generated)
+
+    def completion(self, request_id: int) -> Completion:
+        """The `Completion` of a finished request queued with details=True."""
+        seq = self._request(request_id)
+        if seq.routes is None:
+            raise ValueError(f"request {request_id} was not queued with details=True")
+        if not seq.finished:
+            raise ValueError(f"request {request_id} is still running")
+        ran = len(seq.tokens) - 1 if seq.generated else seq.num_computed
+        return Completion(list(seq.generated), list(seq.logprobs) if seq.params.logprobs else None,
+                          seq.routes[:ran].clone(), seq.finish_reason)
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Loads new weights into the engine's model without rebuilding the engine, between batches: state_dict
+        (name -> tensor, the model's own names and shapes; any float dtype, cast on copy) is copied into the
+        model's parameters and buffers; None means they were changed in place (shared tensors). The runner's
+        prepared weights are rebuilt and the prefix cache is dropped (its K/V were computed with the old weights).
+        Raises RuntimeError while requests are unfinished."""
+        if self.has_unfinished():
+            raise RuntimeError("Engine.update_weights: requests are still running; finish or abort them first")
+        if state_dict is not None:
+            if not hasattr(state_dict, "items"):
+                raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+            own = self.model.state_dict(keep_vars=True)
+            unknown = sorted(set(state_dict) - set(own))
+            if unknown:
+                raise ValueError(f"update_weights: unknown names {unknown[:5]}")
+            for name, value in state_dict.items():
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(own[name].shape):
+                    raise ValueError(f"update_weights: {name} must be a tensor of shape {tuple(own[name].shape)}, "
+                                     f"got {getattr(value, 'shape', type(value).__name__)}")
+            with torch.no_grad():
+                for name, value in state_dict.items():
+                    own[name].copy_(value)
+        self.runner.refresh_weights()
+        self.cache.clear_prefix_cache()
 
     def tail(self, request_id: int, tau: int) -> list[int]:
         """The last tau generated tokens of a request (all of them if it has fewer)."""
@@ -357,6 +420,8 @@ class Engine:
                 break
             if not entry.ready:
                 return False  # another sequence is computing this page: share it once it is ready
+            if seq.routes is not None and entry not in self._entry_routes:
+                break  # computed without recording its router choices: compute it again
             matched.append(entry)
             parent = entry.serial
         fresh_pages = -(-min(len(tokens), len(matched) * S + self.max_tokens_per_step) // S) - len(matched)
@@ -371,6 +436,8 @@ class Engine:
             seq.entries.append(entry)
         seq.num_computed = len(matched) * S
         self.stats["prefix_hit_tokens"] += seq.num_computed
+        if seq.routes is not None and matched:
+            seq.routes[: seq.num_computed] = torch.cat([self._entry_routes[e] for e in matched])
         if matched:
             self.cache.conv_state[:, slot] = matched[-1].conv_state
             self.cache.v_state[:, slot] = matched[-1].v_state
@@ -449,7 +516,16 @@ class Engine:
             logits, samplers = self._decode_step(scheduled)
         else:
             batch, samplers = self._build_batch(scheduled)
-            logits, snapshots = self.runner.forward(batch)
+            record = any(seq.routes is not None for seq, _ in scheduled)
+            if record:
+                logits, snapshots = self.runner.forward(batch, record_routes=True)
+            else:
+                logits, snapshots = self.runner.forward(batch)
+            if record:
+                routes = self.runner.last_routes.to(device="cpu", dtype=torch.int32)
+                for (seq, n), row in zip(scheduled, batch.starts):
+                    if seq.routes is not None:
+                        seq.routes[seq.num_computed : seq.num_computed + n] = routes[row : row + n]
             self._take_snapshots(scheduled, batch, snapshots)
         for seq, n in scheduled:
             seq.num_computed += n
@@ -480,6 +556,8 @@ class Engine:
         graphs = self.decode_graphs
         if graphs is None or not graphs.fits(len(scheduled)):
             return False
+        if any(seq.routes is not None for seq, _ in scheduled):
+            return False  # router choices are recorded eagerly
         S = self.page_size
         for seq, n in scheduled:
             start = seq.num_computed
@@ -552,6 +630,8 @@ class Engine:
             entry = seq.entries[page_index]
             self.cache.mark_ready(entry, conv.clone(), v.clone())
             seq.pending.remove(entry)
+            if seq.routes is not None:
+                self._entry_routes[entry] = seq.routes[page_index * S : (page_index + 1) * S].clone()
 
     def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int | None]:
         """Token of each row of logits [len(seqs), vocab] (any float dtype); None where the row's request failed
@@ -578,6 +658,19 @@ class Engine:
                 except Exception as exc:  # noqa: BLE001
                     self._fail(seqs[i], exc)
         return tokens
+
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, seqs: list[_Sequence], tokens: list[int | None]) -> list[float | None]:
+        """Raw (temperature 1, unfiltered) log-probability of each sampled token whose request asked for it."""
+        rows = [i for i, (seq, t) in enumerate(zip(seqs, tokens)) if t is not None and seq.params.logprobs]
+        out: list[float | None] = [None] * len(seqs)
+        if rows:
+            index = torch.tensor(rows, dtype=torch.long, device=logits.device)
+            picked = torch.tensor([tokens[i] for i in rows], dtype=torch.long, device=logits.device)
+            lp = torch.log_softmax(logits.index_select(0, index).float(), dim=-1).gather(1, picked[:, None])
+            for i, value in zip(rows, lp[:, 0].tolist()):
+                out[i] = value
+        return out
 
     def _sample_rows(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
         params = [s.params for s in seqs]

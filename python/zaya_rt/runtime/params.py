@@ -1,10 +1,12 @@
-"""Per-request sampling parameters and stop conditions."""
+"""Per-request sampling parameters and stop conditions, and the detailed result of a request."""
 
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import dataclass, field
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -14,7 +16,9 @@ class SamplingParams:
     temperature 0 = greedy (argmax); top_k 0 = off; top_p 1 = off; min_p 0 = off. A request stops after
     max_new_tokens tokens, after emitting one of stop_token_ids (the stop token is returned), or when its
     context reaches the model's max_position_embeddings. seed=None draws a seed from the engine's generator;
-    a fixed seed gives the same tokens whatever else is in the batch. Integer fields take any integral number
+    a fixed seed gives the same tokens whatever else is in the batch. logprobs=True records the log-probability
+    of each sampled token under the model's raw distribution (temperature 1, before top-k/top-p/min-p), for
+    `Engine.generate(..., details=True)`. Integer fields take any integral number
     (numpy integers too, not bools) and real fields any real number; both are stored as Python int / float.
     """
 
@@ -25,6 +29,7 @@ class SamplingParams:
     min_p: float = 0.0
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     seed: int | None = None
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
@@ -53,6 +58,24 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.stop_token_ids must be non-negative ints, got {self.stop_token_ids!r}")
         if self.seed is not None and (not _is_int(self.seed) or not -(2**63) <= self.seed < 2**63):
             raise ValueError(f"SamplingParams.seed must be None or a 64-bit int, got {self.seed!r}")
+        if not isinstance(self.logprobs, bool):
+            raise ValueError(f"SamplingParams.logprobs must be a bool, got {self.logprobs!r}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One request's result from `Engine.generate(..., details=True)`.
+
+    token_ids: the generated ids (no prompt); logprobs: per generated token, its log-probability under the raw
+    distribution (temperature 1, before top-k/top-p/min-p), or None unless SamplingParams.logprobs;
+    routed_experts: int32 [prompt_len + generated - 1, num_layers], the expert the router chose for every token
+    the engine ran through the model (num_experts = skip; the last generated token is never run);
+    finish_reason: as `Engine.finish_reason`."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None
+    routed_experts: torch.Tensor
+    finish_reason: str | None
 
 
 def _is_int(v) -> bool:

@@ -58,6 +58,7 @@ class ModelRunner:
         self._ws = direct.Workspace()
         self._direct_calls = direct_calls
         self.weight_version = 0
+        self.last_routes = None
         self.refresh_weights()
 
     @torch.no_grad()
@@ -89,16 +90,34 @@ class ModelRunner:
         return torch.stack(rows)
 
     @torch.no_grad()
-    def forward(self, batch: StepBatch):
+    def forward(self, batch: StepBatch, *, record_routes: bool = False):
         """Logits [R, vocab] of batch.sample_rows, and the CCA snapshots [(conv [L, C, K], v [L, Hk*d/2])]
-        requested in batch.snapshots. Writes K/V to the pages and the CCA states to the slots."""
+        requested in batch.snapshots. Writes K/V to the pages and the CCA states to the slots. record_routes:
+        `last_routes` becomes the router's choice of every packed row in every layer, int64 [T, L] (E = skip)."""
         state = PagedState(self, batch)
+        kernels = _RouteRecorder(self.kernels) if record_routes else self.kernels
         ctx = ForwardContext(positions=batch.positions, cu_seqlens=batch.cu_seqlens, conv_mask=None,
-                             kernels=self.kernels, state=state)
+                             kernels=kernels, state=state)
         x = self.model.model.run(batch.input_ids, ctx)
+        self.last_routes = torch.stack(kernels.choices, 1) if record_routes else None
         snapshots = state.finish()
         logits = self.kernels.linear(self.model.lm_head, x.index_select(0, batch.sample_rows))
         return logits, snapshots
+
+
+class _RouteRecorder:
+    """A kernel set that delegates to `kernels` and keeps each router call's choice [T], in layer order."""
+
+    def __init__(self, kernels) -> None:
+        self._kernels, self.choices = kernels, []
+
+    def __getattr__(self, name):
+        return getattr(self._kernels, name)
+
+    def router(self, gate, x_TD, z_prev):
+        out = self._kernels.router(gate, x_TD, z_prev)
+        self.choices.append(out[2])
+        return out
 
 
 class PagedState:
