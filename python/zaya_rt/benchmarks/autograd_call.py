@@ -7,15 +7,18 @@ from typing import Callable, Sequence
 import torch
 
 
-def fwd_bwd_call(forward: Callable[..., object], inputs: Sequence[torch.Tensor], seed: int = 0) -> Callable[[], tuple]:
-    """A callable running forward(*leaves) and the gradients of its float outputs with respect to every float input.
+def fwd_bwd_call(forward: Callable[..., object], inputs: Sequence[torch.Tensor | None], seed: int = 0,
+                 frozen: Sequence[int] = ()) -> Callable[[], tuple]:
+    """A callable running forward(*leaves) and the gradients of its float outputs with respect to every float input
+    (None inputs pass through; inputs at the `frozen` positions take no gradient).
 
     inputs are detached into leaves once; each output's incoming gradient is drawn once (seeded, in the output's
     shape and dtype) on the first call and reused, so ours and a peer given the same seed see the same gradients.
     Runs with autograd on even under the harness's inference mode. Returns the input gradients.
     """
-    leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
-    wanted = [t for t in leaves if t.requires_grad]
+    leaves = [None if t is None else t.detach().requires_grad_(t.is_floating_point() and i not in frozen)
+              for i, t in enumerate(inputs)]
+    wanted = [t for t in leaves if t is not None and t.requires_grad]
     grads_out: list[torch.Tensor] = []
 
     def run():
