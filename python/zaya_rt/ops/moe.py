@@ -93,7 +93,8 @@ def _check_grouped(op, a, b, offsets):
 
 def _grouped_gemm_impl(a, b, offsets):
     _check_grouped("grouped_gemm", a, b, offsets)
-    a, b, offsets = _unit_inner(a), _unit_inner(b), offsets.contiguous()
+    # The CPU packers read any strides: a transposed b (the backward's W^T) costs no copy there.
+    a, b, offsets = _unit_inner(a), b if b.is_cpu else _unit_inner(b), offsets.contiguous()
     M, K = a.shape
     G, N, _ = b.shape
     if K == 0:  # an empty inner dimension: every product is an empty sum
@@ -241,9 +242,9 @@ def _moe_experts_backward(ctx, grad_out):
 
 
 def _backward_routed(ctx, grad_out, hidden, expert_index, gate, w1, w2):
-    """The CPU backward over the routed rows only (their count read on the host). With W2^T dout computed once
-    before the gate is applied, the gate's gradient is <W2^T dout, act> and the down GEMM is not recomputed;
-    token gradients are gathered through slot_rows (no scatter-add)."""
+    """The CPU backward. With W2^T dout computed once before the gate is applied, the gate's gradient is
+    <W2^T dout, act> and the down GEMM is not recomputed; the SwiGLU backward runs in place in fp32; token and gate
+    gradients are gathered through slot_rows (no scatter-add). No data-dependent shapes (traceable)."""
     need = ctx.needs_input_grad
     E, two_i, _ = w1.shape
     I = two_i // 2
@@ -251,8 +252,8 @@ def _backward_routed(ctx, grad_out, hidden, expert_index, gate, w1, w2):
     dtype = hidden.dtype
     top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
     offsets, sorted_slots, slot_rows = torch.ops.zaya_rt.moe_dispatch(expert_index, E)
-    rows = int(offsets[-1])
-    slots = sorted_slots[:rows].long()
+    rows = T * top_k  # skipped slots sort last, past offsets[-1]: the GEMMs give them zero rows
+    slots = sorted_slots.long()
     tokens = slots if top_k == 1 else torch.div(slots, top_k, rounding_mode="floor")
     x = hidden[tokens]
     dout = grad_out.to(dtype)[tokens]
