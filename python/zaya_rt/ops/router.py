@@ -184,12 +184,16 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, g_logits, g_gate, _g_choice, g_z):
     """Differentiates by hand (no autograd inside backward, so torch.compile can trace it) from the saved outputs
-    z and logits: only the R-wide middle (RMSNorm, fc1, fc2) is recomputed, in max(dtype, fp32). The two D-wide
-    products (grad x and grad down_w) run in x's dtype like the forward's down projection; the rest in fp32."""
+    z and logits: only the R-wide middle (RMSNorm, fc1, fc2) is recomputed. Elementwise math in max(dtype, fp32);
+    matrix products in x's dtype where that is bf16 (fp32 accumulation), else in fp32."""
     x, down_w, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, logits, choice, z, *prev = ctx.saved_tensors
     z_prev, eda = prev if ctx.has_prev else (None, None)
     wide = torch.promote_types(x.dtype, torch.float32)
     w = lambda t: t.to(wide)  # noqa: E731
+    # Products take bf16 operands when the op's dtype is bf16 (fp32 accumulation, fp32 result), as the forward's
+    # do; elementwise math stays in `wide`.
+    md = torch.bfloat16 if x.dtype == torch.bfloat16 else wide
+    mm = lambda a, b: (a.to(md) @ b.to(md)).to(wide)  # noqa: E731
     z, nw = w(z), w(norm_w)
     fused_norm = z.is_cpu and wide == torch.float32  # zaya_rt's norm kernels; float64 and GPU compose it
     if fused_norm:
@@ -198,18 +202,18 @@ def _backward(ctx, g_logits, g_gate, _g_choice, g_z):
         rstd = torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + ctx.eps)
         n = z * rstd
         h0 = n * nw
-    a1 = F.linear(h0, w(fc1_w), w(fc1_b))
+    a1 = mm(h0, fc1_w.T).add_(w(fc1_b))
     h1 = F.gelu(a1)
-    a2 = F.linear(h1, w(fc2_w), w(fc2_b))
+    a2 = mm(h1, fc2_w.T).add_(w(fc2_b))
     h2 = F.gelu(a2)
     p = torch.softmax(w(logits), dim=-1)
     # softmax backward of the gate term: dp is g_gate at the choice (0 for skip), so <dp, p> = g_gate * p[choice]
     g_gate = g_gate.to(wide).masked_fill(choice == p.shape[-1] - 1, 0)[:, None]
     dlogits = torch.addcmul(g_logits.to(wide), p, p.gather(-1, choice[:, None]) * g_gate, value=-1)
     dlogits.scatter_add_(-1, choice[:, None], p.gather(-1, choice[:, None]) * g_gate)
-    da2 = torch.ops.aten.gelu_backward(dlogits @ w(out_w), a2)
-    da1 = torch.ops.aten.gelu_backward(da2 @ w(fc2_w), a1)
-    dh0 = da1 @ w(fc1_w)
+    da2 = torch.ops.aten.gelu_backward(mm(dlogits, out_w), a2)
+    da1 = torch.ops.aten.gelu_backward(mm(da2, fc2_w), a1)
+    dh0 = mm(da1, fc1_w)
     if fused_norm:
         dz, g_norm_w = torch.ops.zaya_rt.rms_norm_backward(dh0, z, nw, rstd)
     else:
@@ -219,7 +223,8 @@ def _backward(ctx, g_logits, g_gate, _g_choice, g_z):
     dz_x = dz.to(x.dtype)
     grads = {
         "x": dz_x @ down_w, "down_w": dz_x.T @ x, "down_b": dz.sum(0), "norm_w": g_norm_w,
-        "fc1_w": da1.T @ h0, "fc1_b": da1.sum(0), "fc2_w": da2.T @ h1, "fc2_b": da2.sum(0), "out_w": dlogits.T @ h2,
+        "fc1_w": mm(da1.T, h0), "fc1_b": da1.sum(0), "fc2_w": mm(da2.T, h1), "fc2_b": da2.sum(0),
+        "out_w": mm(dlogits.T, h2),
     }
     dtype = {"x": x.dtype}
     if z_prev is not None:
