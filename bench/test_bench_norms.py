@@ -7,6 +7,7 @@ pytest-benchmark prints is the ratio. `zaya-rt bench` prints the same cases as o
 import pytest
 
 from zaya_rt.benchmarks import norm_cases
+from zaya_rt.benchmarks.norms import norm_fwd_bwd_cases
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -17,3 +18,12 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 def test_norms(run_case, device, index, side):
     case = norm_cases(device, tokens=(1, 16, 4096))[index]
     run_case(case, device, side)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("index", range(len(norm_fwd_bwd_cases("cpu"))))
+@pytest.mark.parametrize("side", ["ours", "peer"])
+def test_norms_fwd_bwd(run_case, device, index, side):
+    """rms_norm and residual_rms_norm forward + backward against zaya_rt.ref's norms under autograd."""
+    case = norm_fwd_bwd_cases(device)[index]
+    run_case(case, device, side, rounds=5)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from zaya_rt.benchmarks import router_cases
+from zaya_rt.benchmarks.router import router_fwd_bwd_cases
 
 CASES = [("cpu", 1), ("cpu", 16)] + [pytest.param("cuda", T, marks=pytest.mark.cuda) for T in (1, 16, 4096, 16384)]
 
@@ -18,3 +19,12 @@ CASES = [("cpu", 1), ("cpu", 16)] + [pytest.param("cuda", T, marks=pytest.mark.c
 def test_router(run_case, device, tokens, dtype, side):
     (case,) = router_cases(device, tokens=(tokens,), dtypes=(dtype,))
     run_case(case, device, side)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("index", range(len(router_fwd_bwd_cases("cpu"))))
+@pytest.mark.parametrize("side", ["ours", "peer"])
+def test_router_fwd_bwd(run_case, device, index, side):
+    """zaya_router forward + backward against ref.zaya_router under autograd (T 2048, D 512 and 2048 on CPU)."""
+    case = router_fwd_bwd_cases(device)[index]
+    run_case(case, device, side, rounds=3)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from zaya_rt import ops
+from zaya_rt.benchmarks.autograd_call import fwd_bwd_call
 from zaya_rt.benchmarks.harness import Case
 
 DEFAULT_SHAPES = {
@@ -122,4 +123,40 @@ def dispatch_cases(device: str = "cpu", tokens=(16, 4096, 16384), num_experts: i
         cases.append(Case("moe_dispatch", f"T{T} E{num_experts}", "int64",
                           ours=lambda index=index: ops.moe_dispatch(index, num_experts), peer=peer,
                           peer_name="torch.sort + histc + cumsum + inverse", bytes_moved=T * (8 + 4 + 4)))
+    return cases
+
+
+FWD_BWD_SHAPES = {"cpu": [(2048, 512, 512, 16)], "cuda": [(16384, 2048, 2048, 16)]}
+
+
+def _grouped_mm_block(x, index, gate, w1, w2):
+    """The expert block composed of torch._grouped_mm (top-1; index E = skip), differentiable by autograd."""
+    num_experts = w1.shape[0]
+    order = index.argsort(stable=True)
+    offsets = torch.bincount(index, minlength=num_experts + 1)[:num_experts].cumsum(0).to(torch.int32)
+    kept = order[: int(offsets[-1])]  # rows past the last offset are undefined in _grouped_mm's output
+    g, u = torch._grouped_mm(x[kept], w1.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
+    y = torch._grouped_mm(F.silu(g) * u, w2.transpose(1, 2), offs=offsets) * gate[kept, None]
+    return torch.zeros_like(x).index_add(0, kept, y)
+
+
+def moe_fwd_bwd_cases(device: str = "cpu", shapes=None, dtypes=(torch.bfloat16, torch.float32)):
+    """(T, D, I, E) shapes, top-1 routing with about one token in E + 1 skipped: moe_experts forward + backward
+    (gradients of hidden, gate and both weights) against the torch._grouped_mm composition under autograd."""
+    cases = []
+    for dtype in dtypes:
+        for T, D, I, E in shapes or FWD_BWD_SHAPES[device]:
+            gen = torch.Generator().manual_seed(T + D + E)
+            x = torch.randn(T, D, generator=gen).to(device=device, dtype=dtype)
+            w1 = (torch.randn(E, 2 * I, D, generator=gen) / D**0.5).to(device=device, dtype=dtype)
+            w2 = (torch.randn(E, D, I, generator=gen) / I**0.5).to(device=device, dtype=dtype)
+            index = torch.randint(0, E + 1, (T,), generator=gen).to(device)
+            gate = torch.rand(T, generator=gen).to(device=device, dtype=dtype)
+            kept = int((index < E).sum())
+            inputs = (x, index, gate, w1, w2)
+            cases.append(Case(
+                "moe_experts fwd+bwd", f"T{T} D{D} I{I} E{E}", str(dtype).removeprefix("torch."),
+                ours=fwd_bwd_call(ops.moe_experts, inputs), peer=fwd_bwd_call(_grouped_mm_block, inputs),
+                peer_name="torch._grouped_mm under autograd", bytes_moved=3 * 3 * E * I * D * x.element_size(),
+                flops=3 * 2 * kept * D * 3 * I))
     return cases

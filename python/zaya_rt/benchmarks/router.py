@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zaya_rt import ops
+from zaya_rt import ops, ref
+from zaya_rt.benchmarks.autograd_call import fwd_bwd_call
 from zaya_rt.benchmarks.harness import Case
 
 DEFAULT_TOKENS = {"cpu": (1, 16, 4096, 16384), "cuda": (1, 16, 4096, 16384)}
@@ -41,4 +42,30 @@ def router_cases(device: str = "cpu", tokens=None, D: int = 2048, R: int = 256, 
                               ours=lambda a=args: ops.zaya_router(*a), peer=lambda a=args: _unfused(*a),
                               peer_name="unfused PyTorch (transformers ZayaRouter)", flops=flops,
                               bytes_moved=(T * D + R * D + 2 * R * R) * args[0].element_size()))
+    return cases
+
+
+FWD_BWD_SHAPES = {"cpu": [(2048, 512), (2048, 2048)], "cuda": [(16384, 2048)]}
+
+
+def router_fwd_bwd_cases(device: str = "cpu", shapes=None, R: int = 256, E: int = 16,
+                         dtypes=(torch.bfloat16, torch.float32)):
+    """(T, D) shapes of a later layer (z_prev fp32, as the previous router returns it): zaya_router forward +
+    backward (gradients of logits, gate and z reaching x, z_prev and every weight) against zaya_rt.ref.zaya_router
+    in the op's dtype under autograd."""
+    cases = []
+    for dtype in dtypes:
+        for T, D in shapes or FWD_BWD_SHAPES[device]:
+            gen = torch.Generator().manual_seed(T + D)
+            mk = lambda *s, scale=0.05: (scale * torch.randn(*s, generator=gen)).to(device=device, dtype=dtype)  # noqa: E731
+            inputs = (mk(T, D, scale=1.0), torch.randn(T, R, generator=gen).to(device), mk(R, D), mk(R), mk(R),
+                      1 + mk(R), mk(R, R), mk(R), mk(R, R), mk(R), mk(E + 1, R, scale=0.5),
+                      (0.01 * torch.randn(E + 1, generator=gen)).to(device))
+            flops = 3 * 2 * T * (D * R + 2 * R * R + R * (E + 1))
+            cases.append(Case(
+                "zaya_router fwd+bwd", f"T{T} D{D} R{R} E{E}", str(dtype).removeprefix("torch."),
+                ours=fwd_bwd_call(lambda *a: ops.zaya_router(*a, 1e-5), inputs, frozen=(11,)),
+                peer=fwd_bwd_call(lambda *a: ref.zaya_router(*a, 1e-5), inputs, frozen=(11,)),
+                peer_name="ref.zaya_router under autograd", flops=flops,
+                bytes_moved=(2 * T * D + R * D) * inputs[0].element_size()))
     return cases

@@ -93,7 +93,8 @@ def _check_grouped(op, a, b, offsets):
 
 def _grouped_gemm_impl(a, b, offsets):
     _check_grouped("grouped_gemm", a, b, offsets)
-    a, b, offsets = _unit_inner(a), _unit_inner(b), offsets.contiguous()
+    # The CPU packers read any strides: a transposed b (the backward's W^T) costs no copy there.
+    a, b, offsets = _unit_inner(a), b if b.is_cpu else _unit_inner(b), offsets.contiguous()
     M, K = a.shape
     G, N, _ = b.shape
     if K == 0:  # an empty inner dimension: every product is an empty sum
@@ -228,14 +229,68 @@ def _moe_experts_setup(ctx, inputs, output):
 
 
 def _moe_experts_backward(ctx, grad_out):
-    """Recomputes the expert activations from the saved inputs (no activation memory kept by the forward),
-    then differentiates with grouped GEMMs; rows of skipped slots stay zero throughout."""
+    """Differentiates the expert block from its saved inputs (no activation memory kept by the forward): the
+    gate-up GEMM is recomputed, everything else runs once. CPU: _backward_routed; elsewhere _backward_composed."""
     hidden, expert_index, gate, w1, w2 = ctx.saved_tensors
     E, two_i, _ = w1.shape
     if two_i == 0:  # experts of width 0: the output was constant zero
         need = ctx.needs_input_grad
         z = lambda i, t: torch.zeros_like(t) if need[i] else None  # noqa: E731
         return z(0, hidden), None, z(2, gate), z(3, w1), z(4, w2)
+    backward = _backward_routed if hidden.device.type == "cpu" else _backward_composed
+    return backward(ctx, grad_out, hidden, expert_index, gate, w1, w2)
+
+
+def _backward_routed(ctx, grad_out, hidden, expert_index, gate, w1, w2):
+    """The CPU backward. With W2^T dout computed once before the gate is applied, the gate's gradient is
+    <W2^T dout, act> and the down GEMM is not recomputed; the SwiGLU backward runs in place in fp32; token and gate
+    gradients are gathered through slot_rows (no scatter-add). No data-dependent shapes (traceable)."""
+    need = ctx.needs_input_grad
+    E, two_i, _ = w1.shape
+    I = two_i // 2
+    T, D = hidden.shape
+    dtype = hidden.dtype
+    top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
+    offsets, sorted_slots, slot_rows = torch.ops.zaya_rt.moe_dispatch(expert_index, E)
+    rows = T * top_k  # skipped slots sort last, past offsets[-1]: the GEMMs give them zero rows
+    slots = sorted_slots.long()
+    tokens = slots if top_k == 1 else torch.div(slots, top_k, rounding_mode="floor")
+    x = hidden[tokens]
+    dout = grad_out.to(dtype)[tokens]
+    h = torch.ops.zaya_rt.grouped_gemm(x, w1, offsets)
+    dact = torch.ops.zaya_rt.grouped_gemm(dout, w2.transpose(1, 2), offsets).float()  # W2^T dout, [rows, I]
+    gate_rows = gate.reshape(-1)[slots].float()[:, None]
+    g, u = h[:, :I].float(), h[:, I:].float()
+    s = torch.sigmoid(g)
+    silu = g * s
+    act = silu * u
+    gather_rows = torch.where(slot_rows < 0, rows, slot_rows).long()  # skipped slots read an appended zero
+    grad_gate = grad_w1 = grad_w2 = grad_hidden = None
+    if need[2]:
+        per_row = torch.cat([(dact * act).sum(-1), act.new_zeros(1)])
+        grad_gate = per_row[gather_rows].view(gate.shape).to(gate.dtype)
+    dact.mul_(gate_rows)
+    dh = torch.empty((rows, two_i), dtype=dtype, device=hidden.device)
+    torch.mul(dact, silu, out=dh[:, I:])
+    dsilu = (1 - s).mul_(g).add_(1).mul_(s)  # d silu(g) / dg = s (1 + g (1 - s))
+    torch.mul(dact.mul_(u), dsilu, out=dh[:, :I])
+    if need[4]:
+        dy = torch.empty((rows, D), dtype=dtype, device=hidden.device)
+        torch.mul(dout, gate_rows, out=dy)
+        grad_w2 = torch.ops.zaya_rt.grouped_gemm_weight_grad(dy, act.to(dtype), offsets)
+    if need[3]:
+        grad_w1 = torch.ops.zaya_rt.grouped_gemm_weight_grad(dh, x, offsets)
+    if need[0]:
+        dx = torch.ops.zaya_rt.grouped_gemm(dh, w1.transpose(1, 2), offsets)
+        dx = torch.cat([dx, dx.new_zeros(1, D)])[gather_rows]
+        grad_hidden = dx if top_k == 1 else dx.view(T, top_k, D).sum(1, dtype=torch.float32).to(dtype)
+    return grad_hidden, None, grad_gate, grad_w1, grad_w2
+
+
+def _backward_composed(ctx, grad_out, hidden, expert_index, gate, w1, w2):
+    """The GPU backward: recomputes the expert activations from the saved inputs, then differentiates with
+    grouped GEMMs over every slot (no host read of the routed row count); rows of skipped slots stay zero."""
+    E, two_i, _ = w1.shape
     top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
     offsets, sorted_slots, _ = torch.ops.zaya_rt.moe_dispatch(expert_index, E)
     sorted_slots = sorted_slots.long()

@@ -174,47 +174,57 @@ def _fake(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2
 
 def _setup(ctx, inputs, output):
     x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, _, eps = inputs
+    logits, _, choice, z = output
     ctx.eps = eps
     ctx.has_prev = z_prev is not None
     prev = (z_prev, eda_scale) if z_prev is not None else ()
-    ctx.save_for_backward(x, down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, output[2], *prev)
-    ctx.mark_non_differentiable(output[2])
-
-
-def _gelu_grad(a):
-    return 0.5 * (1 + torch.erf(a * (0.5**0.5))) + a * torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+    ctx.save_for_backward(x, down_w, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, logits, choice, z, *prev)
+    ctx.mark_non_differentiable(choice)
 
 
 def _backward(ctx, g_logits, g_gate, _g_choice, g_z):
-    """Recomputes the router's activations from the saved inputs and differentiates by hand (no autograd inside
-    backward, so torch.compile can trace it)."""
-    x, down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, choice, *prev = ctx.saved_tensors
+    """Differentiates by hand (no autograd inside backward, so torch.compile can trace it) from the saved outputs
+    z and logits: only the R-wide middle (RMSNorm, fc1, fc2) is recomputed. Elementwise math in max(dtype, fp32);
+    matrix products in x's dtype where that is bf16 (fp32 accumulation), else in fp32."""
+    x, down_w, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, logits, choice, z, *prev = ctx.saved_tensors
     z_prev, eda = prev if ctx.has_prev else (None, None)
     wide = torch.promote_types(x.dtype, torch.float32)
     w = lambda t: t.to(wide)  # noqa: E731
-    xw = w(x)
-    z = F.linear(xw, w(down_w), w(down_b))
-    if z_prev is not None:
-        z = z + w(z_prev) * w(eda)
-    rstd = torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + ctx.eps)
-    n = z * rstd
-    h0 = n * w(norm_w)
-    a1 = F.linear(h0, w(fc1_w), w(fc1_b))
+    # Products take bf16 operands when the op's dtype is bf16 (fp32 accumulation, fp32 result), as the forward's
+    # do; elementwise math stays in `wide`.
+    md = torch.bfloat16 if x.dtype == torch.bfloat16 else wide
+    mm = lambda a, b: (a.to(md) @ b.to(md)).to(wide)  # noqa: E731
+    z, nw = w(z), w(norm_w)
+    fused_norm = z.is_cpu and wide == torch.float32  # zaya_rt's norm kernels; float64 and GPU compose it
+    if fused_norm:
+        h0, rstd = torch.ops.zaya_rt.rms_norm(z, nw, ctx.eps)
+    else:
+        rstd = torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + ctx.eps)
+        n = z * rstd
+        h0 = n * nw
+    a1 = mm(h0, fc1_w.T).add_(w(fc1_b))
     h1 = F.gelu(a1)
-    a2 = F.linear(h1, w(fc2_w), w(fc2_b))
+    a2 = mm(h1, fc2_w.T).add_(w(fc2_b))
     h2 = F.gelu(a2)
-    p = torch.softmax(F.linear(h2, w(out_w)), dim=-1)
-    g_gate = g_gate.to(wide).masked_fill(choice == p.shape[-1] - 1, 0)
-    dp = torch.zeros_like(p).scatter_(-1, choice[:, None], g_gate[:, None])
-    dlogits = g_logits.to(wide) + p * (dp - (dp * p).sum(-1, keepdim=True))
-    da2 = (dlogits @ w(out_w)) * _gelu_grad(a2)
-    da1 = (da2 @ w(fc2_w)) * _gelu_grad(a1)
-    dh0 = da1 @ w(fc1_w)
-    dn = dh0 * w(norm_w)
-    dz = g_z.to(wide) + rstd * (dn - n * (dn * n).mean(-1, keepdim=True))
+    p = torch.softmax(w(logits), dim=-1)
+    # softmax backward of the gate term: dp is g_gate at the choice (0 for skip), so <dp, p> = g_gate * p[choice]
+    g_gate = g_gate.to(wide).masked_fill(choice == p.shape[-1] - 1, 0)[:, None]
+    dlogits = torch.addcmul(g_logits.to(wide), p, p.gather(-1, choice[:, None]) * g_gate, value=-1)
+    dlogits.scatter_add_(-1, choice[:, None], p.gather(-1, choice[:, None]) * g_gate)
+    da2 = torch.ops.aten.gelu_backward(mm(dlogits, out_w), a2)
+    da1 = torch.ops.aten.gelu_backward(mm(da2, fc2_w), a1)
+    dh0 = mm(da1, fc1_w)
+    if fused_norm:
+        dz, g_norm_w = torch.ops.zaya_rt.rms_norm_backward(dh0, z, nw, rstd)
+    else:
+        dn = dh0 * nw
+        dz, g_norm_w = rstd * (dn - n * (dn * n).mean(-1, keepdim=True)), (dh0 * n).sum(0)
+    dz += g_z.to(wide)
+    dz_x = dz.to(x.dtype)
     grads = {
-        "x": dz @ w(down_w), "down_w": dz.T @ xw, "down_b": dz.sum(0), "norm_w": (dh0 * n).sum(0),
-        "fc1_w": da1.T @ h0, "fc1_b": da1.sum(0), "fc2_w": da2.T @ h1, "fc2_b": da2.sum(0), "out_w": dlogits.T @ h2,
+        "x": dz_x @ down_w, "down_w": dz_x.T @ x, "down_b": dz.sum(0), "norm_w": g_norm_w,
+        "fc1_w": mm(da1.T, h0), "fc1_b": da1.sum(0), "fc2_w": mm(da2.T, h1), "fc2_b": da2.sum(0),
+        "out_w": mm(dlogits.T, h2),
     }
     dtype = {"x": x.dtype}
     if z_prev is not None:
