@@ -258,6 +258,19 @@ Shared<T, W> make_shared(const CcaDims& s, const P& p, const CcaInputsLayout& L)
                       ws + L.b0, ws + L.b1, ws + L.temp, ws + L.cs, ws + L.packed_w};
 }
 
+// Sizes, workspace layout and workspace floats of forward or backward params P (Layout: CcaFwdLayout or
+// CcaBwdLayout).
+template <typename Layout, typename P>
+struct Plan {
+  CcaDims s;
+  Layout L;
+  int64_t avail;
+  explicit Plan(const P& p)
+      : s(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, std::is_same_v<Layout, CcaBwdLayout>), L(s),
+        avail(p.workspace_bytes / 4) {}
+  bool fits() const { return avail >= L.entries(1); }
+};
+
 int thread_budget(int64_t avail, int64_t thread0, int64_t per_thread) {
   const int64_t slots = (avail - thread0) / per_thread;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), slots)));
@@ -335,15 +348,15 @@ void values_and_states(const CcaPrepFwdParams& p, const Shared<T, W>& x) {
 
 template <typename T, typename W>
 const char* fwd_impl(const CcaPrepFwdParams& p) {
-  const CcaDims s(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, false);
-  const CcaFwdLayout L(s);
-  const int64_t avail = p.workspace_bytes / 4;
-  if (avail < L.entries(1)) return "workspace too small";
+  const Plan<CcaFwdLayout, CcaPrepFwdParams> plan(p);
+  if (!plan.fits()) return "workspace too small";
+  const CcaDims& s = plan.s;
+  const CcaFwdLayout& L = plan.L;
   // A decode step of a single sequence or a few (the dot-product path, few tokens) runs on one thread: waking
   // the others costs about as much as it saves, and a descheduled helper thread stalls the whole call on a busy
   // machine. From kCcaThreadedTokens tokens on (a decode batch) the heads' tasks pay for it.
   const int threads =
-      s.packed || s.T >= kCcaThreadedTokens ? thread_budget(avail, L.thread0, L.per_thread) : 1;
+      s.packed || s.T >= kCcaThreadedTokens ? thread_budget(plan.avail, L.thread0, L.per_thread) : 1;
   const auto x = make_shared<T, W>(s, p, L);
   float* ws = static_cast<float*>(p.workspace);
   const int32_t* cu = p.cu_seqlens;
@@ -752,11 +765,11 @@ struct Backward {
 
 template <typename T, typename W>
 const char* bwd_impl(const CcaPrepBwdParams& p) {
-  const CcaDims s(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, true);
-  const CcaBwdLayout L(s);
-  const int64_t avail = p.workspace_bytes / 4;
-  if (avail < L.entries(1)) return "workspace too small";
-  const int threads = thread_budget(avail, L.thread0, L.per_thread);
+  const Plan<CcaBwdLayout, CcaPrepBwdParams> plan(p);
+  if (!plan.fits()) return "workspace too small";
+  const CcaDims& s = plan.s;
+  const CcaBwdLayout& L = plan.L;
+  const int threads = thread_budget(plan.avail, L.thread0, L.per_thread);
   const auto x = make_shared<T, W>(s, p, L);
   const Backward<T, W> bw(p, x, L);
   float* ws = static_cast<float*>(p.workspace);
