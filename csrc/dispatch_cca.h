@@ -6,7 +6,8 @@
 
 namespace zaya_rt {
 
-// CPU only so far: GPU callers use the reference composition (python/zaya_rt/ops/cca.py).
+// CPU: csrc/cpu/cca.cpp (forward, backward). GPU builds: cuda/cca_kernels.cuh (forward; its backward returns an
+// error and zaya_rt.ops.cca_prep differentiates the reference there).
 void cca_prep_fwd(const CcaPrepFwdParams& p, const Device& d);
 void cca_prep_bwd(const CcaPrepBwdParams& p, const Device& d);
 // Workspace bytes on device d for the current number of CPU threads.

@@ -47,6 +47,7 @@
 
 #include "cuda/compat.h"
 #include "cuda/attention_common.cuh"
+#include "cuda/env_choice.h"
 #include "cuda/numeric.cuh"
 #include "zaya_rt/attention.h"
 
@@ -688,8 +689,6 @@ inline const char* launch_error() {
 #endif
 #if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_SM90_ATTENTION)
 #define ZAYA_RT_ATTN_SM90 1
-#include <atomic>
-
 #include "cuda/attention_sm90.h"
 #endif
 
@@ -710,34 +709,14 @@ enum class FwdPath { kSm90, kWmma, kMfma, kSimt };
 
 // Read on every call so that a benchmark can switch families between calls.
 inline FwdChoice fwd_choice() {
-  const char* v = std::getenv("ZAYA_RT_CUDA_ATTENTION");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return FwdChoice::kAuto;
-  if (std::strcmp(v, "sm90") == 0) return FwdChoice::kSm90;
-  if (std::strcmp(v, "wmma") == 0) return FwdChoice::kWmma;
-  if (std::strcmp(v, "simt") == 0) return FwdChoice::kSimt;
-  return FwdChoice::kBad;
+  const int c = env_choice("ZAYA_RT_CUDA_ATTENTION", {"auto", "sm90", "wmma", "simt"});
+  return c < 0 ? FwdChoice::kBad : static_cast<FwdChoice>(c);
 }
 constexpr const char* kFwdChoiceError = "ZAYA_RT_CUDA_ATTENTION must be auto, sm90, wmma or simt";
 
 #if defined(ZAYA_RT_ATTN_SM90)
-// True on a compute capability 9.0 device (where sm_90a code runs). One attribute query per device and
-// process: no stream work, safe during graph capture.
-inline bool attn_sm90_device() {
-  constexpr int kCached = 64;
-  static std::atomic<int8_t> cache[kCached] = {};  // 0 unknown, 1 yes, -1 no
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return (void)cudaGetLastError(), false;
-  const bool cached = dev >= 0 && dev < kCached;
-  if (cached) {
-    if (const int8_t c = cache[dev].load(std::memory_order_relaxed)) return c > 0;
-  }
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
-    return (void)cudaGetLastError(), false;
-  const bool yes = major == 9 && minor == 0;
-  if (cached) cache[dev].store(yes ? 1 : -1, std::memory_order_relaxed);
-  return yes;
-}
+// True on a compute capability 9.0 device (where sm_90a code runs).
+inline bool attn_sm90_device() { return gpu_compute_capability() == 90; }
 #endif
 
 template <typename T> FwdPath fwd_path(const AttnVarlenFwdParams& p, FwdChoice c) {

@@ -12,17 +12,9 @@
 // Shared memory: Q, K, V tiles [64][d + 8] 16-bit, S [64][68] fp32, P [64][72] 16-bit, O [64][d + 4] fp32:
 // 110 KiB at d = 128 (opted in with cudaFuncAttributeMaxDynamicSharedMemorySize).
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <mma.h>
+#include "cuda/wmma_elem.cuh"
 
 namespace zaya_rt::gpu::attn_detail {
-
-namespace wmma = nvcuda::wmma;
-
-template <typename T> struct TcElem;
-template <> struct TcElem<bf16> { using type = __nv_bfloat16; };
-template <> struct TcElem<f16> { using type = __half; };
 
 constexpr int kTcRows = 64, kTcKeys = 64;
 
@@ -38,18 +30,8 @@ template <int D> struct TcLayout {
   static constexpr int bytes = a_off + kTcRows * 4;
 };
 
-#if defined(ZAYA_RT_GPU_EMU)
-inline bool attn_tensor_cores_ok() { return true; }
-#else
-// wmma bf16 needs sm_80+; a device attribute query (no stream work, safe during graph capture).
-inline bool attn_tensor_cores_ok() {
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return (void)cudaGetLastError(), false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-    return (void)cudaGetLastError(), false;
-  return major >= 8;
-}
-#endif
+// wmma bf16 needs sm_80+.
+inline bool attn_tensor_cores_ok() { return gpu_compute_capability() >= 80; }
 
 
 template <typename T, int D>
@@ -57,7 +39,7 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void varlen_fwd_tc_kernel(AttnVarlenF
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // the launcher only picks this kernel on sm_80+
 #else
-  using E = typename TcElem<T>::type;
+  using E = typename WmmaElem<T>::type;
   using L = TcLayout<D>;
   extern __shared__ float smem[];
   char* base = reinterpret_cast<char*>(smem);

@@ -4,13 +4,15 @@
 // which both languages spell the same way).
 //
 //   runtime:   gpuStream_t, gpuError_t, gpuSuccess, gpu_last_error(), gpu_error_string(),
-//              gpu_multiprocessor_count(), gpu_max_dynamic_shared(), gpu_allow_dynamic_shared()
+//              gpu_multiprocessor_count(), gpu_max_dynamic_shared(), gpu_allow_dynamic_shared(),
+//              gpu_compute_capability() (CUDA only)
 //   device:    ZAYA_RT_DEVICE_INLINE, ZAYA_RT_LAUNCH_BOUNDS(n), kWarpSize, warp_sum(), warp_max(), warp_sync(),
 //              lane_mask_t, warp_ballot(), lane_count(), lanes_below(), float_to_bits(), bits_to_float()
 //
 // Only HIP API that both ROCm 5.2 (Debian's) and ROCm 6 have is used here. AMD-only
 // specialisations belong in hip/, NVIDIA-only ones in cuda/.
 #pragma once
+#include <atomic>
 #include <cstdint>
 
 #if defined(__HIP__) || defined(__HIPCC__)
@@ -85,6 +87,28 @@ inline gpuError_t gpu_allow_dynamic_shared(Kernel kernel, int bytes) {
 }
 
 inline gpuStream_t as_stream(void* s) { return reinterpret_cast<gpuStream_t>(s); }
+
+#if defined(ZAYA_RT_GPU_CUDA)
+// The current device's compute capability as 10 * major + minor (80 for sm_80, 90 for sm_90), 0 when the runtime
+// cannot say. One attribute query per device and process: no stream work, safe during graph capture.
+inline int gpu_compute_capability() {
+  constexpr int kCached = 64;
+  static std::atomic<int> cache[kCached] = {};  // 0: not asked yet
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return (void)cudaGetLastError(), 0;
+  const bool cached = dev >= 0 && dev < kCached;
+  if (cached) {
+    if (const int c = cache[dev].load(std::memory_order_relaxed)) return c;
+  }
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return (void)cudaGetLastError(), 0;
+  const int cc = 10 * major + minor;
+  if (cached) cache[dev].store(cc, std::memory_order_relaxed);
+  return cc;
+}
+#endif
+
 
 // ---- device-side attributes ----------------------------------------------------------------------------
 #if defined(ZAYA_RT_GPU_HIP)

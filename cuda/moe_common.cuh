@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "cuda/compat.h"
+#include "cuda/env_choice.h"
 #include "cuda/launch_result.cuh"
 #include "cuda/numeric.cuh"
 #include "zaya_rt/moe.h"

@@ -32,14 +32,8 @@ inline bool few_rows(int64_t M, int64_t G) { return M < 64 * G; }
 
 #if defined(ZAYA_RT_MOE_TENSOR_CORES)
 // wmma needs sm_80+ for bf16; the build targets sm_80 and sm_90a, but a build for an older GPU must not
-// take the tensor-core path. A device attribute query: no stream work, safe during graph capture.
-inline bool tensor_cores_ok() {
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return (void)cudaGetLastError(), false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-    return (void)cudaGetLastError(), false;
-  return major >= 8;
-}
+// take the tensor-core path.
+inline bool tensor_cores_ok() { return gpu_compute_capability() >= 80; }
 #endif
 
 template <typename T> constexpr int vec_elems() { return 16 / static_cast<int>(sizeof(T)); }
@@ -84,33 +78,13 @@ enum class GemmChoice { kAuto, kCutlass, kWmma, kBad };
 
 // ZAYA_RT_CUDA_GROUPED_GEMM, read on every call so that a benchmark can switch paths between calls.
 inline GemmChoice gemm_choice() {
-  const char* v = std::getenv("ZAYA_RT_CUDA_GROUPED_GEMM");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return GemmChoice::kAuto;
-  if (std::strcmp(v, "cutlass") == 0) return GemmChoice::kCutlass;
-  if (std::strcmp(v, "wmma") == 0) return GemmChoice::kWmma;
-  return GemmChoice::kBad;
+  const int c = env_choice("ZAYA_RT_CUDA_GROUPED_GEMM", {"auto", "cutlass", "wmma"});
+  return c < 0 ? GemmChoice::kBad : static_cast<GemmChoice>(c);
 }
 
 #if defined(ZAYA_RT_GPU_CUDA) && defined(ZAYA_RT_WITH_CUTLASS_SM90)
-constexpr int kMaxCachedDevices = 64;
-
-// True on a compute capability 9.0 device (the sm_90a code runs there only). One attribute query per device
-// and process: no stream work, safe during graph capture.
-inline bool is_sm90_device() {
-  static std::atomic<int8_t> cache[kMaxCachedDevices] = {};  // 0 unknown, 1 yes, -1 no
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return (void)cudaGetLastError(), false;
-  if (dev >= 0 && dev < kMaxCachedDevices) {
-    if (const int8_t c = cache[dev].load(std::memory_order_relaxed)) return c > 0;
-  }
-  int major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
-    return (void)cudaGetLastError(), false;
-  const bool yes = major == 9 && minor == 0;
-  if (dev >= 0 && dev < kMaxCachedDevices) cache[dev].store(yes ? 1 : -1, std::memory_order_relaxed);
-  return yes;
-}
+// True on a compute capability 9.0 device (the sm_90a code runs there only).
+inline bool is_sm90_device() { return gpu_compute_capability() == 90; }
 
 // The CUTLASS kernel for this call, or nullptr for the WMMA / SIMT path.
 template <typename T>

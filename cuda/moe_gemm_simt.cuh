@@ -17,6 +17,21 @@ struct SimtShape {
 using SimtBig = SimtShape<128, 128, 16, 8, 8>;   // 256 threads, 8x8 outputs each
 using SimtSmall = SimtShape<32, 128, 16, 4, 4>;  // 256 threads, 4x4 outputs each (few rows per group)
 
+// v = V consecutive elements at src (one vector load; with V == 1 the element at src), or zeros when !ok.
+template <int V, typename T>
+ZAYA_RT_DEVICE_INLINE void load_or_zero(const T* src, bool ok, float (&v)[V]) {
+  if (ok) {
+    if constexpr (V > 1) {
+      load_n<V>(src, v);
+    } else {
+      v[0] = to_float(*src);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) v[e] = 0.f;
+  }
+}
+
 // Loads an R x BK tile of an operand whose k elements of a row are `ks` apart (V consecutive ones per load,
 // then ks == 1 and the k extent is a multiple of V), into shared memory transposed: smem[k][r], fp32.
 // Each thread keeps the same rows for the whole mainloop.
@@ -47,16 +62,8 @@ struct KMajorTile {
     const int64_t k = k0 + kc * V;
 #pragma unroll
     for (int p = 0; p < kPasses; ++p) {
-      if (row[p] != nullptr && k < kext) {
-        if constexpr (V > 1) {
-          load_n<V>(row[p] + k, v[p]);
-        } else {
-          v[p][0] = to_float(row[p][k * ks]);
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < V; ++e) v[p][e] = 0.f;
-      }
+      const bool ok = row[p] != nullptr && k < kext;
+      load_or_zero<V>(ok ? row[p] + k * ks : nullptr, ok, v[p]);
     }
   }
   ZAYA_RT_DEVICE_INLINE void store(float* smem, int ld) const {
@@ -97,16 +104,8 @@ struct IMajorTile {
     for (int p = 0; p < kPasses; ++p) {
       const int kl = k0l + p * kKPerPass;
       const int64_t k = k0 + kl;
-      if (base != nullptr && kl < BK && k < kext) {
-        if constexpr (V > 1) {
-          load_n<V>(base + k * ks, v[p]);
-        } else {
-          v[p][0] = to_float(base[k * ks]);
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < V; ++e) v[p][e] = 0.f;
-      }
+      const bool ok = base != nullptr && kl < BK && k < kext;
+      load_or_zero<V>(ok ? base + k * ks : nullptr, ok, v[p]);
     }
   }
   ZAYA_RT_DEVICE_INLINE void store(float* smem, int ld) const {

@@ -10,21 +10,12 @@
 // The epilogue goes through a per-warp 16x16 fp32 staging tile (in the pipeline's shared memory) so that
 // each lane writes 8 consecutive outputs.
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <mma.h>
-
 #include <type_traits>
 
 #include "cuda/async_copy.cuh"
+#include "cuda/wmma_elem.cuh"
 
 namespace zaya_rt::gpu::moe_detail {
-
-namespace wmma = nvcuda::wmma;
-
-template <typename T> struct WmmaElem;
-template <> struct WmmaElem<bf16> { using type = __nv_bfloat16; };
-template <> struct WmmaElem<f16> { using type = __half; };
 
 template <int BM_, int BN_, int BK_, int WM_, int WN_, int STAGES_>
 struct TcShape {

@@ -1,5 +1,5 @@
 // The ZAYA1 router's GPU kernel bodies, written once for three compilers: nvcc (cuda/router.cu), clang -x hip
-// (hip/router.hip) and a plain host C++ compiler (tests/router_emulation/, which runs every block, warp and
+// (hip/router.hip) and a plain host C++ compiler (tools/gpu_emu/emu_router.cpp, which runs every block, warp and
 // thread of these bodies on the CPU to test them without a GPU). See cuda/router_kernels.cuh for the design.
 //
 // Emulation contract: the bodies use no warp intrinsics and no __syncthreads themselves. A block's work is a
@@ -23,13 +23,13 @@
 #include "zaya_rt/router.h"
 #include "zaya_rt/router_choice.h"
 
-#if defined(__CUDACC__) || defined(__HIP__)
+// Host emulation compiles this with tools/gpu_emu first on the include path: cuda/numeric.cuh is the real one,
+// over the emulator's cuda/compat.h.
 #include "cuda/numeric.cuh"
+#if defined(__CUDACC__) || defined(__HIP__)
 #define ZAYA_RT_ROUTER_FN __device__ inline
 #define ZAYA_RT_ROUTER_HD __host__ __device__ inline
 #else
-// Host emulation: the includer defines zaya_rt::gpu::{bf16, f16, to_float, from_float, round_to, Pack,
-// load_n, store_n} first (tests/router_emulation/host_numeric.h).
 #define ZAYA_RT_ROUTER_FN inline
 #define ZAYA_RT_ROUTER_HD inline
 #endif

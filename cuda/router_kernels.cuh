@@ -1,5 +1,5 @@
 // GPU ZAYA1 router forward (zaya_rt/router.h), one source for CUDA (cuda/router.cu) and HIP (hip/router.hip);
-// the kernel bodies live in cuda/router_body.cuh so that the host can emulate them (tests/router_emulation/).
+// the kernel bodies live in cuda/router_body.cuh so that the host can emulate them (tools/gpu_emu/emu_router.cpp).
 //
 // Work and why it is split this way (D = 2048, R = 256, C = 17 for ZAYA1-8B):
 //   down      z_pre = x W_down^T + b_down, [T, D] x [D, R]. At large T this is a real GEMM (17 GFLOP at

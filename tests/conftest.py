@@ -76,3 +76,11 @@ def assert_close_to_peer(got, want, peer, what: str = "", *, scale: float | None
     bound = 2 * peer_err + floor * scale + extra
     assert err <= bound, (f"{what}: error {err:.3g} > bound {bound:.3g} (same-precision PyTorch error "
                           f"{peer_err:.3g}, {dtype or got.dtype}, scale {scale:.3g})")
+
+
+def assert_rejects(op, table: dict, case: str) -> None:
+    """Bad-input tables: table[case] = (args, exception type, message pattern); op(*args) must raise that
+    exception with a message matching the pattern (re.search)."""
+    args, exc, pattern = table[case]
+    with pytest.raises(exc, match=pattern):
+        op(*args)

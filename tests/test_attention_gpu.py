@@ -13,6 +13,7 @@ import torch
 import zaya_rt
 from conftest import NEEDS_GPU, tolerance
 from zaya_rt import _C, ref
+from zaya_rt.benchmarks.harness import capture_cuda_graph
 
 pytestmark = NEEDS_GPU
 
@@ -156,11 +157,7 @@ def test_decode_cuda_graph_capture():
     kc, vc, table, lens = _paged_cache([700, 33], 16, 2, 128, torch.bfloat16, gen)
     q = torch.randn(2, 1, 8, 128, generator=gen).to(torch.bfloat16)
     qd, kd, vd, td, ld = (t.to(DEV) for t in (q, kc, vc, table, lens))
-    zaya_rt.ops.attention_decode(qd, kd, vd, td, ld)  # warm-up outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = zaya_rt.ops.attention_decode(qd, kd, vd, td, ld)
+    graph, out = capture_cuda_graph(lambda: zaya_rt.ops.attention_decode(qd, kd, vd, td, ld))
     q2 = torch.randn(q.shape, generator=gen).to(torch.bfloat16)
     qd.copy_(q2.to(DEV))
     graph.replay()
@@ -260,11 +257,7 @@ def test_varlen_forward_cuda_graph_capture(family, monkeypatch):
     lq = [100, 1, 37]
     q, k, v = (torch.randn(sum(lq), h, 128, generator=gen).to(torch.bfloat16) for h in (8, 2, 2))
     qd, kd, vd, cu = q.to(DEV), k.to(DEV), v.to(DEV), _cu(lq).to(DEV)
-    zaya_rt.ops.attention_varlen(qd, kd, vd, cu, cu)  # warm-up outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = zaya_rt.ops.attention_varlen(qd, kd, vd, cu, cu)
+    graph, out = capture_cuda_graph(lambda: zaya_rt.ops.attention_varlen(qd, kd, vd, cu, cu))
     q2 = torch.randn(q.shape, generator=gen).to(torch.bfloat16)
     qd.copy_(q2.to(DEV))
     graph.replay()

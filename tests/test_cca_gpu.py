@@ -10,6 +10,7 @@ import torch
 import zaya_rt
 from conftest import NEEDS_GPU, tolerance
 from zaya_rt import ref
+from zaya_rt.benchmarks.harness import capture_cuda_graph
 
 pytestmark = NEEDS_GPU
 
@@ -81,11 +82,7 @@ def test_forward_cuda_graph_capture():
     a = _case([1, 1, 1], 8, 2, 128, 2, 2, 64, torch.bfloat16, torch.bfloat16, True, torch.int64, gen)
     kw = dict(num_q_heads=8, num_kv_heads=2, rope_dims=64, rope_theta=1e4)
     d_args = {n: None if t is None else t.to(DEV) for n, t in a.items()}
-    zaya_rt.ops.cca_prep(**d_args, **kw)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = zaya_rt.ops.cca_prep(**d_args, **kw)
+    graph, out = capture_cuda_graph(lambda: zaya_rt.ops.cca_prep(**d_args, **kw))
     graph.replay()
     torch.cuda.synchronize()
     cpu = zaya_rt.ops.cca_prep(**a, **kw)

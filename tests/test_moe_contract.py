@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import zaya_rt
+from conftest import assert_rejects
 
 
 def _experts(T=9, D=16, I=8, E=3, k=1, dtype=torch.float32, grad=False):
@@ -95,9 +96,7 @@ BAD_EXPERTS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_EXPERTS))
 def test_moe_experts_rejects_bad_input(case):
-    args, exc, pattern = BAD_EXPERTS[case]
-    with pytest.raises(exc, match=pattern):
-        zaya_rt.ops.moe_experts(*args)
+    assert_rejects(zaya_rt.ops.moe_experts, BAD_EXPERTS, case)
 
 
 BAD_GROUPED = {
@@ -116,9 +115,7 @@ BAD_GROUPED = {
 
 @pytest.mark.parametrize("case", sorted(BAD_GROUPED))
 def test_grouped_gemm_rejects_bad_input(case):
-    args, exc, pattern = BAD_GROUPED[case]
-    with pytest.raises(exc, match=pattern):
-        zaya_rt.ops.grouped_gemm(*args)
+    assert_rejects(zaya_rt.ops.grouped_gemm, BAD_GROUPED, case)
 
 
 def test_dispatch_rejects_bad_input():

@@ -12,6 +12,7 @@ import torch
 import zaya_rt
 from conftest import NEEDS_GPU, tolerance
 from zaya_rt import _C, ref
+from zaya_rt.benchmarks.harness import capture_cuda_graph
 from zaya_rt.ops._lib import DTYPE_CODES, device_args
 
 pytestmark = NEEDS_GPU
@@ -437,14 +438,7 @@ def test_moe_experts_cuda_graph_capture_and_replay(gemm_family):
         def step():
             return zaya_rt.ops.moe_experts(x, index, gate, w1, w2)
 
-        side = torch.cuda.Stream()  # warm up off the default stream, as torch.cuda.graphs recommends
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = step()
+        graph, captured = capture_cuda_graph(step)
         for trial in range(3):
             fresh = _experts_cuda(top_k=top_k, seed=trial + 1)
             x.copy_(fresh[0])
@@ -460,14 +454,7 @@ def test_grouped_gemm_cuda_graph_capture_and_replay(gemm_family):
     a = torch.randn(512, 256, generator=gen).to(torch.bfloat16).cuda()
     b = torch.randn(4, 192, 256, generator=gen).to(torch.bfloat16).cuda()
     offsets = _offsets([100, 0, 300, 50], "cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        zaya_rt.ops.grouped_gemm(a, b, offsets)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = zaya_rt.ops.grouped_gemm(a, b, offsets)
+    graph, captured = capture_cuda_graph(lambda: zaya_rt.ops.grouped_gemm(a, b, offsets))
     offsets.copy_(_offsets([10, 200, 0, 250], "cuda"))  # new group sizes, read on the device at replay
     graph.replay()
     torch.cuda.synchronize()

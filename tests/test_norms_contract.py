@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import zaya_rt
+from conftest import assert_rejects
 
 
 def _residual_args(rows=6, dim=32, dtype=torch.float32, requires_grad=False):
@@ -85,9 +86,7 @@ BAD_RMS_NORM = {
 
 @pytest.mark.parametrize("case", sorted(BAD_RMS_NORM))
 def test_rms_norm_rejects_bad_input(case):
-    args, exc, pattern = BAD_RMS_NORM[case]
-    with pytest.raises(exc, match=pattern):
-        zaya_rt.ops.rms_norm(*args)
+    assert_rejects(zaya_rt.ops.rms_norm, BAD_RMS_NORM, case)
 
 
 def _bad_residual(**change):
@@ -113,9 +112,7 @@ BAD_RESIDUAL = {
 
 @pytest.mark.parametrize("case", sorted(BAD_RESIDUAL))
 def test_residual_rms_norm_rejects_bad_input(case):
-    args, exc, pattern = BAD_RESIDUAL[case]
-    with pytest.raises(exc, match=pattern):
-        zaya_rt.ops.residual_rms_norm(*args)
+    assert_rejects(zaya_rt.ops.residual_rms_norm, BAD_RESIDUAL, case)
 
 
 def test_raw_binding_rejects_bad_pointers_without_crashing():

@@ -10,6 +10,7 @@ import torch
 
 from conftest import NEEDS_GPU, tolerance
 from zaya_rt import ref
+from zaya_rt.benchmarks.harness import capture_cuda_graph
 
 pytestmark = NEEDS_GPU
 
@@ -254,15 +255,7 @@ def test_cuda_graph_capture_and_replay():
         gx, gw = torch.ops.zaya_rt.rms_norm_backward(g_out, out, params[4], rstd2)
         return (r, out, normed, gx, gw, *grads)
 
-    side = torch.cuda.Stream()  # warm up off the default stream, as torch.cuda.graphs recommends
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = capture_cuda_graph(step)
     for _ in range(2):
         x.copy_(torch.randn_like(x))
         graph.replay()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import zaya_rt
-from conftest import assert_close_to_peer, tolerance
+from conftest import assert_close_to_peer, assert_rejects, tolerance
 from zaya_rt import ref
 
 
@@ -202,9 +202,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_rejects_bad_input(case):
-    args, exc, pattern = BAD[case]
-    with pytest.raises(exc, match=pattern):
-        zaya_rt.ops.zaya_router(*args)
+    assert_rejects(zaya_rt.ops.zaya_router, BAD, case)
 
 
 def test_c_api_rejects_a_precomputed_down_projection_on_cpu():

@@ -1,4 +1,4 @@
-"""The GPU router kernels without a GPU: tests/router_emulation/ compiles the kernel bodies of
+"""The GPU router kernels without a GPU: tools/gpu_emu (--source emu_router) compiles the kernel bodies of
 cuda/router_body.cuh with the host C++ compiler (every block, warp and thread run phase by phase, the wmma
 tensor-core tiles emulated with wmma's alignment rules checked, UBSan on) and this file compares the result to the
 float64 reference and to the CPU kernel, for the launch choices the GPU launcher can make (tokens per block,
@@ -11,6 +11,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,21 +23,17 @@ from conftest import tolerance
 from zaya_rt.ops._lib import DTYPE_CODES
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "tests" / "router_emulation" / "router_emulation.cpp"
-HEADERS = [ROOT / "cuda" / "router_body.cuh", ROOT / "tests" / "router_emulation" / "host_numeric.h",
-           ROOT / "csrc" / "include" / "zaya_rt" / "router.h"]
 
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("clang++")
-    if cxx is None:
+    if shutil.which("g++") is None:
         pytest.skip("no host C++ compiler")
-    lib = tmp_path_factory.mktemp("router_emulation") / "router_emulation.so"
+    out = tmp_path_factory.mktemp("gpu_emu_router")
     sanitize = os.environ.get("ZAYA_RT_EMULATION_SANITIZE", "undefined")
-    cmd = [cxx, "-std=c++17", "-O1", "-fPIC", "-shared", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
-           f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT}", f"-I{SOURCE.parent}", str(SOURCE), "-o", str(lib)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    subprocess.run([sys.executable, str(ROOT / "tools/gpu_emu/build.py"), str(out), "--source", "emu_router",
+                    "--sanitize", sanitize], check=True, stdout=subprocess.DEVNULL)
+    lib = out / "libzaya_gpu_emu_router_w32.so"
     fn = ctypes.CDLL(str(lib)).zaya_router_emulate
     fn.restype = ctypes.c_char_p
     i64, vp = ctypes.c_int64, ctypes.c_void_p

@@ -6,21 +6,15 @@
 #include "cpu/isa_kernels.h"
 #include "zaya_rt/attention.h"
 
-#define ZAYA_RT_DECLARE_ATTENTION_KERNELS(ISA)                         \
-  namespace zaya_rt::cpu::ISA {                                        \
-  const char* attention_varlen_fwd(const AttnVarlenFwdParams& p);      \
-  const char* attention_varlen_bwd(const AttnVarlenBwdParams& p);      \
-  const char* attention_decode(const AttnPagedDecodeParams& p);        \
-  }
-ZAYA_RT_DECLARE_ATTENTION_KERNELS(base)
-ZAYA_RT_DECLARE_ATTENTION_KERNELS(avx2)
-ZAYA_RT_DECLARE_ATTENTION_KERNELS(avx512)
+#define ZAYA_RT_CPU_ATTENTION_KERNELS(X)          \
+  X(attention_varlen_fwd, AttnVarlenFwdParams)    \
+  X(attention_varlen_bwd, AttnVarlenBwdParams)    \
+  X(attention_decode, AttnPagedDecodeParams)
+ZAYA_RT_CPU_DECLARE_PER_ISA(ZAYA_RT_CPU_ATTENTION_KERNELS)
 
 namespace zaya_rt::cpu {
 
-ZAYA_RT_CPU_ROUTE(attention_varlen_fwd, AttnVarlenFwdParams)
-ZAYA_RT_CPU_ROUTE(attention_varlen_bwd, AttnVarlenBwdParams)
-ZAYA_RT_CPU_ROUTE(attention_decode, AttnPagedDecodeParams)
+ZAYA_RT_CPU_ATTENTION_KERNELS(ZAYA_RT_CPU_ROUTE)
 
 int64_t attention_varlen_fwd_workspace(const AttnVarlenFwdParams& p) {
   const int64_t group = p.num_heads_k > 0 ? std::max<int64_t>(1, p.num_heads_q / p.num_heads_k) : 1;

@@ -246,22 +246,47 @@ struct Shared {
   }
 };
 
-template <typename T, typename W>
-Shared<T, W> make_shared(const CcaDims& s, const void* qp, int64_t qp_rs, const void* kp, int64_t kp_rs,
-                         const void* w0, const void* b0, const void* w1, const void* b1, const void* temp,
-                         const void* cs_in, int64_t cs_b, int64_t cs_c, DType sdt, const void* pos, DType pos_dt,
-                         const int32_t* cu, const float* inv_freq, float eps, float* ws, int64_t o_w0,
-                         int64_t o_b0, int64_t o_b1, int64_t o_temp, int64_t o_cs, int64_t o_pw) {
-  return Shared<T, W>{s, static_cast<const T*>(qp), static_cast<const T*>(kp), qp_rs, kp_rs,
-                      static_cast<const W*>(w0), static_cast<const W*>(b0), static_cast<const W*>(w1),
-                      static_cast<const W*>(b1), static_cast<const W*>(temp), cs_in, cs_b, cs_c, sdt, pos, pos_dt,
-                      cu, inv_freq, eps, ws + o_w0, ws + o_b0, ws + o_b1, ws + o_temp, ws + o_cs, ws + o_pw};
+// The Shared view of forward or backward params P (the same field names) over workspace layout L.
+template <typename T, typename W, typename P>
+Shared<T, W> make_shared(const CcaDims& s, const P& p, const CcaInputsLayout& L) {
+  float* ws = static_cast<float*>(p.workspace);
+  return Shared<T, W>{s, static_cast<const T*>(p.qp), static_cast<const T*>(p.kp), p.qp_row_stride,
+                      p.kp_row_stride, static_cast<const W*>(p.conv0_w), static_cast<const W*>(p.conv0_b),
+                      static_cast<const W*>(p.conv1_w), static_cast<const W*>(p.conv1_b),
+                      static_cast<const W*>(p.temp), p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride,
+                      p.state_dtype, p.positions, p.pos_dtype, p.cu_seqlens, p.inv_freq, p.norm_eps, ws + L.w0,
+                      ws + L.b0, ws + L.b1, ws + L.temp, ws + L.cs, ws + L.packed_w};
 }
+
+// Sizes, workspace layout and workspace floats of forward or backward params P (Layout: CcaFwdLayout or
+// CcaBwdLayout).
+template <typename Layout, typename P>
+struct Plan {
+  CcaDims s;
+  Layout L;
+  int64_t avail;
+  explicit Plan(const P& p)
+      : s(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, std::is_same_v<Layout, CcaBwdLayout>), L(s),
+        avail(p.workspace_bytes / 4) {}
+  bool fits() const { return avail >= L.entries(1); }
+};
 
 int thread_budget(int64_t avail, int64_t thread0, int64_t per_thread) {
   const int64_t slots = (avail - thread0) / per_thread;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), slots)));
 }
+
+// One thread's forward scratch (CcaFwdLayout::per_thread), carved from base.
+struct ConvScratch {
+  float *abuf, *pa, *y, *arows, *tile;
+  ConvScratch(float* base, const CcaDims& s)
+      : abuf(base),
+        pa(abuf + cca_round16((kCcaBlock + s.k1) * s.d)),
+        y(pa + cca_round16(s.Kq * kMR)),
+        arows(y + cca_round16(kCcaBlock * s.d)),
+        tile(arows + cca_round16(kCcaBlock * s.Kq)) {}
+  float* end() const { return tile + kMR * kNR; }
+};
 
 // ------------------------------------------------------------------------------------------------ forward
 
@@ -321,23 +346,19 @@ void values_and_states(const CcaPrepFwdParams& p, const Shared<T, W>& x) {
   }
 }
 
-
 template <typename T, typename W>
 const char* fwd_impl(const CcaPrepFwdParams& p) {
-  const CcaDims s(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, false);
-  const CcaFwdLayout L(s);
-  float* ws = static_cast<float*>(p.workspace);
-  const int64_t avail = p.workspace_bytes / 4;
-  if (avail < L.entries(1)) return "workspace too small";
+  const Plan<CcaFwdLayout, CcaPrepFwdParams> plan(p);
+  if (!plan.fits()) return "workspace too small";
+  const CcaDims& s = plan.s;
+  const CcaFwdLayout& L = plan.L;
   // A decode step of a single sequence or a few (the dot-product path, few tokens) runs on one thread: waking
   // the others costs about as much as it saves, and a descheduled helper thread stalls the whole call on a busy
   // machine. From kCcaThreadedTokens tokens on (a decode batch) the heads' tasks pay for it.
   const int threads =
-      s.packed || s.T >= kCcaThreadedTokens ? thread_budget(avail, L.thread0, L.per_thread) : 1;
-  const auto x = make_shared<T, W>(s, p.qp, p.qp_row_stride, p.kp, p.kp_row_stride, p.conv0_w, p.conv0_b, p.conv1_w,
-                                   p.conv1_b, p.temp, p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride,
-                                   p.state_dtype, p.positions, p.pos_dtype, p.cu_seqlens, p.inv_freq, p.norm_eps, ws,
-                                   L.w0, L.b0, L.b1, L.temp, L.cs, L.packed_w);
+      s.packed || s.T >= kCcaThreadedTokens ? thread_budget(plan.avail, L.thread0, L.per_thread) : 1;
+  const auto x = make_shared<T, W>(s, p, L);
+  float* ws = static_cast<float*>(p.workspace);
   const int32_t* cu = p.cu_seqlens;
   const int64_t d = s.d, H = s.H;
   const int64_t nblocks = (s.T + kCcaBlock - 1) / kCcaBlock;
@@ -347,12 +368,7 @@ const char* fwd_impl(const CcaPrepFwdParams& p) {
 #pragma omp parallel num_threads(threads)
   {
     x.prepare();
-    float* scratch = ws + L.thread0 + omp_get_thread_num() * L.per_thread;
-    float* abuf = scratch;
-    float* pa = abuf + cca_round16((kCcaBlock + s.k1) * d);
-    float* y = pa + cca_round16(s.Kq * kMR);
-    float* arows = y + cca_round16(kCcaBlock * d);
-    float* tile = arows + cca_round16(kCcaBlock * s.Kq);
+    const ConvScratch sc(ws + L.thread0 + omp_get_thread_num() * L.per_thread, s);
 
 #pragma omp for schedule(static) nowait
     for (int64_t task = 0; task < nblocks * H; ++task) {
@@ -360,14 +376,14 @@ const char* fwd_impl(const CcaPrepFwdParams& p) {
       for (int64_t t0 = tb; t0 < t_end;) {
         const int64_t b = seq_of(cu, s.B, t0);
         const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), p0 = t0 - cu[b];
-        x.depthwise(b, g, p0 - (s.k1 - 1), t1 - cu[b], abuf);
-        x.windows(t1 - t0, abuf, arows + (t0 - tb) * s.Kq);
+        x.depthwise(b, g, p0 - (s.k1 - 1), t1 - cu[b], sc.abuf);
+        x.windows(t1 - t0, sc.abuf, sc.arows + (t0 - tb) * s.Kq);
         t0 = t1;
       }
-      x.grouped_conv(g, t_end - tb, arows, y, pa, tile);
+      x.grouped_conv(g, t_end - tb, sc.arows, sc.y, sc.pa, sc.tile);
       for (int64_t r = 0; r < t_end - tb; ++r) {
         const int64_t t = tb + r;
-        float* pre = y + r * d;
+        float* pre = sc.y + r * d;
         x.add_residual(g, t, pre);
         float nrm;
         float scale = x.norm_scale(pre, &nrm);
@@ -397,304 +413,408 @@ const char* fwd_impl(const CcaPrepFwdParams& p) {
 }
 
 // ----------------------------------------------------------------------------------------------- backward
+//
+// Steps, in the order bwd_impl runs them (each an omp-for over its tasks, a barrier between phases):
+//   0. transpose_conv1, the gather list, zero_padding_rows;
+//   1. recompute_block (A into the padded buffer, Y), then output_grads_to_dy: per row, rope_backward,
+//      temperature_backward and qk_norm_backward turn grad_q / grad_k into dY = d(pre);
+//   2. conv1_weight_grad (dW1, db1 per head) and conv1_input_grad (dA per block and head);
+//   3. token_grads (depthwise conv + residual backward into grad_qp/grad_kp, value-shift backward), state_grads,
+//      conv0_grads, and the dtemp reduction over threads.
+
+template <typename T, typename W>
+struct Backward {
+  const CcaPrepBwdParams& p;
+  const Shared<T, W>& x;
+  const CcaBwdLayout& L;
+  const CcaDims& s;
+  float *abuf_all, *dy, *da, *packed_wt;
+  int32_t* gather;
+
+  Backward(const CcaPrepBwdParams& p_, const Shared<T, W>& x_, const CcaBwdLayout& L_)
+      : p(p_), x(x_), L(L_), s(x_.s) {
+    float* ws = static_cast<float*>(p.workspace);
+    abuf_all = ws + L.a;
+    dy = ws + L.dy;
+    da = ws + L.da;
+    packed_wt = ws + L.packed_wt;
+    gather = reinterpret_cast<int32_t*>(ws + L.gather);
+  }
+
+  // Row of position pp (>= -(k1-1)) of sequence b in the padded buffers.
+  int64_t row_of(int64_t b, int64_t pp) const { return L.guard + x.cu[b] + b * (s.k1 - 1) + (s.k1 - 1) + pp; }
+
+  // --- phase 0
+
+  // Panel gp of the transposed conv1: B'[j, c*k1 + s'] = W1[c, j, k1-1-s'].
+  void transpose_conv1(int64_t gp) const {
+    const int64_t d = s.d, Kq = s.Kq, k1 = s.k1;
+    const int64_t g = gp / s.npan, j0 = (gp % s.npan) * kNR;
+    float* dst = packed_wt + gp * Kq * kNR;
+    const W* w = x.conv1_w + g * d * Kq;
+    for (int64_t c = 0; c < d; ++c)
+      for (int64_t sp = 0; sp < k1; ++sp) {
+        float* e = dst + (c * k1 + sp) * kNR;
+        for (int64_t i = 0; i < kNR; ++i) e[i] = j0 + i < d ? load(w, c * Kq + (j0 + i) * k1 + (k1 - 1 - sp)) : 0.f;
+      }
+  }
+
+  // Zeroes the padding rows of sequence b (b == -1: the front guard; b == B: the back guard). dY's padding is
+  // always zero; A's and dA's too where no task writes them (the guards, empty sequences).
+  void zero_padding_rows(int64_t b) const {
+    const int64_t C = s.C, k1 = s.k1;
+    auto zero_rows = [&](int64_t r0, int64_t r1, bool all) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < C; ++c) {
+          dy[r * C + c] = 0.f;
+          if (all) abuf_all[r * C + c] = da[r * C + c] = 0.f;
+        }
+    };
+    if (b == -1) zero_rows(0, L.guard, true);
+    else if (b == s.B) zero_rows(L.rows - L.guard, L.rows, true);
+    else zero_rows(row_of(b, -(k1 - 1)), row_of(b, 0), x.cu[b + 1] == x.cu[b]);
+  }
+
+  // --- phase 1
+
+  // The forward's depthwise and grouped conv of head g over tokens tb .. t_end-1: A rows into the padded buffer,
+  // Y (conv1 with its bias, before the residual path) into sc.y.
+  void recompute_block(int64_t g, int64_t tb, int64_t t_end, const ConvScratch& sc) const {
+    const int32_t* cu = x.cu;
+    const int64_t d = s.d, C = s.C, k1 = s.k1;
+    for (int64_t t0 = tb; t0 < t_end;) {
+      const int64_t b = seq_of(cu, s.B, t0);
+      const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), n = t1 - t0, p0 = t0 - cu[b];
+      x.depthwise(b, g, p0 - (k1 - 1), p0 + n, sc.abuf);
+      for (int64_t r = (p0 == 0 ? 0 : k1 - 1); r < n + k1 - 1; ++r) {
+        float* dst = abuf_all + row_of(b, p0 - (k1 - 1) + r) * C + g * d;
+        for (int64_t j = 0; j < d; ++j) dst[j] = sc.abuf[r * d + j];
+      }
+      x.windows(n, sc.abuf, sc.arows + (t0 - tb) * s.Kq);
+      t0 = t1;
+    }
+    x.grouped_conv(g, t_end - tb, sc.arows, sc.y, sc.pa, sc.tile);
+  }
+
+  // du = RoPE^T(go) of the token at t, into dyr.
+  void rope_backward(int64_t t, const T* go, float* dyr) const {
+    const float* cs = x.cs + t * s.rd;
+    const int64_t hf = s.half;
+#pragma omp simd
+    for (int64_t i = 0; i < hf; ++i) {
+      const float g1 = load(go, i), g2 = load(go, i + hf);
+      dyr[i] = g1 * cs[i] + g2 * cs[hf + i];
+      dyr[i + hf] = g2 * cs[i] - g1 * cs[hf + i];
+    }
+#pragma omp simd
+    for (int64_t j = s.rd; j < s.d; ++j) dyr[j] = load(go, j);
+  }
+
+  // k heads: out = temp * scale * pre, so dtemp += <du, pre> * scale and du *= temp.
+  void temperature_backward(int64_t kh, const float* pre, float scale, float* dyr, float* dtemp) const {
+    const int64_t d = s.d;
+    const float tv = x.temp[kh];
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < d; ++j) acc += dyr[j] * pre[j];
+    dtemp[kh] += acc * scale;
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) dyr[j] *= tv;
+  }
+
+  // n = scale * pre with scale = sqrt(d) / max(|pre|, eps): dpre = scale * (dn - pre <dn, pre> / |pre|^2) while
+  // the norm is above eps, else scale * dn (in place on dyr).
+  void qk_norm_backward(const float* pre, float nrm, float scale, float* dyr) const {
+    const int64_t d = s.d;
+    if (nrm > p.norm_eps) {
+      float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j < d; ++j) dot += dyr[j] * pre[j];
+      const float k = dot / (nrm * nrm);
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) dyr[j] = scale * (dyr[j] - pre[j] * k);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) dyr[j] *= scale;
+    }
+  }
+
+  // The output gradient of head g at token t (nullptr when that output has none).
+  const T* output_grad(int64_t g, int64_t t) const {
+    if (g < s.Hq) {
+      const T* gq = static_cast<const T*>(p.grad_q);
+      return gq ? gq + t * p.gq_row_stride + g * p.gq_head_stride : nullptr;
+    }
+    const T* gk = static_cast<const T*>(p.grad_k);
+    return gk ? gk + t * p.gk_row_stride + (g - s.Hq) * p.gk_head_stride : nullptr;
+  }
+
+  // dY rows of head g over tokens tb .. t_end-1 from the output gradients; y holds the recomputed Y rows.
+  void output_grads_to_dy(int64_t g, int64_t tb, int64_t t_end, float* y, float* dtemp) const {
+    const int32_t* cu = x.cu;
+    const int64_t d = s.d, C = s.C;
+    for (int64_t t0 = tb; t0 < t_end;) {
+      const int64_t b = seq_of(cu, s.B, t0);
+      const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), n = t1 - t0, p0 = t0 - cu[b];
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t t = t0 + r;
+        float* pre = y + (t - tb) * d;
+        x.add_residual(g, t, pre);
+        float nrm;
+        const float scale = x.norm_scale(pre, &nrm);
+        const T* go = output_grad(g, t);
+        float* dyr = dy + row_of(b, p0 + r) * C + g * d;
+        if (go == nullptr) {
+          for (int64_t j = 0; j < d; ++j) dyr[j] = 0.f;
+          continue;
+        }
+        rope_backward(t, go, dyr);
+        if (g >= s.Hq) temperature_backward(g - s.Hq, pre, scale, dyr, dtemp);
+        qk_norm_backward(pre, nrm, scale, dyr);
+      }
+      t0 = t1;
+    }
+  }
+
+  // --- phase 2
+
+  // dW1 = dY^T A-windows and db1 = column sums of dY for head g, as GEMMs over chunks of dY rows.
+  void conv1_weight_grad(int64_t g, float* wa, float* wb, float* tile) const {
+    constexpr int64_t kKC = CcaBwdLayout::kWeightGradChunk;
+    const int64_t d = s.d, C = s.C, Kq = s.Kq, k1 = s.k1;
+    const int64_t w_rows_end = L.rows - L.guard;  // padded rows that can hold a nonzero dY end here
+    float* gw = p.grad_conv1_w + g * d * Kq;
+    for (int64_t i = 0; i < d * Kq; ++i) gw[i] = 0.f;
+    for (int64_t c = 0; c < d; ++c) {
+      float acc = 0.f;
+      for (int64_t r = L.guard; r < w_rows_end; ++r) acc += dy[r * C + g * d + c];
+      p.grad_conv1_b[g * d + c] = acc;
+    }
+    const int64_t npa = (d + kMR - 1) / kMR, npb = (Kq + kNR - 1) / kNR;
+    for (int64_t r0 = L.guard; r0 < w_rows_end; r0 += kKC) {
+      const int64_t kc = std::min(kKC, w_rows_end - r0);
+      const Source<float> src_a{dy + r0 * C + g * d, 1, C};
+      const Source<float> src_b{abuf_all + (r0 - (k1 - 1)) * C + g * d, 1, C, gather};
+      for (int64_t i = 0; i < npa; ++i)
+        pack_rows<kMR, float, false>(src_a, i * kMR, static_cast<int>(std::min<int64_t>(kMR, d - i * kMR)), kc,
+                                     wa + i * kMR * kKC);
+      for (int64_t i = 0; i < npb; ++i)
+        pack_rows<kNR, float, false>(src_b, i * kNR, static_cast<int>(std::min<int64_t>(kNR, Kq - i * kNR)), kc,
+                                     wb + i * kNR * kKC);
+      for (int64_t i = 0; i < npa; ++i)
+        for (int64_t jn = 0; jn < npb; ++jn) {
+          micro_kernel<float, false>(kc, wa + i * kMR * kKC, wb + jn * kNR * kKC, tile, false);
+          const int64_t mr = std::min<int64_t>(kMR, d - i * kMR), nr = std::min<int64_t>(kNR, Kq - jn * kNR);
+          for (int64_t a = 0; a < mr; ++a)
+            for (int64_t c = 0; c < nr; ++c) gw[(i * kMR + a) * Kq + jn * kNR + c] += tile[a * kNR + c];
+        }
+    }
+  }
+
+  // dA = conv1^T dY for head g over the tokens of block tblock (and the k1-1 rows before each sequence).
+  void conv1_input_grad(int64_t g, int64_t tblock, float* pa2, float* tile) const {
+    const int32_t* cu = x.cu;
+    const int64_t d = s.d, C = s.C, Kq = s.Kq, k1 = s.k1;
+    const int64_t t_end = std::min(s.T, (tblock + 1) * kCcaBlock);
+    for (int64_t t0 = tblock * kCcaBlock; t0 < t_end;) {
+      const int64_t b = seq_of(cu, s.B, t0);
+      const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), p0 = t0 - cu[b];
+      const int64_t plo = p0 == 0 ? -(k1 - 1) : p0, n = (t1 - cu[b]) - plo, r_base = row_of(b, plo);
+      for (int64_t r0 = 0; r0 < n; r0 += kMR) {
+        const int cnt = static_cast<int>(std::min<int64_t>(kMR, n - r0));
+        pack_window<kMR>(dy + g * d, C, r_base + r0, cnt, d, k1, pa2);
+        for (int64_t pn = 0; pn < s.npan; ++pn) {
+          micro_kernel<float, false>(Kq, pa2, packed_wt + (g * s.npan + pn) * Kq * kNR, tile, false);
+          const int64_t nc = std::min<int64_t>(kNR, d - pn * kNR);
+          for (int i = 0; i < cnt; ++i) {
+            float* dst = da + (r_base + r0 + i) * C + g * d + pn * kNR;
+            for (int64_t c = 0; c < nc; ++c) dst[c] = tile[i * kNR + c];
+          }
+        }
+      }
+      t0 = t1;
+    }
+  }
+
+  // --- phase 3
+
+  // Gradient reaching pre-conv column c of sequence b (length len) at position px (>= -K): through the depthwise
+  // conv, and (for the last K positions) from the outgoing conv state.
+  float dx_at(int64_t b, int64_t len, int64_t px, int64_t c) const {
+    const int64_t C = s.C, k1 = s.k1;
+    float acc = 0.f;
+    for (int64_t k = 0; k < s.k0; ++k) {
+      const int64_t pa_ = px + (s.k0 - 1) - k;
+      if (pa_ >= -(k1 - 1) && pa_ < len) acc += x.w0t[k * C + c] * da[row_of(b, pa_) * C + c];
+    }
+    if (px >= len - s.K)
+      acc += p.grad_conv_state_out ? load_dyn(p.grad_conv_state_out, p.state_dtype,
+                                              b * p.gcs_batch_stride + c * p.gcs_channel_stride + (px - (len - s.K)))
+                                   : 0.f;
+    return acc;
+  }
+
+  // grad_qp / grad_kp of token t: the conv path plus the residual path (q head h: (q_h + k_{h/G}) / 2; k head:
+  // the mean over its G q heads of (q + k) / 2).
+  void projection_grads(int64_t t, int64_t b, int64_t len, int64_t pt) const {
+    const int64_t d = s.d, C = s.C, G = s.G, qd = s.Hq * d;
+    T* gqp = static_cast<T*>(p.grad_qp);
+    T* gkp = static_cast<T*>(p.grad_kp);
+    const float* dyr = dy + row_of(b, pt) * C;
+    for (int64_t c = 0; c < C; ++c) {
+      float g = dx_at(b, len, pt, c);
+      const int64_t h = c / d, j = c % d;
+      if (h < s.Hq) {
+        g += 0.5f * dyr[c] + 0.5f / static_cast<float>(G) * dyr[qd + (h / G) * d + j];
+        store(gqp, t * p.gqp_row_stride + c, g);
+      } else {
+        const int64_t kh = h - s.Hq;
+        float acc = 0.f;
+        for (int64_t hq = kh * G; hq < (kh + 1) * G; ++hq) acc += dyr[hq * d + j];
+        g += 0.5f * acc + 0.5f * dyr[c];
+        store(gkp, t * p.gkp_row_stride + (c - qd), g);
+      }
+    }
+  }
+
+  // Value shift backward at token t: v = [v_cur, v_del shifted down one token], so grad_v_cur[t] = grad_v[t, :V]
+  // and grad_v_del[t] = grad_v[t+1, V:] (the outgoing v state's gradient at a sequence's last token).
+  void value_shift_grads(int64_t t, int64_t b, int64_t len, int64_t pt) const {
+    const int64_t V = s.V;
+    const T* gv = static_cast<const T*>(p.grad_v);
+    T* gvc = static_cast<T*>(p.grad_v_cur);
+    T* gvd = static_cast<T*>(p.grad_v_del);
+    for (int64_t i = 0; i < V; ++i) {
+      store(gvc, t * p.gvc_row_stride + i, gv ? load(gv, t * p.gv_row_stride + i) : 0.f);
+      float g = (gv && pt + 1 < len) ? load(gv, (t + 1) * p.gv_row_stride + V + i) : 0.f;
+      if (pt + 1 == len && p.grad_v_state_out)
+        g += load_dyn(p.grad_v_state_out, p.state_dtype, b * p.gvs_batch_stride + i);
+      store(gvd, t * p.gvd_row_stride + i, g);
+    }
+  }
+
+  void token_grads(int64_t t) const {
+    const int32_t* cu = x.cu;
+    const int64_t b = seq_of(cu, s.B, t), len = cu[b + 1] - cu[b], pt = t - cu[b];
+    projection_grads(t, b, len, pt);
+    value_shift_grads(t, b, len, pt);
+  }
+
+  // Gradients of sequence b's incoming conv state (positions -K .. -1) and v state (v of its first token, or
+  // passed through from the outgoing state when the sequence is empty).
+  void state_grads(int64_t b) const {
+    const int64_t C = s.C, V = s.V, len = x.cu[b + 1] - x.cu[b];
+    const T* gv = static_cast<const T*>(p.grad_v);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t i = 0; i < s.K; ++i)
+        store_dyn(p.grad_conv_state_in, p.state_dtype, (b * C + c) * s.K + i, dx_at(b, len, i - s.K, c));
+    for (int64_t i = 0; i < V; ++i) {
+      float g = 0.f;
+      if (len > 0) g = gv ? load(gv, x.cu[b] * p.gv_row_stride + V + i) : 0.f;
+      else if (p.grad_v_state_out) g = load_dyn(p.grad_v_state_out, p.state_dtype, b * p.gvs_batch_stride + i);
+      store_dyn(p.grad_v_state_in, p.state_dtype, b * V + i, g);
+    }
+  }
+
+  // conv0 weight and bias gradients of chunk ch: up to 32 channels of one head (small k0 accumulates in
+  // registers, larger k0 in the output).
+  void conv0_grads(int64_t ch) const {
+    const int32_t* cu = x.cu;
+    const int64_t d = s.d, C = s.C, k1 = s.k1, chunks_per_head = (d + 31) / 32;
+    const int64_t g = ch / chunks_per_head, j0 = (ch % chunks_per_head) * 32, w = std::min<int64_t>(32, d - j0);
+    const int64_t c0 = g * d + j0;
+    float acc_b[32] = {}, acc_w[8][32] = {};
+    float* gw0 = p.grad_conv0_w;
+    const bool small_k0 = s.k0 <= 8;
+    if (!small_k0)
+      for (int64_t j = 0; j < w; ++j)
+        for (int64_t k = 0; k < s.k0; ++k) gw0[(c0 + j) * s.k0 + k] = 0.f;
+    for (int64_t b = 0; b < s.B; ++b) {
+      const int64_t len = cu[b + 1] - cu[b];
+      for (int64_t pp = -(k1 - 1); pp < len; ++pp) {
+        const float* dar = da + row_of(b, pp) * C + c0;
+        for (int64_t j = 0; j < w; ++j) acc_b[j] += dar[j];
+        for (int64_t k = 0; k < s.k0; ++k) {
+          const int64_t px = pp - (s.k0 - 1) + k;
+          float* aw = small_k0 ? acc_w[k] : nullptr;
+          if (px >= 0) {
+            const T* row = x.x_row(b, px, g) + j0;
+            if (small_k0) {
+#pragma omp simd
+              for (int64_t j = 0; j < w; ++j) aw[j] += dar[j] * load(row, j);
+            } else {
+              for (int64_t j = 0; j < w; ++j) gw0[(c0 + j) * s.k0 + k] += dar[j] * load(row, j);
+            }
+          } else if (x.cs_in) {
+            for (int64_t j = 0; j < w; ++j) {
+              const float v = dar[j] * x.x_at(b, px, c0 + j);
+              if (small_k0) aw[j] += v;
+              else gw0[(c0 + j) * s.k0 + k] += v;
+            }
+          }
+        }
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      p.grad_conv0_b[c0 + j] = acc_b[j];
+      if (small_k0)
+        for (int64_t k = 0; k < s.k0; ++k) gw0[(c0 + j) * s.k0 + k] = acc_w[k][j];
+    }
+  }
+};
 
 template <typename T, typename W>
 const char* bwd_impl(const CcaPrepBwdParams& p) {
-  const CcaDims s(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, true);
-  const CcaBwdLayout L(s);
+  const Plan<CcaBwdLayout, CcaPrepBwdParams> plan(p);
+  if (!plan.fits()) return "workspace too small";
+  const CcaDims& s = plan.s;
+  const CcaBwdLayout& L = plan.L;
+  const int threads = thread_budget(plan.avail, L.thread0, L.per_thread);
+  const auto x = make_shared<T, W>(s, p, L);
+  const Backward<T, W> bw(p, x, L);
   float* ws = static_cast<float*>(p.workspace);
-  const int64_t avail = p.workspace_bytes / 4;
-  if (avail < L.entries(1)) return "workspace too small";
-  const int threads = thread_budget(avail, L.thread0, L.per_thread);
-  const auto x = make_shared<T, W>(s, p.qp, p.qp_row_stride, p.kp, p.kp_row_stride, p.conv0_w, p.conv0_b, p.conv1_w,
-                                   p.conv1_b, p.temp, p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride,
-                                   p.state_dtype, p.positions, p.pos_dtype, p.cu_seqlens, p.inv_freq, p.norm_eps, ws,
-                                   L.w0, L.b0, L.b1, L.temp, L.cs, L.packed_w);
-  const int32_t* cu = p.cu_seqlens;
-  const int64_t d = s.d, H = s.H, C = s.C, V = s.V, Kq = s.Kq, k1 = s.k1, G = s.G, qd = s.Hq * d;
+  const int64_t H = s.H, Kq = s.Kq;
   const int64_t nblocks = (s.T + kCcaBlock - 1) / kCcaBlock;
-  float *abuf_all = ws + L.a, *dy = ws + L.dy, *da = ws + L.da, *packed_wt = ws + L.packed_wt;
-  int32_t* gather = reinterpret_cast<int32_t*>(ws + L.gather);
-  // Row of position p (>= -(k1-1)) of sequence b in the padded buffers.
-  auto row_of = [&](int64_t b, int64_t p) { return L.guard + cu[b] + b * (k1 - 1) + (k1 - 1) + p; };
-  const T* gq = static_cast<const T*>(p.grad_q);
-  const T* gk = static_cast<const T*>(p.grad_k);
-  const T* gv = static_cast<const T*>(p.grad_v);
-  const int64_t w_rows_end = L.rows - L.guard;  // padded rows that can hold a nonzero dY end here
-  constexpr int64_t kKC = 256;
+  const int64_t conv0_chunks = H * ((s.d + 31) / 32);
 
 #pragma omp parallel num_threads(threads)
   {
     x.prepare();
-    const int tid = omp_get_thread_num();
-    float* scratch = ws + L.thread0 + tid * L.per_thread;
-    float* dtemp = scratch;
-    float* abuf = dtemp + cca_round16(s.Hk);
-    float* pa = abuf + cca_round16((kCcaBlock + k1) * d);
-    float* y = pa + cca_round16(Kq * kMR);
-    float* arows = y + cca_round16(kCcaBlock * d);
-    float* tile = arows + cca_round16(kCcaBlock * Kq);
-    float* pa2 = tile + kMR * kNR;
+    // Per thread: dtemp partials | forward scratch | dA's A panel | dW1's A and B panels.
+    float* dtemp = ws + L.thread0 + omp_get_thread_num() * L.per_thread;
+    const ConvScratch sc(dtemp + cca_round16(s.Hk), s);
+    float* pa2 = sc.end();
     float* wa = pa2 + cca_round16(Kq * kMR);
-    float* wb = wa + cca_round16(((d + kMR - 1) / kMR) * kMR * kKC);
+    float* wb = wa + cca_round16(((s.d + kMR - 1) / kMR) * kMR * CcaBwdLayout::kWeightGradChunk);
     for (int64_t i = 0; i < s.Hk; ++i) dtemp[i] = 0.f;
 
-    // Phase 0: transposed conv1 panels (B'[j, c*k1 + s'] = W1[c, j, k1-1-s']), gather list, zero rows.
 #pragma omp for schedule(static) nowait
-    for (int64_t gp = 0; gp < H * s.npan; ++gp) {
-      const int64_t g = gp / s.npan, j0 = (gp % s.npan) * kNR;
-      float* dst = packed_wt + gp * Kq * kNR;
-      const W* w = x.conv1_w + g * d * Kq;
-      for (int64_t c = 0; c < d; ++c)
-        for (int64_t sp = 0; sp < k1; ++sp) {
-          float* e = dst + (c * k1 + sp) * kNR;
-          for (int64_t i = 0; i < kNR; ++i)
-            e[i] = j0 + i < d ? load(w, c * Kq + (j0 + i) * k1 + (k1 - 1 - sp)) : 0.f;
-        }
-    }
+    for (int64_t gp = 0; gp < H * s.npan; ++gp) bw.transpose_conv1(gp);
 #pragma omp for schedule(static) nowait
-    for (int64_t n = 0; n < Kq; ++n) gather[n] = static_cast<int32_t>((n % k1) * C + n / k1);
+    for (int64_t n = 0; n < Kq; ++n) bw.gather[n] = static_cast<int32_t>((n % s.k1) * s.C + n / s.k1);
 #pragma omp for schedule(static)
-    for (int64_t b = -1; b <= s.B; ++b) {
-      auto zero_rows = [&](int64_t r0, int64_t r1, bool all) {
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) {
-            dy[r * C + c] = 0.f;
-            if (all) abuf_all[r * C + c] = da[r * C + c] = 0.f;
-          }
-      };
-      if (b == -1) zero_rows(0, L.guard, true);
-      else if (b == s.B) zero_rows(L.rows - L.guard, L.rows, true);
-      else zero_rows(row_of(b, -(k1 - 1)), row_of(b, 0), cu[b + 1] == cu[b]);
-    }
+    for (int64_t b = -1; b <= s.B; ++b) bw.zero_padding_rows(b);
 
-    // Phase 1: recompute A and Y; dY = d(pre) from the output gradients.
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < nblocks * H; ++task) {
       const int64_t g = task % H, tb = (task / H) * kCcaBlock, t_end = std::min(s.T, tb + kCcaBlock);
-      for (int64_t t0 = tb; t0 < t_end;) {
-        const int64_t b = seq_of(cu, s.B, t0);
-        const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), n = t1 - t0, p0 = t0 - cu[b];
-        x.depthwise(b, g, p0 - (k1 - 1), p0 + n, abuf);
-        for (int64_t r = (p0 == 0 ? 0 : k1 - 1); r < n + k1 - 1; ++r) {
-          float* dst = abuf_all + row_of(b, p0 - (k1 - 1) + r) * C + g * d;
-          for (int64_t j = 0; j < d; ++j) dst[j] = abuf[r * d + j];
-        }
-        x.windows(n, abuf, arows + (t0 - tb) * Kq);
-        t0 = t1;
-      }
-      x.grouped_conv(g, t_end - tb, arows, y, pa, tile);
-      for (int64_t t0 = tb; t0 < t_end;) {
-        const int64_t b = seq_of(cu, s.B, t0);
-        const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), n = t1 - t0, p0 = t0 - cu[b];
-        for (int64_t r = 0; r < n; ++r) {
-          const int64_t t = t0 + r;
-          float* pre = y + (t - tb) * d;
-          x.add_residual(g, t, pre);
-          float nrm;
-          const float r0 = x.norm_scale(pre, &nrm);
-          const bool is_q = g < s.Hq;
-          const T* go = is_q ? (gq ? gq + t * p.gq_row_stride + g * p.gq_head_stride : nullptr)
-                             : (gk ? gk + t * p.gk_row_stride + (g - s.Hq) * p.gk_head_stride : nullptr);
-          float* dyr = dy + row_of(b, p0 + r) * C + g * d;
-          if (go == nullptr) {
-            for (int64_t j = 0; j < d; ++j) dyr[j] = 0.f;
-            continue;
-          }
-          // du = RoPE^T(go), into dyr.
-          const float* cs = x.cs + t * s.rd;
-          const int64_t hf = s.half;
-#pragma omp simd
-          for (int64_t i = 0; i < hf; ++i) {
-            const float g1 = load(go, i), g2 = load(go, i + hf);
-            dyr[i] = g1 * cs[i] + g2 * cs[hf + i];
-            dyr[i + hf] = g2 * cs[i] - g1 * cs[hf + i];
-          }
-#pragma omp simd
-          for (int64_t j = s.rd; j < d; ++j) dyr[j] = load(go, j);
-          if (!is_q) {
-            const int64_t kh = g - s.Hq;
-            const float tv = x.temp[kh];
-            float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < d; ++j) acc += dyr[j] * pre[j];
-            dtemp[kh] += acc * r0;
-#pragma omp simd
-            for (int64_t j = 0; j < d; ++j) dyr[j] *= tv;
-          }
-          if (nrm > p.norm_eps) {
-            float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t j = 0; j < d; ++j) dot += dyr[j] * pre[j];
-            const float k = dot / (nrm * nrm);
-#pragma omp simd
-            for (int64_t j = 0; j < d; ++j) dyr[j] = r0 * (dyr[j] - pre[j] * k);
-          } else {
-#pragma omp simd
-            for (int64_t j = 0; j < d; ++j) dyr[j] *= r0;
-          }
-        }
-        t0 = t1;
-      }
+      bw.recompute_block(g, tb, t_end, sc);
+      bw.output_grads_to_dy(g, tb, t_end, sc.y, dtemp);
     }
 
-    // Phase 2: dA = conv1^T dY per (block, head); dW1 and db1 per head (the first H tasks, the longest).
+    // The first H tasks (the weight gradients) are the longest.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < H + nblocks * H; ++task) {
-      if (task < H) {
-        const int64_t g = task;
-        float* gw = p.grad_conv1_w + g * d * Kq;
-        for (int64_t i = 0; i < d * Kq; ++i) gw[i] = 0.f;
-        for (int64_t c = 0; c < d; ++c) {
-          float acc = 0.f;
-          for (int64_t r = L.guard; r < w_rows_end; ++r) acc += dy[r * C + g * d + c];
-          p.grad_conv1_b[g * d + c] = acc;
-        }
-        const int64_t npa = (d + kMR - 1) / kMR, npb = (Kq + kNR - 1) / kNR;
-        for (int64_t r0 = L.guard; r0 < w_rows_end; r0 += kKC) {
-          const int64_t kc = std::min(kKC, w_rows_end - r0);
-          const Source<float> src_a{dy + r0 * C + g * d, 1, C};
-          const Source<float> src_b{abuf_all + (r0 - (k1 - 1)) * C + g * d, 1, C, gather};
-          for (int64_t i = 0; i < npa; ++i)
-            pack_rows<kMR, float, false>(src_a, i * kMR, static_cast<int>(std::min<int64_t>(kMR, d - i * kMR)), kc,
-                                         wa + i * kMR * kKC);
-          for (int64_t i = 0; i < npb; ++i)
-            pack_rows<kNR, float, false>(src_b, i * kNR, static_cast<int>(std::min<int64_t>(kNR, Kq - i * kNR)),
-                                         kc, wb + i * kNR * kKC);
-          for (int64_t i = 0; i < npa; ++i)
-            for (int64_t jn = 0; jn < npb; ++jn) {
-              micro_kernel<float, false>(kc, wa + i * kMR * kKC, wb + jn * kNR * kKC, tile, false);
-              const int64_t mr = std::min<int64_t>(kMR, d - i * kMR), nr = std::min<int64_t>(kNR, Kq - jn * kNR);
-              for (int64_t a = 0; a < mr; ++a)
-                for (int64_t c = 0; c < nr; ++c) gw[(i * kMR + a) * Kq + jn * kNR + c] += tile[a * kNR + c];
-            }
-        }
-        continue;
-      }
-      const int64_t tk = task - H, g = tk % H, t_end = std::min(s.T, (tk / H + 1) * kCcaBlock);
-      for (int64_t t0 = (tk / H) * kCcaBlock; t0 < t_end;) {
-        const int64_t b = seq_of(cu, s.B, t0);
-        const int64_t t1 = std::min<int64_t>(t_end, cu[b + 1]), p0 = t0 - cu[b];
-        const int64_t plo = p0 == 0 ? -(k1 - 1) : p0, n = (t1 - cu[b]) - plo, r_base = row_of(b, plo);
-        for (int64_t r0 = 0; r0 < n; r0 += kMR) {
-          const int cnt = static_cast<int>(std::min<int64_t>(kMR, n - r0));
-          pack_window<kMR>(dy + g * d, C, r_base + r0, cnt, d, k1, pa2);
-          for (int64_t pn = 0; pn < s.npan; ++pn) {
-            micro_kernel<float, false>(Kq, pa2, packed_wt + (g * s.npan + pn) * Kq * kNR, tile, false);
-            const int64_t nc = std::min<int64_t>(kNR, d - pn * kNR);
-            for (int i = 0; i < cnt; ++i) {
-              float* dst = da + (r_base + r0 + i) * C + g * d + pn * kNR;
-              for (int64_t c = 0; c < nc; ++c) dst[c] = tile[i * kNR + c];
-            }
-          }
-        }
-        t0 = t1;
-      }
+      if (task < H) bw.conv1_weight_grad(task, wa, wb, sc.tile);
+      else bw.conv1_input_grad((task - H) % H, (task - H) / H, pa2, sc.tile);
     }
 
-    // Phase 3: depthwise backward, residual paths, values, states, parameter reductions.
-    auto gcs = [&](int64_t b, int64_t c, int64_t i) {
-      return p.grad_conv_state_out
-                 ? load_dyn(p.grad_conv_state_out, p.state_dtype, b * p.gcs_batch_stride + c * p.gcs_channel_stride + i)
-                 : 0.f;
-    };
-    // Gradient reaching pre-conv column c of sequence b at position px (>= -K).
-    auto dx_at = [&](int64_t b, int64_t len, int64_t px, int64_t c) {
-      float acc = 0.f;
-      for (int64_t k = 0; k < s.k0; ++k) {
-        const int64_t pa_ = px + (s.k0 - 1) - k;
-        if (pa_ >= -(k1 - 1) && pa_ < len) acc += x.w0t[k * C + c] * da[row_of(b, pa_) * C + c];
-      }
-      if (px >= len - s.K) acc += gcs(b, c, px - (len - s.K));
-      return acc;
-    };
-    T* gqp = static_cast<T*>(p.grad_qp);
-    T* gkp = static_cast<T*>(p.grad_kp);
-    T* gvc = static_cast<T*>(p.grad_v_cur);
-    T* gvd = static_cast<T*>(p.grad_v_del);
 #pragma omp for schedule(static) nowait
-    for (int64_t t = 0; t < s.T; ++t) {
-      const int64_t b = seq_of(cu, s.B, t), len = cu[b + 1] - cu[b], pt = t - cu[b];
-      const float* dyr = dy + row_of(b, pt) * C;
-      for (int64_t c = 0; c < C; ++c) {
-        float g = dx_at(b, len, pt, c);
-        const int64_t h = c / d, j = c % d;
-        if (h < s.Hq) {
-          g += 0.5f * dyr[c] + 0.5f / static_cast<float>(G) * dyr[qd + (h / G) * d + j];
-          store(gqp, t * p.gqp_row_stride + c, g);
-        } else {
-          const int64_t kh = h - s.Hq;
-          float acc = 0.f;
-          for (int64_t hq = kh * G; hq < (kh + 1) * G; ++hq) acc += dyr[hq * d + j];
-          g += 0.5f * acc + 0.5f * dyr[c];
-          store(gkp, t * p.gkp_row_stride + (c - qd), g);
-        }
-      }
-      for (int64_t i = 0; i < V; ++i) {
-        store(gvc, t * p.gvc_row_stride + i, gv ? load(gv, t * p.gv_row_stride + i) : 0.f);
-        float g = (gv && pt + 1 < len) ? load(gv, (t + 1) * p.gv_row_stride + V + i) : 0.f;
-        if (pt + 1 == len && p.grad_v_state_out)
-          g += load_dyn(p.grad_v_state_out, p.state_dtype, b * p.gvs_batch_stride + i);
-        store(gvd, t * p.gvd_row_stride + i, g);
-      }
-    }
+    for (int64_t t = 0; t < s.T; ++t) bw.token_grads(t);
 #pragma omp for schedule(static) nowait
-    for (int64_t b = 0; b < s.B; ++b) {
-      const int64_t len = cu[b + 1] - cu[b];
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t i = 0; i < s.K; ++i)
-          store_dyn(p.grad_conv_state_in, p.state_dtype, (b * C + c) * s.K + i, dx_at(b, len, i - s.K, c));
-      for (int64_t i = 0; i < V; ++i) {
-        float g = 0.f;
-        if (len > 0) g = gv ? load(gv, cu[b] * p.gv_row_stride + V + i) : 0.f;
-        else if (p.grad_v_state_out) g = load_dyn(p.grad_v_state_out, p.state_dtype, b * p.gvs_batch_stride + i);
-        store_dyn(p.grad_v_state_in, p.state_dtype, b * V + i, g);
-      }
-    }
-    // conv0 weight and bias gradients, channel-parallel in chunks of up to 32 channels of one head.
-    const int64_t chunks_per_head = (d + 31) / 32;
+    for (int64_t b = 0; b < s.B; ++b) bw.state_grads(b);
 #pragma omp for schedule(static) nowait
-    for (int64_t ch = 0; ch < H * chunks_per_head; ++ch) {
-      const int64_t g = ch / chunks_per_head, j0 = (ch % chunks_per_head) * 32, w = std::min<int64_t>(32, d - j0);
-      const int64_t c0 = g * d + j0;
-      float acc_b[32] = {}, acc_w[8][32] = {};
-      float* gw0 = p.grad_conv0_w;
-      const bool small_k0 = s.k0 <= 8;
-      if (!small_k0)
-        for (int64_t j = 0; j < w; ++j)
-          for (int64_t k = 0; k < s.k0; ++k) gw0[(c0 + j) * s.k0 + k] = 0.f;
-      for (int64_t b = 0; b < s.B; ++b) {
-        const int64_t len = cu[b + 1] - cu[b];
-        for (int64_t pp = -(k1 - 1); pp < len; ++pp) {
-          const float* dar = da + row_of(b, pp) * C + c0;
-          for (int64_t j = 0; j < w; ++j) acc_b[j] += dar[j];
-          for (int64_t k = 0; k < s.k0; ++k) {
-            const int64_t px = pp - (s.k0 - 1) + k;
-            float* aw = small_k0 ? acc_w[k] : nullptr;
-            if (px >= 0) {
-              const T* row = x.x_row(b, px, g) + j0;
-              if (small_k0) {
-#pragma omp simd
-                for (int64_t j = 0; j < w; ++j) aw[j] += dar[j] * load(row, j);
-              } else {
-                for (int64_t j = 0; j < w; ++j) gw0[(c0 + j) * s.k0 + k] += dar[j] * load(row, j);
-              }
-            } else if (x.cs_in) {
-              for (int64_t j = 0; j < w; ++j) {
-                const float v = dar[j] * x.x_at(b, px, c0 + j);
-                if (small_k0) aw[j] += v;
-                else gw0[(c0 + j) * s.k0 + k] += v;
-              }
-            }
-          }
-        }
-      }
-      for (int64_t j = 0; j < w; ++j) {
-        p.grad_conv0_b[c0 + j] = acc_b[j];
-        if (small_k0)
-          for (int64_t k = 0; k < s.k0; ++k) gw0[(c0 + j) * s.k0 + k] = acc_w[k][j];
-      }
-    }
+    for (int64_t ch = 0; ch < conv0_chunks; ++ch) bw.conv0_grads(ch);
 #pragma omp barrier
 #pragma omp single
     for (int64_t kh = 0; kh < s.Hk; ++kh) {

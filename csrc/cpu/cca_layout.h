@@ -24,17 +24,26 @@ struct CcaDims {
 
 inline int64_t cca_round16(int64_t n) { return (n + 15) / 16 * 16; }
 
-// Forward: [w0 C*k0 | b0 C | b1 C | temp Hk | cos/sin T*rd | packed conv1 (H*npan*Kq*NR) | per thread scratch].
-struct CcaFwdLayout {
-  int64_t w0, b0, b1, temp, cs, packed_w, thread0, per_thread;
-  explicit CcaFwdLayout(const CcaDims& s) {
+// What forward and backward workspaces start with: [w0 C*k0 | b0 C | b1 C | temp Hk | cos/sin T*rd]; packed_w
+// (conv1 as GEMM B panels, H*npan*Kq*NR entries when packed) follows.
+struct CcaInputsLayout {
+  int64_t w0, b0, b1, temp, cs, packed_w;
+  explicit CcaInputsLayout(const CcaDims& s) {
     w0 = 0;
     b0 = w0 + cca_round16(s.C * s.k0);
     b1 = b0 + cca_round16(s.C);
     temp = b1 + cca_round16(s.C);
     cs = temp + cca_round16(s.Hk);
     packed_w = cs + cca_round16(s.T * s.rd);
-    thread0 = packed_w + (s.packed ? s.H * s.npan * s.Kq * kGemmNR : 0);
+  }
+  static int64_t packed_entries(const CcaDims& s) { return s.H * s.npan * s.Kq * kGemmNR; }
+};
+
+// Forward: the inputs' part, packed conv1 (if packed), per-thread scratch.
+struct CcaFwdLayout : CcaInputsLayout {
+  int64_t thread0, per_thread;
+  explicit CcaFwdLayout(const CcaDims& s) : CcaInputsLayout(s) {
+    thread0 = packed_w + (s.packed ? packed_entries(s) : 0);
     // abuf (block + k1 - 1 rows of d) | packed A (Kq * MR) | y (block * d) | A windows (block * Kq) | tile
     per_thread = cca_round16((kCcaBlock + s.k1) * s.d) + cca_round16(s.Kq * kGemmMR) +
                  cca_round16(kCcaBlock * s.d) + cca_round16(kCcaBlock * s.Kq) + kGemmMR * kGemmNR;
@@ -42,29 +51,24 @@ struct CcaFwdLayout {
   int64_t entries(int threads) const { return thread0 + threads * per_thread; }
 };
 
-// Backward: forward's shared part, the transposed packed conv1 (for the input gradient), three padded [P, C]
-// buffers (A, dY, dA; sequence b's rows start at g + b*(k1-1) + cu[b] with (k1-1) guard rows g front and back),
-// a gather list for the weight gradient, per-thread partials of dtemp, and per-thread GEMM scratch.
-struct CcaBwdLayout {
-  int64_t w0, b0, b1, temp, cs, packed_w, packed_wt, rows, a, dy, da, gather, dtemp, thread0, per_thread;
+// Backward: the inputs' part, packed conv1, the transposed packed conv1 (for the input gradient), three padded
+// [P, C] buffers (A, dY, dA; sequence b's rows start at g + b*(k1-1) + cu[b] with (k1-1) guard rows g front and
+// back), a gather list for the weight gradient, per-thread partials of dtemp, and per-thread GEMM scratch.
+struct CcaBwdLayout : CcaInputsLayout {
+  static constexpr int64_t kWeightGradChunk = 256;  // rows of dY per weight-gradient GEMM step
+  int64_t packed_wt, rows, a, dy, da, gather, dtemp, thread0, per_thread;
   int64_t guard;
-  explicit CcaBwdLayout(const CcaDims& s) {
+  explicit CcaBwdLayout(const CcaDims& s) : CcaInputsLayout(s) {
     guard = s.k1 - 1;
     rows = s.T + s.B * (s.k1 - 1) + 2 * guard;
-    w0 = 0;
-    b0 = w0 + cca_round16(s.C * s.k0);
-    b1 = b0 + cca_round16(s.C);
-    temp = b1 + cca_round16(s.C);
-    cs = temp + cca_round16(s.Hk);
-    packed_w = cs + cca_round16(s.T * s.rd);
-    packed_wt = packed_w + s.H * s.npan * s.Kq * kGemmNR;
-    a = packed_wt + s.H * s.npan * s.Kq * kGemmNR;
+    packed_wt = packed_w + packed_entries(s);
+    a = packed_wt + packed_entries(s);
     dy = a + cca_round16(rows * s.C);
     da = dy + cca_round16(rows * s.C);
     gather = da + cca_round16(rows * s.C);
     dtemp = gather + cca_round16(s.Kq);
     thread0 = dtemp;  // per thread: dtemp (Hk) | forward scratch | weight-grad panels
-    const int64_t kc = 256;
+    const int64_t kc = kWeightGradChunk;
     per_thread = cca_round16(s.Hk) + CcaFwdLayout(s).per_thread + cca_round16(s.Kq * kGemmMR) +
                  cca_round16(((s.d + kGemmMR - 1) / kGemmMR) * kGemmMR * kc) +
                  cca_round16(((s.Kq + kGemmNR - 1) / kGemmNR) * kGemmNR * kc);

@@ -29,7 +29,7 @@ constexpr bool kHasBf16Dot = false;
 #endif
 
 // Packing mode: F32 (entries are floats, any source dtype) or, with Dot for bf16 sources on ISAs that have
-// vdpbf16ps, bf16 pairs. Which one is faster depends on the CPU (see prefer_bf16_dot in moe.cpp).
+// vdpbf16ps, bf16 pairs. Which one is faster depends on the CPU (bf16_dot in moe.cpp measures it once).
 template <typename T, bool Dot> struct PackMode {
   static constexpr bool bf16 = false;
   using Entry = float;

@@ -67,18 +67,6 @@ const char* isa_name(Isa isa) {
   }
 }
 
-ZAYA_RT_CPU_ROUTE(rms_norm_fwd, RmsNormFwdParams)
-ZAYA_RT_CPU_ROUTE(rms_norm_bwd, RmsNormBwdParams)
-ZAYA_RT_CPU_ROUTE(residual_rms_norm_fwd, ResidualRmsNormFwdParams)
-ZAYA_RT_CPU_ROUTE(residual_rms_norm_bwd, ResidualRmsNormBwdParams)
-ZAYA_RT_CPU_ROUTE(moe_dispatch, MoeDispatchParams)
-ZAYA_RT_CPU_ROUTE(grouped_gemm, GroupedGemmParams)
-ZAYA_RT_CPU_ROUTE(grouped_gemm_weight_grad, GroupedGemmWeightGradParams)
-ZAYA_RT_CPU_ROUTE(moe_experts, MoeExpertsParams)
-ZAYA_RT_CPU_ROUTE(zaya_router, RouterParams)
-ZAYA_RT_CPU_ROUTE(cca_prep_fwd, CcaPrepFwdParams)
-ZAYA_RT_CPU_ROUTE(cca_prep_bwd, CcaPrepBwdParams)
-ZAYA_RT_CPU_ROUTE(pack_linear_weight, PackLinearParams)
-ZAYA_RT_CPU_ROUTE(packed_linear, PackedLinearParams)
+ZAYA_RT_CPU_KERNELS(ZAYA_RT_CPU_ROUTE)
 
 }  // namespace zaya_rt::cpu

@@ -6,26 +6,31 @@
 #include "zaya_rt/packed_linear.h"
 #include "zaya_rt/router.h"
 
-#define ZAYA_RT_DECLARE_CPU_KERNELS(ISA)                                   \
-  namespace zaya_rt::cpu::ISA {                                            \
-  const char* rms_norm_fwd(const RmsNormFwdParams& p);                     \
-  const char* rms_norm_bwd(const RmsNormBwdParams& p);                     \
-  const char* residual_rms_norm_fwd(const ResidualRmsNormFwdParams& p);    \
-  const char* residual_rms_norm_bwd(const ResidualRmsNormBwdParams& p);    \
-  const char* moe_dispatch(const MoeDispatchParams& p);                    \
-  const char* grouped_gemm(const GroupedGemmParams& p);                    \
-  const char* grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p); \
-  const char* moe_experts(const MoeExpertsParams& p);                      \
-  const char* zaya_router(const RouterParams& p);                          \
-  const char* cca_prep_fwd(const CcaPrepFwdParams& p);                     \
-  const char* cca_prep_bwd(const CcaPrepBwdParams& p);                     \
-  const char* pack_linear_weight(const PackLinearParams& p);               \
-  const char* packed_linear(const PackedLinearParams& p);                  \
-  }
+// The CPU kernels compiled once per ISA, as X(name, params type) for each (attention's list is in
+// cpu/attention_isa.cpp).
+#define ZAYA_RT_CPU_KERNELS(X)                              \
+  X(rms_norm_fwd, RmsNormFwdParams)                         \
+  X(rms_norm_bwd, RmsNormBwdParams)                         \
+  X(residual_rms_norm_fwd, ResidualRmsNormFwdParams)        \
+  X(residual_rms_norm_bwd, ResidualRmsNormBwdParams)        \
+  X(moe_dispatch, MoeDispatchParams)                        \
+  X(grouped_gemm, GroupedGemmParams)                        \
+  X(grouped_gemm_weight_grad, GroupedGemmWeightGradParams)  \
+  X(moe_experts, MoeExpertsParams)                          \
+  X(zaya_router, RouterParams)                              \
+  X(cca_prep_fwd, CcaPrepFwdParams)                         \
+  X(cca_prep_bwd, CcaPrepBwdParams)                         \
+  X(pack_linear_weight, PackLinearParams)                   \
+  X(packed_linear, PackedLinearParams)
 
-ZAYA_RT_DECLARE_CPU_KERNELS(base)
-ZAYA_RT_DECLARE_CPU_KERNELS(avx2)
-ZAYA_RT_DECLARE_CPU_KERNELS(avx512)
+#define ZAYA_RT_CPU_DECLARE_KERNEL(FN, PARAMS) const char* FN(const PARAMS& p);
+// Declares the kernels of LIST (a list macro like ZAYA_RT_CPU_KERNELS) in every ISA namespace.
+#define ZAYA_RT_CPU_DECLARE_PER_ISA(LIST)                                 \
+  namespace zaya_rt::cpu::base { LIST(ZAYA_RT_CPU_DECLARE_KERNEL) }       \
+  namespace zaya_rt::cpu::avx2 { LIST(ZAYA_RT_CPU_DECLARE_KERNEL) }       \
+  namespace zaya_rt::cpu::avx512 { LIST(ZAYA_RT_CPU_DECLARE_KERNEL) }
+
+ZAYA_RT_CPU_DECLARE_PER_ISA(ZAYA_RT_CPU_KERNELS)
 
 namespace zaya_rt::cpu {
 enum class Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
@@ -40,7 +45,8 @@ int bf16_dot_override();
 void set_bf16_dot_override(int mode);
 }  // namespace zaya_rt::cpu
 
-// Defines zaya_rt::cpu::FN (inside namespace zaya_rt::cpu), which calls the build of the active ISA.
+// Defines zaya_rt::cpu::FN (inside namespace zaya_rt::cpu), which calls the build of the active ISA. Used as
+// LIST(ZAYA_RT_CPU_ROUTE) for a kernel list.
 #define ZAYA_RT_CPU_ROUTE(FN, PARAMS)                        \
   const char* FN(const PARAMS& p) {                          \
     switch (active_isa()) {                                  \

@@ -1,8 +1,11 @@
 """Builds the host emulation of GPU kernel headers (see tools/gpu_emu/cuda/compat.h) as a shared library.
 
-  python tools/gpu_emu/build.py OUT_DIR [--warp 32|64] [--source emu_lib|emu_moe_norms]
+  python tools/gpu_emu/build.py OUT_DIR [--warp 32|64] [--source emu_lib|emu_moe_norms|emu_router]
+                                [--sanitize address,undefined]
       ->  OUT_DIR/libzaya_gpu_emu_w{warp}.so (emu_lib.cpp: attention, CCA, runtime)
           OUT_DIR/libzaya_gpu_emu_moe_norms_w{warp}.so (emu_moe_norms.cpp: MoE, norms)
+          OUT_DIR/libzaya_gpu_emu_router_w{warp}.so (emu_router.cpp: the router bodies of cuda/router_body.cuh,
+          phase by phase with no threads; --sanitize builds at -O1 with the sanitizers, no recovery)
 
 The kernel headers are copied with the rewrites g++ needs: `extern __shared__ T name[];` becomes the
 emulator's per-block dynamic buffer, a static `__shared__ T name[N];` a per-block object
@@ -82,7 +85,9 @@ def main() -> None:
         (gen / h).write_text(rewrite_launches((ROOT / h).read_text()))
     suffix = "" if source == "emu_lib" else "_" + source.removeprefix("emu_")
     lib = out_dir / f"libzaya_gpu_emu{suffix}_w{warp}.so"
-    cmd = ["g++", "-std=c++20", "-O2", "-fPIC", "-shared", "-pthread", f"-DZAYA_RT_EMU_WARP={warp}",
+    sanitize = sys.argv[sys.argv.index("--sanitize") + 1] if "--sanitize" in sys.argv else ""
+    opts = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-O1"] if sanitize else ["-O2"]
+    cmd = ["g++", "-std=c++20", *opts, "-fPIC", "-shared", "-pthread", f"-DZAYA_RT_EMU_WARP={warp}",
            f"-I{ROOT / 'tools/gpu_emu'}", f"-I{gen}", f"-I{ROOT / 'csrc/include'}", f"-I{ROOT}",
            str(ROOT / f"tools/gpu_emu/{source}.cpp"), "-o", str(lib)]
     subprocess.run(cmd, check=True)

@@ -106,6 +106,19 @@ def varlen_fwd(lib, q, k, v, cq, ck, causal, window):
     return out, lse
 
 
+def check_forward(tag, out, lse, q, k, v, cq, ck, causal, window, failures):
+    """A forward's out (q's dtype) and lse (fp32 [hq][Tq]) against float64: the -inf pattern of lse exactly."""
+    want = ref.attention_varlen_ref(q.double(), k.double(), v.double(), cq, ck, causal=causal, window=window)
+    check(tag + " out", err(out, want), q.dtype, failures)
+    want_lse = ref.attention_varlen_lse_ref(q.double(), k.double(), cq, ck, causal=causal, window=window)
+    fin = torch.isfinite(want_lse)
+    if not torch.equal(fin, torch.isfinite(lse)):
+        failures.append(tag + " lse -inf pattern")
+        print("FAIL lse -inf pattern")
+    elif fin.any():
+        check(tag + " lse", (lse[fin].double() - want_lse[fin]).abs().max().item(), torch.float32, failures, 10)
+
+
 def varlen_case(lib, failures, gen, dtype, lq, lk, hq, hk, d, causal, window):
     Tq, Tk = sum(lq), sum(lk)
     # q strided (a wider buffer), k/v contiguous
@@ -118,15 +131,7 @@ def varlen_case(lib, failures, gen, dtype, lq, lk, hq, hk, d, causal, window):
     scale = d ** -0.5
     w = window or 0
     tag = f"varlen {dtype} lq={lq} lk={lk} G={hq // hk} d={d} causal={causal} window={window}"
-    want = ref.attention_varlen_ref(q.double(), k.double(), v.double(), cq, ck, causal=causal, window=window)
-    check(tag + " out", err(out, want), dtype, failures)
-    want_lse = ref.attention_varlen_lse_ref(q.double(), k.double(), cq, ck, causal=causal, window=window)
-    fin = torch.isfinite(want_lse)
-    if not torch.equal(fin, torch.isfinite(lse)):
-        failures.append(tag + " lse -inf pattern")
-        print("FAIL lse -inf pattern")
-    elif fin.any():
-        check(tag + " lse", (lse[fin].double() - want_lse[fin]).abs().max().item(), torch.float32, failures, 10)
+    check_forward(tag, out, lse, q, k, v, cq, ck, causal, window, failures)
 
     # backward
     dout = torch.randn(Tq, hq, d, generator=gen).to(dtype)
@@ -163,15 +168,7 @@ def sm90_case(lib, failures, gen, dtype, lq, lk, hq, hk, d, causal, window):
                                 I(window or 0), F(d ** -0.5))
     assert r is None, r
     tag = f"sm90 {dtype} lq={lq} lk={lk} G={hq // hk} d={d} causal={causal} window={window}"
-    want = ref.attention_varlen_ref(q.double(), k.double(), v.double(), cq, ck, causal=causal, window=window)
-    check(tag + " out", err(out, want), dtype, failures)
-    want_lse = ref.attention_varlen_lse_ref(q.double(), k.double(), cq, ck, causal=causal, window=window)
-    fin = torch.isfinite(want_lse)
-    if not torch.equal(fin, torch.isfinite(lse)):
-        failures.append(tag + " lse -inf pattern")
-        print("FAIL lse -inf pattern")
-    elif fin.any():
-        check(tag + " lse", (lse[fin].double() - want_lse[fin]).abs().max().item(), torch.float32, failures, 10)
+    check_forward(tag, out, lse, q, k, v, cq, ck, causal, window, failures)
 
 
 SM90_CASES = [

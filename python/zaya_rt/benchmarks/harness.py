@@ -96,18 +96,28 @@ def time_pair_us(ours: Callable[[], object], peer: Callable[[], object], device:
     return statistics.median(a), statistics.median(b)
 
 
-def cuda_graph_time_us(fn: Callable[[], object], iters: int = 10, reps: int = 5) -> float:
-    """Best of `reps` replays of one CUDA graph holding `iters` calls of fn, in microseconds per call: kernel
-    time without launch overhead. fn must be capturable (no host syncs, no allocation it cannot replay)."""
+def capture_cuda_graph(fn: Callable[[], object], iters: int = 1) -> tuple[torch.cuda.CUDAGraph, object]:
+    """Runs fn once on a side stream (the warm-up torch.cuda.graphs recommends), then captures `iters` calls of
+    it into one CUDA graph. Returns the graph and what the last captured call returned (its tensors are the
+    graph's outputs, rewritten by each replay). fn must be capturable (no host syncs, no allocation it cannot
+    replay)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
+    out = None
     with torch.cuda.graph(graph):
         for _ in range(iters):
-            fn()
+            out = fn()
+    return graph, out
+
+
+def cuda_graph_time_us(fn: Callable[[], object], iters: int = 10, reps: int = 5) -> float:
+    """Best of `reps` replays of one CUDA graph holding `iters` calls of fn, in microseconds per call: kernel
+    time without launch overhead. fn must be capturable (no host syncs, no allocation it cannot replay)."""
+    graph, _ = capture_cuda_graph(fn, iters)
     best = float("inf")
     for _ in range(reps):
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -110,6 +110,7 @@ constexpr gpuError_t gpuSuccess = 0;
 inline gpuError_t gpu_last_error() { return 0; }
 inline const char* gpu_error_string(gpuError_t) { return "emulated error"; }
 inline int gpu_multiprocessor_count(int fallback) { return fallback; }
+inline int gpu_compute_capability() { return 80; }  // the wmma kernels run (tools/gpu_emu/mma.h)
 inline gpuStream_t as_stream(void* s) { return s; }
 
 #define ZAYA_RT_DEVICE_INLINE inline

@@ -1,13 +1,13 @@
 // Runs the GPU router kernel bodies (cuda/router_body.cuh) on the CPU: every block, warp and thread, phase by
 // phase, with the wmma tensor-core tiles replaced by a plain 16x16x16 product that checks wmma's alignment
-// rules. Built by tests/test_router_emulation.py into a shared library and called through ctypes.
+// rules. Built by tools/gpu_emu/build.py --source emu_router (for tests/test_router_emulation.py) into a shared
+// library and called through ctypes.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
-#include "host_numeric.h"
 #include "cuda/router_body.cuh"
 
 namespace zaya_rt::gpu::router_detail {
