@@ -26,6 +26,7 @@
 #include "cuda/compat.h"
 #include "cuda/launch_result.cuh"
 #include "cuda/numeric.cuh"
+#include "zaya_rt/norm_rows.h"
 #include "zaya_rt/norms.h"
 
 namespace zaya_rt::gpu {
@@ -140,21 +141,11 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(kFwdMaxThreads)
 
 // ---- backward ------------------------------------------------------------------------------------------
 
-// Rows [begin, end) of partial chunk c, chunked as on the CPU.
-ZAYA_RT_DEVICE_INLINE void chunk_rows(int64_t rows, int64_t chunks, int64_t c, int64_t& begin, int64_t& end) {
-  const int64_t per = (rows + chunks - 1) / chunks;
-  begin = c * per;
-  end = begin + per < rows ? begin + per : rows;
-}
-
 template <typename TX, typename TW, int V>
 __global__ void ZAYA_RT_LAUNCH_BOUNDS(kBwdMaxThreads) rms_norm_bwd_kernel(const RmsNormBwdParams p) {
   constexpr int K = kRmsBwdItems / V;  // vectors per thread whose sums stay in registers
   __shared__ float red[kMaxWarps];
-  const TX* x = static_cast<const TX*>(p.x);
   const TW* w = static_cast<const TW*>(p.weight);
-  const TW* go = static_cast<const TW*>(p.grad_out);
-  TX* gx = static_cast<TX*>(p.grad_x);
   const int64_t nv = p.dim / V, nt = blockDim.x, t = threadIdx.x, c = blockIdx.x;
   float* part = p.partials + c * p.dim;
   const float zero[V] = {};
@@ -166,12 +157,13 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(kBwdMaxThreads) rms_norm_bwd_kernel(const 
     for (int e = 0; e < V; ++e) acc[k][e] = 0.f;
 
   int64_t begin, end;
-  chunk_rows(p.rows, p.num_partials, c, begin, end);
+  norm_rows::chunk(p.rows, p.num_partials, c, begin, end);
   for (int64_t i = begin; i < end; ++i) {
-    const TX* xr = x + i * p.x_row_stride;
-    const TW* gr = go + i * p.grad_out_row_stride;
-    TX* gxr = gx + i * p.grad_x_row_stride;
-    const float rstd = p.rstd[i];
+    const norm_rows::RmsBwdRow<TX, TW> row(p, i);
+    const TX* xr = row.x;
+    const TW* gr = row.grad_out;
+    TX* gxr = row.grad_x;
+    const float rstd = row.rstd;
     float dot = 0.f;
     for (int64_t v = t; v < nv; v += nt) {
       float gv[V], wv[V], xv[V];
@@ -190,7 +182,7 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(kBwdMaxThreads) rms_norm_bwd_kernel(const 
 #pragma unroll
       for (int e = 0; e < V; ++e) {
         const float n = xv[e] * rstd;
-        gxv[e] = rstd * (gv[e] * wv[e] - n * dot);
+        gxv[e] = norm_rows::grad_input(gv[e], wv[e], n, rstd, dot);
         a[e] += gv[e] * round_to<TW>(n);
       }
       store_n<V>(gxr + v * V, gxv);
@@ -218,14 +210,9 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(kResBwdMaxThreads)
   constexpr int K = kResBwdItems / V;
   constexpr int S = kNumParamGrads;
   __shared__ float red[kMaxWarps];
-  const TY* y = static_cast<const TY*>(p.y);
-  const TH* h = static_cast<const TH*>(p.h);
   const TW *yb = static_cast<const TW*>(p.y_bias), *ys = static_cast<const TW*>(p.y_scale);
   const TW *hb = static_cast<const TW*>(p.h_bias), *hs = static_cast<const TW*>(p.h_scale);
   const TW* w = static_cast<const TW*>(p.weight);
-  const TW* go = static_cast<const TW*>(p.grad_out);
-  TY* gy = static_cast<TY*>(p.grad_y);
-  TH* gh = static_cast<TH*>(p.grad_h);
   const int64_t dim = p.dim, nv = dim / V, nt = blockDim.x, t = threadIdx.x, c = blockIdx.x;
   float* part = p.partials + c * S * dim;  // [S, dim]: dw, dyb, dys, dhb, dhs
   const float zero[V] = {};
@@ -241,16 +228,17 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(kResBwdMaxThreads)
       for (int e = 0; e < V; ++e) acc[k][s][e] = 0.f;
 
   int64_t begin, end;
-  chunk_rows(p.rows, p.num_partials, c, begin, end);
+  norm_rows::chunk(p.rows, p.num_partials, c, begin, end);
   for (int64_t i = begin; i < end; ++i) {
-    const TY* yr = y + i * p.y_row_stride;
-    const TH* hr = h + i * p.h_row_stride;
-    const float* rr = p.r + i * p.r_row_stride;
-    const TW* gor = go + i * p.grad_out_row_stride;
-    const float* grr = p.grad_r ? p.grad_r + i * p.grad_r_row_stride : nullptr;
-    TY* gyr = gy + i * p.grad_y_row_stride;
-    TH* ghr = gh + i * p.grad_h_row_stride;
-    const float rstd = p.rstd[i];
+    const norm_rows::ResidualBwdRow<TY, TH, TW> row(p, i);
+    const TY* yr = row.y;
+    const TH* hr = row.h;
+    const float* rr = row.r;
+    const TW* gor = row.grad_out;
+    const float* grr = row.grad_r;
+    TY* gyr = row.grad_y;
+    TH* ghr = row.grad_h;
+    const float rstd = row.rstd;
     float dot = 0.f;
     for (int64_t v = t; v < nv; v += nt) {
       float gov[V], wv[V], rv[V];
@@ -282,7 +270,7 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(kResBwdMaxThreads)
 #pragma unroll
       for (int e = 0; e < V; ++e) {
         const float n = rv[e] * rstd;
-        const float g = grv[e] + rstd * (gov[e] * wv[e] - n * dot);
+        const float g = grv[e] + norm_rows::grad_input(gov[e], wv[e], n, rstd, dot);
         gyv[e] = g * ysv[e];
         ghv[e] = g * hsv[e];
         a[0][e] += gov[e] * round_to<TW>(n);

@@ -5,6 +5,7 @@
 
 #include "cpu/isa_kernels.h"
 #include "cpu/numeric.h"
+#include "zaya_rt/norm_rows.h"
 #include "zaya_rt/norms.h"
 
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
@@ -47,31 +48,25 @@ void reduce_partials(const float* partials, int64_t count, int64_t width, float*
 
 template <typename TX, typename TW>
 void rms_norm_bwd_t(const RmsNormBwdParams& p) {
-  const TX* x = static_cast<const TX*>(p.x);
   const TW* w = static_cast<const TW*>(p.weight);
-  const TW* go = static_cast<const TW*>(p.grad_out);
-  TX* gx = static_cast<TX*>(p.grad_x);
   const int64_t dim = p.dim, chunks = p.num_partials;
-  const int64_t rows_per_chunk = (p.rows + chunks - 1) / chunks;
 #pragma omp parallel for schedule(static) if (p.rows * dim >= kParallelMinElems)
   for (int64_t c = 0; c < chunks; ++c) {
     float* part = p.partials + c * dim;
     for (int64_t j = 0; j < dim; ++j) part[j] = 0.f;
-    const int64_t end = std::min(p.rows, (c + 1) * rows_per_chunk);
-    for (int64_t i = c * rows_per_chunk; i < end; ++i) {
-      const TX* xr = x + i * p.x_row_stride;
-      const TW* gr = go + i * p.grad_out_row_stride;
-      TX* gxr = gx + i * p.grad_x_row_stride;
-      const float rstd = p.rstd[i];
+    int64_t begin, end;
+    norm_rows::chunk(p.rows, chunks, c, begin, end);
+    for (int64_t i = begin; i < end; ++i) {
+      const norm_rows::RmsBwdRow<TX, TW> row(p, i);
       float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < dim; ++j) dot += load(gr, j) * load(w, j) * (load(xr, j) * rstd);
+      for (int64_t j = 0; j < dim; ++j) dot += load(row.grad_out, j) * load(w, j) * (load(row.x, j) * row.rstd);
       dot /= static_cast<float>(dim);
 #pragma omp simd
       for (int64_t j = 0; j < dim; ++j) {
-        const float n = load(xr, j) * rstd;
-        const float g = load(gr, j);
-        store(gxr, j, rstd * (g * load(w, j) - n * dot));
+        const float n = load(row.x, j) * row.rstd;
+        const float g = load(row.grad_out, j);
+        store(row.grad_x, j, norm_rows::grad_input(g, load(w, j), n, row.rstd, dot));
         part[j] += g * round_to<TW>(n);
       }
     }
@@ -110,48 +105,37 @@ void residual_rms_norm_fwd_t(const ResidualRmsNormFwdParams& p) {
 
 template <typename TY, typename TH, typename TW>
 void residual_rms_norm_bwd_t(const ResidualRmsNormBwdParams& p) {
-  const TY* y = static_cast<const TY*>(p.y);
-  const TH* h = static_cast<const TH*>(p.h);
   const TW *yb = static_cast<const TW*>(p.y_bias), *ys = static_cast<const TW*>(p.y_scale);
   const TW *hb = static_cast<const TW*>(p.h_bias), *hs = static_cast<const TW*>(p.h_scale);
   const TW* w = static_cast<const TW*>(p.weight);
-  const TW* go = static_cast<const TW*>(p.grad_out);
-  TY* gy = static_cast<TY*>(p.grad_y);
-  TH* gh = static_cast<TH*>(p.grad_h);
   const int64_t dim = p.dim, chunks = p.num_partials, width = kResidualNormParamGrads * dim;
-  const int64_t rows_per_chunk = (p.rows + chunks - 1) / chunks;
 #pragma omp parallel for schedule(static) if (p.rows * dim >= kParallelMinElems)
   for (int64_t c = 0; c < chunks; ++c) {
     float* part = p.partials + c * width;
     for (int64_t j = 0; j < width; ++j) part[j] = 0.f;
     float *dw = part, *dyb = part + dim, *dys = part + 2 * dim, *dhb = part + 3 * dim, *dhs = part + 4 * dim;
-    const int64_t end = std::min(p.rows, (c + 1) * rows_per_chunk);
-    for (int64_t i = c * rows_per_chunk; i < end; ++i) {
-      const TY* yr = y + i * p.y_row_stride;
-      const TH* hr = h + i * p.h_row_stride;
-      const float* rr = p.r + i * p.r_row_stride;
-      const TW* gor = go + i * p.grad_out_row_stride;
-      const float* grr = p.grad_r ? p.grad_r + i * p.grad_r_row_stride : nullptr;
-      TY* gyr = gy + i * p.grad_y_row_stride;
-      TH* ghr = gh + i * p.grad_h_row_stride;
-      const float rstd = p.rstd[i];
+    int64_t begin, end;
+    norm_rows::chunk(p.rows, chunks, c, begin, end);
+    for (int64_t i = begin; i < end; ++i) {
+      const norm_rows::ResidualBwdRow<TY, TH, TW> row(p, i);
+      const float rstd = row.rstd;
       float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < dim; ++j) dot += load(gor, j) * load(w, j) * (rr[j] * rstd);
+      for (int64_t j = 0; j < dim; ++j) dot += load(row.grad_out, j) * load(w, j) * (row.r[j] * rstd);
       dot /= static_cast<float>(dim);
 #pragma omp simd
       for (int64_t j = 0; j < dim; ++j) {
-        const float n = rr[j] * rstd;
-        const float go_j = load(gor, j);
-        const float g = (grr ? grr[j] : 0.f) + rstd * (go_j * load(w, j) - n * dot);
+        const float n = row.r[j] * rstd;
+        const float go_j = load(row.grad_out, j);
+        const float g = (row.grad_r ? row.grad_r[j] : 0.f) + norm_rows::grad_input(go_j, load(w, j), n, rstd, dot);
         const float a1 = load(ys, j), a2 = load(hs, j);
-        store(gyr, j, g * a1);
-        store(ghr, j, g * a2);
+        store(row.grad_y, j, g * a1);
+        store(row.grad_h, j, g * a2);
         dw[j] += go_j * round_to<TW>(n);
         dyb[j] += g * a1;
-        dys[j] += g * (load(yr, j) + load(yb, j));
+        dys[j] += g * (load(row.y, j) + load(yb, j));
         dhb[j] += g * a2;
-        dhs[j] += g * (load(hr, j) + load(hb, j));
+        dhs[j] += g * (load(row.h, j) + load(hb, j));
       }
     }
   }
