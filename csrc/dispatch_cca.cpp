@@ -120,18 +120,16 @@ void cca_prep_bwd(const CcaPrepBwdParams& p, const Device& dev) {
   finish(op, cpu::cca_prep_bwd(p));
 }
 
-int64_t cca_prep_fwd_workspace(const Device& d, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t dh, int64_t k0,
-                               int64_t k1, int64_t rd) {
-  if (d.type == DeviceType::kGpu) return gpu::cca_prep_fwd_workspace(T, B, Hq, Hk, dh, k0, k1, rd);
-  if (d.type != DeviceType::kCpu) return 0;
-  return cpu::cca_prep_fwd_workspace(T, B, Hq, Hk, dh, k0, k1, rd, omp_get_max_threads());
+int64_t cca_prep_fwd_workspace(const CcaPrepFwdParams& p, const Device& d) {
+  require_device("cca_prep_workspace", d);
+  if (d.type == DeviceType::kGpu) return gpu::cca_prep_fwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd);
+  return cpu::cca_prep_fwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, omp_get_max_threads());
 }
 
-int64_t cca_prep_bwd_workspace(const Device& d, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t dh, int64_t k0,
-                               int64_t k1, int64_t rd) {
-  if (d.type == DeviceType::kGpu) return gpu::cca_prep_bwd_workspace(T, B, Hq, Hk, dh, k0, k1, rd);
-  if (d.type != DeviceType::kCpu) return 0;
-  return cpu::cca_prep_bwd_workspace(T, B, Hq, Hk, dh, k0, k1, rd, omp_get_max_threads());
+int64_t cca_prep_bwd_workspace(const CcaPrepBwdParams& p, const Device& d) {
+  require_device("cca_prep_backward_workspace", d);
+  if (d.type == DeviceType::kGpu) return gpu::cca_prep_bwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd);
+  return cpu::cca_prep_bwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, omp_get_max_threads());
 }
 
 }  // namespace zaya_rt

@@ -10,9 +10,8 @@ namespace zaya_rt {
 void cca_prep_fwd(const CcaPrepFwdParams& p, const Device& d);
 void cca_prep_bwd(const CcaPrepBwdParams& p, const Device& d);
 // Workspace bytes on device d for the current number of CPU threads.
-int64_t cca_prep_fwd_workspace(const Device& d, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t dh, int64_t k0,
-                               int64_t k1, int64_t rd);
-int64_t cca_prep_bwd_workspace(const Device& d, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t dh, int64_t k0,
-                               int64_t k1, int64_t rd);
+// Workspace bytes of each entry point for the sizes in p (its pointers are not read).
+int64_t cca_prep_fwd_workspace(const CcaPrepFwdParams& p, const Device& d);
+int64_t cca_prep_bwd_workspace(const CcaPrepBwdParams& p, const Device& d);
 
 }  // namespace zaya_rt

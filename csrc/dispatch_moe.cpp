@@ -109,19 +109,22 @@ void moe_experts(const MoeExpertsParams& p, const Device& d) {
   route(op, p, d, cpu::moe_experts, gpu::moe_experts);
 }
 
-int64_t grouped_gemm_workspace(const Device& d, int64_t M, int64_t N, int64_t K, int64_t G, DType t) {
-  if (d.type == DeviceType::kGpu) return gpu::grouped_gemm_workspace(M, N, K, G, t);
-  return cpu::grouped_gemm_workspace(M, N, K, G, t);
+int64_t grouped_gemm_workspace(const GroupedGemmParams& p, const Device& d) {
+  require_device("grouped_gemm_workspace", d);
+  if (d.type == DeviceType::kGpu) return gpu::grouped_gemm_workspace(p.M, p.N, p.K, p.G, p.dtype);
+  return cpu::grouped_gemm_workspace(p.M, p.N, p.K, p.G, p.dtype);
 }
 
-int64_t grouped_gemm_weight_grad_workspace(const Device& d, int64_t M, int64_t N, int64_t K, int64_t G, DType t) {
-  if (d.type == DeviceType::kGpu) return gpu::grouped_gemm_weight_grad_workspace(M, N, K, G, t);
-  return cpu::grouped_gemm_weight_grad_workspace(M, N, K, G, t);
+int64_t grouped_gemm_weight_grad_workspace(const GroupedGemmWeightGradParams& p, const Device& d) {
+  require_device("grouped_gemm_weight_grad_workspace", d);
+  if (d.type == DeviceType::kGpu) return gpu::grouped_gemm_weight_grad_workspace(p.M, p.N, p.K, p.G, p.dtype);
+  return cpu::grouped_gemm_weight_grad_workspace(p.M, p.N, p.K, p.G, p.dtype);
 }
 
-int64_t moe_experts_workspace(const Device& d, int64_t T, int64_t top_k, int64_t D, int64_t I, int64_t E, DType t) {
-  if (d.type == DeviceType::kGpu) return gpu::moe_experts_workspace(T, top_k, D, I, E, t);
-  return cpu::moe_experts_workspace(T, top_k, D, I, E, t);
+int64_t moe_experts_workspace(const MoeExpertsParams& p, const Device& d) {
+  require_device("moe_experts_workspace", d);
+  if (d.type == DeviceType::kGpu) return gpu::moe_experts_workspace(p.T, p.top_k, p.D, p.I, p.E, p.dtype);
+  return cpu::moe_experts_workspace(p.T, p.top_k, p.D, p.I, p.E, p.dtype);
 }
 
 }  // namespace zaya_rt

@@ -7,6 +7,7 @@
 namespace zaya_rt {
 
 void newton_schulz(const NewtonSchulzParams& p, const Device& d);
-int64_t newton_schulz_workspace(const Device& d, DType dtype, int64_t batch, int64_t rows, int64_t cols);
+// Workspace bytes for p's dtype and sizes (its pointers are not read).
+int64_t newton_schulz_workspace(const NewtonSchulzParams& p, const Device& d);
 
 }  // namespace zaya_rt

@@ -47,4 +47,14 @@ void packed_linear(const PackedLinearParams& p, const Device& d) {
   finish(op, cpu::packed_linear(p));
 }
 
+int64_t packed_linear_bytes(const PackLinearParams& p, const Device& d) {
+  check_common("packed_linear_bytes", p.dtype, p.N, p.K, d);
+  return packed_linear_bytes(p.dtype, p.N, p.K);
+}
+
+int64_t packed_linear_workspace(const PackedLinearParams& p, const Device& d) {
+  check_common("packed_linear_workspace", p.dtype, p.N, p.K, d);
+  return packed_linear_workspace(p.M, p.K);
+}
+
 }  // namespace zaya_rt

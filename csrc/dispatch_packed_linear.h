@@ -8,5 +8,8 @@ namespace zaya_rt {
 
 void pack_linear_weight(const PackLinearParams& p, const Device& d);
 void packed_linear(const PackedLinearParams& p, const Device& d);
+// Bytes of p.packed for p's dtype, N and K; bytes of the workspace packed_linear needs for p's M and K.
+int64_t packed_linear_bytes(const PackLinearParams& p, const Device& d);
+int64_t packed_linear_workspace(const PackedLinearParams& p, const Device& d);
 
 }  // namespace zaya_rt

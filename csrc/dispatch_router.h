@@ -5,7 +5,7 @@
 namespace zaya_rt {
 
 void zaya_router(const RouterParams& p, const Device& d);
-// Bytes the CPU kernel needs (the GPU kernel needs none).
-int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t C);
+// Bytes of p.workspace for p's sizes: the CPU kernel's scratch; the GPU kernel needs none (0).
+int64_t zaya_router_workspace(const RouterParams& p, const Device& d);
 
 }  // namespace zaya_rt

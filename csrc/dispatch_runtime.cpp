@@ -112,8 +112,9 @@ void sample_tokens(const SampleParams& p, const Device& d) {
   finish(op, cpu::sample_tokens(p));
 }
 
-int64_t sample_workspace(const Device& d, int64_t B, int64_t V) {
-  return d.type == DeviceType::kGpu ? 0 : cpu::sample_workspace(B, V);
+int64_t sample_workspace(const SampleParams& p, const Device& d) {
+  require_device("sample_workspace", d);
+  return d.type == DeviceType::kGpu ? 0 : cpu::sample_workspace(p.B, p.V);
 }
 
 }  // namespace zaya_rt

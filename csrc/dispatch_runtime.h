@@ -10,6 +10,7 @@ void kv_write(const KvWriteParams& p, const Device& d);
 void copy_pages(const CopyPagesParams& p, const Device& d);
 void gather_tail(const GatherTailParams& p, const Device& d);
 void sample_tokens(const SampleParams& p, const Device& d);
-int64_t sample_workspace(const Device& d, int64_t B, int64_t V);
+// Workspace bytes of sample_tokens for p.B rows of p.V logits (0 on a GPU).
+int64_t sample_workspace(const SampleParams& p, const Device& d);
 
 }  // namespace zaya_rt
