@@ -6,12 +6,14 @@
 #include <cstdint>
 
 #include "bindings_params.h"
-#include "dispatch_attention.h"
+#include "dispatch.h"
 
 namespace py = pybind11;
 
 void bind_attention(py::module_& m) {
   using namespace zaya_rt::bindings;
+  m.def("attention_takes_head_dim", &zaya_rt::attention_takes_head_dim, py::arg("head_dim"),
+        "True when the attention kernels take this head dim (a multiple of 8 in [32, 256]).");
   {
     using P = zaya_rt::AttnVarlenFwdParams;
     ParamsClass<P>(m, "AttnVarlenFwdParams", "Arguments of attention_varlen_fwd (zaya_rt/attention.h), by field name.")

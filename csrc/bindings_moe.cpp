@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "bindings_params.h"
-#include "dispatch_moe.h"
+#include "dispatch.h"
 
 namespace py = pybind11;
 

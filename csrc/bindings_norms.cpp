@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "bindings_params.h"
-#include "dispatch_norms.h"
+#include "dispatch.h"
 
 namespace py = pybind11;
 

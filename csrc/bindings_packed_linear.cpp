@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "bindings_params.h"
-#include "dispatch_packed_linear.h"
+#include "dispatch.h"
 
 namespace py = pybind11;
 
@@ -31,7 +31,8 @@ void bind_packed_linear(py::module_& m) {
         .ptr("out", &P::out).value("out_row_stride", &P::out_row_stride)
         .dtype("dtype", &P::dtype).value("M", &P::M).value("N", &P::N).value("K", &P::K)
         .ptr("workspace", &P::workspace).value("workspace_bytes", &P::workspace_bytes);
-    def_entry<P>(m, "packed_linear", &zaya_rt::packed_linear, "out [M, N] = x [M, K] W^T + b over a packed weight (CPU).");
+    def_entry<P>(m, "packed_linear", &zaya_rt::packed_linear,
+                 "out [M, N] = x [M, K] W^T + b over a packed weight (CPU).");
     def_size<P>(m, "packed_linear_workspace", &zaya_rt::packed_linear_workspace,
                 "Workspace bytes packed_linear needs for M rows of K elements.");
   }

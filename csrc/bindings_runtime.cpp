@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "bindings_params.h"
-#include "dispatch_runtime.h"
+#include "dispatch.h"
 
 namespace py = pybind11;
 

@@ -1,4 +1,4 @@
-#include "dispatch_moe.h"
+#include "dispatch.h"
 
 #include <initializer_list>
 #include <string>
@@ -26,6 +26,15 @@ void check_host_offsets(const char* op, const Device& d, const int32_t* offsets,
                   std::to_string(g) + "] = " + std::to_string(offsets[g]));
     prev = offsets[g];
   }
+}
+
+// Sizes, group offsets and workspace, as both grouped GEMMs take them.
+template <typename P> void check_groups(const char* op, const P& p, const Device& d) {
+  check_sizes(op, {{"M", p.M}, {"N", p.N}, {"K", p.K}});
+  if (p.G < 1) bad(op, "need at least one group");
+  check_ptr(op, "offsets", p.offsets, true);
+  check_ptr(op, "workspace", p.workspace, true);
+  check_host_offsets(op, d, p.offsets, p.G, p.M);
 }
 
 void check_index_dtype(const char* op, DType t) {
@@ -61,15 +70,11 @@ void moe_dispatch(const MoeDispatchParams& p, const Device& d) {
 
 void grouped_gemm(const GroupedGemmParams& p, const Device& d) {
   const char* op = "grouped_gemm";
-  check_sizes(op, {{"M", p.M}, {"N", p.N}, {"K", p.K}});
-  if (p.G < 1) bad(op, "need at least one group");
   check_float_dtype(op, "a", p.dtype);
   check_ptr(op, "a", p.a, p.M * p.K > 0);
   check_ptr(op, "b", p.b, p.N * p.K > 0);
-  check_ptr(op, "offsets", p.offsets, true);
   check_ptr(op, "out", p.out, p.M * p.N > 0);
-  check_ptr(op, "workspace", p.workspace, true);
-  check_host_offsets(op, d, p.offsets, p.G, p.M);
+  check_groups(op, p, d);
   if (p.M * p.N == 0) return;
   if (p.K == 0)  // zaya_rt.ops.grouped_gemm returns the zeros itself
     bad(op, "K = 0 (an empty inner dimension): the kernels need K >= 1 where the output is not empty");
@@ -78,16 +83,12 @@ void grouped_gemm(const GroupedGemmParams& p, const Device& d) {
 
 void grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p, const Device& d) {
   const char* op = "grouped_gemm_weight_grad";
-  check_sizes(op, {{"M", p.M}, {"N", p.N}, {"K", p.K}});
-  if (p.G < 1) bad(op, "need at least one group");
   check_float_dtype(op, "dy", p.dtype);
   check_float_dtype(op, "grad_b", p.grad_dtype);
   check_ptr(op, "dy", p.dy, p.M * p.N > 0);
   check_ptr(op, "a", p.a, p.M * p.K > 0);
-  check_ptr(op, "offsets", p.offsets, true);
   check_ptr(op, "grad_b", p.grad_b, p.N * p.K > 0);
-  check_ptr(op, "workspace", p.workspace, true);
-  check_host_offsets(op, d, p.offsets, p.G, p.M);
+  check_groups(op, p, d);
   if (p.N * p.K == 0) return;
   route(op, p, d, cpu::grouped_gemm_weight_grad, gpu::grouped_gemm_weight_grad);
 }

@@ -1,4 +1,4 @@
-#include "dispatch_newton_schulz.h"
+#include "dispatch.h"
 
 #include <omp.h>
 

@@ -1,4 +1,4 @@
-#include "dispatch_packed_linear.h"
+#include "dispatch.h"
 
 #include <string>
 

@@ -1,4 +1,4 @@
-#include "dispatch_router.h"
+#include "dispatch.h"
 
 #include <string>
 

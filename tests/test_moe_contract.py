@@ -183,3 +183,5 @@ def test_direct_moe_experts_rejects_out_of_range_expert_ids(bad_id):
     ws = torch.empty(_C.moe_experts_workspace(p, 0), dtype=torch.uint8)
     with pytest.raises(ValueError, match=rf"expert_index\[1\] = {bad_id}"):
         _C.moe_experts(set_workspace(p, ws), 0, 0, 0)
+    with pytest.raises(ValueError, match=rf"expert_index\[1\] = {bad_id}"):  # the op: the same one check
+        zaya_rt.ops.moe_experts(x, choice, gate, w1, w2)

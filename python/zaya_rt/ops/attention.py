@@ -21,15 +21,8 @@ import torch
 from zaya_rt import _C
 from zaya_rt import ref
 from zaya_rt.ops._lib import (
-    DTYPE_CODES,
-    check_same_device,
-    check_tensor,
-    device_args,
-    lib,
-    register_autograd,
-    register_kernels,
-    set_workspace,
-    workspace,
+    DTYPE_CODES, check_same_device, check_tensor, device_args, lib, register_autograd, register_kernels,
+    set_workspace, workspace,
 )
 
 ATTN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64 runs the reference
@@ -53,9 +46,9 @@ def _unit_inner(t: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_takes_head_dim(head_dim: int) -> bool:
-    """True when zaya_rt's attention kernels take this head dim (a multiple of 8 in [32, 256]); the one place
-    the rule is written in Python."""
-    return 32 <= head_dim <= 256 and head_dim % 8 == 0
+    """True when zaya_rt's attention kernels take this head dim (a multiple of 8 in [32, 256]; the rule lives in
+    csrc/dispatch_attention.cpp, which also raises for a head dim it does not take)."""
+    return _C.attention_takes_head_dim(head_dim)
 
 
 def _check_heads(op: str, hq: int, hk: int, d: int, d_k: int) -> None:
@@ -65,8 +58,6 @@ def _check_heads(op: str, hq: int, hk: int, d: int, d_k: int) -> None:
         raise ValueError(f"zaya_rt.{op}: query heads ({hq}) must be a multiple of kv heads ({hk})")
     if d != d_k:
         raise ValueError(f"zaya_rt.{op}: q has head_dim {d} but k/v have {d_k}")
-    if not kernel_takes_head_dim(d):
-        raise ValueError(f"zaya_rt.{op}: head_dim must be a multiple of 8 in [32, 256], got {d}")
 
 
 def _check_scalars(op: str, causal, window, scale) -> None:
@@ -81,22 +72,27 @@ def _check_scalars(op: str, causal, window, scale) -> None:
 # ---- the kernels' arguments (csrc/bindings_attention.cpp), field by field ----------------------------------------
 
 
-def attention_varlen_fwd_params(q, k, v, cu_q, cu_k, out, lse, causal: bool, window: int,
-                                scale: float) -> _C.AttnVarlenFwdParams:
-    """q [Tq, Hq, d], k/v [Tk, Hk, d] (unit inner stride), cu_q/cu_k [B + 1] int32 contiguous, out [Tq, Hq, d]
-    (unit inner stride), lse [Hq, Tq] fp32 (unit inner stride); window 0 = none. No workspace yet."""
-    p = _C.AttnVarlenFwdParams()
+def _set_varlen_fields(p, q, k, v, cu_q, cu_k, causal: bool, window: int, scale: float) -> None:
+    """The fields AttnVarlenFwdParams and AttnVarlenBwdParams share."""
     p.q, (p.q_token_stride, p.q_head_stride) = q.data_ptr(), q.stride()[:2]
     p.k, (p.k_token_stride, p.k_head_stride) = k.data_ptr(), k.stride()[:2]
     p.v, (p.v_token_stride, p.v_head_stride) = v.data_ptr(), v.stride()[:2]
     p.cu_seqlens_q, p.cu_seqlens_k = cu_q.data_ptr(), cu_k.data_ptr()
-    p.out, (p.out_token_stride, p.out_head_stride) = out.data_ptr(), out.stride()[:2]
-    p.lse, p.lse_head_stride = lse.data_ptr(), lse.stride(0)
     p.dtype, p.batch = DTYPE_CODES[q.dtype], cu_q.shape[0] - 1
     (p.total_q, p.num_heads_q, p.head_dim), (p.total_k, p.num_heads_k, _) = q.shape, k.shape
     p.max_seqlen_q, p.max_seqlen_k = 0, 0  # unknown: the kernels size their grids from the totals
     p.causal, p.window, p.scale = causal, window, float(scale)
     p.workspace, p.workspace_bytes = 0, 0
+
+
+def attention_varlen_fwd_params(q, k, v, cu_q, cu_k, out, lse, causal: bool, window: int,
+                                scale: float) -> _C.AttnVarlenFwdParams:
+    """q [Tq, Hq, d], k/v [Tk, Hk, d] (unit inner stride), cu_q/cu_k [B + 1] int32 contiguous, out [Tq, Hq, d]
+    (unit inner stride), lse [Hq, Tq] fp32 (unit inner stride); window 0 = none. No workspace yet."""
+    p = _C.AttnVarlenFwdParams()
+    _set_varlen_fields(p, q, k, v, cu_q, cu_k, causal, window, scale)
+    p.out, (p.out_token_stride, p.out_head_stride) = out.data_ptr(), out.stride()[:2]
+    p.lse, p.lse_head_stride = lse.data_ptr(), lse.stride(0)
     return p
 
 
@@ -105,21 +101,13 @@ def attention_varlen_bwd_params(q, k, v, out, dout, lse, cu_q, cu_k, dq, dk, dv,
     """q/out/dout/dq [Tq, Hq, d], k/v/dk/dv [Tk, Hk, d] (unit inner stride), lse [Hq, Tq] fp32, cu_q/cu_k
     [B + 1] int32 contiguous; window 0 = none. No workspace yet."""
     p = _C.AttnVarlenBwdParams()
-    p.q, (p.q_token_stride, p.q_head_stride) = q.data_ptr(), q.stride()[:2]
-    p.k, (p.k_token_stride, p.k_head_stride) = k.data_ptr(), k.stride()[:2]
-    p.v, (p.v_token_stride, p.v_head_stride) = v.data_ptr(), v.stride()[:2]
+    _set_varlen_fields(p, q, k, v, cu_q, cu_k, causal, window, scale)
     p.out, (p.out_token_stride, p.out_head_stride) = out.data_ptr(), out.stride()[:2]
     p.dout, (p.dout_token_stride, p.dout_head_stride) = dout.data_ptr(), dout.stride()[:2]
     p.lse, p.lse_head_stride = lse.data_ptr(), lse.stride(0)
-    p.cu_seqlens_q, p.cu_seqlens_k = cu_q.data_ptr(), cu_k.data_ptr()
     p.dq, (p.dq_token_stride, p.dq_head_stride) = dq.data_ptr(), dq.stride()[:2]
     p.dk, (p.dk_token_stride, p.dk_head_stride) = dk.data_ptr(), dk.stride()[:2]
     p.dv, (p.dv_token_stride, p.dv_head_stride) = dv.data_ptr(), dv.stride()[:2]
-    p.dtype, p.batch = DTYPE_CODES[q.dtype], cu_q.shape[0] - 1
-    (p.total_q, p.num_heads_q, p.head_dim), (p.total_k, p.num_heads_k, _) = q.shape, k.shape
-    p.max_seqlen_q, p.max_seqlen_k = 0, 0
-    p.causal, p.window, p.scale = causal, window, float(scale)
-    p.workspace, p.workspace_bytes = 0, 0
     return p
 
 

@@ -29,14 +29,7 @@ import torch
 
 from zaya_rt import _C, ref
 from zaya_rt.ops._lib import (
-    DTYPE_CODES,
-    FLOAT_DTYPES,
-    device_args,
-    lib,
-    register_autograd,
-    register_kernels,
-    set_workspace,
-    workspace,
+    DTYPE_CODES, FLOAT_DTYPES, device_args, lib, register_autograd, register_kernels, set_workspace, workspace,
 )
 
 lib.define(
@@ -213,36 +206,44 @@ def _stride(t: torch.Tensor | None, dim: int) -> int:
 # ---- the kernels' arguments (csrc/bindings_cca.cpp), field by field ----------------------------------------------
 
 
+def _set_common_fields(p, qp, kp, weights, cs_in, positions, cu_seqlens, inv_freq, state_dtype) -> None:
+    """The fields CcaPrepFwdParams and CcaPrepBwdParams share; the sizes follow from qp, kp, the weights (temp
+    [Hk]) and inv_freq [rope_dims / 2], the norm eps is the activations' dtype eps."""
+    conv0_w, conv0_b, conv1_w, conv1_b, temp = weights
+    p.qp, p.qp_row_stride = qp.data_ptr(), _rs(qp)
+    p.kp, p.kp_row_stride = kp.data_ptr(), _rs(kp)
+    p.dtype = DTYPE_CODES[qp.dtype]
+    p.conv0_w, p.conv0_b, p.conv1_w, p.conv1_b = (t.data_ptr() for t in (conv0_w, conv0_b, conv1_w, conv1_b))
+    p.temp, p.w_dtype = temp.data_ptr(), DTYPE_CODES[conv0_w.dtype]
+    p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride = _ptr(cs_in), _stride(cs_in, 0), _stride(cs_in, 1)
+    p.state_dtype = DTYPE_CODES[state_dtype]
+    p.positions, p.pos_dtype = positions.data_ptr(), DTYPE_CODES[positions.dtype]
+    p.cu_seqlens, p.inv_freq = cu_seqlens.data_ptr(), inv_freq.data_ptr()
+    Hk = temp.shape[0]
+    d = kp.shape[1] // Hk
+    p.T, p.B, p.Hq, p.Hk, p.d = qp.shape[0], cu_seqlens.shape[0] - 1, qp.shape[1] // d, Hk, d
+    p.k0, p.k1, p.rd = conv0_w.shape[2], conv1_w.shape[2], 2 * inv_freq.shape[0]
+    p.norm_eps = _EPS[qp.dtype]
+    p.workspace, p.workspace_bytes = 0, 0
+
+
 def cca_prep_fwd_params(qp, kp, v_cur, v_del, weights, cs_in, vs_in, positions, cu_seqlens, inv_freq, q, k, v,
                         cs_out, vs_out) -> _C.CcaPrepFwdParams:
     """qp [T, Hq*d], kp [T, Hk*d], v_cur/v_del [T, V] (unit inner stride); weights = (conv0_w, conv0_b, conv1_w,
     conv1_b, temp) contiguous in one dtype; cs_in [B, C, K] (unit inner stride) and vs_in [B, V] (unit inner
     stride) in the states' dtype, or None; positions [T] int32/int64 and cu_seqlens [B + 1] int32 contiguous;
     inv_freq [rope_dims / 2] fp32; outputs q [T, Hq, d], k/v [T, Hk, d], cs_out [B, C, K], vs_out [B, V]
-    contiguous. The norm eps is the activations' dtype eps. No workspace yet."""
-    conv0_w, conv0_b, conv1_w, conv1_b, temp = weights
+    contiguous. No workspace yet."""
     p = _C.CcaPrepFwdParams()
-    p.qp, p.qp_row_stride = qp.data_ptr(), _rs(qp)
-    p.kp, p.kp_row_stride = kp.data_ptr(), _rs(kp)
+    _set_common_fields(p, qp, kp, weights, cs_in, positions, cu_seqlens, inv_freq, cs_out.dtype)
     p.v_cur, p.v_cur_row_stride = v_cur.data_ptr(), _rs(v_cur)
     p.v_del, p.v_del_row_stride = v_del.data_ptr(), _rs(v_del)
-    p.dtype = DTYPE_CODES[qp.dtype]
-    p.conv0_w, p.conv0_b, p.conv1_w, p.conv1_b = (t.data_ptr() for t in (conv0_w, conv0_b, conv1_w, conv1_b))
-    p.temp, p.w_dtype = temp.data_ptr(), DTYPE_CODES[conv0_w.dtype]
-    p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride = _ptr(cs_in), _stride(cs_in, 0), _stride(cs_in, 1)
     p.v_state_in, p.vs_in_batch_stride = _ptr(vs_in), _stride(vs_in, 0)
-    p.state_dtype = DTYPE_CODES[cs_out.dtype]
-    p.positions, p.pos_dtype = positions.data_ptr(), DTYPE_CODES[positions.dtype]
-    p.cu_seqlens, p.inv_freq = cu_seqlens.data_ptr(), inv_freq.data_ptr()
     p.q, (p.q_row_stride, p.q_head_stride) = q.data_ptr(), q.stride()[:2]
     p.k, (p.k_row_stride, p.k_head_stride) = k.data_ptr(), k.stride()[:2]
     p.v, p.v_row_stride = v.data_ptr(), v.stride(0)
     p.conv_state_out, (p.cs_out_batch_stride, p.cs_out_channel_stride) = cs_out.data_ptr(), cs_out.stride()[:2]
     p.v_state_out, p.vs_out_batch_stride = vs_out.data_ptr(), vs_out.stride(0)
-    p.T, p.B, p.Hq, p.Hk, p.d = q.shape[0], cu_seqlens.shape[0] - 1, q.shape[1], k.shape[1], q.shape[2]
-    p.k0, p.k1, p.rd = conv0_w.shape[2], conv1_w.shape[2], 2 * inv_freq.shape[0]
-    p.norm_eps = _EPS[qp.dtype]
-    p.workspace, p.workspace_bytes = 0, 0
     return p
 
 
@@ -253,34 +254,19 @@ def cca_prep_bwd_params(gq, gk, gv, gcs, gvs, qp, kp, weights, cs_in, positions,
     positions, cu_seqlens and inv_freq as in cca_prep_fwd_params; outgoing g_qp [T, Hq*d], g_kp [T, Hk*d],
     g_vc/g_vd [T, V], g_cs [B, C, K], g_vs [B, V] contiguous and param_grads = fp32 (conv0_w, conv0_b, conv1_w,
     conv1_b, temp) gradients contiguous. No workspace yet."""
-    conv0_w, conv0_b, conv1_w, conv1_b, temp = weights
     p = _C.CcaPrepBwdParams()
+    _set_common_fields(p, qp, kp, weights, cs_in, positions, cu_seqlens, inv_freq, g_cs.dtype)
     p.grad_q, p.gq_row_stride, p.gq_head_stride = _ptr(gq), _stride(gq, 0), _stride(gq, 1)
     p.grad_k, p.gk_row_stride, p.gk_head_stride = _ptr(gk), _stride(gk, 0), _stride(gk, 1)
     p.grad_v, p.gv_row_stride = _ptr(gv), _stride(gv, 0)
     p.grad_conv_state_out, p.gcs_batch_stride, p.gcs_channel_stride = _ptr(gcs), _stride(gcs, 0), _stride(gcs, 1)
     p.grad_v_state_out, p.gvs_batch_stride = _ptr(gvs), _stride(gvs, 0)
-    p.qp, p.qp_row_stride = qp.data_ptr(), _rs(qp)
-    p.kp, p.kp_row_stride = kp.data_ptr(), _rs(kp)
-    p.dtype = DTYPE_CODES[qp.dtype]
-    p.conv0_w, p.conv0_b, p.conv1_w, p.conv1_b = (t.data_ptr() for t in (conv0_w, conv0_b, conv1_w, conv1_b))
-    p.temp, p.w_dtype = temp.data_ptr(), DTYPE_CODES[conv0_w.dtype]
-    p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride = _ptr(cs_in), _stride(cs_in, 0), _stride(cs_in, 1)
-    p.state_dtype = DTYPE_CODES[g_cs.dtype]
-    p.positions, p.pos_dtype = positions.data_ptr(), DTYPE_CODES[positions.dtype]
-    p.cu_seqlens, p.inv_freq = cu_seqlens.data_ptr(), inv_freq.data_ptr()
     p.grad_qp, p.gqp_row_stride = g_qp.data_ptr(), g_qp.stride(0)
     p.grad_kp, p.gkp_row_stride = g_kp.data_ptr(), g_kp.stride(0)
     p.grad_v_cur, p.gvc_row_stride = g_vc.data_ptr(), g_vc.stride(0)
     p.grad_v_del, p.gvd_row_stride = g_vd.data_ptr(), g_vd.stride(0)
     p.grad_conv_state_in, p.grad_v_state_in = g_cs.data_ptr(), g_vs.data_ptr()
     p.grad_conv0_w, p.grad_conv0_b, p.grad_conv1_w, p.grad_conv1_b, p.grad_temp = (t.data_ptr() for t in param_grads)
-    Hk = temp.shape[0]
-    d = kp.shape[1] // Hk
-    p.T, p.B, p.Hq, p.Hk, p.d = qp.shape[0], cu_seqlens.shape[0] - 1, qp.shape[1] // d, Hk, d
-    p.k0, p.k1, p.rd = conv0_w.shape[2], conv1_w.shape[2], 2 * inv_freq.shape[0]
-    p.norm_eps = _EPS[qp.dtype]
-    p.workspace, p.workspace_bytes = 0, 0
     return p
 
 
@@ -464,26 +450,11 @@ register_kernels("cca_prep_backward", _backward_impl, _backward_fake)
 register_autograd("cca_prep", _setup, _backward)
 
 
-def cca_prep(
-    qp: torch.Tensor,
-    kp: torch.Tensor,
-    v_cur: torch.Tensor,
-    v_del: torch.Tensor,
-    conv0_w: torch.Tensor,
-    conv0_b: torch.Tensor,
-    conv1_w: torch.Tensor,
-    conv1_b: torch.Tensor,
-    temp: torch.Tensor,
-    positions: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    conv_state: torch.Tensor | None = None,
-    v_state: torch.Tensor | None = None,
-    *,
-    num_q_heads: int,
-    num_kv_heads: int,
-    rope_dims: int,
-    rope_theta: float,
-):
+def cca_prep(qp: torch.Tensor, kp: torch.Tensor, v_cur: torch.Tensor, v_del: torch.Tensor, conv0_w: torch.Tensor,
+             conv0_b: torch.Tensor, conv1_w: torch.Tensor, conv1_b: torch.Tensor, temp: torch.Tensor,
+             positions: torch.Tensor, cu_seqlens: torch.Tensor, conv_state: torch.Tensor | None = None,
+             v_state: torch.Tensor | None = None, *, num_q_heads: int, num_kv_heads: int, rope_dims: int,
+             rope_theta: float):
     """CCA prep over packed sequences; see the module docstring for shapes, dtypes and the math.
     Returns (q, k, v, conv_state_out, v_state_out)."""
     args = (qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,

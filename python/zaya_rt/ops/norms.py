@@ -13,17 +13,8 @@ import torch
 
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
-    DTYPE_CODES,
-    FLOAT_DTYPES,
-    as_rows,
-    check_eps,
-    check_same_device,
-    check_tensor,
-    device_args,
-    lib,
-    register_autograd,
-    register_kernels,
-    row_stride,
+    DTYPE_CODES, FLOAT_DTYPES, as_rows, check_eps, check_same_device, check_tensor, device_args, lib,
+    register_autograd, register_kernels, row_stride,
 )
 
 lib.define("rms_norm(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)")

@@ -22,18 +22,8 @@ import torch.nn.functional as F
 
 from zaya_rt import _C, ref
 from zaya_rt.ops._lib import (
-    DTYPE_CODES,
-    FLOAT_DTYPES,
-    call_op,
-    check_eps,
-    check_same_device,
-    check_tensor,
-    device_args,
-    lib,
-    register_autograd,
-    register_kernels,
-    set_workspace,
-    workspace,
+    DTYPE_CODES, FLOAT_DTYPES, call_op, check_eps, check_same_device, check_tensor, device_args, lib,
+    register_autograd, register_kernels, set_workspace, workspace,
 )
 
 lib.define(
@@ -255,21 +245,10 @@ register_kernels("zaya_router", _impl, _fake)
 register_autograd("zaya_router", _setup, _backward)
 
 
-def zaya_router(
-    x: torch.Tensor,
-    z_prev: torch.Tensor | None,
-    down_w: torch.Tensor,
-    down_b: torch.Tensor,
-    eda_scale: torch.Tensor | None,
-    norm_w: torch.Tensor,
-    fc1_w: torch.Tensor,
-    fc1_b: torch.Tensor,
-    fc2_w: torch.Tensor,
-    fc2_b: torch.Tensor,
-    out_w: torch.Tensor,
-    balancing_bias: torch.Tensor,
-    eps: float = 1e-5,
-):
+def zaya_router(x: torch.Tensor, z_prev: torch.Tensor | None, down_w: torch.Tensor, down_b: torch.Tensor,
+                eda_scale: torch.Tensor | None, norm_w: torch.Tensor, fc1_w: torch.Tensor, fc1_b: torch.Tensor,
+                fc2_w: torch.Tensor, fc2_b: torch.Tensor, out_w: torch.Tensor, balancing_bias: torch.Tensor,
+                eps: float = 1e-5):
     """The ZAYA1 router; see the module docstring for shapes. Returns (logits, gate, choice, z)."""
     args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
     if not _TENSOR_OR_NONE.issuperset(map(type, args[:-1])):  # cheap test first: parameters are subclasses

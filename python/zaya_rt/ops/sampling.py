@@ -21,14 +21,7 @@ import torch
 
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
-    DTYPE_CODES,
-    FLOAT_DTYPES,
-    check_same_device,
-    check_tensor,
-    device_args,
-    lib,
-    register_kernels,
-    set_workspace,
+    DTYPE_CODES, FLOAT_DTYPES, check_same_device, check_tensor, device_args, lib, register_kernels, set_workspace,
     workspace,
 )
 
