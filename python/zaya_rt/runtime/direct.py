@@ -44,6 +44,20 @@ class Workspace:
         return self._ptr, self._size
 
 
+_MAX_CACHED = 64
+
+
+def _params_for(cache: dict, key, build):
+    """cache[key], made by build() on a miss. Decode shapes repeat; prefill shapes vary with every prompt, so a
+    cache holding _MAX_CACHED keys starts over."""
+    got = cache.get(key)
+    if got is None:
+        if len(cache) >= _MAX_CACHED:
+            cache.clear()
+        got = cache[key] = build()
+    return got
+
+
 def _row_stride(t: torch.Tensor) -> int:
     return t.stride(0) if t.shape[0] > 1 else t.shape[1]
 
@@ -81,11 +95,7 @@ class Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
         out = torch.empty((T, self.N), dtype=self.weight.dtype)
-        key = (T, _row_stride(x), x.dtype)
-        cached = self._params.get(key)
-        if cached is None:
-            cached = self._params[key] = self._build(x, out)
-        p, nbytes, _ = cached
+        p, nbytes, _ = _params_for(self._params, (T, _row_stride(x), x.dtype), lambda: self._build(x, out))
         p.workspace, p.workspace_bytes = self.ws.get(nbytes)
         if T <= self.PACKED_MAX_ROWS:
             p.x, p.out = x.data_ptr(), out.data_ptr()
@@ -120,10 +130,8 @@ class ResidualNorm:
             self._rstd = torch.empty(max(T, 16), dtype=torch.float32)
             self._cached.clear()
         key = (T, y.dtype, h.dtype, _row_stride(y), _row_stride(h))
-        p = self._cached.get(key)
-        if p is None:
-            p = self._cached[key] = residual_rms_norm_fwd_params(y, h, self.params[:4], self.params[4], r, out,
-                                                                 self._rstd, self.eps)
+        p = _params_for(self._cached, key, lambda: residual_rms_norm_fwd_params(
+            y, h, self.params[:4], self.params[4], r, out, self._rstd, self.eps))
         p.y, p.h, p.r, p.out = y.data_ptr(), h.data_ptr(), r.data_ptr(), out.data_ptr()
         _C.residual_rms_norm_fwd(p, *_CPU)
         return r, out
@@ -153,14 +161,14 @@ class Router:
         gate = torch.empty((T,), dtype=torch.float32)
         choice = torch.empty((T,), dtype=torch.int64)
         z = torch.empty((T, R), dtype=torch.float32)
-        key = (T, x.dtype, _row_stride(x), None if z_prev is None else z_prev.dtype)
-        cached = self._cached.get(key)
-        if cached is None:
+        def build():
             down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, bias = self.tensors
             p = zaya_router_params(x, z_prev, down_w, down_b, self.eda, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
                                    bias, self.eps, logits, gate, choice, z)
-            cached = self._cached[key] = (p, _C.zaya_router_workspace(p, 0))
-        p, nbytes = cached
+            return p, _C.zaya_router_workspace(p, 0)
+
+        key = (T, x.dtype, _row_stride(x), None if z_prev is None else z_prev.dtype)
+        p, nbytes = _params_for(self._cached, key, build)
         p.x, p.z_prev = x.data_ptr(), 0 if z_prev is None else z_prev.data_ptr()
         p.logits, p.gate, p.choice, p.z = logits.data_ptr(), gate.data_ptr(), choice.data_ptr(), z.data_ptr()
         p.workspace, p.workspace_bytes = self.ws.get(nbytes)
@@ -179,16 +187,20 @@ class Experts:
 
     def __call__(self, x: torch.Tensor, choice: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         out = torch.empty(x.shape, dtype=x.dtype)
-        key = (x.shape[0], x.dtype, choice.dtype, gate.dtype, _row_stride(x))
-        cached = self._cached.get(key)
-        if cached is None:
+        def build():
             p = moe_experts_params(x, choice, gate, self.w1, self.w2, out)
-            cached = self._cached[key] = (p, _C.moe_experts_workspace(p, 0))
-        p, nbytes = cached
+            return p, _C.moe_experts_workspace(p, 0)
+
+        p, nbytes = _params_for(self._cached, (x.shape[0], x.dtype, choice.dtype, gate.dtype, _row_stride(x)), build)
         p.hidden, p.expert_index, p.gate, p.out = x.data_ptr(), choice.data_ptr(), gate.data_ptr(), out.data_ptr()
         p.workspace, p.workspace_bytes = self.ws.get(nbytes)
         _C.moe_experts(p, *_CPU)
         return out
+
+
+# Params of the two module-level calls by shape and cache (the runner's page caches live as long as it does).
+_KV_WRITE: dict[tuple, object] = {}
+_DECODE: dict[tuple, tuple] = {}
 
 
 def kv_write(k: torch.Tensor, v: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
@@ -197,7 +209,10 @@ def kv_write(k: torch.Tensor, v: torch.Tensor, k_pages: torch.Tensor, v_pages: t
     T = k.shape[0]
     if T == 0:
         return
-    _C.kv_write(kv_write_params(k.view(T, -1), v.view(T, -1), k_pages, v_pages, slot_mapping), *_CPU)
+    key = (T, k_pages.data_ptr(), v_pages.data_ptr(), k_pages.shape, k_pages.dtype)
+    p = _params_for(_KV_WRITE, key, lambda: kv_write_params(k.view(T, -1), v.view(T, -1), k_pages, v_pages, slot_mapping))
+    p.k_new, p.v_new, p.slot_mapping = k.data_ptr(), v.data_ptr(), slot_mapping.data_ptr()
+    _C.kv_write(p, *_CPU)
 
 
 def attention_decode(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
@@ -205,9 +220,16 @@ def attention_decode(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tens
     """One query token per sequence: q [B, Hq, d] (contiguous) against the pages [P, S, Hk, d] (contiguous),
     block_table [B, M] int32 (contiguous), seq_lens [B] int32 -> [B, Hq, d]."""
     out = torch.empty(q.shape, dtype=q.dtype)
-    p = attention_decode_params(q[:, None], k_pages, v_pages, block_table, seq_lens, out[:, None], window or 0,
-                                scale)
-    p.workspace, p.workspace_bytes = ws.get(_C.attention_decode_workspace(p, 0))
+    key = (q.shape, q.dtype, k_pages.data_ptr(), v_pages.data_ptr(), k_pages.shape, block_table.shape, window, scale)
+
+    def build():
+        p = attention_decode_params(q[:, None], k_pages, v_pages, block_table, seq_lens, out[:, None], window or 0,
+                                    scale)
+        return p, _C.attention_decode_workspace(p, 0)
+
+    p, nbytes = _params_for(_DECODE, key, build)
+    p.q, p.block_table, p.seq_lens, p.out = q.data_ptr(), block_table.data_ptr(), seq_lens.data_ptr(), out.data_ptr()
+    p.workspace, p.workspace_bytes = ws.get(nbytes)
     _C.attention_decode(p, *_CPU)
     return out
 
@@ -227,15 +249,28 @@ class CcaPrep:
         self.inv_freq = inv_freq.contiguous()
         self.Hq, self.Hk, self.d = num_q_heads, num_kv_heads, head_dim
         self.ws = ws
+        self._cached: dict[tuple, tuple] = {}  # shapes, dtypes and row strides -> (params, workspace bytes)
 
     def __call__(self, qp, kp, v_cur, v_del, positions, cu_seqlens, conv_in, v_in, conv_out, v_out):
         T = qp.shape[0]
         q = torch.empty((T, self.Hq, self.d), dtype=qp.dtype)
         k = torch.empty((T, self.Hk, self.d), dtype=qp.dtype)
         v = torch.empty((T, self.Hk, self.d), dtype=qp.dtype)
-        p = cca_prep_fwd_params(qp, kp, v_cur, v_del, self.tensors, conv_in, v_in, positions, cu_seqlens,
-                                self.inv_freq, q, k, v, conv_out, v_out)
-        p.workspace, p.workspace_bytes = self.ws.get(_C.cca_prep_fwd_workspace(p, 0))
+        key = (T, cu_seqlens.shape[0], qp.dtype, positions.dtype, conv_in.dtype, conv_out.dtype, qp.stride(0),
+               kp.stride(0), v_cur.stride(0), v_del.stride(0))
+
+        def build():
+            p = cca_prep_fwd_params(qp, kp, v_cur, v_del, self.tensors, conv_in, v_in, positions, cu_seqlens,
+                                    self.inv_freq, q, k, v, conv_out, v_out)
+            return p, _C.cca_prep_fwd_workspace(p, 0)
+
+        p, nbytes = _params_for(self._cached, key, build)
+        p.qp, p.kp, p.v_cur, p.v_del = qp.data_ptr(), kp.data_ptr(), v_cur.data_ptr(), v_del.data_ptr()
+        p.positions, p.cu_seqlens = positions.data_ptr(), cu_seqlens.data_ptr()
+        p.conv_state_in, p.v_state_in = conv_in.data_ptr(), v_in.data_ptr()
+        p.q, p.k, p.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
+        p.conv_state_out, p.v_state_out = conv_out.data_ptr(), v_out.data_ptr()
+        p.workspace, p.workspace_bytes = self.ws.get(nbytes)
         _C.cca_prep_fwd(p, *_CPU)
         return q, k, v
 
@@ -247,14 +282,19 @@ class Greedy:
     def __init__(self) -> None:
         self._zeros = torch.zeros(0, dtype=torch.int64)
         self._ones = torch.ones(0, dtype=torch.float32)
+        self._cached: dict[tuple, object] = {}  # (B, V, dtype, row stride) -> params
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         B = logits.shape[0]
         if self._zeros.numel() < B:
             self._zeros = torch.zeros(B, dtype=torch.int64)
             self._ones = torch.ones(B, dtype=torch.float32)
+            self._cached.clear()
+        out = torch.empty(B, dtype=torch.int64)
         # all-zero bytes serve as temperature (0: greedy), top_k, min_p, seed and step; top_p must be in (0, 1]
         zero, one = self._zeros, self._ones
-        out = torch.empty(B, dtype=torch.int64)
-        _C.sample_tokens(sample_tokens_params(logits, (zero, zero, one, zero, zero, zero), out), *_CPU)
+        p = _params_for(self._cached, (logits.shape, logits.dtype, logits.stride(0)),
+                    lambda: sample_tokens_params(logits, (zero, zero, one, zero, zero, zero), out))
+        p.logits, p.out = logits.data_ptr(), out.data_ptr()
+        _C.sample_tokens(p, *_CPU)
         return out
