@@ -9,6 +9,24 @@
 
 namespace py = pybind11;
 
+namespace {
+
+using zaya_rt::bindings::ParamsClass;
+
+// The fields ResidualRmsNormFwdParams and ResidualRmsNormBwdParams share.
+template <typename P>
+ParamsClass<P>& bind_residual_fields(ParamsClass<P>& c) {
+  return c
+      .ptr("y", &P::y).value("y_row_stride", &P::y_row_stride).dtype("y_dtype", &P::y_dtype)
+      .ptr("h", &P::h).value("h_row_stride", &P::h_row_stride).dtype("h_dtype", &P::h_dtype)
+      .ptr("y_bias", &P::y_bias).ptr("y_scale", &P::y_scale).ptr("h_bias", &P::h_bias)
+      .ptr("h_scale", &P::h_scale).dtype("p_dtype", &P::p_dtype)
+      .ptr("weight", &P::weight).dtype("w_dtype", &P::w_dtype)
+      .ptr("r", &P::r).value("r_row_stride", &P::r_row_stride);
+}
+
+}  // namespace
+
 void bind_norms(py::module_& m) {
   using namespace zaya_rt::bindings;
   {
@@ -36,14 +54,9 @@ void bind_norms(py::module_& m) {
   }
   {
     using P = zaya_rt::ResidualRmsNormFwdParams;
-    ParamsClass<P>(m, "ResidualRmsNormFwdParams",
-                   "Arguments of residual_rms_norm_fwd (zaya_rt/norms.h), by field name.")
-        .ptr("y", &P::y).value("y_row_stride", &P::y_row_stride).dtype("y_dtype", &P::y_dtype)
-        .ptr("h", &P::h).value("h_row_stride", &P::h_row_stride).dtype("h_dtype", &P::h_dtype)
-        .ptr("y_bias", &P::y_bias).ptr("y_scale", &P::y_scale).ptr("h_bias", &P::h_bias)
-        .ptr("h_scale", &P::h_scale).dtype("p_dtype", &P::p_dtype)
-        .ptr("weight", &P::weight).dtype("w_dtype", &P::w_dtype)
-        .ptr("r", &P::r).value("r_row_stride", &P::r_row_stride)
+    ParamsClass<P> c(m, "ResidualRmsNormFwdParams",
+                     "Arguments of residual_rms_norm_fwd (zaya_rt/norms.h), by field name.");
+    bind_residual_fields(c)
         .ptr("out", &P::out).value("out_row_stride", &P::out_row_stride)
         .ptr("rstd", &P::rstd)
         .value("rows", &P::rows).value("dim", &P::dim).value("eps", &P::eps);
@@ -52,16 +65,11 @@ void bind_norms(py::module_& m) {
   }
   {
     using P = zaya_rt::ResidualRmsNormBwdParams;
-    ParamsClass<P>(m, "ResidualRmsNormBwdParams",
-                   "Arguments of residual_rms_norm_bwd (zaya_rt/norms.h), by field name.")
+    ParamsClass<P> c(m, "ResidualRmsNormBwdParams",
+                     "Arguments of residual_rms_norm_bwd (zaya_rt/norms.h), by field name.");
+    bind_residual_fields(c)
         .ptr("grad_r", &P::grad_r).value("grad_r_row_stride", &P::grad_r_row_stride)
         .ptr("grad_out", &P::grad_out).value("grad_out_row_stride", &P::grad_out_row_stride)
-        .ptr("y", &P::y).value("y_row_stride", &P::y_row_stride).dtype("y_dtype", &P::y_dtype)
-        .ptr("h", &P::h).value("h_row_stride", &P::h_row_stride).dtype("h_dtype", &P::h_dtype)
-        .ptr("y_bias", &P::y_bias).ptr("y_scale", &P::y_scale).ptr("h_bias", &P::h_bias)
-        .ptr("h_scale", &P::h_scale).dtype("p_dtype", &P::p_dtype)
-        .ptr("weight", &P::weight).dtype("w_dtype", &P::w_dtype)
-        .ptr("r", &P::r).value("r_row_stride", &P::r_row_stride)
         .ptr("rstd", &P::rstd)
         .ptr("grad_y", &P::grad_y).value("grad_y_row_stride", &P::grad_y_row_stride)
         .ptr("grad_h", &P::grad_h).value("grad_h_row_stride", &P::grad_h_row_stride)

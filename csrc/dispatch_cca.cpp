@@ -54,6 +54,13 @@ template <typename P> void check_common(const char* op, const P& p) {
   check_rows(op, p.T, {{"qp", p.qp, p.qp_row_stride, p.Hq * p.d}, {"kp", p.kp, p.kp_row_stride, p.Hk * p.d}});
 }
 
+// The CPU kernels read cu_seqlens on the host (checked in full, so they can trust it) and need a workspace for
+// at least one thread.
+template <typename P> void check_cpu(const char* op, const P& p, int64_t workspace_needed) {
+  check_cu_seqlens(op, p.cu_seqlens, p.B, p.T);
+  need(op, p.workspace_bytes >= workspace_needed, "workspace is too small");
+}
+
 }  // namespace
 
 void cca_prep_fwd(const CcaPrepFwdParams& p, const Device& dev) {
@@ -71,15 +78,13 @@ void cca_prep_fwd(const CcaPrepFwdParams& p, const Device& dev) {
   check_stride(op, "q", p.q_row_stride, p.Hq * p.q_head_stride - (p.q_head_stride - p.d), p.T);
   check_stride(op, "k", p.k_row_stride, p.Hk * p.k_head_stride - (p.k_head_stride - p.d), p.T);
   require_device(op, dev);
-  if (dev.type == DeviceType::kGpu) {  // cu_seqlens stay on the device: not read here (no sync)
+  if (dev.type == DeviceType::kGpu)  // cu_seqlens stay on the device: not read here (no sync)
     need(op, p.workspace_bytes >= gpu::cca_prep_fwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd),
          "workspace is too small");
-    return finish(op, gpu::cca_prep_fwd(p, dev.stream));
-  }
-  check_cu_seqlens(op, p.cu_seqlens, p.B, p.T);
-  if (p.workspace_bytes < cpu::cca_prep_fwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, 1))
-    bad(op, "workspace is too small");
-  finish(op, cpu::cca_prep_fwd(p));
+  route(op, p, dev, [op](const CcaPrepFwdParams& q) {
+    check_cpu(op, q, cpu::cca_prep_fwd_workspace(q.T, q.B, q.Hq, q.Hk, q.d, q.k0, q.k1, q.rd, 1));
+    return cpu::cca_prep_fwd(q);
+  }, gpu::cca_prep_fwd);
 }
 
 void cca_prep_bwd(const CcaPrepBwdParams& p, const Device& dev) {
@@ -99,14 +104,10 @@ void cca_prep_bwd(const CcaPrepBwdParams& p, const Device& dev) {
                        {"grad_v_cur", p.grad_v_cur, p.gvc_row_stride, V},
                        {"grad_v_del", p.grad_v_del, p.gvd_row_stride, V}});
   if (p.grad_v) check_stride(op, "grad_v", p.gv_row_stride, kd, p.T);
-  require_device(op, dev);
-  if (dev.type == DeviceType::kGpu) {
-    return finish(op, gpu::cca_prep_bwd(p, dev.stream));
-  }
-  check_cu_seqlens(op, p.cu_seqlens, p.B, p.T);
-  if (p.workspace_bytes < cpu::cca_prep_bwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd, 1))
-    bad(op, "workspace is too small");
-  finish(op, cpu::cca_prep_bwd(p));
+  route(op, p, dev, [op](const CcaPrepBwdParams& q) {
+    check_cpu(op, q, cpu::cca_prep_bwd_workspace(q.T, q.B, q.Hq, q.Hk, q.d, q.k0, q.k1, q.rd, 1));
+    return cpu::cca_prep_bwd(q);
+  }, gpu::cca_prep_bwd);
 }
 
 int64_t cca_prep_fwd_workspace(const CcaPrepFwdParams& p, const Device& d) {

@@ -50,6 +50,17 @@ inline void check_stride(const char* op, const char* name, int64_t stride, int64
                 std::to_string(width) + ")");
 }
 
+// A pointer argument and whether it must be set.
+struct PtrArg {
+  const char* name;
+  const void* ptr;
+  bool needed;
+};
+
+inline void check_ptrs(const char* op, std::initializer_list<PtrArg> args) {
+  for (const PtrArg& a : args) check_ptr(op, a.name, a.ptr, a.needed);
+}
+
 // A row-major operand: rows of `width` elements `row_stride` apart, at `ptr` (needed when there are rows).
 struct RowsArg {
   const char* name;

@@ -71,9 +71,7 @@ void moe_dispatch(const MoeDispatchParams& p, const Device& d) {
 void grouped_gemm(const GroupedGemmParams& p, const Device& d) {
   const char* op = "grouped_gemm";
   check_float_dtype(op, "a", p.dtype);
-  check_ptr(op, "a", p.a, p.M * p.K > 0);
-  check_ptr(op, "b", p.b, p.N * p.K > 0);
-  check_ptr(op, "out", p.out, p.M * p.N > 0);
+  check_ptrs(op, {{"a", p.a, p.M * p.K > 0}, {"b", p.b, p.N * p.K > 0}, {"out", p.out, p.M * p.N > 0}});
   check_groups(op, p, d);
   if (p.M * p.N == 0) return;
   if (p.K == 0)  // zaya_rt.ops.grouped_gemm returns the zeros itself
@@ -85,9 +83,7 @@ void grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p, const Device
   const char* op = "grouped_gemm_weight_grad";
   check_float_dtype(op, "dy", p.dtype);
   check_float_dtype(op, "grad_b", p.grad_dtype);
-  check_ptr(op, "dy", p.dy, p.M * p.N > 0);
-  check_ptr(op, "a", p.a, p.M * p.K > 0);
-  check_ptr(op, "grad_b", p.grad_b, p.N * p.K > 0);
+  check_ptrs(op, {{"dy", p.dy, p.M * p.N > 0}, {"a", p.a, p.M * p.K > 0}, {"grad_b", p.grad_b, p.N * p.K > 0}});
   check_groups(op, p, d);
   if (p.N * p.K == 0) return;
   route(op, p, d, cpu::grouped_gemm_weight_grad, gpu::grouped_gemm_weight_grad);

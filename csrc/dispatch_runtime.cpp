@@ -13,11 +13,16 @@ using namespace dispatch;
 
 namespace {
 
-// The cache dtype and the sizes every page operation needs positive.
-void check_cache(const char* op, DType t, std::initializer_list<std::pair<const char*, int64_t>> positive) {
+// What every page operation checks: the cache dtype, the sizes it needs positive, its pointers (when it has
+// rows to move) and the device.
+void check_cache(const char* op, DType t, std::initializer_list<std::pair<const char*, int64_t>> positive,
+                 bool any, std::initializer_list<const void*> pointers, const Device& d) {
   if (!is_floating_16_32(t) && t != DType::kFloat64)
     bad(op, std::string("cache dtype must be float32, float16, bfloat16 or float64, got ") + dtype_name(t));
   for (const auto& [name, value] : positive) check_positive(op, name, value);
+  for (const void* q : pointers)
+    if (any && q == nullptr) bad(op, "null pointer");
+  require_device(op, d);
 }
 
 // Host-side index checks of the CPU kernels. GPU index tensors stay on the device: nothing reads their values
@@ -72,34 +77,31 @@ void check_sampling(const char* op, const SampleParams& p) {
 
 void kv_write(const KvWriteParams& p, const Device& d) {
   const char* op = "kv_write";
-  check_cache(op, p.dtype, {{"row width", p.W}, {"page count", p.P}, {"page size", p.S}});
   check_nonneg(op, "N", p.N);
+  check_cache(op, p.dtype, {{"row width", p.W}, {"page count", p.P}, {"page size", p.S}}, p.N > 0,
+              {p.k_new, p.v_new, p.k_cache, p.v_cache, p.slot_mapping}, d);
   if (p.token_stride < p.W || p.page_stride < p.S * p.token_stride) bad(op, "cache strides overlap rows");
-  if (p.N > 0 && (!p.k_new || !p.v_new || !p.k_cache || !p.v_cache || !p.slot_mapping)) bad(op, "null pointer");
-  require_device(op, d);
   if (p.N == 0) return;
   route(op, p, d, [op](const KvWriteParams& q) { check_slots(op, q); return cpu::kv_write(q); }, gpu::kv_write);
 }
 
 void copy_pages(const CopyPagesParams& p, const Device& d) {
   const char* op = "copy_pages";
-  check_cache(op, p.dtype, {{"layer count", p.L}, {"page count", p.P}, {"page size", p.page_elems}});
   check_nonneg(op, "n", p.n);
+  check_cache(op, p.dtype, {{"layer count", p.L}, {"page count", p.P}, {"page size", p.page_elems}}, p.n > 0,
+              {p.cache, p.src, p.dst}, d);
   if (p.page_stride < p.page_elems || p.layer_stride < p.P * p.page_stride) bad(op, "cache strides overlap pages");
-  if (p.n > 0 && (!p.cache || !p.src || !p.dst)) bad(op, "null pointer");
-  require_device(op, d);
   if (p.n == 0) return;
   route(op, p, d, [op](const CopyPagesParams& q) { check_pages(op, q); return cpu::copy_pages(q); }, gpu::copy_pages);
 }
 
 void gather_tail(const GatherTailParams& p, const Device& d) {
   const char* op = "gather_tail";
-  check_cache(op, p.dtype, {{"row width", p.W}, {"page count", p.P}, {"page size", p.S}});
   check_nonneg(op, "B", p.B);
   check_nonneg(op, "tau", p.tau);
   check_nonneg(op, "block table width", p.M);
-  if (p.B * p.tau > 0 && (!p.cache || !p.block_table || !p.seq_lens || !p.out)) bad(op, "null pointer");
-  require_device(op, d);
+  check_cache(op, p.dtype, {{"row width", p.W}, {"page count", p.P}, {"page size", p.S}}, p.B * p.tau > 0,
+              {p.cache, p.block_table, p.seq_lens, p.out}, d);
   if (p.B * p.tau == 0) return;
   route(op, p, d, [op](const GatherTailParams& q) { check_seq_lens(op, q); return cpu::gather_tail(q); },
         gpu::gather_tail);

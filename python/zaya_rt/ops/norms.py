@@ -107,20 +107,25 @@ def rms_norm_bwd_params(go2: torch.Tensor, x2: torch.Tensor, weight: torch.Tenso
     return p
 
 
-def residual_rms_norm_fwd_params(y2, h2, params, weight, r2, out2, rstd, eps) -> _C.ResidualRmsNormFwdParams:
-    """y2, h2 [rows, dim] (any float dtypes, unit inner stride), params (y_bias, y_scale, h_bias, h_scale) and
-    weight [dim] contiguous in one dtype, r2 [rows, dim] fp32 and out2 [rows, dim] in weight's dtype (unit inner
-    stride), rstd [rows] fp32 contiguous."""
-    p = _C.ResidualRmsNormFwdParams()
+def _set_residual_fields(p, y2, h2, params, weight, r2) -> None:
+    """The fields ResidualRmsNormFwdParams and ResidualRmsNormBwdParams share."""
     p.y, p.y_row_stride, p.y_dtype = y2.data_ptr(), row_stride(y2), DTYPE_CODES[y2.dtype]
     p.h, p.h_row_stride, p.h_dtype = h2.data_ptr(), row_stride(h2), DTYPE_CODES[h2.dtype]
     p.y_bias, p.y_scale, p.h_bias, p.h_scale = (t.data_ptr() for t in params)
     p.p_dtype = DTYPE_CODES[params[0].dtype]
     p.weight, p.w_dtype = weight.data_ptr(), DTYPE_CODES[weight.dtype]
     p.r, p.r_row_stride = r2.data_ptr(), row_stride(r2)
+    p.rows, p.dim = y2.shape
+
+
+def residual_rms_norm_fwd_params(y2, h2, params, weight, r2, out2, rstd, eps) -> _C.ResidualRmsNormFwdParams:
+    """y2, h2 [rows, dim] (any float dtypes, unit inner stride), params (y_bias, y_scale, h_bias, h_scale) and
+    weight [dim] contiguous in one dtype, r2 [rows, dim] fp32 and out2 [rows, dim] in weight's dtype (unit inner
+    stride), rstd [rows] fp32 contiguous."""
+    p = _C.ResidualRmsNormFwdParams()
+    _set_residual_fields(p, y2, h2, params, weight, r2)
     p.out, p.out_row_stride = out2.data_ptr(), row_stride(out2)
     p.rstd = rstd.data_ptr()
-    p.rows, p.dim = y2.shape
     p.eps = float(eps)
     return p
 
@@ -133,18 +138,12 @@ def residual_rms_norm_bwd_params(gr2, go2, y2, h2, params, weight, r2, rstd, gra
     p = _C.ResidualRmsNormBwdParams()
     p.grad_r, p.grad_r_row_stride = gr2.data_ptr(), row_stride(gr2)
     p.grad_out, p.grad_out_row_stride = go2.data_ptr(), row_stride(go2)
-    p.y, p.y_row_stride, p.y_dtype = y2.data_ptr(), row_stride(y2), DTYPE_CODES[y2.dtype]
-    p.h, p.h_row_stride, p.h_dtype = h2.data_ptr(), row_stride(h2), DTYPE_CODES[h2.dtype]
-    p.y_bias, p.y_scale, p.h_bias, p.h_scale = (t.data_ptr() for t in params)
-    p.p_dtype = DTYPE_CODES[params[0].dtype]
-    p.weight, p.w_dtype = weight.data_ptr(), DTYPE_CODES[weight.dtype]
-    p.r, p.r_row_stride = r2.data_ptr(), row_stride(r2)
+    _set_residual_fields(p, y2, h2, params, weight, r2)
     p.rstd = rstd.data_ptr()
     p.grad_y, p.grad_y_row_stride = grad_y.data_ptr(), row_stride(grad_y)
     p.grad_h, p.grad_h_row_stride = grad_h.data_ptr(), row_stride(grad_h)
     p.partials, p.num_partials = partials.data_ptr(), partials.shape[0]
     p.grad_params = grad_params.data_ptr()
-    p.rows, p.dim = y2.shape
     return p
 
 
