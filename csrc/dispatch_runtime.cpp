@@ -13,10 +13,13 @@ using namespace dispatch;
 
 namespace {
 
-// What every page operation checks: the cache dtype, the sizes it needs positive, its pointers (when it has
-// rows to move) and the device.
-void check_cache(const char* op, DType t, std::initializer_list<std::pair<const char*, int64_t>> positive,
-                 bool any, std::initializer_list<const void*> pointers, const Device& d) {
+using Sizes = std::initializer_list<std::pair<const char*, int64_t>>;
+
+// What every page operation checks: its row counts (non-negative), the cache dtype, the sizes it needs
+// positive, its pointers (when it has rows to move) and the device.
+void check_cache(const char* op, Sizes counts, DType t, Sizes positive, bool any,
+                 std::initializer_list<const void*> pointers, const Device& d) {
+  for (const auto& [name, value] : counts) check_nonneg(op, name, value);
   if (!is_floating_16_32(t) && t != DType::kFloat64)
     bad(op, std::string("cache dtype must be float32, float16, bfloat16 or float64, got ") + dtype_name(t));
   for (const auto& [name, value] : positive) check_positive(op, name, value);
@@ -73,38 +76,38 @@ void check_sampling(const char* op, const SampleParams& p) {
     bad(op, "workspace too small");
 }
 
+// Runs the CPU kernel after its host-side index checks, or the GPU one, when there are rows to move.
+template <typename P>
+void run_rows(const char* op, const P& p, const Device& d, bool any, void (*host_check)(const char*, const P&),
+              const char* (*cpu_fn)(const P&), const char* (*gpu_fn)(const P&, void*)) {
+  if (!any) return;
+  route(op, p, d, [op, host_check, cpu_fn](const P& q) { host_check(op, q); return cpu_fn(q); }, gpu_fn);
+}
+
 }  // namespace
 
 void kv_write(const KvWriteParams& p, const Device& d) {
   const char* op = "kv_write";
-  check_nonneg(op, "N", p.N);
-  check_cache(op, p.dtype, {{"row width", p.W}, {"page count", p.P}, {"page size", p.S}}, p.N > 0,
+  check_cache(op, {{"N", p.N}}, p.dtype, {{"row width", p.W}, {"page count", p.P}, {"page size", p.S}}, p.N > 0,
               {p.k_new, p.v_new, p.k_cache, p.v_cache, p.slot_mapping}, d);
   if (p.token_stride < p.W || p.page_stride < p.S * p.token_stride) bad(op, "cache strides overlap rows");
-  if (p.N == 0) return;
-  route(op, p, d, [op](const KvWriteParams& q) { check_slots(op, q); return cpu::kv_write(q); }, gpu::kv_write);
+  run_rows(op, p, d, p.N > 0, check_slots, cpu::kv_write, gpu::kv_write);
 }
 
 void copy_pages(const CopyPagesParams& p, const Device& d) {
   const char* op = "copy_pages";
-  check_nonneg(op, "n", p.n);
-  check_cache(op, p.dtype, {{"layer count", p.L}, {"page count", p.P}, {"page size", p.page_elems}}, p.n > 0,
-              {p.cache, p.src, p.dst}, d);
+  check_cache(op, {{"n", p.n}}, p.dtype, {{"layer count", p.L}, {"page count", p.P}, {"page size", p.page_elems}},
+              p.n > 0, {p.cache, p.src, p.dst}, d);
   if (p.page_stride < p.page_elems || p.layer_stride < p.P * p.page_stride) bad(op, "cache strides overlap pages");
-  if (p.n == 0) return;
-  route(op, p, d, [op](const CopyPagesParams& q) { check_pages(op, q); return cpu::copy_pages(q); }, gpu::copy_pages);
+  run_rows(op, p, d, p.n > 0, check_pages, cpu::copy_pages, gpu::copy_pages);
 }
 
 void gather_tail(const GatherTailParams& p, const Device& d) {
   const char* op = "gather_tail";
-  check_nonneg(op, "B", p.B);
-  check_nonneg(op, "tau", p.tau);
-  check_nonneg(op, "block table width", p.M);
-  check_cache(op, p.dtype, {{"row width", p.W}, {"page count", p.P}, {"page size", p.S}}, p.B * p.tau > 0,
+  check_cache(op, {{"B", p.B}, {"tau", p.tau}, {"block table width", p.M}}, p.dtype,
+              {{"row width", p.W}, {"page count", p.P}, {"page size", p.S}}, p.B * p.tau > 0,
               {p.cache, p.block_table, p.seq_lens, p.out}, d);
-  if (p.B * p.tau == 0) return;
-  route(op, p, d, [op](const GatherTailParams& q) { check_seq_lens(op, q); return cpu::gather_tail(q); },
-        gpu::gather_tail);
+  run_rows(op, p, d, p.B * p.tau > 0, check_seq_lens, cpu::gather_tail, gpu::gather_tail);
 }
 
 void sample_tokens(const SampleParams& p, const Device& d) {
@@ -116,8 +119,7 @@ void sample_tokens(const SampleParams& p, const Device& d) {
   if (p.B == 0) return;
   if (!p.logits || !p.temperature || !p.top_k || !p.top_p || !p.min_p || !p.seed || !p.step || !p.out)
     bad(op, "null pointer");
-  route(op, p, d, [op](const SampleParams& q) { check_sampling(op, q); return cpu::sample_tokens(q); },
-        gpu::sample_tokens);  // the GPU kernel needs no workspace
+  run_rows(op, p, d, true, check_sampling, cpu::sample_tokens, gpu::sample_tokens);  // GPU: no workspace
 }
 
 int64_t sample_workspace(const SampleParams& p, const Device& d) {
