@@ -353,18 +353,9 @@ def _scale_arg(op: str, scale, d: int) -> float:
     return float(scale)
 
 
-def attention_varlen(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
-    *,
-    causal: bool = True,
-    window: int | None = None,
-    scale: float | None = None,
-    return_lse: bool = False,
-):
+def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, *, causal: bool = True, window: int | None = None,
+                     scale: float | None = None, return_lse: bool = False):
     """Flash-style attention over packed variable-length sequences (fp32 scores, softmax and accumulation).
 
     q [Tq, Hq, d], k/v [Tk, Hk, d]: one dtype (float32/bfloat16/float16; float64 runs the reference), unit
@@ -390,16 +381,8 @@ def attention_varlen(
     return (out, lse) if return_lse else out
 
 
-def attention_decode(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-    *,
-    scale: float | None = None,
-    window: int | None = None,
-) -> torch.Tensor:
+def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                     seq_lens: torch.Tensor, *, scale: float | None = None, window: int | None = None) -> torch.Tensor:
     """Attention of the last n tokens of each sequence against a paged KV cache (forward only).
 
     q [B, n, Hq, d]: query tokens at positions seq_lens[b] - n .. seq_lens[b] - 1, causal among themselves.
