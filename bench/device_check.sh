@@ -130,7 +130,7 @@ import torch
 import torch.nn.functional as F
 import zaya_rt  # noqa: F401  registers torch.ops.zaya_rt
 from zaya_rt.benchmarks.harness import cuda_graph_time_us
-from zaya_rt.ops._lib import DTYPE_CODES
+from zaya_rt.ops.moe import grouped_gemm_params
 
 ops = torch.ops.zaya_rt
 D = I = 2048
@@ -155,10 +155,9 @@ w1 = torch.randn(E, 2 * I, D, device="cuda", dtype=dtype, generator=gen) / D**0.
 w2 = torch.randn(E, D, I, device="cuda", dtype=dtype, generator=gen) / I**0.5
 def family_path(a, b):
     out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype, device="cuda")
-    return zaya_rt._C.grouped_gemm_path(a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0),
-                                        b.stride(1), b.stride(2), out.data_ptr(), out.stride(0),
-                                        DTYPE_CODES[a.dtype], a.shape[0], b.shape[1], a.shape[1], b.shape[0],
-                                        0, 1 << 30)  # workspace: only its size is looked at
+    p = grouped_gemm_params(a, b, None, out)
+    p.workspace_bytes = 1 << 30  # only the workspace's size is looked at
+    return zaya_rt._C.grouped_gemm_path(p)
 
 
 FAMILIES = ("cutlass", "wmma")  # ZAYA_RT_CUDA_GROUPED_GEMM for the rows marked [family]
@@ -232,6 +231,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import zaya_rt  # noqa: F401  registers torch.ops.zaya_rt
 from zaya_rt.benchmarks.harness import cuda_graph_time_us
+from zaya_rt.ops.attention import attention_varlen_fwd_params
 
 PEAK_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0}
 name = torch.cuda.get_device_name(0)
@@ -261,8 +261,8 @@ for T in (2048, 8192, 16384):
     cu = torch.tensor([0, T], device="cuda", dtype=torch.int32)
     flops = 4 * T * T * Hq * d / 2
     us = try_time(lambda: ops.attention_varlen(q, k, v, cu, cu, True, 0, d ** -0.5))
-    path = zaya_rt._C.attention_varlen_path(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0),
-                                            k.stride(1), v.data_ptr(), v.stride(0), v.stride(1), 2, 1, T, T, Hq, Hk, d)
+    lse = torch.empty(Hq, T, device="cuda")
+    path = zaya_rt._C.attention_varlen_path(attention_varlen_fwd_params(q, k, v, cu, cu, q, lse, True, 0, 1.0))
     fams = []
     for fam in ATTN_FAMILIES:
         os.environ["ZAYA_RT_CUDA_ATTENTION"] = fam

@@ -1,119 +1,78 @@
-// pybind11 functions of the CCA prep family: raw addresses, strides, sizes and dtype codes in the order of
-// the params structs in zaya_rt/cca.h (python/zaya_rt/ops/cca.py builds the calls).
+// pybind11 bindings of the CCA prep family: CcaPrepFwdParams and CcaPrepBwdParams by field name
+// (csrc/bindings_params.h), their entry points and workspace sizes. python/zaya_rt/ops/cca.py fills them.
 #include <pybind11/pybind11.h>
 
-#include "bindings_args.h"
-
 #include <cstdint>
-#include <stdexcept>
 
-#include "dispatch_cca.h"
+#include "bindings_params.h"
+#include "dispatch.h"
 
 namespace py = pybind11;
 
 namespace {
 
-using namespace zaya_rt::bindings;
-using zaya_rt::Device;
-using zaya_rt::DType;
+using zaya_rt::bindings::ParamsClass;
 
-// tensors: qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, conv_state_in, v_state_in, positions,
-// cu_seqlens, inv_freq, q, k, v, conv_state_out, v_state_out, workspace (addresses, 0 = none);
-// strides: qp, kp, v_cur, v_del rows, cs_in batch/channel, vs_in batch, q row/head, k row/head, v row,
-// cs_out batch/channel, vs_out batch; dtypes: activations, weights, state, positions;
-// sizes: T, B, Hq, Hk, d, k0, k1, rd.
-void cca_prep_fwd(py::tuple tensors, py::tuple strides, py::tuple dtypes, py::tuple sizes, double norm_eps,
-                  int64_t workspace_bytes, int dev_type, int dev_index, Ptr stream) {
-  auto a = [&](int i) { return ptr(tensors[i].cast<Ptr>()); };
-  auto s = [&](int i) { return strides[i].cast<int64_t>(); };
-  auto z = [&](int i) { return sizes[i].cast<int64_t>(); };
-  auto t = [&](int i) { return dt(dtypes[i].cast<int>()); };
-  if (tensors.size() != 20 || strides.size() != 16 || dtypes.size() != 4 || sizes.size() != 8)
-    throw std::invalid_argument("zaya_rt.cca_prep: bad argument tuple lengths");
-  zaya_rt::CcaPrepFwdParams p{};
-  p.qp = a(0); p.qp_row_stride = s(0);
-  p.kp = a(1); p.kp_row_stride = s(1);
-  p.v_cur = a(2); p.v_cur_row_stride = s(2);
-  p.v_del = a(3); p.v_del_row_stride = s(3);
-  p.dtype = t(0);
-  p.conv0_w = a(4); p.conv0_b = a(5); p.conv1_w = a(6); p.conv1_b = a(7); p.temp = a(8);
-  p.w_dtype = t(1);
-  p.conv_state_in = a(9); p.cs_in_batch_stride = s(4); p.cs_in_channel_stride = s(5);
-  p.v_state_in = a(10); p.vs_in_batch_stride = s(6);
-  p.state_dtype = t(2);
-  p.positions = a(11); p.pos_dtype = t(3);
-  p.cu_seqlens = static_cast<const int32_t*>(a(12));
-  p.inv_freq = static_cast<const float*>(a(13));
-  p.q = a(14); p.q_row_stride = s(7); p.q_head_stride = s(8);
-  p.k = a(15); p.k_row_stride = s(9); p.k_head_stride = s(10);
-  p.v = a(16); p.v_row_stride = s(11);
-  p.conv_state_out = a(17); p.cs_out_batch_stride = s(12); p.cs_out_channel_stride = s(13);
-  p.v_state_out = a(18); p.vs_out_batch_stride = s(14);
-  (void)s(15);
-  p.T = z(0); p.B = z(1); p.Hq = z(2); p.Hk = z(3); p.d = z(4); p.k0 = z(5); p.k1 = z(6); p.rd = z(7);
-  p.norm_eps = static_cast<float>(norm_eps);
-  p.workspace = a(19); p.workspace_bytes = workspace_bytes;
-  const Device d = dev(dev_type, dev_index, stream);
-  py::gil_scoped_release nogil;
-  zaya_rt::cca_prep_fwd(p, d);
-}
-
-// tensors: grad_q, grad_k, grad_v, grad_conv_state_out, grad_v_state_out, qp, kp, conv0_w, conv0_b, conv1_w,
-// conv1_b, temp, conv_state_in, positions, cu_seqlens, inv_freq, grad_qp, grad_kp, grad_v_cur, grad_v_del,
-// grad_conv_state_in, grad_v_state_in, grad_conv0_w, grad_conv0_b, grad_conv1_w, grad_conv1_b, grad_temp, workspace;
-// strides: gq row/head, gk row/head, gv row, gcs batch/channel, gvs batch, qp row, kp row, cs_in batch/channel,
-// grad_qp, grad_kp, grad_v_cur, grad_v_del rows.
-void cca_prep_bwd(py::tuple tensors, py::tuple strides, py::tuple dtypes, py::tuple sizes, double norm_eps,
-                  int64_t workspace_bytes, int dev_type, int dev_index, Ptr stream) {
-  auto a = [&](int i) { return ptr(tensors[i].cast<Ptr>()); };
-  auto s = [&](int i) { return strides[i].cast<int64_t>(); };
-  auto z = [&](int i) { return sizes[i].cast<int64_t>(); };
-  auto t = [&](int i) { return dt(dtypes[i].cast<int>()); };
-  if (tensors.size() != 28 || strides.size() != 16 || dtypes.size() != 4 || sizes.size() != 8)
-    throw std::invalid_argument("zaya_rt.cca_prep_backward: bad argument tuple lengths");
-  zaya_rt::CcaPrepBwdParams p{};
-  p.grad_q = a(0); p.gq_row_stride = s(0); p.gq_head_stride = s(1);
-  p.grad_k = a(1); p.gk_row_stride = s(2); p.gk_head_stride = s(3);
-  p.grad_v = a(2); p.gv_row_stride = s(4);
-  p.grad_conv_state_out = a(3); p.gcs_batch_stride = s(5); p.gcs_channel_stride = s(6);
-  p.grad_v_state_out = a(4); p.gvs_batch_stride = s(7);
-  p.qp = a(5); p.qp_row_stride = s(8);
-  p.kp = a(6); p.kp_row_stride = s(9);
-  p.dtype = t(0);
-  p.conv0_w = a(7); p.conv0_b = a(8); p.conv1_w = a(9); p.conv1_b = a(10); p.temp = a(11);
-  p.w_dtype = t(1);
-  p.conv_state_in = a(12); p.cs_in_batch_stride = s(10); p.cs_in_channel_stride = s(11);
-  p.state_dtype = t(2);
-  p.positions = a(13); p.pos_dtype = t(3);
-  p.cu_seqlens = static_cast<const int32_t*>(a(14));
-  p.inv_freq = static_cast<const float*>(a(15));
-  p.grad_qp = a(16); p.gqp_row_stride = s(12);
-  p.grad_kp = a(17); p.gkp_row_stride = s(13);
-  p.grad_v_cur = a(18); p.gvc_row_stride = s(14);
-  p.grad_v_del = a(19); p.gvd_row_stride = s(15);
-  p.grad_conv_state_in = a(20); p.grad_v_state_in = a(21);
-  p.grad_conv0_w = static_cast<float*>(a(22)); p.grad_conv0_b = static_cast<float*>(a(23));
-  p.grad_conv1_w = static_cast<float*>(a(24)); p.grad_conv1_b = static_cast<float*>(a(25));
-  p.grad_temp = static_cast<float*>(a(26));
-  p.T = z(0); p.B = z(1); p.Hq = z(2); p.Hk = z(3); p.d = z(4); p.k0 = z(5); p.k1 = z(6); p.rd = z(7);
-  p.norm_eps = static_cast<float>(norm_eps);
-  p.workspace = a(27); p.workspace_bytes = workspace_bytes;
-  const Device d = dev(dev_type, dev_index, stream);
-  py::gil_scoped_release nogil;
-  zaya_rt::cca_prep_bwd(p, d);
+// The fields CcaPrepFwdParams and CcaPrepBwdParams share.
+template <typename P>
+ParamsClass<P>& bind_common_fields(ParamsClass<P>& c) {
+  return c
+      .ptr("qp", &P::qp).value("qp_row_stride", &P::qp_row_stride)
+      .ptr("kp", &P::kp).value("kp_row_stride", &P::kp_row_stride)
+      .dtype("dtype", &P::dtype)
+      .ptr("conv0_w", &P::conv0_w).ptr("conv0_b", &P::conv0_b).ptr("conv1_w", &P::conv1_w)
+      .ptr("conv1_b", &P::conv1_b).ptr("temp", &P::temp).dtype("w_dtype", &P::w_dtype)
+      .ptr("conv_state_in", &P::conv_state_in).value("cs_in_batch_stride", &P::cs_in_batch_stride)
+      .value("cs_in_channel_stride", &P::cs_in_channel_stride)
+      .dtype("state_dtype", &P::state_dtype)
+      .ptr("positions", &P::positions).dtype("pos_dtype", &P::pos_dtype)
+      .ptr("cu_seqlens", &P::cu_seqlens).ptr("inv_freq", &P::inv_freq)
+      .value("T", &P::T).value("B", &P::B).value("Hq", &P::Hq).value("Hk", &P::Hk).value("d", &P::d)
+      .value("k0", &P::k0).value("k1", &P::k1).value("rd", &P::rd).value("norm_eps", &P::norm_eps)
+      .ptr("workspace", &P::workspace).value("workspace_bytes", &P::workspace_bytes);
 }
 
 }  // namespace
 
 void bind_cca(py::module_& m) {
-  m.def("cca_prep_fwd", &cca_prep_fwd);
-  m.def("cca_prep_bwd", &cca_prep_bwd);
-  m.def("cca_prep_fwd_workspace", [](int dev_type, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t d,
-                                     int64_t k0, int64_t k1, int64_t rd) {
-    return zaya_rt::cca_prep_fwd_workspace(dev(dev_type, 0, 0), T, B, Hq, Hk, d, k0, k1, rd);
-  });
-  m.def("cca_prep_bwd_workspace", [](int dev_type, int64_t T, int64_t B, int64_t Hq, int64_t Hk, int64_t d,
-                                     int64_t k0, int64_t k1, int64_t rd) {
-    return zaya_rt::cca_prep_bwd_workspace(dev(dev_type, 0, 0), T, B, Hq, Hk, d, k0, k1, rd);
-  });
+  using namespace zaya_rt::bindings;
+  {
+    using P = zaya_rt::CcaPrepFwdParams;
+    ParamsClass<P> c(m, "CcaPrepFwdParams", "Arguments of cca_prep_fwd (zaya_rt/cca.h), by field name.");
+    bind_common_fields(c)
+        .ptr("v_cur", &P::v_cur).value("v_cur_row_stride", &P::v_cur_row_stride)
+        .ptr("v_del", &P::v_del).value("v_del_row_stride", &P::v_del_row_stride)
+        .ptr("v_state_in", &P::v_state_in).value("vs_in_batch_stride", &P::vs_in_batch_stride)
+        .ptr("q", &P::q).value("q_row_stride", &P::q_row_stride).value("q_head_stride", &P::q_head_stride)
+        .ptr("k", &P::k).value("k_row_stride", &P::k_row_stride).value("k_head_stride", &P::k_head_stride)
+        .ptr("v", &P::v).value("v_row_stride", &P::v_row_stride)
+        .ptr("conv_state_out", &P::conv_state_out).value("cs_out_batch_stride", &P::cs_out_batch_stride)
+        .value("cs_out_channel_stride", &P::cs_out_channel_stride)
+        .ptr("v_state_out", &P::v_state_out).value("vs_out_batch_stride", &P::vs_out_batch_stride);
+    def_entry<P>(m, "cca_prep_fwd", &zaya_rt::cca_prep_fwd, "CCA prep forward: q, k, v and the outgoing states.");
+    def_size<P>(m, "cca_prep_fwd_workspace", &zaya_rt::cca_prep_fwd_workspace, "Workspace bytes of cca_prep_fwd.");
+  }
+  {
+    using P = zaya_rt::CcaPrepBwdParams;
+    ParamsClass<P> c(m, "CcaPrepBwdParams", "Arguments of cca_prep_bwd (zaya_rt/cca.h), by field name.");
+    bind_common_fields(c)
+        .ptr("grad_q", &P::grad_q).value("gq_row_stride", &P::gq_row_stride)
+        .value("gq_head_stride", &P::gq_head_stride)
+        .ptr("grad_k", &P::grad_k).value("gk_row_stride", &P::gk_row_stride)
+        .value("gk_head_stride", &P::gk_head_stride)
+        .ptr("grad_v", &P::grad_v).value("gv_row_stride", &P::gv_row_stride)
+        .ptr("grad_conv_state_out", &P::grad_conv_state_out).value("gcs_batch_stride", &P::gcs_batch_stride)
+        .value("gcs_channel_stride", &P::gcs_channel_stride)
+        .ptr("grad_v_state_out", &P::grad_v_state_out).value("gvs_batch_stride", &P::gvs_batch_stride)
+        .ptr("grad_qp", &P::grad_qp).value("gqp_row_stride", &P::gqp_row_stride)
+        .ptr("grad_kp", &P::grad_kp).value("gkp_row_stride", &P::gkp_row_stride)
+        .ptr("grad_v_cur", &P::grad_v_cur).value("gvc_row_stride", &P::gvc_row_stride)
+        .ptr("grad_v_del", &P::grad_v_del).value("gvd_row_stride", &P::gvd_row_stride)
+        .ptr("grad_conv_state_in", &P::grad_conv_state_in).ptr("grad_v_state_in", &P::grad_v_state_in)
+        .ptr("grad_conv0_w", &P::grad_conv0_w).ptr("grad_conv0_b", &P::grad_conv0_b)
+        .ptr("grad_conv1_w", &P::grad_conv1_w).ptr("grad_conv1_b", &P::grad_conv1_b)
+        .ptr("grad_temp", &P::grad_temp);
+    def_entry<P>(m, "cca_prep_bwd", &zaya_rt::cca_prep_bwd, "CCA prep backward: input and parameter gradients.");
+    def_size<P>(m, "cca_prep_bwd_workspace", &zaya_rt::cca_prep_bwd_workspace, "Workspace bytes of cca_prep_bwd.");
+  }
 }

@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "bindings_params.h"
-#include "dispatch_newton_schulz.h"
+#include "dispatch.h"
 
 namespace py = pybind11;
 
@@ -20,15 +20,8 @@ void bind_newton_schulz(py::module_& m) {
       .value("batch", &P::batch).value("rows", &P::rows).value("cols", &P::cols).value("steps", &P::steps)
       .value("a", &P::a).value("b", &P::b).value("c", &P::c).value("eps", &P::eps)
       .ptr("workspace", &P::workspace).value("workspace_bytes", &P::workspace_bytes);
-  m.def(
-      "newton_schulz",
-      [](const P& p, int dev_type, int dev_index, Ptr stream) {
-        const zaya_rt::Device d = dev(dev_type, dev_index, stream);
-        py::gil_scoped_release nogil;
-        zaya_rt::newton_schulz(p, d);
-      },
-      "Batched Newton-Schulz orthogonalisation of x [batch, rows, cols] into out (zaya_rt/newton_schulz.h).");
-  m.def("newton_schulz_workspace", [](int dev_type, int dtype, int64_t batch, int64_t rows, int64_t cols) {
-    return zaya_rt::newton_schulz_workspace(dev(dev_type, 0, 0), dt(dtype), batch, rows, cols);
-  }, "Workspace bytes of newton_schulz for this device type, compute dtype and shape.");
+  def_entry<P>(m, "newton_schulz", &zaya_rt::newton_schulz,
+               "Batched Newton-Schulz orthogonalisation of x [batch, rows, cols] into out (zaya_rt/newton_schulz.h).");
+  def_size<P>(m, "newton_schulz_workspace", &zaya_rt::newton_schulz_workspace,
+              "Workspace bytes of newton_schulz for this device type, compute dtype and shape.");
 }

@@ -1,41 +1,39 @@
-// pybind11 functions of the packed-weight linear layer; python/zaya_rt/runtime/direct.py builds the calls.
+// pybind11 bindings of the packed-weight linear layer (CPU): PackLinearParams and PackedLinearParams by field
+// name (csrc/bindings_params.h). python/zaya_rt/ops/packed_linear.py fills them.
 #include <pybind11/pybind11.h>
-
-#include "bindings_args.h"
 
 #include <cstdint>
 
-#include "dispatch_packed_linear.h"
+#include "bindings_params.h"
+#include "dispatch.h"
 
 namespace py = pybind11;
 
-namespace {
-
-using namespace zaya_rt::bindings;
-
-void pack_linear_weight(Ptr weight, int64_t w_rs, Ptr bias, Ptr packed, int64_t packed_bytes, int dtype, int64_t N,
-                        int64_t K) {
-  zaya_rt::PackLinearParams p{ptr(weight), w_rs, ptr(bias), ptr(packed), packed_bytes, dt(dtype), N, K};
-  py::gil_scoped_release nogil;
-  zaya_rt::pack_linear_weight(p, zaya_rt::Device{});
-}
-
-void packed_linear(Ptr x, int64_t x_rs, Ptr packed, Ptr out, int64_t out_rs, int dtype, int64_t M, int64_t N,
-                   int64_t K, Ptr ws, int64_t ws_bytes) {
-  zaya_rt::PackedLinearParams p{ptr(x), x_rs, ptr(packed), ptr(out), out_rs, dt(dtype), M, N, K, ptr(ws), ws_bytes};
-  py::gil_scoped_release nogil;
-  zaya_rt::packed_linear(p, zaya_rt::Device{});
-}
-
-}  // namespace
-
 void bind_packed_linear(py::module_& m) {
-  m.def("pack_linear_weight", &pack_linear_weight,
-        "Packs W [N, K] (+ bias [N]) into column panels for packed_linear (CPU; layout in zaya_rt/packed_linear.h).");
-  m.def("packed_linear_bytes", [](int dtype, int64_t N, int64_t K) {
-    return zaya_rt::packed_linear_bytes(dt(dtype), N, K);
-  }, "Bytes of the packed copy of an [N, K] weight of the given dtype code (plus its fp32 bias).");
-  m.def("packed_linear", &packed_linear, "out [M, N] = x [M, K] W^T + b over a packed weight (CPU).");
-  m.def("packed_linear_workspace", &zaya_rt::packed_linear_workspace,
-        "Workspace bytes packed_linear needs for M rows of K elements.");
+  using namespace zaya_rt::bindings;
+  {
+    using P = zaya_rt::PackLinearParams;
+    ParamsClass<P>(m, "PackLinearParams", "Arguments of pack_linear_weight (zaya_rt/packed_linear.h), by field name.")
+        .ptr("weight", &P::weight).value("weight_row_stride", &P::weight_row_stride)
+        .ptr("bias", &P::bias)
+        .ptr("packed", &P::packed).value("packed_bytes", &P::packed_bytes)
+        .dtype("dtype", &P::dtype).value("N", &P::N).value("K", &P::K);
+    def_entry<P>(m, "pack_linear_weight", &zaya_rt::pack_linear_weight,
+                 "Packs W [N, K] (+ bias [N]) into column panels for packed_linear (CPU).");
+    def_size<P>(m, "packed_linear_bytes", &zaya_rt::packed_linear_bytes,
+                "Bytes of the packed copy of the [N, K] weight (plus its fp32 bias).");
+  }
+  {
+    using P = zaya_rt::PackedLinearParams;
+    ParamsClass<P>(m, "PackedLinearParams", "Arguments of packed_linear (zaya_rt/packed_linear.h), by field name.")
+        .ptr("x", &P::x).value("x_row_stride", &P::x_row_stride)
+        .ptr("packed", &P::packed)
+        .ptr("out", &P::out).value("out_row_stride", &P::out_row_stride)
+        .dtype("dtype", &P::dtype).value("M", &P::M).value("N", &P::N).value("K", &P::K)
+        .ptr("workspace", &P::workspace).value("workspace_bytes", &P::workspace_bytes);
+    def_entry<P>(m, "packed_linear", &zaya_rt::packed_linear,
+                 "out [M, N] = x [M, K] W^T + b over a packed weight (CPU).");
+    def_size<P>(m, "packed_linear_workspace", &zaya_rt::packed_linear_workspace,
+                "Workspace bytes packed_linear needs for M rows of K elements.");
+  }
 }

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "bindings_args.h"
+#include "zaya_rt/common.h"
 
 namespace zaya_rt::bindings {
 
@@ -55,5 +56,26 @@ class ParamsClass {
   py::class_<S> cls_;
   py::list fields_;
 };
+
+// Binds the entry point `name(params, dev_type, dev_index, stream)`: runs fn(params, device) without the GIL.
+template <typename S>
+void def_entry(py::module_& m, const char* name, void (*fn)(const S&, const Device&), const char* doc) {
+  m.def(
+      name,
+      [fn](const S& p, int dev_type, int dev_index, Ptr stream) {
+        const Device d = dev(dev_type, dev_index, stream);
+        py::gil_scoped_release nogil;
+        fn(p, d);
+      },
+      py::arg("params"), py::arg("dev_type"), py::arg("dev_index"), py::arg("stream"), doc);
+}
+
+// Binds the size query `name(params, dev_type)` (workspace bytes and the like): the sizes come from params.
+template <typename S>
+void def_size(py::module_& m, const char* name, int64_t (*fn)(const S&, const Device&), const char* doc) {
+  m.def(
+      name, [fn](const S& p, int dev_type) { return fn(p, dev(dev_type, 0, 0)); }, py::arg("params"),
+      py::arg("dev_type"), doc);
+}
 
 }  // namespace zaya_rt::bindings

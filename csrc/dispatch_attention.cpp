@@ -1,4 +1,4 @@
-#include "dispatch_attention.h"
+#include "dispatch.h"
 
 #include <cmath>
 #include <string>
@@ -8,14 +8,15 @@
 namespace zaya_rt {
 using namespace dispatch;
 
+bool attention_takes_head_dim(int64_t d) { return d >= 32 && d <= 256 && d % 8 == 0; }
+
 namespace {
 
 void check_heads(const char* op, int64_t hq, int64_t hk, int64_t d) {
   if (hq < 1 || hk < 1) bad(op, "need at least one query head and one kv head");
   if (hq % hk != 0)
     bad(op, "query heads (" + std::to_string(hq) + ") must be a multiple of kv heads (" + std::to_string(hk) + ")");
-  if (d < 32 || d > 256 || d % 8 != 0)
-    bad(op, "head_dim must be a multiple of 8 in [32, 256], got " + std::to_string(d));
+  if (!attention_takes_head_dim(d)) bad(op, "head_dim must be a multiple of 8 in [32, 256], got " + std::to_string(d));
 }
 
 void check_common(const char* op, DType t, float scale, int64_t window) {

@@ -5,6 +5,7 @@
 // csrc/gpu_stubs.cpp links the gpu:: entry points and require_device() rejects GPU calls before they are reached.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -47,6 +48,32 @@ inline void check_stride(const char* op, const char* name, int64_t stride, int64
   if (rows > 1 && stride < width)
     bad(op, std::string(name) + " row stride " + std::to_string(stride) + " is smaller than its row (" +
                 std::to_string(width) + ")");
+}
+
+// A pointer argument and whether it must be set.
+struct PtrArg {
+  const char* name;
+  const void* ptr;
+  bool needed;
+};
+
+inline void check_ptrs(const char* op, std::initializer_list<PtrArg> args) {
+  for (const PtrArg& a : args) check_ptr(op, a.name, a.ptr, a.needed);
+}
+
+// A row-major operand: rows of `width` elements `row_stride` apart, at `ptr` (needed when there are rows).
+struct RowsArg {
+  const char* name;
+  const void* ptr;
+  int64_t row_stride, width;
+};
+
+// check_ptr and check_stride for each operand of `rows` rows.
+inline void check_rows(const char* op, int64_t rows, std::initializer_list<RowsArg> args) {
+  for (const RowsArg& a : args) {
+    check_ptr(op, a.name, a.ptr, rows > 0);
+    check_stride(op, a.name, a.row_stride, a.width, rows);
+  }
 }
 
 constexpr bool gpu_built() {

@@ -1,4 +1,4 @@
-#include "dispatch_moe.h"
+#include "dispatch.h"
 
 #include <initializer_list>
 #include <string>
@@ -26,6 +26,15 @@ void check_host_offsets(const char* op, const Device& d, const int32_t* offsets,
                   std::to_string(g) + "] = " + std::to_string(offsets[g]));
     prev = offsets[g];
   }
+}
+
+// Sizes, group offsets and workspace, as both grouped GEMMs take them.
+template <typename P> void check_groups(const char* op, const P& p, const Device& d) {
+  check_sizes(op, {{"M", p.M}, {"N", p.N}, {"K", p.K}});
+  if (p.G < 1) bad(op, "need at least one group");
+  check_ptr(op, "offsets", p.offsets, true);
+  check_ptr(op, "workspace", p.workspace, true);
+  check_host_offsets(op, d, p.offsets, p.G, p.M);
 }
 
 void check_index_dtype(const char* op, DType t) {
@@ -61,15 +70,9 @@ void moe_dispatch(const MoeDispatchParams& p, const Device& d) {
 
 void grouped_gemm(const GroupedGemmParams& p, const Device& d) {
   const char* op = "grouped_gemm";
-  check_sizes(op, {{"M", p.M}, {"N", p.N}, {"K", p.K}});
-  if (p.G < 1) bad(op, "need at least one group");
   check_float_dtype(op, "a", p.dtype);
-  check_ptr(op, "a", p.a, p.M * p.K > 0);
-  check_ptr(op, "b", p.b, p.N * p.K > 0);
-  check_ptr(op, "offsets", p.offsets, true);
-  check_ptr(op, "out", p.out, p.M * p.N > 0);
-  check_ptr(op, "workspace", p.workspace, true);
-  check_host_offsets(op, d, p.offsets, p.G, p.M);
+  check_ptrs(op, {{"a", p.a, p.M * p.K > 0}, {"b", p.b, p.N * p.K > 0}, {"out", p.out, p.M * p.N > 0}});
+  check_groups(op, p, d);
   if (p.M * p.N == 0) return;
   if (p.K == 0)  // zaya_rt.ops.grouped_gemm returns the zeros itself
     bad(op, "K = 0 (an empty inner dimension): the kernels need K >= 1 where the output is not empty");
@@ -78,16 +81,10 @@ void grouped_gemm(const GroupedGemmParams& p, const Device& d) {
 
 void grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p, const Device& d) {
   const char* op = "grouped_gemm_weight_grad";
-  check_sizes(op, {{"M", p.M}, {"N", p.N}, {"K", p.K}});
-  if (p.G < 1) bad(op, "need at least one group");
   check_float_dtype(op, "dy", p.dtype);
   check_float_dtype(op, "grad_b", p.grad_dtype);
-  check_ptr(op, "dy", p.dy, p.M * p.N > 0);
-  check_ptr(op, "a", p.a, p.M * p.K > 0);
-  check_ptr(op, "offsets", p.offsets, true);
-  check_ptr(op, "grad_b", p.grad_b, p.N * p.K > 0);
-  check_ptr(op, "workspace", p.workspace, true);
-  check_host_offsets(op, d, p.offsets, p.G, p.M);
+  check_ptrs(op, {{"dy", p.dy, p.M * p.N > 0}, {"a", p.a, p.M * p.K > 0}, {"grad_b", p.grad_b, p.N * p.K > 0}});
+  check_groups(op, p, d);
   if (p.N * p.K == 0) return;
   route(op, p, d, cpu::grouped_gemm_weight_grad, gpu::grouped_gemm_weight_grad);
 }
@@ -109,19 +106,22 @@ void moe_experts(const MoeExpertsParams& p, const Device& d) {
   route(op, p, d, cpu::moe_experts, gpu::moe_experts);
 }
 
-int64_t grouped_gemm_workspace(const Device& d, int64_t M, int64_t N, int64_t K, int64_t G, DType t) {
-  if (d.type == DeviceType::kGpu) return gpu::grouped_gemm_workspace(M, N, K, G, t);
-  return cpu::grouped_gemm_workspace(M, N, K, G, t);
+int64_t grouped_gemm_workspace(const GroupedGemmParams& p, const Device& d) {
+  require_device("grouped_gemm_workspace", d);
+  if (d.type == DeviceType::kGpu) return gpu::grouped_gemm_workspace(p.M, p.N, p.K, p.G, p.dtype);
+  return cpu::grouped_gemm_workspace(p.M, p.N, p.K, p.G, p.dtype);
 }
 
-int64_t grouped_gemm_weight_grad_workspace(const Device& d, int64_t M, int64_t N, int64_t K, int64_t G, DType t) {
-  if (d.type == DeviceType::kGpu) return gpu::grouped_gemm_weight_grad_workspace(M, N, K, G, t);
-  return cpu::grouped_gemm_weight_grad_workspace(M, N, K, G, t);
+int64_t grouped_gemm_weight_grad_workspace(const GroupedGemmWeightGradParams& p, const Device& d) {
+  require_device("grouped_gemm_weight_grad_workspace", d);
+  if (d.type == DeviceType::kGpu) return gpu::grouped_gemm_weight_grad_workspace(p.M, p.N, p.K, p.G, p.dtype);
+  return cpu::grouped_gemm_weight_grad_workspace(p.M, p.N, p.K, p.G, p.dtype);
 }
 
-int64_t moe_experts_workspace(const Device& d, int64_t T, int64_t top_k, int64_t D, int64_t I, int64_t E, DType t) {
-  if (d.type == DeviceType::kGpu) return gpu::moe_experts_workspace(T, top_k, D, I, E, t);
-  return cpu::moe_experts_workspace(T, top_k, D, I, E, t);
+int64_t moe_experts_workspace(const MoeExpertsParams& p, const Device& d) {
+  require_device("moe_experts_workspace", d);
+  if (d.type == DeviceType::kGpu) return gpu::moe_experts_workspace(p.T, p.top_k, p.D, p.I, p.E, p.dtype);
+  return cpu::moe_experts_workspace(p.T, p.top_k, p.D, p.I, p.E, p.dtype);
 }
 
 }  // namespace zaya_rt

@@ -1,4 +1,4 @@
-#include "dispatch_newton_schulz.h"
+#include "dispatch.h"
 
 #include <omp.h>
 
@@ -23,11 +23,12 @@ void check_shape(DType dtype, int64_t batch, int64_t rows, int64_t cols) {
 
 }  // namespace
 
-int64_t newton_schulz_workspace(const Device& d, DType dtype, int64_t batch, int64_t rows, int64_t cols) {
-  check_shape(dtype, batch, rows, cols);
+int64_t newton_schulz_workspace(const NewtonSchulzParams& p, const Device& d) {
+  check_shape(p.dtype, p.batch, p.rows, p.cols);
   dispatch::require_device(kOp, d);
-  if (d.type == DeviceType::kCpu) return cpu::newton_schulz_workspace(dtype, batch, rows, cols, omp_get_max_threads());
-  return gpu::newton_schulz_workspace(dtype, batch, rows, cols);
+  if (d.type == DeviceType::kCpu)
+    return cpu::newton_schulz_workspace(p.dtype, p.batch, p.rows, p.cols, omp_get_max_threads());
+  return gpu::newton_schulz_workspace(p.dtype, p.batch, p.rows, p.cols);
 }
 
 void newton_schulz(const NewtonSchulzParams& p, const Device& d) {
@@ -41,7 +42,7 @@ void newton_schulz(const NewtonSchulzParams& p, const Device& d) {
   dispatch::check_ptr(kOp, "out", p.out, true);
   dispatch::check_ptr(kOp, "workspace", p.workspace, true);
   if ((reinterpret_cast<uintptr_t>(p.workspace) & 63u) != 0) bad(kOp, "workspace must be 64-byte aligned");
-  const int64_t need = newton_schulz_workspace(d, p.dtype, p.batch, p.rows, p.cols);
+  const int64_t need = newton_schulz_workspace(p, d);
   if (p.workspace_bytes < need)
     bad(kOp, "workspace has " + std::to_string(p.workspace_bytes) + " bytes, needs " + std::to_string(need));
   dispatch::route(kOp, p, d, [](const NewtonSchulzParams& q) { return cpu::newton_schulz(q); },

@@ -1,10 +1,9 @@
-#include "dispatch_norms.h"
-
 #include <omp.h>
 
 #include <algorithm>
 #include <string>
 
+#include "dispatch.h"
 #include "dispatch_common.h"
 
 namespace zaya_rt {
@@ -13,95 +12,83 @@ using namespace dispatch;
 
 namespace {
 
-void check_rows(const char* op, int64_t rows, int64_t dim) {
+// What every norm entry point checks: the sizes, the dtypes, and for the residual forms the parameters.
+void check_sizes(const char* op, int64_t rows, int64_t dim) {
   if (rows < 0) bad(op, "negative row count " + std::to_string(rows));
   if (dim <= 0) bad(op, "hidden size must be positive, got " + std::to_string(dim));
+}
+
+void check_eps(const char* op, float eps) {
+  if (!(eps >= 0.f)) bad(op, "eps must be a non-negative number");
+}
+
+template <typename P> void check_residual(const char* op, const P& p) {
+  check_sizes(op, p.rows, p.dim);
+  check_float_dtype(op, "y", p.y_dtype);
+  check_float_dtype(op, "h", p.h_dtype);
+  check_float_dtype(op, "weight", p.w_dtype);
+  if (p.p_dtype != p.w_dtype) bad(op, "residual scale parameters must have the norm weight's dtype");
+  for (const void* q : {p.y_bias, p.y_scale, p.h_bias, p.h_scale, p.weight}) check_ptr(op, "parameter", q, true);
 }
 
 }  // namespace
 
 void rms_norm_fwd(const RmsNormFwdParams& p, const Device& d) {
   const char* op = "rms_norm";
-  check_rows(op, p.rows, p.dim);
+  check_sizes(op, p.rows, p.dim);
   check_float_dtype(op, "x", p.x_dtype);
   check_float_dtype(op, "weight", p.w_dtype);
-  if (!(p.eps >= 0.f)) bad(op, "eps must be a non-negative number");
-  check_ptr(op, "x", p.x, p.rows > 0);
+  check_eps(op, p.eps);
   check_ptr(op, "weight", p.weight, true);
-  check_ptr(op, "out", p.out, p.rows > 0);
   check_ptr(op, "rstd", p.rstd, p.rows > 0);
-  check_stride(op, "x", p.x_row_stride, p.dim, p.rows);
-  check_stride(op, "out", p.out_row_stride, p.dim, p.rows);
+  check_rows(op, p.rows, {{"x", p.x, p.x_row_stride, p.dim}, {"out", p.out, p.out_row_stride, p.dim}});
   if (p.rows == 0) return;
   route(op, p, d, cpu::rms_norm_fwd, gpu::rms_norm_fwd);
 }
 
 void rms_norm_bwd(const RmsNormBwdParams& p, const Device& d) {
   const char* op = "rms_norm_backward";
-  check_rows(op, p.rows, p.dim);
+  check_sizes(op, p.rows, p.dim);
   check_float_dtype(op, "x", p.x_dtype);
   check_float_dtype(op, "weight", p.w_dtype);
-  check_ptr(op, "grad_out", p.grad_out, p.rows > 0);
-  check_ptr(op, "x", p.x, p.rows > 0);
   check_ptr(op, "weight", p.weight, true);
   check_ptr(op, "rstd", p.rstd, p.rows > 0);
-  check_ptr(op, "grad_x", p.grad_x, p.rows > 0);
   check_ptr(op, "partials", p.partials, true);
   check_ptr(op, "grad_weight", p.grad_weight, true);
   if (p.num_partials < 1) bad(op, "num_partials must be at least 1");
-  check_stride(op, "grad_out", p.grad_out_row_stride, p.dim, p.rows);
-  check_stride(op, "x", p.x_row_stride, p.dim, p.rows);
-  check_stride(op, "grad_x", p.grad_x_row_stride, p.dim, p.rows);
+  check_rows(op, p.rows, {{"grad_out", p.grad_out, p.grad_out_row_stride, p.dim},
+                          {"x", p.x, p.x_row_stride, p.dim},
+                          {"grad_x", p.grad_x, p.grad_x_row_stride, p.dim}});
   route(op, p, d, cpu::rms_norm_bwd, gpu::rms_norm_bwd);
 }
 
 void residual_rms_norm_fwd(const ResidualRmsNormFwdParams& p, const Device& d) {
   const char* op = "residual_rms_norm";
-  check_rows(op, p.rows, p.dim);
-  check_float_dtype(op, "y", p.y_dtype);
-  check_float_dtype(op, "h", p.h_dtype);
-  check_float_dtype(op, "weight", p.w_dtype);
-  if (p.p_dtype != p.w_dtype) bad(op, "residual scale parameters must have the norm weight's dtype");
-  if (!(p.eps >= 0.f)) bad(op, "eps must be a non-negative number");
-  for (const void* q : {p.y_bias, p.y_scale, p.h_bias, p.h_scale, p.weight}) check_ptr(op, "parameter", q, true);
-  check_ptr(op, "y", p.y, p.rows > 0);
-  check_ptr(op, "h", p.h, p.rows > 0);
-  check_ptr(op, "r", p.r, p.rows > 0);
-  check_ptr(op, "out", p.out, p.rows > 0);
+  check_residual(op, p);
+  check_eps(op, p.eps);
   check_ptr(op, "rstd", p.rstd, p.rows > 0);
-  check_stride(op, "y", p.y_row_stride, p.dim, p.rows);
-  check_stride(op, "h", p.h_row_stride, p.dim, p.rows);
-  check_stride(op, "r", p.r_row_stride, p.dim, p.rows);
-  check_stride(op, "out", p.out_row_stride, p.dim, p.rows);
+  check_rows(op, p.rows, {{"y", p.y, p.y_row_stride, p.dim},
+                          {"h", p.h, p.h_row_stride, p.dim},
+                          {"r", p.r, p.r_row_stride, p.dim},
+                          {"out", p.out, p.out_row_stride, p.dim}});
   if (p.rows == 0) return;
   route(op, p, d, cpu::residual_rms_norm_fwd, gpu::residual_rms_norm_fwd);
 }
 
 void residual_rms_norm_bwd(const ResidualRmsNormBwdParams& p, const Device& d) {
   const char* op = "residual_rms_norm_backward";
-  check_rows(op, p.rows, p.dim);
-  check_float_dtype(op, "y", p.y_dtype);
-  check_float_dtype(op, "h", p.h_dtype);
-  check_float_dtype(op, "weight", p.w_dtype);
-  if (p.p_dtype != p.w_dtype) bad(op, "residual scale parameters must have the norm weight's dtype");
-  for (const void* q : {p.y_bias, p.y_scale, p.h_bias, p.h_scale, p.weight}) check_ptr(op, "parameter", q, true);
-  check_ptr(op, "grad_out", p.grad_out, p.rows > 0);
-  check_ptr(op, "y", p.y, p.rows > 0);
-  check_ptr(op, "h", p.h, p.rows > 0);
-  check_ptr(op, "r", p.r, p.rows > 0);
+  check_residual(op, p);
   check_ptr(op, "rstd", p.rstd, p.rows > 0);
-  check_ptr(op, "grad_y", p.grad_y, p.rows > 0);
-  check_ptr(op, "grad_h", p.grad_h, p.rows > 0);
   check_ptr(op, "partials", p.partials, true);
   check_ptr(op, "grad_params", p.grad_params, true);
   if (p.num_partials < 1) bad(op, "num_partials must be at least 1");
-  check_stride(op, "grad_out", p.grad_out_row_stride, p.dim, p.rows);
-  if (p.grad_r) check_stride(op, "grad_r", p.grad_r_row_stride, p.dim, p.rows);
-  check_stride(op, "y", p.y_row_stride, p.dim, p.rows);
-  check_stride(op, "h", p.h_row_stride, p.dim, p.rows);
-  check_stride(op, "r", p.r_row_stride, p.dim, p.rows);
-  check_stride(op, "grad_y", p.grad_y_row_stride, p.dim, p.rows);
-  check_stride(op, "grad_h", p.grad_h_row_stride, p.dim, p.rows);
+  if (p.grad_r) check_stride(op, "grad_r", p.grad_r_row_stride, p.dim, p.rows);  // null: no gradient through r
+  check_rows(op, p.rows, {{"grad_out", p.grad_out, p.grad_out_row_stride, p.dim},
+                          {"y", p.y, p.y_row_stride, p.dim},
+                          {"h", p.h, p.h_row_stride, p.dim},
+                          {"r", p.r, p.r_row_stride, p.dim},
+                          {"grad_y", p.grad_y, p.grad_y_row_stride, p.dim},
+                          {"grad_h", p.grad_h, p.grad_h_row_stride, p.dim}});
   route(op, p, d, cpu::residual_rms_norm_bwd, gpu::residual_rms_norm_bwd);
 }
 

@@ -1,4 +1,4 @@
-#include "dispatch_packed_linear.h"
+#include "dispatch.h"
 
 #include <string>
 
@@ -45,6 +45,16 @@ void packed_linear(const PackedLinearParams& p, const Device& d) {
   if (p.workspace_bytes < need)
     bad(op, "workspace has " + std::to_string(p.workspace_bytes) + " bytes, needs " + std::to_string(need));
   finish(op, cpu::packed_linear(p));
+}
+
+int64_t packed_linear_bytes(const PackLinearParams& p, const Device& d) {
+  check_common("packed_linear_bytes", p.dtype, p.N, p.K, d);
+  return packed_linear_bytes(p.dtype, p.N, p.K);
+}
+
+int64_t packed_linear_workspace(const PackedLinearParams& p, const Device& d) {
+  check_common("packed_linear_workspace", p.dtype, p.N, p.K, d);
+  return packed_linear_workspace(p.M, p.K);
 }
 
 }  // namespace zaya_rt

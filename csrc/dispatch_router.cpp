@@ -1,4 +1,4 @@
-#include "dispatch_router.h"
+#include "dispatch.h"
 
 #include <string>
 
@@ -29,8 +29,10 @@ void zaya_router(const RouterParams& p, const Device& d) {
   route(op, p, d, cpu::zaya_router, gpu::zaya_router);
 }
 
-int64_t zaya_router_workspace(int64_t T, int64_t D, int64_t R, int64_t C) {
-  return cpu::zaya_router_workspace(T, D, R, C);
+int64_t zaya_router_workspace(const RouterParams& p, const Device& d) {
+  require_device("zaya_router_workspace", d);
+  if (d.type == DeviceType::kGpu) return 0;
+  return cpu::zaya_router_workspace(p.T, p.D, p.R, p.C);
 }
 
 }  // namespace zaya_rt

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import zaya_rt
+from zaya_rt.ops import attention as attention_ops
+from zaya_rt.ops._lib import set_workspace
 
 
 def _cu(lengths):
@@ -216,10 +218,9 @@ def test_kernel_checks_cu_seqlens_too():
     lse = torch.empty(q.shape[1], q.shape[0])
     bad = torch.tensor([0, 5, 3, 14], dtype=I32)
     ws = torch.empty(1 << 20, dtype=torch.uint8)
+    p = attention_ops.attention_varlen_fwd_params(q, k, v, bad, ck, out, lse, True, 0, 0.2)
     with pytest.raises(ValueError, match="non-decreasing"):
-        zaya_rt._C.attention_varlen_fwd(q.data_ptr(), 128, 32, k.data_ptr(), 64, 32, v.data_ptr(), 64, 32,
-                                        bad.data_ptr(), ck.data_ptr(), out.data_ptr(), 128, 32, lse.data_ptr(), 14,
-                                        0, 3, 14, 18, 4, 2, 32, True, 0, 0.2, ws.data_ptr(), ws.numel(), 0, 0, 0)
+        zaya_rt._C.attention_varlen_fwd(set_workspace(p, ws), 0, 0, 0)
 
 
 def test_decode_with_a_zero_width_block_table_and_inactive_rows_gives_zeros():

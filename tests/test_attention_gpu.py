@@ -14,6 +14,8 @@ import zaya_rt
 from conftest import NEEDS_GPU, tolerance
 from zaya_rt import _C, ref
 from zaya_rt.benchmarks.harness import capture_cuda_graph
+from zaya_rt.ops import attention as attention_ops
+from zaya_rt.ops._lib import device_args, set_workspace
 
 pytestmark = NEEDS_GPU
 
@@ -136,17 +138,11 @@ def test_decode_forced_splits(splits):
     gen = torch.Generator().manual_seed(splits)
     kc, vc, table, lens = _paged_cache([1000, 3, 0], 16, 2, 128, torch.bfloat16, gen)
     q = torch.randn(3, 2, 8, 128, generator=gen).to(torch.bfloat16)
-    B, n, Hq, d = q.shape
-    P, page, Hk, _ = kc.shape
     qd, kd, vd, td, ld = (t.to(DEV) for t in (q, kc, vc, table, lens))
     out = torch.full_like(qd, float("nan"))
-    nbytes = _C.attention_decode_workspace(1, 2, B, n, Hq, Hk, d, page, table.shape[1], splits)
-    ws = torch.full((max(nbytes, 64),), 255, dtype=torch.uint8, device=DEV)
-    _C.attention_decode(qd.data_ptr(), *qd.stride()[:3], kd.data_ptr(), *kd.stride()[:3], vd.data_ptr(),
-                        *vd.stride()[:3], td.data_ptr(), td.stride(0), ld.data_ptr(), out.data_ptr(),
-                        *out.stride()[:3], 2, B, n, Hq, Hk, d, page, P, table.shape[1], 0, d ** -0.5, splits,
-                        ws.data_ptr(), ws.numel(), 1, qd.device.index or 0,
-                        torch.cuda.current_stream().cuda_stream)
+    p = attention_ops.attention_decode_params(qd, kd, vd, td, ld, out, 0, q.shape[-1] ** -0.5, splits)
+    ws = torch.full((max(_C.attention_decode_workspace(p, 1), 64),), 255, dtype=torch.uint8, device=DEV)
+    _C.attention_decode(set_workspace(p, ws), *device_args(qd))
     want = ref.attention_decode_ref(q.double(), kc.double(), vc.double(), table, lens)
     peer = ref.attention_decode_ref(q, kc, vc, table, lens)
     _assert_close(out, want, peer, torch.bfloat16, f"decode splits={splits}")
@@ -172,7 +168,6 @@ def test_decode_cuda_graph_capture():
 _CAP = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else (0, 0)
 SM90_HERE = _CAP == (9, 0) and getattr(_C, "sm90_attention", False)
 WMMA_HERE = _C.gpu_backend == "cuda" and _CAP >= (8, 0)
-_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 FAMILY_CASES = [
     # lq, lk, hq, hk, d, causal, window: ragged with 1-token and > 64-row / > 64-key sequences, GQA 1/2/4/8
@@ -195,9 +190,11 @@ def _want_family(family: str, dtype: torch.dtype, d: int) -> str:
 
 
 def _fwd_path(q, k, v, batch):
-    return _C.attention_varlen_path(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
-                                    v.data_ptr(), v.stride(0), v.stride(1), _CODES[q.dtype], batch, q.shape[0],
-                                    k.shape[0], q.shape[1], k.shape[1], q.shape[2])
+    """The forward's kernel family for these operands (the path reads q/k/v, their strides, dtype and sizes)."""
+    cu = torch.zeros(batch + 1, dtype=torch.int32, device=q.device)
+    lse = torch.empty(q.shape[1], q.shape[0], device=q.device)
+    p = attention_ops.attention_varlen_fwd_params(q, k, v, cu, cu, torch.empty_like(q), lse, True, 0, 1.0)
+    return _C.attention_varlen_path(p)
 
 
 @pytest.mark.parametrize("family", ["auto", "sm90", "wmma", "simt"])

@@ -170,14 +170,15 @@ assert not h.grad.any() and not g.grad.any()
 def test_direct_moe_experts_rejects_out_of_range_expert_ids(bad_id):
     """The runtime's direct path (no Python checks) gets the id check from the C++ dispatch."""
     from zaya_rt import _C
-    from zaya_rt.ops._lib import DTYPE_CODES
+    from zaya_rt.ops._lib import set_workspace
+    from zaya_rt.ops.moe import moe_experts_params
 
     T, D, I, E = 3, 8, 4, 3
     x, w1, w2 = torch.randn(T, D), torch.randn(E, 2 * I, D), torch.randn(E, D, I)
     choice, gate, out = torch.tensor([0, bad_id, 1]), torch.rand(T), torch.empty(T, D)
-    ws = torch.empty(_C.moe_experts_workspace(0, T, 1, D, I, E, DTYPE_CODES[x.dtype]), dtype=torch.uint8)
+    p = moe_experts_params(x, choice, gate, w1, w2, out)
+    ws = torch.empty(_C.moe_experts_workspace(p, 0), dtype=torch.uint8)
     with pytest.raises(ValueError, match=rf"expert_index\[1\] = {bad_id}"):
-        _C.moe_experts(x.data_ptr(), D, choice.data_ptr(), DTYPE_CODES[choice.dtype], gate.data_ptr(),
-                       DTYPE_CODES[gate.dtype], 1, w1.data_ptr(), w1.stride(0), w1.stride(1), w2.data_ptr(),
-                       w2.stride(0), w2.stride(1), out.data_ptr(), D, DTYPE_CODES[x.dtype], T, D, I, E,
-                       ws.data_ptr(), ws.numel(), 0, 0, 0)
+        _C.moe_experts(set_workspace(p, ws), 0, 0, 0)
+    with pytest.raises(ValueError, match=rf"expert_index\[1\] = {bad_id}"):  # the op: the same one check
+        zaya_rt.ops.moe_experts(x, choice, gate, w1, w2)

@@ -13,7 +13,8 @@ import zaya_rt
 from conftest import NEEDS_GPU, tolerance
 from zaya_rt import _C, ref
 from zaya_rt.benchmarks.harness import capture_cuda_graph
-from zaya_rt.ops._lib import DTYPE_CODES, device_args
+from zaya_rt.ops._lib import device_args, set_workspace
+from zaya_rt.ops.moe import grouped_gemm_params, grouped_gemm_weight_grad_params
 
 pytestmark = NEEDS_GPU
 
@@ -161,14 +162,9 @@ def gemm_family(request, monkeypatch):
 
 def _path(a, b, out):
     """The kernel family _C picks for grouped_gemm(a, b) -> out with the op's own workspace size."""
-    M, K = a.shape
-    G, N, _ = b.shape
-    code = DTYPE_CODES[a.dtype]
-    ws = _C.grouped_gemm_workspace(1, M, N, K, G, code)
-    base = torch.empty(max(ws, 64), dtype=torch.uint8, device=a.device)
-    return _C.grouped_gemm_path(a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
-                                b.stride(2), out.data_ptr(), out.stride(0), code, M, N, K, G, base.data_ptr(),
-                                base.numel())
+    p = grouped_gemm_params(a, b, None, out)
+    base = torch.empty(max(_C.grouped_gemm_workspace(p, 1), 64), dtype=torch.uint8, device=a.device)
+    return _C.grouped_gemm_path(set_workspace(p, base))
 
 
 def _want_family(family, qualifies):
@@ -304,20 +300,17 @@ def test_grouped_gemm_gpu_general_strides():
         offsets = _offsets(sizes, "cuda")
         out = torch.empty(M, N, dtype=dtype, device="cuda")
         dev = device_args(a)
-        code = DTYPE_CODES[dtype]
-        ws_bytes = max(_C.grouped_gemm_workspace(dev[0], M, N, K, G, code),
-                       _C.grouped_gemm_weight_grad_workspace(dev[0], M, N, K, G, code), 64)
-        ws = torch.empty(ws_bytes, dtype=torch.uint8, device="cuda")
-        _C.grouped_gemm(a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1), b.stride(2),
-                        offsets.data_ptr(), out.data_ptr(), N, code, M, N, K, G, ws.data_ptr(), ws.numel(), *dev)
+        p = grouped_gemm_params(a, b, offsets, out)
+        ws = torch.empty(max(_C.grouped_gemm_workspace(p, dev[0]), 64), dtype=torch.uint8, device="cuda")
+        _C.grouped_gemm(set_workspace(p, ws), *dev)
         want = ref.grouped_gemm(a.double().cpu(), b.double().cpu(), offsets.cpu())
         _close(out, want, dtype, "out", (a.double().abs() @ b.double().abs().amax(0).T).max().item())
 
         dy = torch.randn(N, M, generator=gen).to(dtype).cuda().T  # column-major dy
         grad = torch.empty(G, N, K, dtype=torch.float32, device="cuda")
-        _C.grouped_gemm_weight_grad(dy.data_ptr(), dy.stride(0), dy.stride(1), a.data_ptr(), a.stride(0), a.stride(1),
-                                    offsets.data_ptr(), grad.data_ptr(), N * K, K, code, DTYPE_CODES[torch.float32],
-                                    M, N, K, G, ws.data_ptr(), ws.numel(), *dev)
+        pg = grouped_gemm_weight_grad_params(dy, a, offsets, grad)
+        ws = torch.empty(max(_C.grouped_gemm_weight_grad_workspace(pg, dev[0]), 64), dtype=torch.uint8, device="cuda")
+        _C.grouped_gemm_weight_grad(set_workspace(pg, ws), *dev)
         a64, dy64 = a.double().cpu(), dy.double().cpu()
         start, want_g = 0, torch.zeros(G, N, K, dtype=torch.float64)
         for g, end in enumerate(_offsets(sizes).tolist()):

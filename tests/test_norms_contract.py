@@ -120,13 +120,22 @@ def test_raw_binding_rejects_bad_pointers_without_crashing():
     code = """
 import zaya_rt, torch
 from zaya_rt import _C
+from zaya_rt.ops.norms import rms_norm_fwd_params
+x, w, out, rstd = torch.randn(4, 8), torch.randn(8), torch.empty(4, 8), torch.empty(4)
+
+def call(dev_type=0, **over):
+    p = rms_norm_fwd_params(x, w, out, rstd, 1e-5)
+    for name, value in over.items():
+        setattr(p, name, value)
+    _C.rms_norm_fwd(p, dev_type, 0, 0)
+
 cases = [
-    lambda: _C.rms_norm_fwd(0, 8, 0, 0, 0, 0, 8, 0, 4, 8, 1e-5, 0, 0, 0),          # null pointers
-    lambda: _C.rms_norm_fwd(1, 8, 9, 1, 0, 1, 8, 1, 4, 8, 1e-5, 0, 0, 0),          # bad dtype code
-    lambda: _C.rms_norm_fwd(1, 8, 0, 1, 0, 1, 8, 1, -1, 8, 1e-5, 0, 0, 0),         # negative rows
-    lambda: _C.rms_norm_fwd(1, 2, 0, 1, 0, 1, 8, 1, 4, 8, 1e-5, 0, 0, 0),          # overlapping rows
-    lambda: _C.rms_norm_fwd(1, 8, 0, 1, 0, 1, 8, 1, 4, 8, 1e-5, 1, 0, 0),          # GPU on a CPU build
-    lambda: _C.rms_norm_fwd(1, 8, 3, 1, 0, 1, 8, 1, 4, 8, 1e-5, 0, 0, 0),          # int32 x
+    lambda: call(x=0, weight=0),            # null pointers
+    lambda: call(x_dtype=9),                # bad dtype code
+    lambda: call(rows=-1),                  # negative rows
+    lambda: call(x_row_stride=2),           # overlapping rows
+    lambda: call(dev_type=1),               # GPU on a CPU build
+    lambda: call(x_dtype=3),                # int32 x
     lambda: _C.set_cpu_isa("sse9"),
 ]
 for i, case in enumerate(cases):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from zaya_rt import _C
-from zaya_rt.ops._lib import DTYPE_CODES
+from zaya_rt.ops._lib import set_workspace
+from zaya_rt.ops.packed_linear import pack_linear_weight_params, packed_linear_params
 from zaya_rt.runtime import direct
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -15,23 +16,22 @@ SHAPES = [  # (M, N, K): single row, chunk edges (8 rows), blocked/unblocked chu
 ]
 
 
-def _pack(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    N, K = w.shape
-    code = DTYPE_CODES[w.dtype]
-    nbytes = _C.packed_linear_bytes(code, N, K)
+def _aligned(nbytes: int) -> torch.Tensor:
     buf = torch.empty(nbytes + 64, dtype=torch.uint8)
-    packed = buf[(-buf.data_ptr()) % 64:][:nbytes]
+    return buf[(-buf.data_ptr()) % 64:][:nbytes]
+
+
+def _pack(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    packed = _aligned(_C.packed_linear_bytes(pack_linear_weight_params(w, b, None), 0))
     packed.fill_(0xFF)  # poison: every byte of the layout must be written
-    _C.pack_linear_weight(w.data_ptr(), w.stride(0), 0 if b is None else b.data_ptr(), packed.data_ptr(), nbytes,
-                          code, N, K)
+    _C.pack_linear_weight(pack_linear_weight_params(w, b, packed), 0, 0, 0)
     return packed
 
 
 def _run(x: torch.Tensor, packed: torch.Tensor, out: torch.Tensor) -> None:
-    M, K = x.shape
-    ws = torch.empty(_C.packed_linear_workspace(M, K), dtype=torch.uint8)
-    _C.packed_linear(x.data_ptr(), x.stride(0), packed.data_ptr(), out.data_ptr(), out.stride(0),
-                     DTYPE_CODES[x.dtype], M, out.shape[1], K, ws.data_ptr(), ws.numel())
+    p = packed_linear_params(x, packed, out)
+    ws = torch.empty(_C.packed_linear_workspace(p, 0), dtype=torch.uint8)
+    _C.packed_linear(set_workspace(p, ws), 0, 0, 0)
 
 
 def _check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
@@ -109,17 +109,18 @@ def _call(**over):
     w = torch.randn(10, 8)
     packed = _pack(w, None)
     x, out = torch.randn(3, 8), torch.empty(3, 10)
-    ws = torch.empty(_C.packed_linear_workspace(3, 8), dtype=torch.uint8)
-    args = dict(x=x.data_ptr(), x_rs=8, packed=packed.data_ptr(), out=out.data_ptr(), out_rs=10, dtype=0, M=3, N=10,
-                K=8, ws=ws.data_ptr(), ws_bytes=ws.numel())
-    args.update(over)
-    _C.packed_linear(*args.values())
+    p = packed_linear_params(x, packed, out)
+    ws = torch.empty(_C.packed_linear_workspace(p, 0), dtype=torch.uint8)
+    set_workspace(p, ws)
+    for name, value in over.items():
+        setattr(p, name, value)
+    _C.packed_linear(p, 0, 0, 0)
 
 
 @pytest.mark.parametrize("over,match", [
     (dict(dtype=4), "dtype"), (dict(dtype=5), "dtype"), (dict(N=0), "positive"), (dict(K=-1), "positive"),
-    (dict(M=-1), "non-negative"), (dict(ws_bytes=8), "workspace"), (dict(x_rs=4), "overlap"),
-    (dict(out_rs=9), "overlap"), (dict(x=0), "null"), (dict(packed=0), "null"), (dict(ws=0), "null"),
+    (dict(M=-1), "non-negative"), (dict(workspace_bytes=8), "workspace"), (dict(x_row_stride=4), "overlap"),
+    (dict(out_row_stride=9), "overlap"), (dict(x=0), "null"), (dict(packed=0), "null"), (dict(workspace=0), "null"),
 ])
 def test_packed_linear_rejects_bad_arguments(over, match):
     with pytest.raises(ValueError, match=match):
@@ -128,19 +129,17 @@ def test_packed_linear_rejects_bad_arguments(over, match):
 
 def test_pack_rejects_bad_arguments():
     w = torch.randn(10, 8)
-    nbytes = _C.packed_linear_bytes(0, 10, 8)
-    buf = torch.empty(nbytes + 128, dtype=torch.uint8)
-    base = buf.data_ptr() + (-buf.data_ptr()) % 64
-    with pytest.raises(ValueError, match="aligned"):
-        _C.pack_linear_weight(w.data_ptr(), 8, 0, base + 4, nbytes, 0, 10, 8)
-    with pytest.raises(ValueError, match="needs"):
-        _C.pack_linear_weight(w.data_ptr(), 8, 0, base, nbytes - 4, 0, 10, 8)
-    with pytest.raises(ValueError, match="overlap"):
-        _C.pack_linear_weight(w.data_ptr(), 7, 0, base, nbytes, 0, 10, 8)
-    with pytest.raises(ValueError, match="dtype"):
-        _C.pack_linear_weight(w.data_ptr(), 8, 0, base, nbytes, 3, 10, 8)
-    with pytest.raises(ValueError, match="null"):
-        _C.pack_linear_weight(0, 8, 0, base, nbytes, 0, 10, 8)
+    packed = _aligned(_C.packed_linear_bytes(pack_linear_weight_params(w, None, None), 0) + 64)
+    nbytes = packed.numel() - 64
+    for over, match in [(dict(packed=packed.data_ptr() + 4), "aligned"), (dict(packed_bytes=nbytes - 4), "needs"),
+                        (dict(weight_row_stride=7), "overlap"), (dict(dtype=3), "dtype"), (dict(weight=0), "null")]:
+        p = pack_linear_weight_params(w, None, packed[:nbytes])
+        for name, value in over.items():
+            setattr(p, name, value)
+        with pytest.raises(ValueError, match=match):
+            _C.pack_linear_weight(p, 0, 0, 0)
+    with pytest.raises(ValueError, match="CPU only"):
+        _C.pack_linear_weight(pack_linear_weight_params(w, None, packed[:nbytes]), 1, 0, 0)
 
 
 def test_zero_rows_is_a_no_op():

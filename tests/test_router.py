@@ -11,6 +11,8 @@ import torch
 import zaya_rt
 from conftest import assert_close_to_peer, assert_rejects, tolerance
 from zaya_rt import ref
+from zaya_rt.ops._lib import set_workspace
+from zaya_rt.ops.router import zaya_router_params
 
 
 def _weights(D=48, R=20, E=5, dtype=torch.float32, seed=0, eda=True, grad=False):
@@ -208,38 +210,33 @@ def test_rejects_bad_input(case):
 def test_c_api_rejects_a_precomputed_down_projection_on_cpu():
     """z0 (x W_down^T + b computed elsewhere) is a GPU-kernel input; the CPU kernel refuses it by name."""
     from zaya_rt import _C
-    from zaya_rt.ops._lib import DTYPE_CODES
 
     w, bias = _weights()
     x = torch.randn(4, 48)
     z0 = torch.randn(4, 20)
     out = [torch.empty(4, 6), torch.empty(4), torch.empty(4, dtype=torch.int64), torch.empty(4, 20)]
-    ws = torch.empty(_C.zaya_router_workspace(4, 48, 20, 6), dtype=torch.uint8)
+    p = _c_router_params(x, None, dict(w, eda_scale=None), bias, 1e-5, out, z0)
+    ws = torch.empty(_C.zaya_router_workspace(p, 0), dtype=torch.uint8)
     with pytest.raises(ValueError, match="z0"):
-        _C.zaya_router(x.data_ptr(), 48, 0, 20, 0, w["down_w"].data_ptr(), w["down_b"].data_ptr(), 0,
-                       w["norm_w"].data_ptr(), w["fc1_w"].data_ptr(), w["fc1_b"].data_ptr(), w["fc2_w"].data_ptr(),
-                       w["fc2_b"].data_ptr(), w["out_w"].data_ptr(), bias.data_ptr(), DTYPE_CODES[torch.float32],
-                       1e-5, *[t.data_ptr() for t in out], 4, 48, 20, 6, ws.data_ptr(), ws.numel(), z0.data_ptr(), 20,
-                       0, 0, 0)
+        _C.zaya_router(set_workspace(p, ws), 0, 0, 0)
+
+
+def _c_router_params(x, z_prev, w, bias, eps, out, z0=None):
+    names = ("down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w")
+    return zaya_router_params(x, z_prev, *(w[n] for n in names), bias, eps, *out, z0)
 
 
 def _c_router_poisoned(x, z_prev, w, bias, eps=1e-5):
     """_C.zaya_router on the CPU with NaN / -7 poisoned outputs, so every entry the kernel skips shows."""
     from zaya_rt import _C
-    from zaya_rt.ops._lib import DTYPE_CODES
 
     T, D = x.shape
     R, C = w["down_w"].shape[0], w["out_w"].shape[0]
     logits, gate, z = torch.full((T, C), float("nan")), torch.full((T,), float("nan")), torch.full((T, R), float("nan"))
     choice = torch.full((T,), -7, dtype=torch.int64)
-    ws = torch.empty(_C.zaya_router_workspace(T, D, R, C), dtype=torch.uint8)
-    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    _C.zaya_router(x.data_ptr(), x.stride(0), ptr(z_prev), R, DTYPE_CODES[z_prev.dtype] if z_prev is not None else 0,
-                   w["down_w"].data_ptr(), w["down_b"].data_ptr(), ptr(w["eda_scale"]), w["norm_w"].data_ptr(),
-                   w["fc1_w"].data_ptr(), w["fc1_b"].data_ptr(), w["fc2_w"].data_ptr(), w["fc2_b"].data_ptr(),
-                   w["out_w"].data_ptr(), bias.data_ptr(), DTYPE_CODES[x.dtype], eps, logits.data_ptr(),
-                   gate.data_ptr(), choice.data_ptr(), z.data_ptr(), T, D, R, C, ws.data_ptr(), ws.numel(), 0, 0,
-                   0, 0, 0)
+    p = _c_router_params(x, z_prev, w, bias, eps, (logits, gate, choice, z))
+    ws = torch.empty(_C.zaya_router_workspace(p, 0), dtype=torch.uint8)
+    _C.zaya_router(set_workspace(p, ws), 0, 0, 0)
     return logits, gate, choice, z
 
 

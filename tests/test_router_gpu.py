@@ -13,7 +13,8 @@ import zaya_rt
 import zaya_rt.ops.router as router_op
 from conftest import NEEDS_GPU, tolerance
 from zaya_rt import _C
-from zaya_rt.ops._lib import DTYPE_CODES, device_args
+from zaya_rt.ops._lib import device_args
+from zaya_rt.ops.router import zaya_router_params
 
 pytestmark = NEEDS_GPU
 
@@ -155,11 +156,9 @@ def test_writes_every_output(T):
     gate = torch.full((T,), float("nan"), device="cuda")
     choice = torch.full((T,), -1, dtype=torch.int64, device="cuda")
     z = torch.full((T, R), float("nan"), device="cuda")
-    _C.zaya_router(x.data_ptr(), x.stride(0), w["z_prev"].data_ptr(), R, DTYPE_CODES[torch.float32],
-                   w["down_w"].data_ptr(), w["down_b"].data_ptr(), w["eda_scale"].data_ptr(), w["norm_w"].data_ptr(),
-                   w["fc1_w"].data_ptr(), w["fc1_b"].data_ptr(), w["fc2_w"].data_ptr(), w["fc2_b"].data_ptr(),
-                   w["out_w"].data_ptr(), bias.data_ptr(), DTYPE_CODES[torch.bfloat16], 1e-5, logits.data_ptr(),
-                   gate.data_ptr(), choice.data_ptr(), z.data_ptr(), T, 256, R, C, 0, 0, 0, 0, *device_args(x))
+    names = ("down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w")
+    p = zaya_router_params(x, w["z_prev"], *(w[n] for n in names), bias, 1e-5, logits, gate, choice, z)
+    _C.zaya_router(p, *device_args(x))
     torch.cuda.synchronize()
     _check((logits, gate, choice, z), x, w, bias, torch.bfloat16)
 

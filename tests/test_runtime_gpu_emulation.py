@@ -339,13 +339,19 @@ def test_sampler_hypothesis(emu, V, B, seed, dtype, scale, data):
 @pytest.mark.skipif(_C.gpu_backend != "none", reason="this _C has a GPU backend")
 def test_gpu_device_without_gpu_backend_raises():
     """A GPU device code reaching a CPU-only _C is a ValueError before any pointer is read."""
-    buf = torch.zeros(64)
-    a = buf.data_ptr()
-    with pytest.raises(ValueError, match="no GPU backend"):
-        _C.kv_write(a, 8, a, 8, a, a, 32, 8, a, 0, 1, 8, 2, 4, 1, 0, 0)
-    with pytest.raises(ValueError, match="no GPU backend"):
-        _C.copy_pages(a, 64, 32, 32, a, a, 0, 2, 2, 1, 1, 0, 0)
-    with pytest.raises(ValueError, match="no GPU backend"):
-        _C.gather_tail(a, 32, 8, a, 1, a, a, 0, 1, 1, 2, 4, 8, 1, 1, 0, 0)
-    with pytest.raises(ValueError, match="no GPU backend"):
-        _C.sample_tokens(a, 5, 0, a, a, a, a, a, a, a, 1, 5, 0, 0, 1, 0, 0)
+    from zaya_rt.ops import runtime as rt
+    from zaya_rt.ops import sampling
+
+    cache = torch.zeros(2, 4, 2, 4)
+    rows, slots, ids = torch.zeros(1, 8), torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    table, lens = torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32)
+    logits, f, i = torch.zeros(1, 5), torch.zeros(1), torch.zeros(1, dtype=torch.int64)
+    calls = (
+        lambda: _C.kv_write(rt.kv_write_params(rows, rows, cache, cache, slots), 1, 0, 0),
+        lambda: _C.copy_pages(rt.copy_pages_params(cache[None], ids, ids + 1), 1, 0, 0),
+        lambda: _C.gather_tail(rt.gather_tail_params(cache, table, lens, torch.zeros(1, 1, 2, 4)), 1, 0, 0),
+        lambda: _C.sample_tokens(sampling.sample_tokens_params(logits, (f, slots, f + 1, f, i, i), i), 1, 0, 0),
+    )
+    for call in calls:
+        with pytest.raises(ValueError, match="no GPU backend"):
+            call()

@@ -71,7 +71,7 @@ def test_copy_pages_rejects_a_page_both_read_and_written(src, dst, monkeypatch):
     with pytest.raises(ValueError, match="both a source and a destination"):
         ops.copy_pages(cache, s, d)
     with pytest.raises(ValueError, match="both a source and a destination"):
-        zaya_rt._C.copy_pages(cache.data_ptr(), 15, 3, 3, s.data_ptr(), d.data_ptr(), 0, 2, 5, len(src), 0, 0, 0)
+        zaya_rt._C.copy_pages(rt.copy_pages_params(cache, s, d), 0, 0, 0)
     monkeypatch.setattr(rt, "_torch_fallback", lambda t: True)
     monkeypatch.setattr(rt, "_check_copy_pages", lambda *a, **k: None)  # as for a GPU tensor: ids not read first
     with pytest.raises(ValueError, match="both a source and a destination"):

@@ -47,6 +47,13 @@ def workspace(nbytes: int, device: torch.device) -> torch.Tensor:
     return buf
 
 
+def set_workspace(p, ws: torch.Tensor):
+    """Points the params object p's workspace fields at the uint8 tensor ws (kept alive by the caller until the
+    kernel returns) and returns p."""
+    p.workspace, p.workspace_bytes = ws.data_ptr(), ws.numel()
+    return p
+
+
 def device_args(t: torch.Tensor) -> tuple[int, int, int]:
     """(device type code, device index, stream address) for the `_C` call on t's device."""
     if t.device.type == "cpu":

@@ -21,14 +21,8 @@ import torch
 from zaya_rt import _C
 from zaya_rt import ref
 from zaya_rt.ops._lib import (
-    DTYPE_CODES,
-    check_same_device,
-    check_tensor,
-    device_args,
-    lib,
-    register_autograd,
-    register_kernels,
-    workspace,
+    DTYPE_CODES, check_same_device, check_tensor, device_args, lib, register_autograd, register_kernels,
+    set_workspace, workspace,
 )
 
 ATTN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64 runs the reference
@@ -52,9 +46,9 @@ def _unit_inner(t: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_takes_head_dim(head_dim: int) -> bool:
-    """True when zaya_rt's attention kernels take this head dim (a multiple of 8 in [32, 256]); the one place
-    the rule is written in Python."""
-    return 32 <= head_dim <= 256 and head_dim % 8 == 0
+    """True when zaya_rt's attention kernels take this head dim (a multiple of 8 in [32, 256]; the rule lives in
+    csrc/dispatch_attention.cpp, which also raises for a head dim it does not take)."""
+    return _C.attention_takes_head_dim(head_dim)
 
 
 def _check_heads(op: str, hq: int, hk: int, d: int, d_k: int) -> None:
@@ -64,8 +58,6 @@ def _check_heads(op: str, hq: int, hk: int, d: int, d_k: int) -> None:
         raise ValueError(f"zaya_rt.{op}: query heads ({hq}) must be a multiple of kv heads ({hk})")
     if d != d_k:
         raise ValueError(f"zaya_rt.{op}: q has head_dim {d} but k/v have {d_k}")
-    if not kernel_takes_head_dim(d):
-        raise ValueError(f"zaya_rt.{op}: head_dim must be a multiple of 8 in [32, 256], got {d}")
 
 
 def _check_scalars(op: str, causal, window, scale) -> None:
@@ -75,6 +67,69 @@ def _check_scalars(op: str, causal, window, scale) -> None:
         raise ValueError(f"zaya_rt.{op}: window must be a positive int or None, got {window!r}")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale or abs(scale) == float("inf"):
         raise ValueError(f"zaya_rt.{op}: scale must be a finite number, got {scale!r}")
+
+
+# ---- the kernels' arguments (csrc/bindings_attention.cpp), field by field ----------------------------------------
+
+
+def _set_varlen_fields(p, q, k, v, cu_q, cu_k, causal: bool, window: int, scale: float) -> None:
+    """The fields AttnVarlenFwdParams and AttnVarlenBwdParams share."""
+    p.q, (p.q_token_stride, p.q_head_stride) = q.data_ptr(), q.stride()[:2]
+    p.k, (p.k_token_stride, p.k_head_stride) = k.data_ptr(), k.stride()[:2]
+    p.v, (p.v_token_stride, p.v_head_stride) = v.data_ptr(), v.stride()[:2]
+    p.cu_seqlens_q, p.cu_seqlens_k = cu_q.data_ptr(), cu_k.data_ptr()
+    p.dtype, p.batch = DTYPE_CODES[q.dtype], cu_q.shape[0] - 1
+    (p.total_q, p.num_heads_q, p.head_dim), (p.total_k, p.num_heads_k, _) = q.shape, k.shape
+    p.max_seqlen_q, p.max_seqlen_k = 0, 0  # unknown: the kernels size their grids from the totals
+    p.causal, p.window, p.scale = causal, window, float(scale)
+    p.workspace, p.workspace_bytes = 0, 0
+
+
+def attention_varlen_fwd_params(q, k, v, cu_q, cu_k, out, lse, causal: bool, window: int,
+                                scale: float) -> _C.AttnVarlenFwdParams:
+    """q [Tq, Hq, d], k/v [Tk, Hk, d] (unit inner stride), cu_q/cu_k [B + 1] int32 contiguous, out [Tq, Hq, d]
+    (unit inner stride), lse [Hq, Tq] fp32 (unit inner stride); window 0 = none. No workspace yet."""
+    p = _C.AttnVarlenFwdParams()
+    _set_varlen_fields(p, q, k, v, cu_q, cu_k, causal, window, scale)
+    p.out, (p.out_token_stride, p.out_head_stride) = out.data_ptr(), out.stride()[:2]
+    p.lse, p.lse_head_stride = lse.data_ptr(), lse.stride(0)
+    return p
+
+
+def attention_varlen_bwd_params(q, k, v, out, dout, lse, cu_q, cu_k, dq, dk, dv, causal: bool, window: int,
+                                scale: float) -> _C.AttnVarlenBwdParams:
+    """q/out/dout/dq [Tq, Hq, d], k/v/dk/dv [Tk, Hk, d] (unit inner stride), lse [Hq, Tq] fp32, cu_q/cu_k
+    [B + 1] int32 contiguous; window 0 = none. No workspace yet."""
+    p = _C.AttnVarlenBwdParams()
+    _set_varlen_fields(p, q, k, v, cu_q, cu_k, causal, window, scale)
+    p.out, (p.out_token_stride, p.out_head_stride) = out.data_ptr(), out.stride()[:2]
+    p.dout, (p.dout_token_stride, p.dout_head_stride) = dout.data_ptr(), dout.stride()[:2]
+    p.lse, p.lse_head_stride = lse.data_ptr(), lse.stride(0)
+    p.dq, (p.dq_token_stride, p.dq_head_stride) = dq.data_ptr(), dq.stride()[:2]
+    p.dk, (p.dk_token_stride, p.dk_head_stride) = dk.data_ptr(), dk.stride()[:2]
+    p.dv, (p.dv_token_stride, p.dv_head_stride) = dv.data_ptr(), dv.stride()[:2]
+    return p
+
+
+def attention_decode_params(q, k_cache, v_cache, block_table, seq_lens, out, window: int, scale: float,
+                            num_splits: int = 0) -> _C.AttnPagedDecodeParams:
+    """q and out [B, n, Hq, d], k_cache/v_cache [P, page_size, Hk, d] (unit inner stride), block_table
+    [B, max_pages] int32 (unit inner stride), seq_lens [B] int32 contiguous; window 0 = none; num_splits 0 =
+    the backend's choice. No workspace yet."""
+    p = _C.AttnPagedDecodeParams()
+    p.q, (p.q_batch_stride, p.q_token_stride, p.q_head_stride) = q.data_ptr(), q.stride()[:3]
+    p.k_cache, (p.k_page_stride, p.k_slot_stride, p.k_head_stride) = k_cache.data_ptr(), k_cache.stride()[:3]
+    p.v_cache, (p.v_page_stride, p.v_slot_stride, p.v_head_stride) = v_cache.data_ptr(), v_cache.stride()[:3]
+    p.block_table, p.block_table_stride = block_table.data_ptr(), block_table.stride(0)
+    p.seq_lens = seq_lens.data_ptr()
+    p.out, (p.out_batch_stride, p.out_token_stride, p.out_head_stride) = out.data_ptr(), out.stride()[:3]
+    p.dtype = DTYPE_CODES[q.dtype]
+    p.batch, p.num_queries, p.num_heads_q, p.head_dim = q.shape
+    p.num_pages, p.page_size, p.num_heads_k, _ = k_cache.shape
+    p.max_pages = block_table.shape[1]
+    p.window, p.scale, p.num_splits = window, float(scale), num_splits
+    p.workspace, p.workspace_bytes = 0, 0
+    return p
 
 
 # ---- attention_varlen ---------------------------------------------------------------------------------------
@@ -128,17 +183,12 @@ def _attention_varlen_impl(q, k, v, cu_q, cu_k, causal, window, scale):
     q, k, v = _unit_inner(q), _unit_inner(k), _unit_inner(v)
     cu_q, cu_k = cu_q.contiguous(), cu_k.contiguous()
     Tq, Hq, d = q.shape
-    Tk, Hk, _ = k.shape
-    B = cu_q.shape[0] - 1
     out = torch.empty((Tq, Hq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((Hq, Tq), dtype=torch.float32, device=q.device)
     dev = device_args(q)
-    code = DTYPE_CODES[q.dtype]
-    ws = workspace(_C.attention_varlen_fwd_workspace(dev[0], code, B, Tq, Tk, Hq, Hk, d), q.device)
-    _C.attention_varlen_fwd(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
-                            v.data_ptr(), v.stride(0), v.stride(1), cu_q.data_ptr(), cu_k.data_ptr(), out.data_ptr(),
-                            Hq * d, d, lse.data_ptr(), Tq, code, B, Tq, Tk, Hq, Hk, d, causal, window, float(scale),
-                            ws.data_ptr(), ws.numel(), *dev)
+    p = attention_varlen_fwd_params(q, k, v, cu_q, cu_k, out, lse, causal, window, scale)
+    ws = workspace(_C.attention_varlen_fwd_workspace(p, dev[0]), q.device)
+    _C.attention_varlen_fwd(set_workspace(p, ws), *dev)
     return out, lse
 
 
@@ -173,21 +223,13 @@ def _attention_varlen_backward_impl(dout, q, k, v, out, lse, cu_q, cu_k, causal,
         return tuple(g.contiguous() for g in _backward_float64(dout, q, k, v, cu_q, cu_k, causal, window, scale))
     q, k, v, out, dout = (_unit_inner(t) for t in (q, k, v, out, dout))
     lse, cu_q, cu_k = lse.contiguous(), cu_q.contiguous(), cu_k.contiguous()
-    Tq, Hq, d = q.shape
-    Tk, Hk, _ = k.shape
-    B = cu_q.shape[0] - 1
-    dq = torch.empty((Tq, Hq, d), dtype=q.dtype, device=q.device)
-    dk = torch.empty((Tk, Hk, d), dtype=q.dtype, device=q.device)
-    dv = torch.empty((Tk, Hk, d), dtype=q.dtype, device=q.device)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=q.dtype, device=q.device)
+    dv = torch.empty(k.shape, dtype=q.dtype, device=q.device)
     dev = device_args(q)
-    code = DTYPE_CODES[q.dtype]
-    ws = workspace(_C.attention_varlen_bwd_workspace(dev[0], code, B, Tq, Tk, Hq, Hk, d), q.device)
-    _C.attention_varlen_bwd(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
-                            v.data_ptr(), v.stride(0), v.stride(1), out.data_ptr(), out.stride(0), out.stride(1),
-                            dout.data_ptr(), dout.stride(0), dout.stride(1), lse.data_ptr(), Tq, cu_q.data_ptr(),
-                            cu_k.data_ptr(), dq.data_ptr(), Hq * d, d, dk.data_ptr(), Hk * d, d, dv.data_ptr(),
-                            Hk * d, d, code, B, Tq, Tk, Hq, Hk, d, causal, window, float(scale), ws.data_ptr(),
-                            ws.numel(), *dev)
+    p = attention_varlen_bwd_params(q, k, v, out, dout, lse, cu_q, cu_k, dq, dk, dv, causal, window, scale)
+    ws = workspace(_C.attention_varlen_bwd_workspace(p, dev[0]), q.device)
+    _C.attention_varlen_bwd(set_workspace(p, ws), *dev)
     return dq, dk, dv
 
 
@@ -271,18 +313,11 @@ def _attention_decode_impl(q, k_cache, v_cache, block_table, seq_lens, scale, wi
         return ref.attention_decode_ref(q, k_cache, v_cache, block_table, seq_lens, scale=scale, window=window or None)
     q, k_cache, v_cache = _unit_inner(q), _unit_inner(k_cache), _unit_inner(v_cache)
     block_table, seq_lens = _unit_inner(block_table), seq_lens.contiguous()
-    B, n, Hq, d = q.shape
-    P, page, Hk, _ = k_cache.shape
-    max_pages = block_table.shape[1]
-    out = torch.empty((B, n, Hq, d), dtype=q.dtype, device=q.device)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dev = device_args(q)
-    code = DTYPE_CODES[q.dtype]
-    ws = workspace(_C.attention_decode_workspace(dev[0], code, B, n, Hq, Hk, d, page, max_pages, 0), q.device)
-    _C.attention_decode(q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), k_cache.data_ptr(), k_cache.stride(0),
-                        k_cache.stride(1), k_cache.stride(2), v_cache.data_ptr(), v_cache.stride(0), v_cache.stride(1),
-                        v_cache.stride(2), block_table.data_ptr(), block_table.stride(0), seq_lens.data_ptr(),
-                        out.data_ptr(), n * Hq * d, Hq * d, d, code, B, n, Hq, Hk, d, page, P, max_pages, window,
-                        float(scale), 0, ws.data_ptr(), ws.numel(), *dev)
+    p = attention_decode_params(q, k_cache, v_cache, block_table, seq_lens, out, window, scale)
+    ws = workspace(_C.attention_decode_workspace(p, dev[0]), q.device)
+    _C.attention_decode(set_workspace(p, ws), *dev)
     return out
 
 
@@ -318,18 +353,9 @@ def _scale_arg(op: str, scale, d: int) -> float:
     return float(scale)
 
 
-def attention_varlen(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
-    *,
-    causal: bool = True,
-    window: int | None = None,
-    scale: float | None = None,
-    return_lse: bool = False,
-):
+def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, *, causal: bool = True, window: int | None = None,
+                     scale: float | None = None, return_lse: bool = False):
     """Flash-style attention over packed variable-length sequences (fp32 scores, softmax and accumulation).
 
     q [Tq, Hq, d], k/v [Tk, Hk, d]: one dtype (float32/bfloat16/float16; float64 runs the reference), unit
@@ -355,16 +381,8 @@ def attention_varlen(
     return (out, lse) if return_lse else out
 
 
-def attention_decode(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-    *,
-    scale: float | None = None,
-    window: int | None = None,
-) -> torch.Tensor:
+def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                     seq_lens: torch.Tensor, *, scale: float | None = None, window: int | None = None) -> torch.Tensor:
     """Attention of the last n tokens of each sequence against a paged KV cache (forward only).
 
     q [B, n, Hq, d]: query tokens at positions seq_lens[b] - n .. seq_lens[b] - 1, causal among themselves.

@@ -28,7 +28,9 @@ import math
 import torch
 
 from zaya_rt import _C, ref
-from zaya_rt.ops._lib import DTYPE_CODES, FLOAT_DTYPES, device_args, lib, register_autograd, register_kernels, workspace
+from zaya_rt.ops._lib import (
+    DTYPE_CODES, FLOAT_DTYPES, device_args, lib, register_autograd, register_kernels, set_workspace, workspace,
+)
 
 lib.define(
     "cca_prep(Tensor qp, Tensor kp, Tensor v_cur, Tensor v_del, Tensor conv0_w, Tensor conv0_b, Tensor conv1_w, "
@@ -193,6 +195,81 @@ def _rs(t: torch.Tensor) -> int:
     return t.stride(0) if t.shape[0] > 1 else t.shape[-1]
 
 
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _stride(t: torch.Tensor | None, dim: int) -> int:
+    return 0 if t is None else t.stride(dim)
+
+
+# ---- the kernels' arguments (csrc/bindings_cca.cpp), field by field ----------------------------------------------
+
+
+def _set_common_fields(p, qp, kp, weights, cs_in, positions, cu_seqlens, inv_freq, state_dtype) -> None:
+    """The fields CcaPrepFwdParams and CcaPrepBwdParams share; the sizes follow from qp, kp, the weights (temp
+    [Hk]) and inv_freq [rope_dims / 2], the norm eps is the activations' dtype eps."""
+    conv0_w, conv0_b, conv1_w, conv1_b, temp = weights
+    p.qp, p.qp_row_stride = qp.data_ptr(), _rs(qp)
+    p.kp, p.kp_row_stride = kp.data_ptr(), _rs(kp)
+    p.dtype = DTYPE_CODES[qp.dtype]
+    p.conv0_w, p.conv0_b, p.conv1_w, p.conv1_b = (t.data_ptr() for t in (conv0_w, conv0_b, conv1_w, conv1_b))
+    p.temp, p.w_dtype = temp.data_ptr(), DTYPE_CODES[conv0_w.dtype]
+    p.conv_state_in, p.cs_in_batch_stride, p.cs_in_channel_stride = _ptr(cs_in), _stride(cs_in, 0), _stride(cs_in, 1)
+    p.state_dtype = DTYPE_CODES[state_dtype]
+    p.positions, p.pos_dtype = positions.data_ptr(), DTYPE_CODES[positions.dtype]
+    p.cu_seqlens, p.inv_freq = cu_seqlens.data_ptr(), inv_freq.data_ptr()
+    Hk = temp.shape[0]
+    d = kp.shape[1] // Hk
+    p.T, p.B, p.Hq, p.Hk, p.d = qp.shape[0], cu_seqlens.shape[0] - 1, qp.shape[1] // d, Hk, d
+    p.k0, p.k1, p.rd = conv0_w.shape[2], conv1_w.shape[2], 2 * inv_freq.shape[0]
+    p.norm_eps = _EPS[qp.dtype]
+    p.workspace, p.workspace_bytes = 0, 0
+
+
+def cca_prep_fwd_params(qp, kp, v_cur, v_del, weights, cs_in, vs_in, positions, cu_seqlens, inv_freq, q, k, v,
+                        cs_out, vs_out) -> _C.CcaPrepFwdParams:
+    """qp [T, Hq*d], kp [T, Hk*d], v_cur/v_del [T, V] (unit inner stride); weights = (conv0_w, conv0_b, conv1_w,
+    conv1_b, temp) contiguous in one dtype; cs_in [B, C, K] (unit inner stride) and vs_in [B, V] (unit inner
+    stride) in the states' dtype, or None; positions [T] int32/int64 and cu_seqlens [B + 1] int32 contiguous;
+    inv_freq [rope_dims / 2] fp32; outputs q [T, Hq, d], k/v [T, Hk, d], cs_out [B, C, K], vs_out [B, V]
+    contiguous. No workspace yet."""
+    p = _C.CcaPrepFwdParams()
+    _set_common_fields(p, qp, kp, weights, cs_in, positions, cu_seqlens, inv_freq, cs_out.dtype)
+    p.v_cur, p.v_cur_row_stride = v_cur.data_ptr(), _rs(v_cur)
+    p.v_del, p.v_del_row_stride = v_del.data_ptr(), _rs(v_del)
+    p.v_state_in, p.vs_in_batch_stride = _ptr(vs_in), _stride(vs_in, 0)
+    p.q, (p.q_row_stride, p.q_head_stride) = q.data_ptr(), q.stride()[:2]
+    p.k, (p.k_row_stride, p.k_head_stride) = k.data_ptr(), k.stride()[:2]
+    p.v, p.v_row_stride = v.data_ptr(), v.stride(0)
+    p.conv_state_out, (p.cs_out_batch_stride, p.cs_out_channel_stride) = cs_out.data_ptr(), cs_out.stride()[:2]
+    p.v_state_out, p.vs_out_batch_stride = vs_out.data_ptr(), vs_out.stride(0)
+    return p
+
+
+def cca_prep_bwd_params(gq, gk, gv, gcs, gvs, qp, kp, weights, cs_in, positions, cu_seqlens, inv_freq, g_qp, g_kp,
+                        g_vc, g_vd, g_cs, g_vs, param_grads) -> _C.CcaPrepBwdParams:
+    """Incoming gradients gq [T, Hq, d], gk [T, Hk, d], gv [T, Hk*d] (unit inner stride, activations' dtype),
+    gcs [B, C, K], gvs [B, V] (unit inner stride, states' dtype), each or None; qp, kp, weights, cs_in,
+    positions, cu_seqlens and inv_freq as in cca_prep_fwd_params; outgoing g_qp [T, Hq*d], g_kp [T, Hk*d],
+    g_vc/g_vd [T, V], g_cs [B, C, K], g_vs [B, V] contiguous and param_grads = fp32 (conv0_w, conv0_b, conv1_w,
+    conv1_b, temp) gradients contiguous. No workspace yet."""
+    p = _C.CcaPrepBwdParams()
+    _set_common_fields(p, qp, kp, weights, cs_in, positions, cu_seqlens, inv_freq, g_cs.dtype)
+    p.grad_q, p.gq_row_stride, p.gq_head_stride = _ptr(gq), _stride(gq, 0), _stride(gq, 1)
+    p.grad_k, p.gk_row_stride, p.gk_head_stride = _ptr(gk), _stride(gk, 0), _stride(gk, 1)
+    p.grad_v, p.gv_row_stride = _ptr(gv), _stride(gv, 0)
+    p.grad_conv_state_out, p.gcs_batch_stride, p.gcs_channel_stride = _ptr(gcs), _stride(gcs, 0), _stride(gcs, 1)
+    p.grad_v_state_out, p.gvs_batch_stride = _ptr(gvs), _stride(gvs, 0)
+    p.grad_qp, p.gqp_row_stride = g_qp.data_ptr(), g_qp.stride(0)
+    p.grad_kp, p.gkp_row_stride = g_kp.data_ptr(), g_kp.stride(0)
+    p.grad_v_cur, p.gvc_row_stride = g_vc.data_ptr(), g_vc.stride(0)
+    p.grad_v_del, p.gvd_row_stride = g_vd.data_ptr(), g_vd.stride(0)
+    p.grad_conv_state_in, p.grad_v_state_in = g_cs.data_ptr(), g_vs.data_ptr()
+    p.grad_conv0_w, p.grad_conv0_b, p.grad_conv1_w, p.grad_conv1_b, p.grad_temp = (t.data_ptr() for t in param_grads)
+    return p
+
+
 def _reference(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
                v_state, num_q_heads, num_kv_heads, rope_dims, rope_theta):
     """zaya_rt.ref.cca_prep at max(dtype, fp32) precision: the op's path off the CPU and for float64."""
@@ -241,20 +318,10 @@ def _impl(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positi
     vs_out = qp.new_empty((B, V), dtype=sdt)
     inv = _inv_freq(rope_dims, rope_theta, qp.device)
     dev = (0, 0, 0) if qp.is_cpu else device_args(qp)  # the fused forward also runs on CUDA/HIP
-    ws_bytes = _C.cca_prep_fwd_workspace(dev[0], T, B, Hq, Hk, d, k0, k1, rope_dims)
-    ws = workspace(ws_bytes, qp.device)
-    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    _C.cca_prep_fwd(
-        (qp.data_ptr(), kp.data_ptr(), v_cur.data_ptr(), v_del.data_ptr(), conv0_w.data_ptr(), conv0_b.data_ptr(),
-         conv1_w.data_ptr(), conv1_b.data_ptr(), temp.data_ptr(), ptr(cs_in), ptr(vs_in), positions.data_ptr(),
-         cu_seqlens.data_ptr(), inv.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), cs_out.data_ptr(),
-         vs_out.data_ptr(), ws.data_ptr()),
-        (_rs(qp), _rs(kp), _rs(v_cur), _rs(v_del), cs_in.stride(0) if cs_in is not None else 0,
-         cs_in.stride(1) if cs_in is not None else 0, vs_in.stride(0) if vs_in is not None else 0,
-         Hq * d, d, Hk * d, d, Hk * d, C * K, K, V, 0),
-        (DTYPE_CODES[qp.dtype], DTYPE_CODES[conv0_w.dtype], DTYPE_CODES[sdt], DTYPE_CODES[positions.dtype]),
-        (T, B, Hq, Hk, d, k0, k1, rope_dims), _EPS[qp.dtype], ws_bytes, *dev,
-    )
+    p = cca_prep_fwd_params(qp, kp, v_cur, v_del, (conv0_w, conv0_b, conv1_w, conv1_b, temp), cs_in, vs_in,
+                            positions, cu_seqlens, inv, q, k, v, cs_out, vs_out)
+    ws = workspace(_C.cca_prep_fwd_workspace(p, dev[0]), qp.device)
+    _C.cca_prep_fwd(set_workspace(p, ws), *dev)
     return q, k, v, cs_out, vs_out
 
 
@@ -304,21 +371,11 @@ def _backward_impl(grad_q, grad_k, grad_v, grad_cs, grad_vs, qp, kp, v_cur, conv
     g_w1, g_b1, g_t = torch.empty((C, d, k1), **f32), torch.empty(C, **f32), torch.empty(Hk, **f32)
     inv = _inv_freq(rope_dims, rope_theta, qp.device)
     dev = device_args(qp)
-    ws_bytes = _C.cca_prep_bwd_workspace(dev[0], T, B, Hq, Hk, d, k0, k1, rope_dims)
-    ws = workspace(ws_bytes, qp.device)
-    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    st = lambda t, i: 0 if t is None else t.stride(i)  # noqa: E731
-    _C.cca_prep_bwd(
-        (ptr(gq), ptr(gk), ptr(gv), ptr(gcs), ptr(gvs), qp.data_ptr(), kp.data_ptr(), conv0_w.data_ptr(),
-         conv0_b.data_ptr(), conv1_w.data_ptr(), conv1_b.data_ptr(), temp.data_ptr(), ptr(cs_in),
-         positions.data_ptr(), cu_seqlens.data_ptr(), inv.data_ptr(), g_qp.data_ptr(), g_kp.data_ptr(),
-         g_vc.data_ptr(), g_vd.data_ptr(), g_cs.data_ptr(), g_vs.data_ptr(), g_w0.data_ptr(), g_b0.data_ptr(),
-         g_w1.data_ptr(), g_b1.data_ptr(), g_t.data_ptr(), ws.data_ptr()),
-        (st(gq, 0), st(gq, 1), st(gk, 0), st(gk, 1), st(gv, 0), st(gcs, 0), st(gcs, 1), st(gvs, 0), _rs(qp),
-         _rs(kp), st(cs_in, 0), st(cs_in, 1), Hq * d, Hk * d, V, V),
-        (DTYPE_CODES[qp.dtype], DTYPE_CODES[conv0_w.dtype], DTYPE_CODES[sdt], DTYPE_CODES[positions.dtype]),
-        (T, B, Hq, Hk, d, k0, k1, rope_dims), float(torch.finfo(qp.dtype).eps), ws_bytes, *dev,
-    )
+    p = cca_prep_bwd_params(gq, gk, gv, gcs, gvs, qp, kp, (conv0_w, conv0_b, conv1_w, conv1_b, temp), cs_in,
+                            positions, cu_seqlens, inv, g_qp, g_kp, g_vc, g_vd, g_cs, g_vs,
+                            (g_w0, g_b0, g_w1, g_b1, g_t))
+    ws = workspace(_C.cca_prep_bwd_workspace(p, dev[0]), qp.device)
+    _C.cca_prep_bwd(set_workspace(p, ws), *dev)
     wd = conv0_w.dtype
     return (g_qp, g_kp, g_vc, g_vd, g_w0.to(wd), g_b0.to(wd), g_w1.to(wd), g_b1.to(wd), g_t.to(wd), g_cs, g_vs)
 
@@ -393,26 +450,11 @@ register_kernels("cca_prep_backward", _backward_impl, _backward_fake)
 register_autograd("cca_prep", _setup, _backward)
 
 
-def cca_prep(
-    qp: torch.Tensor,
-    kp: torch.Tensor,
-    v_cur: torch.Tensor,
-    v_del: torch.Tensor,
-    conv0_w: torch.Tensor,
-    conv0_b: torch.Tensor,
-    conv1_w: torch.Tensor,
-    conv1_b: torch.Tensor,
-    temp: torch.Tensor,
-    positions: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    conv_state: torch.Tensor | None = None,
-    v_state: torch.Tensor | None = None,
-    *,
-    num_q_heads: int,
-    num_kv_heads: int,
-    rope_dims: int,
-    rope_theta: float,
-):
+def cca_prep(qp: torch.Tensor, kp: torch.Tensor, v_cur: torch.Tensor, v_del: torch.Tensor, conv0_w: torch.Tensor,
+             conv0_b: torch.Tensor, conv1_w: torch.Tensor, conv1_b: torch.Tensor, temp: torch.Tensor,
+             positions: torch.Tensor, cu_seqlens: torch.Tensor, conv_state: torch.Tensor | None = None,
+             v_state: torch.Tensor | None = None, *, num_q_heads: int, num_kv_heads: int, rope_dims: int,
+             rope_theta: float):
     """CCA prep over packed sequences; see the module docstring for shapes, dtypes and the math.
     Returns (q, k, v, conv_state_out, v_state_out)."""
     args = (qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,

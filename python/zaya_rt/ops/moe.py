@@ -17,16 +17,8 @@ import torch
 
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
-    DTYPE_CODES,
-    FLOAT_DTYPES,
-    call_op,
-    check_same_device,
-    check_tensor,
-    device_args,
-    lib,
-    register_autograd,
-    register_kernels,
-    workspace,
+    DTYPE_CODES, call_op, check_same_device, check_tensor, device_args, lib, register_autograd,
+    register_kernels, set_workspace, workspace,
 )
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -41,6 +33,71 @@ lib.define(
 
 def _unit_inner(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+# ---- the kernels' arguments (csrc/bindings_moe.cpp), field by field ----------------------------------------------
+
+
+def moe_dispatch_params(idx: torch.Tensor, num_experts: int, offsets: torch.Tensor, sorted_slots: torch.Tensor,
+                        slot_rows: torch.Tensor, counts: torch.Tensor) -> _C.MoeDispatchParams:
+    """idx: the expert ids, contiguous int32/int64 (any shape); offsets and counts [E], sorted_slots and
+    slot_rows [idx.numel()], all int32 contiguous."""
+    p = _C.MoeDispatchParams()
+    p.expert_index, p.index_dtype = idx.data_ptr(), DTYPE_CODES[idx.dtype]
+    p.num_slots, p.num_experts = idx.numel(), num_experts
+    p.offsets, p.sorted_slots, p.slot_rows = offsets.data_ptr(), sorted_slots.data_ptr(), slot_rows.data_ptr()
+    p.counts = counts.data_ptr()
+    return p
+
+
+def grouped_gemm_params(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor | None,
+                        out: torch.Tensor) -> _C.GroupedGemmParams:
+    """a [M, K], b [G, N, K] (any strides), offsets [G] int32 contiguous (None: not set, for
+    _C.grouped_gemm_path), out [M, N] with unit inner stride; no workspace yet."""
+    p = _C.GroupedGemmParams()
+    p.a, (p.a_row_stride, p.a_col_stride) = a.data_ptr(), a.stride()
+    p.b, (p.b_group_stride, p.b_row_stride, p.b_col_stride) = b.data_ptr(), b.stride()
+    p.offsets = 0 if offsets is None else offsets.data_ptr()
+    p.out, p.out_row_stride = out.data_ptr(), out.stride(0)
+    p.dtype = DTYPE_CODES[a.dtype]
+    (p.M, p.K), (p.G, p.N, _) = a.shape, b.shape
+    p.workspace, p.workspace_bytes = 0, 0
+    return p
+
+
+def grouped_gemm_weight_grad_params(dy: torch.Tensor, a: torch.Tensor, offsets: torch.Tensor,
+                                    grad: torch.Tensor) -> _C.GroupedGemmWeightGradParams:
+    """dy [M, N] and a [M, K] (any strides, one dtype), offsets [G] int32 contiguous, grad [G, N, K] with unit
+    inner stride (any float dtype); no workspace yet."""
+    p = _C.GroupedGemmWeightGradParams()
+    p.dy, (p.dy_row_stride, p.dy_col_stride) = dy.data_ptr(), dy.stride()
+    p.a, (p.a_row_stride, p.a_col_stride) = a.data_ptr(), a.stride()
+    p.offsets = offsets.data_ptr()
+    p.grad_b, p.grad_b_group_stride, p.grad_b_row_stride = grad.data_ptr(), grad.stride(0), grad.stride(1)
+    p.dtype, p.grad_dtype = DTYPE_CODES[a.dtype], DTYPE_CODES[grad.dtype]
+    (p.M, p.N), p.K, p.G = dy.shape, a.shape[1], grad.shape[0]
+    p.workspace, p.workspace_bytes = 0, 0
+    return p
+
+
+def moe_experts_params(hidden: torch.Tensor, idx: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor,
+                       w2: torch.Tensor, out: torch.Tensor) -> _C.MoeExpertsParams:
+    """hidden [T, D] and out [T, D] (unit inner stride), idx [T] or [T, k] int32/int64 and gate (its shape, any
+    float dtype) contiguous, w1 = gate_up_proj [E, 2I, D] and w2 = down_proj [E, D, I] with unit inner stride;
+    no workspace yet."""
+    p = _C.MoeExpertsParams()
+    T, D = hidden.shape
+    p.hidden, p.hidden_row_stride = hidden.data_ptr(), hidden.stride(0) if T > 1 else D
+    p.expert_index, p.index_dtype = idx.data_ptr(), DTYPE_CODES[idx.dtype]
+    p.gate, p.gate_dtype = gate.data_ptr(), DTYPE_CODES[gate.dtype]
+    p.top_k = 1 if idx.dim() == 1 else idx.shape[1]
+    p.gate_up, p.gate_up_expert_stride, p.gate_up_row_stride = w1.data_ptr(), w1.stride(0), w1.stride(1)
+    p.down, p.down_expert_stride, p.down_row_stride = w2.data_ptr(), w2.stride(0), w2.stride(1)
+    p.out, p.out_row_stride = out.data_ptr(), out.stride(0) if T > 1 else D
+    p.dtype = DTYPE_CODES[hidden.dtype]
+    p.T, p.D, p.I, p.E = T, D, w2.shape[2], w1.shape[0]
+    p.workspace, p.workspace_bytes = 0, 0
+    return p
 
 
 # ---- moe_dispatch -------------------------------------------------------------------------------------------
@@ -63,8 +120,8 @@ def _moe_dispatch_impl(expert_index, num_experts):
     counts = torch.empty(num_experts, dtype=torch.int32, device=dev)
     sorted_slots = torch.empty(slots, dtype=torch.int32, device=dev)
     slot_rows = torch.empty(slots, dtype=torch.int32, device=dev)
-    _C.moe_dispatch(idx.data_ptr(), DTYPE_CODES[idx.dtype], slots, num_experts, offsets.data_ptr(),
-                    sorted_slots.data_ptr(), slot_rows.data_ptr(), counts.data_ptr(), *device_args(idx))
+    _C.moe_dispatch(moe_dispatch_params(idx, num_experts, offsets, sorted_slots, slot_rows, counts),
+                    *device_args(idx))
     return offsets, sorted_slots, slot_rows
 
 
@@ -101,10 +158,9 @@ def _grouped_gemm_impl(a, b, offsets):
         return torch.zeros((M, N), dtype=a.dtype, device=a.device)
     out = torch.empty((M, N), dtype=a.dtype, device=a.device)
     dev = device_args(a)
-    ws = workspace(_C.grouped_gemm_workspace(dev[0], M, N, K, G, DTYPE_CODES[a.dtype]), a.device)
-    _C.grouped_gemm(a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1), b.stride(2),
-                    offsets.data_ptr(), out.data_ptr(), N, DTYPE_CODES[a.dtype], M, N, K, G, ws.data_ptr(),
-                    ws.numel(), *dev)
+    p = grouped_gemm_params(a, b, offsets, out)
+    ws = workspace(_C.grouped_gemm_workspace(p, dev[0]), a.device)
+    _C.grouped_gemm(set_workspace(p, ws), *dev)
     return out
 
 
@@ -134,11 +190,9 @@ def _weight_grad_impl(dy, a, offsets):
     G = offsets.shape[0]
     grad = torch.empty((G, N, K), dtype=a.dtype, device=a.device)
     dev = device_args(a)
-    code = DTYPE_CODES[a.dtype]
-    ws = workspace(_C.grouped_gemm_weight_grad_workspace(dev[0], M, N, K, G, code), a.device)
-    _C.grouped_gemm_weight_grad(dy.data_ptr(), dy.stride(0), dy.stride(1), a.data_ptr(), a.stride(0), a.stride(1),
-                                offsets.data_ptr(), grad.data_ptr(), N * K, K, code, code, M, N, K, G,
-                                ws.data_ptr(), ws.numel(), *dev)
+    p = grouped_gemm_weight_grad_params(dy, a, offsets, grad)
+    ws = workspace(_C.grouped_gemm_weight_grad_workspace(p, dev[0]), a.device)
+    _C.grouped_gemm_weight_grad(set_workspace(p, ws), *dev)
     return grad
 
 
@@ -189,33 +243,19 @@ def _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj):
         raise ValueError(f"zaya_rt.{op}: need at least one expert")
 
 
-def _check_index_values(expert_index, num_experts):
-    # Reading the indices costs a host sync on GPU, so only CPU inputs are checked.
-    if expert_index.device.type == "cpu" and expert_index.numel():
-        lo, hi = int(expert_index.min()), int(expert_index.max())
-        if lo < 0 or hi > num_experts:
-            raise ValueError(f"zaya_rt.moe_experts: expert_index values must lie in [0, {num_experts}] "
-                             f"({num_experts} = skip), got [{lo}, {hi}]")
-
-
 def _moe_experts_impl(hidden, expert_index, gate, gate_up_proj, down_proj):
     _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj)
     E, two_i, D = gate_up_proj.shape
-    _check_index_values(expert_index, E)
     T = hidden.shape[0]
     if two_i == 0:  # experts of width 0 contribute nothing
         return torch.zeros((T, D), dtype=hidden.dtype, device=hidden.device)
-    top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
     hidden, w1, w2 = _unit_inner(hidden), _unit_inner(gate_up_proj), _unit_inner(down_proj)
     idx, gate = expert_index.contiguous(), gate.contiguous()
     out = torch.empty((T, D), dtype=hidden.dtype, device=hidden.device)
     dev = device_args(hidden)
-    code = DTYPE_CODES[hidden.dtype]
-    ws = workspace(_C.moe_experts_workspace(dev[0], T, top_k, D, two_i // 2, E, code), hidden.device)
-    _C.moe_experts(hidden.data_ptr(), hidden.stride(0), idx.data_ptr(), DTYPE_CODES[idx.dtype], gate.data_ptr(),
-                   DTYPE_CODES[gate.dtype], top_k, w1.data_ptr(), w1.stride(0), w1.stride(1), w2.data_ptr(),
-                   w2.stride(0), w2.stride(1), out.data_ptr(), D, code, T, D, two_i // 2, E, ws.data_ptr(),
-                   ws.numel(), *dev)
+    p = moe_experts_params(hidden, idx, gate, w1, w2, out)
+    ws = workspace(_C.moe_experts_workspace(p, dev[0]), hidden.device)
+    _C.moe_experts(set_workspace(p, ws), *dev)
     return out
 
 

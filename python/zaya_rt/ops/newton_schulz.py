@@ -14,7 +14,7 @@ import threading
 import torch
 
 from zaya_rt import _C
-from zaya_rt.ops._lib import DTYPE_CODES, check_tensor, device_args, lib, register_kernels
+from zaya_rt.ops._lib import DTYPE_CODES, check_tensor, device_args, lib, register_kernels, set_workspace
 
 lib.define(
     "newton_schulz(Tensor x, int steps, float[] coefficients, float eps, ScalarType compute_dtype) -> Tensor"
@@ -55,10 +55,10 @@ def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
     return buf
 
 
-def newton_schulz_params(x3: torch.Tensor, out: torch.Tensor, steps: int, coefficients, eps: float,
-                         ws: torch.Tensor) -> _C.NewtonSchulzParams:
+def newton_schulz_params(x3: torch.Tensor, out: torch.Tensor, steps: int, coefficients,
+                         eps: float) -> _C.NewtonSchulzParams:
     """The kernel's arguments, field by field: x3 [batch, rows, cols] and out (contiguous, same shape) in the
-    compute dtype, the coefficients (a, b, c), eps and a uint8 workspace of newton_schulz_workspace bytes."""
+    compute dtype, the coefficients (a, b, c) and eps. No workspace yet (newton_schulz_workspace sizes it)."""
     p = _C.NewtonSchulzParams()
     p.x = x3.data_ptr()
     p.x_batch_stride, p.x_row_stride, p.x_col_stride = x3.stride()
@@ -68,7 +68,7 @@ def newton_schulz_params(x3: torch.Tensor, out: torch.Tensor, steps: int, coeffi
     p.steps = steps
     p.a, p.b, p.c = (float(v) for v in coefficients)
     p.eps = float(eps)
-    p.workspace, p.workspace_bytes = ws.data_ptr(), ws.numel()
+    p.workspace, p.workspace_bytes = 0, 0
     return p
 
 
@@ -80,9 +80,9 @@ def _newton_schulz_impl(x, steps, coefficients, eps, compute_dtype):
         return out
     x3 = x.to(compute_dtype).reshape(-1, rows, cols)  # a view when the leading dimensions allow one
     dev = device_args(x)
-    ws = _workspace(_C.newton_schulz_workspace(dev[0], DTYPE_CODES[compute_dtype], x3.shape[0], rows, cols),
-                    x.device)
-    _C.newton_schulz(newton_schulz_params(x3, out, steps, coefficients, eps, ws), *dev)
+    p = newton_schulz_params(x3, out, steps, coefficients, eps)
+    ws = _workspace(_C.newton_schulz_workspace(p, dev[0]), x.device)
+    _C.newton_schulz(set_workspace(p, ws), *dev)
     return out
 
 

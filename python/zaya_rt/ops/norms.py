@@ -13,17 +13,8 @@ import torch
 
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
-    DTYPE_CODES,
-    FLOAT_DTYPES,
-    as_rows,
-    check_eps,
-    check_same_device,
-    check_tensor,
-    device_args,
-    lib,
-    register_autograd,
-    register_kernels,
-    row_stride,
+    DTYPE_CODES, FLOAT_DTYPES, as_rows, check_eps, check_same_device, check_tensor, device_args, lib,
+    register_autograd, register_kernels, row_stride,
 )
 
 lib.define("rms_norm(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)")
@@ -83,6 +74,79 @@ def _check_residual_args(op, y, h, params, weight, eps) -> None:
     check_same_device(op, y=y, h=h, weight=weight, **dict(zip(_PARAM_NAMES, params)))
 
 
+# ---- the kernels' arguments (csrc/bindings_norms.cpp), field by field --------------------------------------------
+
+
+def rms_norm_fwd_params(x2: torch.Tensor, weight: torch.Tensor, out2: torch.Tensor, rstd: torch.Tensor,
+                        eps: float) -> _C.RmsNormFwdParams:
+    """x2 [rows, dim] and out2 [rows, dim] (unit inner stride; out2 in weight's dtype), weight [dim]
+    contiguous, rstd [rows] fp32 contiguous."""
+    p = _C.RmsNormFwdParams()
+    p.x, p.x_row_stride, p.x_dtype = x2.data_ptr(), row_stride(x2), DTYPE_CODES[x2.dtype]
+    p.weight, p.w_dtype = weight.data_ptr(), DTYPE_CODES[weight.dtype]
+    p.out, p.out_row_stride = out2.data_ptr(), row_stride(out2)
+    p.rstd = rstd.data_ptr()
+    p.rows, p.dim = x2.shape
+    p.eps = float(eps)
+    return p
+
+
+def rms_norm_bwd_params(go2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
+                        grad_x: torch.Tensor, partials: torch.Tensor, grad_w: torch.Tensor) -> _C.RmsNormBwdParams:
+    """go2 [rows, dim] in weight's dtype, x2 and grad_x [rows, dim] in x's dtype (unit inner stride), weight
+    [dim], rstd [rows] fp32, partials [num_partials, dim] fp32 and grad_w [dim] fp32, all contiguous."""
+    p = _C.RmsNormBwdParams()
+    p.grad_out, p.grad_out_row_stride = go2.data_ptr(), row_stride(go2)
+    p.x, p.x_row_stride, p.x_dtype = x2.data_ptr(), row_stride(x2), DTYPE_CODES[x2.dtype]
+    p.weight, p.w_dtype = weight.data_ptr(), DTYPE_CODES[weight.dtype]
+    p.rstd = rstd.data_ptr()
+    p.grad_x, p.grad_x_row_stride = grad_x.data_ptr(), row_stride(grad_x)
+    p.partials, p.num_partials = partials.data_ptr(), partials.shape[0]
+    p.grad_weight = grad_w.data_ptr()
+    p.rows, p.dim = x2.shape
+    return p
+
+
+def _set_residual_fields(p, y2, h2, params, weight, r2) -> None:
+    """The fields ResidualRmsNormFwdParams and ResidualRmsNormBwdParams share."""
+    p.y, p.y_row_stride, p.y_dtype = y2.data_ptr(), row_stride(y2), DTYPE_CODES[y2.dtype]
+    p.h, p.h_row_stride, p.h_dtype = h2.data_ptr(), row_stride(h2), DTYPE_CODES[h2.dtype]
+    p.y_bias, p.y_scale, p.h_bias, p.h_scale = (t.data_ptr() for t in params)
+    p.p_dtype = DTYPE_CODES[params[0].dtype]
+    p.weight, p.w_dtype = weight.data_ptr(), DTYPE_CODES[weight.dtype]
+    p.r, p.r_row_stride = r2.data_ptr(), row_stride(r2)
+    p.rows, p.dim = y2.shape
+
+
+def residual_rms_norm_fwd_params(y2, h2, params, weight, r2, out2, rstd, eps) -> _C.ResidualRmsNormFwdParams:
+    """y2, h2 [rows, dim] (any float dtypes, unit inner stride), params (y_bias, y_scale, h_bias, h_scale) and
+    weight [dim] contiguous in one dtype, r2 [rows, dim] fp32 and out2 [rows, dim] in weight's dtype (unit inner
+    stride), rstd [rows] fp32 contiguous."""
+    p = _C.ResidualRmsNormFwdParams()
+    _set_residual_fields(p, y2, h2, params, weight, r2)
+    p.out, p.out_row_stride = out2.data_ptr(), row_stride(out2)
+    p.rstd = rstd.data_ptr()
+    p.eps = float(eps)
+    return p
+
+
+def residual_rms_norm_bwd_params(gr2, go2, y2, h2, params, weight, r2, rstd, grad_y, grad_h, partials,
+                                 grad_params) -> _C.ResidualRmsNormBwdParams:
+    """gr2 [rows, dim] fp32, go2 [rows, dim] in weight's dtype, y2/h2 and grad_y/grad_h [rows, dim] (unit inner
+    stride), params and weight as in residual_rms_norm_fwd_params, r2 [rows, dim] fp32, rstd [rows] fp32,
+    partials [num_partials, 5, dim] fp32 and grad_params [5, dim] fp32 contiguous."""
+    p = _C.ResidualRmsNormBwdParams()
+    p.grad_r, p.grad_r_row_stride = gr2.data_ptr(), row_stride(gr2)
+    p.grad_out, p.grad_out_row_stride = go2.data_ptr(), row_stride(go2)
+    _set_residual_fields(p, y2, h2, params, weight, r2)
+    p.rstd = rstd.data_ptr()
+    p.grad_y, p.grad_y_row_stride = grad_y.data_ptr(), row_stride(grad_y)
+    p.grad_h, p.grad_h_row_stride = grad_h.data_ptr(), row_stride(grad_h)
+    p.partials, p.num_partials = partials.data_ptr(), partials.shape[0]
+    p.grad_params = grad_params.data_ptr()
+    return p
+
+
 # ---- rms_norm ---------------------------------------------------------------------------------------------
 
 
@@ -93,10 +157,7 @@ def _rms_norm_impl(x: torch.Tensor, weight: torch.Tensor, eps: float):
     weight = weight.contiguous()
     out = torch.empty(x.shape, dtype=weight.dtype, device=x.device)
     rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
-    _C.rms_norm_fwd(
-        x2.data_ptr(), row_stride(x2), DTYPE_CODES[x.dtype], weight.data_ptr(), DTYPE_CODES[weight.dtype],
-        out.data_ptr(), dim, rstd.data_ptr(), x2.shape[0], dim, float(eps), *device_args(x),
-    )
+    _C.rms_norm_fwd(rms_norm_fwd_params(x2, weight, out.view(-1, dim), rstd, eps), *device_args(x))
     return out, rstd
 
 
@@ -117,11 +178,7 @@ def _rms_norm_backward_impl(grad_out, x, weight, rstd):
     num_partials = _C.norm_bwd_num_partials(dev[0], rows, dim)
     partials = torch.empty((num_partials, dim), dtype=torch.float32, device=x.device)
     grad_w = torch.empty(dim, dtype=torch.float32, device=x.device)
-    _C.rms_norm_bwd(
-        go2.data_ptr(), row_stride(go2), x2.data_ptr(), row_stride(x2), DTYPE_CODES[x.dtype],
-        weight.data_ptr(), DTYPE_CODES[weight.dtype], rstd.data_ptr(), grad_x.data_ptr(), dim,
-        partials.data_ptr(), num_partials, grad_w.data_ptr(), rows, dim, *dev,
-    )
+    _C.rms_norm_bwd(rms_norm_bwd_params(go2, x2, weight, rstd, grad_x, partials, grad_w), *dev)
     return grad_x.view(x.shape), grad_w.to(weight.dtype)
 
 
@@ -156,10 +213,9 @@ def _residual_rms_norm_impl(y, h, y_bias, y_scale, h_bias, h_scale, weight, eps)
     out = torch.empty(y.shape, dtype=weight.dtype, device=y.device)
     rstd = torch.empty(y.shape[:-1], dtype=torch.float32, device=y.device)
     _C.residual_rms_norm_fwd(
-        y2.data_ptr(), row_stride(y2), DTYPE_CODES[y.dtype], h2.data_ptr(), row_stride(h2), DTYPE_CODES[h.dtype],
-        yb.data_ptr(), ys.data_ptr(), hb.data_ptr(), hs.data_ptr(), DTYPE_CODES[weight.dtype],
-        weight.data_ptr(), DTYPE_CODES[weight.dtype], r.data_ptr(), dim, out.data_ptr(), dim, rstd.data_ptr(),
-        rows, dim, float(eps), *device_args(y),
+        residual_rms_norm_fwd_params(y2, h2, (yb, ys, hb, hs), weight, r.view(rows, dim), out.view(rows, dim),
+                                     rstd, eps),
+        *device_args(y),
     )
     return r, out, rstd
 
@@ -188,11 +244,9 @@ def _residual_rms_norm_backward_impl(grad_r, grad_out, y, h, y_bias, y_scale, h_
     partials = torch.empty((num_partials, 5, dim), dtype=torch.float32, device=y.device)
     grad_params = torch.empty((5, dim), dtype=torch.float32, device=y.device)
     _C.residual_rms_norm_bwd(
-        gr2.data_ptr(), row_stride(gr2), go2.data_ptr(), row_stride(go2), y2.data_ptr(), row_stride(y2),
-        DTYPE_CODES[y.dtype], h2.data_ptr(), row_stride(h2), DTYPE_CODES[h.dtype], yb.data_ptr(), ys.data_ptr(),
-        hb.data_ptr(), hs.data_ptr(), DTYPE_CODES[weight.dtype], weight.data_ptr(), DTYPE_CODES[weight.dtype],
-        r2.data_ptr(), row_stride(r2), rstd.data_ptr(), grad_y.data_ptr(), dim, grad_h.data_ptr(), dim,
-        partials.data_ptr(), num_partials, grad_params.data_ptr(), rows, dim, *dev,
+        residual_rms_norm_bwd_params(gr2, go2, y2, h2, (yb, ys, hb, hs), weight, r2, rstd, grad_y, grad_h,
+                                     partials, grad_params),
+        *dev,
     )
     gw, gyb, gys, ghb, ghs = (g.to(weight.dtype, copy=True) for g in grad_params)  # 5 unaliased outputs
     return grad_y.view(y.shape), grad_h.view(h.shape), gyb, gys, ghb, ghs, gw

@@ -22,17 +22,8 @@ import torch.nn.functional as F
 
 from zaya_rt import _C, ref
 from zaya_rt.ops._lib import (
-    DTYPE_CODES,
-    FLOAT_DTYPES,
-    call_op,
-    check_eps,
-    check_same_device,
-    check_tensor,
-    device_args,
-    lib,
-    register_autograd,
-    register_kernels,
-    workspace,
+    DTYPE_CODES, FLOAT_DTYPES, call_op, check_eps, check_same_device, check_tensor, device_args, lib,
+    register_autograd, register_kernels, set_workspace, workspace,
 )
 
 lib.define(
@@ -137,6 +128,34 @@ def _impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2
                    eps)
 
 
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def zaya_router_params(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, bias, eps,
+                       logits, gate, choice, z, z0=None) -> _C.RouterParams:
+    """The kernel's arguments, field by field: x [T, D] (unit inner stride), z_prev [T, R] contiguous or None
+    (with eda_scale), the weights contiguous in x's dtype (shapes in the module docstring), bias [C] fp32,
+    outputs logits [T, C], gate [T], z [T, R] fp32 and choice [T] int64, contiguous; z0 [T, R] fp32, the down
+    projection precomputed for the GPU kernel, or None. No workspace yet (zaya_router_workspace sizes it)."""
+    p = _C.RouterParams()
+    T, D = x.shape
+    R, C = down_w.shape[0], out_w.shape[0]
+    p.x, p.x_row_stride = x.data_ptr(), x.stride(0) if T > 1 else D
+    p.z_prev, p.z_prev_row_stride = _ptr(z_prev), R
+    p.z_prev_dtype = 0 if z_prev is None else DTYPE_CODES[z_prev.dtype]
+    p.down_w, p.down_b, p.eda_scale = down_w.data_ptr(), down_b.data_ptr(), _ptr(eda_scale)
+    p.norm_w, p.fc1_w, p.fc1_b = norm_w.data_ptr(), fc1_w.data_ptr(), fc1_b.data_ptr()
+    p.fc2_w, p.fc2_b, p.out_w = fc2_w.data_ptr(), fc2_b.data_ptr(), out_w.data_ptr()
+    p.balancing_bias = bias.data_ptr()
+    p.dtype, p.eps = DTYPE_CODES[x.dtype], float(eps)
+    p.logits, p.gate, p.choice, p.z = logits.data_ptr(), gate.data_ptr(), choice.data_ptr(), z.data_ptr()
+    p.T, p.D, p.R, p.C = T, D, R, C
+    p.workspace, p.workspace_bytes = 0, 0
+    p.z0, p.z0_row_stride = _ptr(z0), 0 if z0 is None else z0.stride(0)
+    return p
+
+
 def _launch(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
     """The _C kernel on checked arguments: contiguous weights, vectors and z_prev, eps a float."""
     on_gpu = not x.is_cpu
@@ -149,18 +168,15 @@ def _launch(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, f
     gate = x.new_empty((T,), dtype=torch.float32)
     choice = x.new_empty((T,), dtype=torch.int64)
     z = x.new_empty((T, R), dtype=torch.float32)
-    ws = None if on_gpu else workspace(_C.zaya_router_workspace(T, D, R, C), x.device)
     z0 = F.linear(x, down_w, down_b) if on_gpu and T > _GPU_FUSED_DOWN_MAX_TOKENS else None
-    _C.zaya_router(
-        x.data_ptr(), x.stride(0), z_prev.data_ptr() if z_prev is not None else 0, R,
-        DTYPE_CODES[z_prev.dtype] if z_prev is not None else 0, down_w.data_ptr(), down_b.data_ptr(),
-        eda_scale.data_ptr() if eda_scale is not None else 0, norm_w.data_ptr(), fc1_w.data_ptr(), fc1_b.data_ptr(),
-        fc2_w.data_ptr(), fc2_b.data_ptr(), out_w.data_ptr(), bias.data_ptr(), DTYPE_CODES[x.dtype], eps,
-        logits.data_ptr(), gate.data_ptr(), choice.data_ptr(), z.data_ptr(), T, D, R, C,
-        ws.data_ptr() if ws is not None else 0, ws.numel() if ws is not None else 0,
-        z0.data_ptr() if z0 is not None else 0, z0.stride(0) if z0 is not None else 0,
-        *(device_args(x) if on_gpu else _CPU_DEVICE_ARGS),
-    )
+    p = zaya_router_params(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, bias,
+                           eps, logits, gate, choice, z, z0)
+    dev = device_args(x) if on_gpu else _CPU_DEVICE_ARGS
+    if on_gpu:  # the GPU kernel needs no workspace
+        _C.zaya_router(p, *dev)
+    else:
+        ws = workspace(_C.zaya_router_workspace(p, dev[0]), x.device)
+        _C.zaya_router(set_workspace(p, ws), *dev)
     return logits, gate, choice, z
 
 
@@ -239,21 +255,10 @@ register_kernels("zaya_router", _impl, _fake)
 register_autograd("zaya_router", _setup, _backward)
 
 
-def zaya_router(
-    x: torch.Tensor,
-    z_prev: torch.Tensor | None,
-    down_w: torch.Tensor,
-    down_b: torch.Tensor,
-    eda_scale: torch.Tensor | None,
-    norm_w: torch.Tensor,
-    fc1_w: torch.Tensor,
-    fc1_b: torch.Tensor,
-    fc2_w: torch.Tensor,
-    fc2_b: torch.Tensor,
-    out_w: torch.Tensor,
-    balancing_bias: torch.Tensor,
-    eps: float = 1e-5,
-):
+def zaya_router(x: torch.Tensor, z_prev: torch.Tensor | None, down_w: torch.Tensor, down_b: torch.Tensor,
+                eda_scale: torch.Tensor | None, norm_w: torch.Tensor, fc1_w: torch.Tensor, fc1_b: torch.Tensor,
+                fc2_w: torch.Tensor, fc2_b: torch.Tensor, out_w: torch.Tensor, balancing_bias: torch.Tensor,
+                eps: float = 1e-5):
     """The ZAYA1 router; see the module docstring for shapes. Returns (logits, gate, choice, z)."""
     args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
     if not _TENSOR_OR_NONE.issuperset(map(type, args[:-1])):  # cheap test first: parameters are subclasses

@@ -73,21 +73,60 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.shape[1] <= 1 or t2.stride(1) == 1 else t2.contiguous()
 
 
+# ---- the kernels' arguments (csrc/bindings_runtime.cpp), field by field ------------------------------------------
+
+
+def kv_write_params(k2: torch.Tensor, v2: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> _C.KvWriteParams:
+    """k2/v2 [N, W] rows (unit inner stride) into k_cache/v_cache [P, S, Hk, d] contiguous (W = Hk * d), at
+    slot_mapping [N] int32 contiguous."""
+    p = _C.KvWriteParams()
+    p.k_new, p.k_new_row_stride = k2.data_ptr(), k2.stride(0)
+    p.v_new, p.v_new_row_stride = v2.data_ptr(), v2.stride(0)
+    p.k_cache, p.v_cache = k_cache.data_ptr(), v_cache.data_ptr()
+    p.page_stride, p.token_stride = k_cache.stride()[:2]
+    p.slot_mapping, p.dtype = slot_mapping.data_ptr(), DTYPE_CODES[k_cache.dtype]
+    p.N, p.W, (p.P, p.S) = k2.shape[0], k_cache.stride(1), k_cache.shape[:2]
+    return p
+
+
+def copy_pages_params(cache: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> _C.CopyPagesParams:
+    """cache [L, P, ...] contiguous; src/dst [n] int32 contiguous page ids."""
+    p = _C.CopyPagesParams()
+    L, P = cache.shape[:2]
+    page = cache[0, 0].numel()
+    p.cache, p.layer_stride, p.page_stride, p.page_elems = cache.data_ptr(), P * page, page, page
+    p.src, p.dst, p.dtype = src.data_ptr(), dst.data_ptr(), DTYPE_CODES[cache.dtype]
+    p.L, p.P, p.n = L, P, src.shape[0]
+    return p
+
+
+def gather_tail_params(cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
+                       out: torch.Tensor) -> _C.GatherTailParams:
+    """cache [P, S, Hk, d] contiguous, block_table [B, M] int32 (unit inner stride), seq_lens [B] int32
+    contiguous, out [B, tau, Hk, d] contiguous."""
+    p = _C.GatherTailParams()
+    B, M = block_table.shape
+    p.cache, (p.page_stride, p.token_stride) = cache.data_ptr(), cache.stride()[:2]
+    p.block_table, p.block_table_stride = block_table.data_ptr(), block_table.stride(0) if M else 0
+    p.seq_lens, p.out, p.dtype = seq_lens.data_ptr(), out.data_ptr(), DTYPE_CODES[cache.dtype]
+    p.B, p.M, (p.P, p.S), p.W, p.tau = B, M, cache.shape[:2], cache.stride(1), out.shape[1]
+    return p
+
+
 def _kv_write(k_new, v_new, k_cache, v_cache, slot_mapping) -> None:
     _check_kv_write(k_new, v_new, k_cache, v_cache, slot_mapping)
     N = k_new.shape[0]
     if N == 0:
         return
     P, S = k_cache.shape[:2]
-    W = k_cache.shape[2] * k_cache.shape[3]
     if _torch_fallback(k_cache):
         slots = slot_mapping.long()
         for cache, new in ((k_cache, k_new), (v_cache, v_new)):
             cache.view(P * S, -1).index_copy_(0, slots, new.reshape(N, -1))
         return
     k2, v2 = _rows(k_new), _rows(v_new)
-    _C.kv_write(k2.data_ptr(), k2.stride(0), v2.data_ptr(), v2.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
-                S * W, W, slot_mapping.data_ptr(), DTYPE_CODES[k_cache.dtype], N, W, P, S, *device_args(k_cache))
+    _C.kv_write(kv_write_params(k2, v2, k_cache, v_cache, slot_mapping), *device_args(k_cache))
 
 
 def _kv_write_fake(k_new, v_new, k_cache, v_cache, slot_mapping) -> None:
@@ -129,14 +168,11 @@ def _copy_pages(cache, src, dst) -> None:
     n = src.shape[0]
     if n == 0:
         return
-    L, P = cache.shape[:2]
-    page = cache[0, 0].numel()
     if _torch_fallback(cache):
         _check_no_overlap(src, dst)  # off the CPU only here: the slow path may read the ids back
         cache[:, dst.long()] = cache[:, src.long()]
         return
-    _C.copy_pages(cache.data_ptr(), P * page, page, page, src.data_ptr(), dst.data_ptr(), DTYPE_CODES[cache.dtype],
-                  L, P, n, *device_args(cache))
+    _C.copy_pages(copy_pages_params(cache, src, dst), *device_args(cache))
 
 
 def _copy_pages_fake(cache, src, dst) -> None:
@@ -166,10 +202,7 @@ def _gather_tail(cache, block_table, seq_lens, tau):
     if _torch_fallback(cache):
         return gather_tail_torch(cache, block_table, seq_lens, tau)
     bt = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
-    sl = seq_lens.contiguous()
-    W = cache[0, 0].numel()
-    _C.gather_tail(cache.data_ptr(), S * W, W, bt.data_ptr(), bt.stride(0) if M else 0, sl.data_ptr(),
-                   out.data_ptr(), DTYPE_CODES[cache.dtype], B, M, P, S, W, tau, *device_args(cache))
+    _C.gather_tail(gather_tail_params(cache, bt, seq_lens.contiguous(), out), *device_args(cache))
     return out
 
 

@@ -21,13 +21,7 @@ import torch
 
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
-    DTYPE_CODES,
-    FLOAT_DTYPES,
-    check_same_device,
-    check_tensor,
-    device_args,
-    lib,
-    register_kernels,
+    DTYPE_CODES, FLOAT_DTYPES, check_same_device, check_tensor, device_args, lib, register_kernels, set_workspace,
     workspace,
 )
 
@@ -90,6 +84,17 @@ def _torch_path(logits, temperature, top_k, top_p, min_p, seed, step):
     return torch.where(temperature == 0, greedy, sampled)
 
 
+def sample_tokens_params(rows: torch.Tensor, params, out: torch.Tensor) -> _C.SampleParams:
+    """rows: logits [B, V] (unit inner stride); params = (temperature, top_k, top_p, min_p, seed, step), each [B]
+    contiguous in its dtype (module docstring); out [B] int64. No workspace yet (sample_workspace sizes it)."""
+    p = _C.SampleParams()
+    p.logits, p.row_stride, p.dtype = rows.data_ptr(), rows.stride(0), DTYPE_CODES[rows.dtype]
+    p.temperature, p.top_k, p.top_p, p.min_p, p.seed, p.step = (t.data_ptr() for t in params)
+    p.out, (p.B, p.V) = out.data_ptr(), rows.shape
+    p.workspace, p.workspace_bytes = 0, 0
+    return p
+
+
 def _impl(logits, temperature, top_k, top_p, min_p, seed, step):
     _check(logits, temperature, top_k, top_p, min_p, seed, step)
     B, V = logits.shape
@@ -101,11 +106,11 @@ def _impl(logits, temperature, top_k, top_p, min_p, seed, step):
         return out
     rows = logits if logits.stride(1) == 1 else logits.contiguous()
     params = [t.contiguous() for t in (temperature, top_k, top_p, min_p, seed, step)]
+    p = sample_tokens_params(rows, params, out)
     # the GPU kernel needs no workspace (and reading temperature here would sync the host)
-    ws_bytes = _C.sample_workspace(0, B, V) if on_cpu and bool((temperature != 0).any()) else 0
+    ws_bytes = _C.sample_workspace(p, 0) if on_cpu and bool((temperature != 0).any()) else 0
     ws = workspace(ws_bytes, logits.device)
-    _C.sample_tokens(rows.data_ptr(), rows.stride(0), DTYPE_CODES[rows.dtype], *(t.data_ptr() for t in params),
-                     out.data_ptr(), B, V, ws.data_ptr(), ws_bytes, *device_args(rows))
+    _C.sample_tokens(set_workspace(p, ws), *device_args(rows))
     return out
 
 

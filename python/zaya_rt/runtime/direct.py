@@ -6,6 +6,10 @@ device follow from the model and the cache, so the Python checks and the torch.l
 C++ dispatch still validates sizes and index values (bad slots, pages, expert ids raise ValueError). CPU only:
 the runner takes `zaya_rt.ops` on other devices. Legend: T rows, D hidden, N output features, R router width,
 E experts, B sequences.
+
+Every kernel's arguments come from its builder in `zaya_rt.ops` (the call contract, csrc/bindings_params.h).
+A builder runs once per shape (and fixed tensors); later calls of that shape reuse its params object and set
+only the addresses of their fresh tensors and of the workspace.
 """
 
 from __future__ import annotations
@@ -13,11 +17,16 @@ from __future__ import annotations
 import torch
 
 from zaya_rt import _C
-from zaya_rt.ops._lib import DTYPE_CODES
+from zaya_rt.ops.attention import attention_decode_params
+from zaya_rt.ops.cca import cca_prep_fwd_params
+from zaya_rt.ops.moe import grouped_gemm_params, moe_experts_params
+from zaya_rt.ops.norms import residual_rms_norm_fwd_params
+from zaya_rt.ops.packed_linear import pack_linear_weight_params, packed_linear_params
+from zaya_rt.ops.router import zaya_router_params
+from zaya_rt.ops.runtime import kv_write_params
+from zaya_rt.ops.sampling import sample_tokens_params
 
 _CPU = (0, 0, 0)
-_F32, _I64 = DTYPE_CODES[torch.float32], DTYPE_CODES[torch.int64]
-_EPS = {dt: torch.finfo(dt).eps for dt in (torch.float32, torch.float16, torch.bfloat16)}
 
 
 class Workspace:
@@ -35,6 +44,24 @@ class Workspace:
         return self._ptr, self._size
 
 
+_MAX_CACHED = 64
+
+
+def _params_for(cache: dict, key, build):
+    """cache[key], made by build() on a miss. Decode shapes repeat; prefill shapes vary with every prompt, so a
+    cache holding _MAX_CACHED keys starts over."""
+    got = cache.get(key)
+    if got is None:
+        if len(cache) >= _MAX_CACHED:
+            cache.clear()
+        got = cache[key] = build()
+    return got
+
+
+def _row_stride(t: torch.Tensor) -> int:
+    return t.stride(0) if t.shape[0] > 1 else t.shape[1]
+
+
 class Linear:
     """y [T, N] = x [T, K] @ weight[N, K]^T (+ bias) in the weight's dtype with fp32 accumulation.
 
@@ -49,34 +76,33 @@ class Linear:
         self.weight = weight.contiguous()
         self.bias = None if bias is None else bias.to(self.weight.dtype).contiguous()
         self.N, self.K = self.weight.shape
-        self.code = DTYPE_CODES[self.weight.dtype]
         self.ws = ws
-        self._w = self.weight.data_ptr()
-        self._offsets: dict[int, int] = {}
-        self._keep: list[torch.Tensor] = []
-        nbytes = _C.packed_linear_bytes(self.code, self.N, self.K)
+        nbytes = _C.packed_linear_bytes(pack_linear_weight_params(self.weight, self.bias, None), 0)
         buf = torch.empty(nbytes + 64, dtype=torch.uint8)
         self._packed = buf[(-buf.data_ptr()) % 64:][:nbytes]
-        _C.pack_linear_weight(self._w, self.K, 0 if self.bias is None else self.bias.data_ptr(),
-                              self._packed.data_ptr(), nbytes, self.code, self.N, self.K)
-        self._packed_ptr = self._packed.data_ptr()
+        _C.pack_linear_weight(pack_linear_weight_params(self.weight, self.bias, self._packed), *_CPU)
+        self._params: dict[tuple, tuple] = {}  # (T, x row stride, dtype) -> (params, workspace bytes, offsets)
+
+    def _build(self, x: torch.Tensor, out: torch.Tensor) -> tuple:
+        T = x.shape[0]
+        if T <= self.PACKED_MAX_ROWS:
+            p = packed_linear_params(x, self._packed, out)
+            return p, _C.packed_linear_workspace(p, 0), None
+        offsets = torch.tensor([T], dtype=torch.int32)
+        p = grouped_gemm_params(x, self.weight[None], offsets, out)
+        return p, _C.grouped_gemm_workspace(p, 0), offsets
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
         out = torch.empty((T, self.N), dtype=self.weight.dtype)
-        x_rs = x.stride(0) if T > 1 else self.K
+        p, nbytes, _ = _params_for(self._params, (T, _row_stride(x), x.dtype), lambda: self._build(x, out))
+        p.workspace, p.workspace_bytes = self.ws.get(nbytes)
         if T <= self.PACKED_MAX_ROWS:
-            ws, nbytes = self.ws.get(_C.packed_linear_workspace(T, self.K))
-            _C.packed_linear(x.data_ptr(), x_rs, self._packed_ptr, out.data_ptr(), self.N, self.code, T, self.N,
-                             self.K, ws, nbytes)
+            p.x, p.out = x.data_ptr(), out.data_ptr()
+            _C.packed_linear(p, *_CPU)
             return out
-        offsets = self._offsets.get(T)
-        if offsets is None:
-            self._keep.append(torch.tensor([T], dtype=torch.int32))
-            offsets = self._offsets[T] = self._keep[-1].data_ptr()
-        ws, nbytes = self.ws.get(_C.grouped_gemm_workspace(0, T, self.N, self.K, 1, self.code))
-        _C.grouped_gemm(x.data_ptr(), x_rs, 1, self._w, self.N * self.K, self.K, 1, offsets, out.data_ptr(), self.N,
-                        self.code, T, self.N, self.K, 1, ws, nbytes, *_CPU)
+        p.a, p.out = x.data_ptr(), out.data_ptr()
+        _C.grouped_gemm(p, *_CPU)
         if self.bias is not None:
             out += self.bias
         return out
@@ -91,11 +117,10 @@ class ResidualNorm:
         self.params = [t.detach().contiguous() for t in (
             scaling.hidden_states_bias, scaling.hidden_states_scale, scaling.residual_bias, scaling.residual_scale,
             norm.weight)]
-        self.ptrs = [t.data_ptr() for t in self.params]
         self.dtype = self.params[-1].dtype
-        self.code = DTYPE_CODES[self.dtype]
         self.eps = float(norm.eps)
         self._rstd = torch.empty(0, dtype=torch.float32)  # the kernel's 1/rms per row, unused here
+        self._cached: dict[tuple, object] = {}  # (T, y and h dtypes and row strides) -> params
 
     def __call__(self, y: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T, D = y.shape
@@ -103,13 +128,12 @@ class ResidualNorm:
         out = torch.empty((T, D), dtype=self.dtype)
         if self._rstd.numel() < T:
             self._rstd = torch.empty(max(T, 16), dtype=torch.float32)
-        rstd = self._rstd
-        yb, ys, hb, hs, w = self.ptrs
-        _C.residual_rms_norm_fwd(
-            y.data_ptr(), y.stride(0) if T > 1 else D, DTYPE_CODES[y.dtype], h.data_ptr(),
-            h.stride(0) if T > 1 else D, _F32, yb, ys, hb, hs, self.code, w, self.code, r.data_ptr(), D,
-            out.data_ptr(), D, rstd.data_ptr(), T, D, self.eps, *_CPU,
-        )
+            self._cached.clear()
+        key = (T, y.dtype, h.dtype, _row_stride(y), _row_stride(h))
+        p = _params_for(self._cached, key, lambda: residual_rms_norm_fwd_params(
+            y, h, self.params[:4], self.params[4], r, out, self._rstd, self.eps))
+        p.y, p.h, p.r, p.out = y.data_ptr(), h.data_ptr(), r.data_ptr(), out.data_ptr()
+        _C.residual_rms_norm_fwd(p, *_CPU)
         return r, out
 
 
@@ -124,28 +148,31 @@ class Router:
             mlp.fc2.weight, mlp.fc2.bias, mlp.out_proj.weight, router.balancing_biases.to(torch.float32))]
         scale = router.router_states_scale
         self.eda = None if scale is None else scale.detach().contiguous()
-        self.ptrs = [t.data_ptr() for t in self.tensors]
-        self.eda_ptr = 0 if self.eda is None else self.eda.data_ptr()
         self.eps = float(mlp.norm.eps)
         self.R, self.D = self.tensors[0].shape
         self.C = self.tensors[7].shape[0]
         self.ws = ws
+        self._cached: dict[tuple, tuple] = {}  # (T, x dtype and row stride, z_prev dtype) -> (params, bytes)
 
     def __call__(self, x: torch.Tensor, z_prev: torch.Tensor | None):
         T = x.shape[0]
         R, C = self.R, self.C
-        down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, bias = self.ptrs
         logits = torch.empty((T, C), dtype=torch.float32)
         gate = torch.empty((T,), dtype=torch.float32)
         choice = torch.empty((T,), dtype=torch.int64)
         z = torch.empty((T, R), dtype=torch.float32)
-        ws, nbytes = self.ws.get(_C.zaya_router_workspace(T, self.D, R, C))
-        _C.zaya_router(
-            x.data_ptr(), x.stride(0) if T > 1 else self.D, 0 if z_prev is None else z_prev.data_ptr(), R,
-            0 if z_prev is None else DTYPE_CODES[z_prev.dtype], down_w, down_b, self.eda_ptr, norm_w, fc1_w, fc1_b,
-            fc2_w, fc2_b, out_w, bias, DTYPE_CODES[x.dtype], self.eps, logits.data_ptr(), gate.data_ptr(),
-            choice.data_ptr(), z.data_ptr(), T, self.D, R, C, ws, nbytes, 0, 0, *_CPU,
-        )
+        def build():
+            down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, bias = self.tensors
+            p = zaya_router_params(x, z_prev, down_w, down_b, self.eda, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
+                                   bias, self.eps, logits, gate, choice, z)
+            return p, _C.zaya_router_workspace(p, 0)
+
+        key = (T, x.dtype, _row_stride(x), None if z_prev is None else z_prev.dtype)
+        p, nbytes = _params_for(self._cached, key, build)
+        p.x, p.z_prev = x.data_ptr(), 0 if z_prev is None else z_prev.data_ptr()
+        p.logits, p.gate, p.choice, p.z = logits.data_ptr(), gate.data_ptr(), choice.data_ptr(), z.data_ptr()
+        p.workspace, p.workspace_bytes = self.ws.get(nbytes)
+        _C.zaya_router(p, *_CPU)
         return logits, gate, choice, z
 
 
@@ -155,20 +182,25 @@ class Experts:
     def __init__(self, experts, ws: Workspace) -> None:
         self.w1 = experts.gate_up_proj.detach().contiguous()   # [E, 2I, D]
         self.w2 = experts.down_proj.detach().contiguous()      # [E, D, I]
-        self.E, two_i, self.D = self.w1.shape
-        self.I = two_i // 2
-        self.args = (1, self.w1.data_ptr(), self.w1.stride(0), self.w1.stride(1), self.w2.data_ptr(),
-                     self.w2.stride(0), self.w2.stride(1))
         self.ws = ws
+        self._cached: dict[tuple, tuple] = {}  # (T, dtypes, x row stride) -> (params, workspace bytes)
 
     def __call__(self, x: torch.Tensor, choice: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        T, D = x.shape
-        code = DTYPE_CODES[x.dtype]
-        out = torch.empty((T, D), dtype=x.dtype)
-        ws, nbytes = self.ws.get(_C.moe_experts_workspace(0, T, 1, D, self.I, self.E, code))
-        _C.moe_experts(x.data_ptr(), x.stride(0) if T > 1 else D, choice.data_ptr(), _I64, gate.data_ptr(), _F32,
-                       *self.args, out.data_ptr(), D, code, T, D, self.I, self.E, ws, nbytes, *_CPU)
+        out = torch.empty(x.shape, dtype=x.dtype)
+        def build():
+            p = moe_experts_params(x, choice, gate, self.w1, self.w2, out)
+            return p, _C.moe_experts_workspace(p, 0)
+
+        p, nbytes = _params_for(self._cached, (x.shape[0], x.dtype, choice.dtype, gate.dtype, _row_stride(x)), build)
+        p.hidden, p.expert_index, p.gate, p.out = x.data_ptr(), choice.data_ptr(), gate.data_ptr(), out.data_ptr()
+        p.workspace, p.workspace_bytes = self.ws.get(nbytes)
+        _C.moe_experts(p, *_CPU)
         return out
+
+
+# Params of the two module-level calls by shape and cache (the runner's page caches live as long as it does).
+_KV_WRITE: dict[tuple, object] = {}
+_DECODE: dict[tuple, tuple] = {}
 
 
 def kv_write(k: torch.Tensor, v: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
@@ -177,27 +209,28 @@ def kv_write(k: torch.Tensor, v: torch.Tensor, k_pages: torch.Tensor, v_pages: t
     T = k.shape[0]
     if T == 0:
         return
-    P, S = k_pages.shape[:2]
-    W = k_pages.shape[2] * k_pages.shape[3]
-    _C.kv_write(k.data_ptr(), W, v.data_ptr(), W, k_pages.data_ptr(), v_pages.data_ptr(), S * W, W,
-                slot_mapping.data_ptr(), DTYPE_CODES[k_pages.dtype], T, W, P, S, *_CPU)
+    key = (T, k_pages.data_ptr(), v_pages.data_ptr(), k_pages.shape, k_pages.dtype)
+    p = _params_for(_KV_WRITE, key, lambda: kv_write_params(k.view(T, -1), v.view(T, -1), k_pages, v_pages, slot_mapping))
+    p.k_new, p.v_new, p.slot_mapping = k.data_ptr(), v.data_ptr(), slot_mapping.data_ptr()
+    _C.kv_write(p, *_CPU)
 
 
 def attention_decode(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
                      seq_lens: torch.Tensor, scale: float, window: int | None, ws: Workspace) -> torch.Tensor:
     """One query token per sequence: q [B, Hq, d] (contiguous) against the pages [P, S, Hk, d] (contiguous),
     block_table [B, M] int32 (contiguous), seq_lens [B] int32 -> [B, Hq, d]."""
-    B, Hq, d = q.shape
-    P, S, Hk, _ = k_pages.shape
-    M = block_table.shape[1]
-    code = DTYPE_CODES[q.dtype]
-    out = torch.empty((B, Hq, d), dtype=q.dtype)
-    buf, nbytes = ws.get(_C.attention_decode_workspace(0, code, B, 1, Hq, Hk, d, S, M, 0))
-    ks, vs = k_pages.stride(), v_pages.stride()
-    _C.attention_decode(q.data_ptr(), Hq * d, Hq * d, d, k_pages.data_ptr(), ks[0], ks[1], ks[2], v_pages.data_ptr(),
-                        vs[0], vs[1], vs[2], block_table.data_ptr(), M, seq_lens.data_ptr(), out.data_ptr(),
-                        Hq * d, Hq * d, d, code, B, 1, Hq, Hk, d, S, P, M, window or 0, float(scale), 0,
-                        buf, nbytes, *_CPU)
+    out = torch.empty(q.shape, dtype=q.dtype)
+    key = (q.shape, q.dtype, k_pages.data_ptr(), v_pages.data_ptr(), k_pages.shape, block_table.shape, window, scale)
+
+    def build():
+        p = attention_decode_params(q[:, None], k_pages, v_pages, block_table, seq_lens, out[:, None], window or 0,
+                                    scale)
+        return p, _C.attention_decode_workspace(p, 0)
+
+    p, nbytes = _params_for(_DECODE, key, build)
+    p.q, p.block_table, p.seq_lens, p.out = q.data_ptr(), block_table.data_ptr(), seq_lens.data_ptr(), out.data_ptr()
+    p.workspace, p.workspace_bytes = ws.get(nbytes)
+    _C.attention_decode(p, *_CPU)
     return out
 
 
@@ -209,36 +242,36 @@ class CcaPrep:
 
     def __init__(self, conv0_w, conv0_b, conv1_w, conv1_b, temp, *, num_q_heads: int, num_kv_heads: int,
                  head_dim: int, rope_dims: int, inv_freq: torch.Tensor, ws: Workspace) -> None:
-        self.tensors = [t.detach().contiguous() for t in (conv0_w, conv0_b, conv1_w, conv1_b, temp)]
+        self.tensors = tuple(t.detach().contiguous() for t in (conv0_w, conv0_b, conv1_w, conv1_b, temp))
+        if inv_freq.shape != (rope_dims // 2,):
+            raise ValueError(f"CcaPrep: inv_freq must be [rope_dims / 2] = [{rope_dims // 2}], got "
+                             f"{tuple(inv_freq.shape)}")
         self.inv_freq = inv_freq.contiguous()
-        self.ptrs = [t.data_ptr() for t in self.tensors]
-        self.Hq, self.Hk, self.d, self.rope_dims = num_q_heads, num_kv_heads, head_dim, rope_dims
-        self.k0, self.k1 = conv0_w.shape[2], conv1_w.shape[2]
-        self.C = (num_q_heads + num_kv_heads) * head_dim
-        self.K = self.k0 + self.k1 - 2
-        self.V = num_kv_heads * head_dim // 2
-        self.w_code = DTYPE_CODES[self.tensors[0].dtype]
+        self.Hq, self.Hk, self.d = num_q_heads, num_kv_heads, head_dim
         self.ws = ws
+        self._cached: dict[tuple, tuple] = {}  # shapes, dtypes and row strides -> (params, workspace bytes)
 
     def __call__(self, qp, kp, v_cur, v_del, positions, cu_seqlens, conv_in, v_in, conv_out, v_out):
-        T, B = qp.shape[0], cu_seqlens.shape[0] - 1
-        Hq, Hk, d, C, K, V = self.Hq, self.Hk, self.d, self.C, self.K, self.V
-        q = torch.empty((T, Hq, d), dtype=qp.dtype)
-        k = torch.empty((T, Hk, d), dtype=qp.dtype)
-        v = torch.empty((T, Hk, d), dtype=qp.dtype)
-        nbytes = _C.cca_prep_fwd_workspace(0, T, B, Hq, Hk, d, self.k0, self.k1, self.rope_dims)
-        ws, _ = self.ws.get(nbytes)
-        c0w, c0b, c1w, c1b, temp = self.ptrs
-        rs = (lambda t: t.stride(0) if T > 1 else t.shape[1])  # noqa: E731
-        _C.cca_prep_fwd(
-            (qp.data_ptr(), kp.data_ptr(), v_cur.data_ptr(), v_del.data_ptr(), c0w, c0b, c1w, c1b, temp,
-             conv_in.data_ptr(), v_in.data_ptr(), positions.data_ptr(), cu_seqlens.data_ptr(),
-             self.inv_freq.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), conv_out.data_ptr(),
-             v_out.data_ptr(), ws),
-            (rs(qp), rs(kp), rs(v_cur), rs(v_del), C * K, K, V, Hq * d, d, Hk * d, d, Hk * d, C * K, K, V, 0),
-            (DTYPE_CODES[qp.dtype], self.w_code, DTYPE_CODES[conv_in.dtype], DTYPE_CODES[positions.dtype]),
-            (T, B, Hq, Hk, d, self.k0, self.k1, self.rope_dims), _EPS[qp.dtype], nbytes, *_CPU,
-        )
+        T = qp.shape[0]
+        q = torch.empty((T, self.Hq, self.d), dtype=qp.dtype)
+        k = torch.empty((T, self.Hk, self.d), dtype=qp.dtype)
+        v = torch.empty((T, self.Hk, self.d), dtype=qp.dtype)
+        key = (T, cu_seqlens.shape[0], qp.dtype, positions.dtype, conv_in.dtype, conv_out.dtype, qp.stride(0),
+               kp.stride(0), v_cur.stride(0), v_del.stride(0))
+
+        def build():
+            p = cca_prep_fwd_params(qp, kp, v_cur, v_del, self.tensors, conv_in, v_in, positions, cu_seqlens,
+                                    self.inv_freq, q, k, v, conv_out, v_out)
+            return p, _C.cca_prep_fwd_workspace(p, 0)
+
+        p, nbytes = _params_for(self._cached, key, build)
+        p.qp, p.kp, p.v_cur, p.v_del = qp.data_ptr(), kp.data_ptr(), v_cur.data_ptr(), v_del.data_ptr()
+        p.positions, p.cu_seqlens = positions.data_ptr(), cu_seqlens.data_ptr()
+        p.conv_state_in, p.v_state_in = conv_in.data_ptr(), v_in.data_ptr()
+        p.q, p.k, p.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
+        p.conv_state_out, p.v_state_out = conv_out.data_ptr(), v_out.data_ptr()
+        p.workspace, p.workspace_bytes = self.ws.get(nbytes)
+        _C.cca_prep_fwd(p, *_CPU)
         return q, k, v
 
 
@@ -249,15 +282,19 @@ class Greedy:
     def __init__(self) -> None:
         self._zeros = torch.zeros(0, dtype=torch.int64)
         self._ones = torch.ones(0, dtype=torch.float32)
+        self._cached: dict[tuple, object] = {}  # (B, V, dtype, row stride) -> params
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        B, V = logits.shape
+        B = logits.shape[0]
         if self._zeros.numel() < B:
             self._zeros = torch.zeros(B, dtype=torch.int64)
             self._ones = torch.ones(B, dtype=torch.float32)
-        # all-zero bytes serve as temperature (0: greedy), top_k, min_p, seed and step; top_p must be in (0, 1]
-        zero, one = self._zeros.data_ptr(), self._ones.data_ptr()
+            self._cached.clear()
         out = torch.empty(B, dtype=torch.int64)
-        _C.sample_tokens(logits.data_ptr(), logits.stride(0) if B > 1 else V, DTYPE_CODES[logits.dtype], zero, zero,
-                         one, zero, zero, zero, out.data_ptr(), B, V, 0, 0, *_CPU)
+        # all-zero bytes serve as temperature (0: greedy), top_k, min_p, seed and step; top_p must be in (0, 1]
+        zero, one = self._zeros, self._ones
+        p = _params_for(self._cached, (logits.shape, logits.dtype, logits.stride(0)),
+                    lambda: sample_tokens_params(logits, (zero, zero, one, zero, zero, zero), out))
+        p.logits, p.out = logits.data_ptr(), out.data_ptr()
+        _C.sample_tokens(p, *_CPU)
         return out
