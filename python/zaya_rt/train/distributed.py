@@ -86,10 +86,11 @@ def shard_model(model: nn.Module, par: Parallel, compute_dtype: torch.dtype) -> 
     units.append(fully_shard(layers[0].input_layernorm, mesh=par.world, mp_policy=policy))
     for i, layer in enumerate(layers):
         group = [layer] if i + 1 == len(layers) else [layer, layers[i + 1].input_layernorm]
-        units.append(fully_shard(group, mesh=par.world, mp_policy=policy))
+        units.append(fully_shard(group, mesh=par.world, mp_policy=policy)[0])  # the group's modules share one state
     units.append(fully_shard(model, mesh=par.world, mp_policy=policy))
     for unit in units:
         unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
 
 
 def local_share(items: list, par: Parallel | None) -> list:
