@@ -36,6 +36,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     clip: float = 1.0
     optimizer: str = "muon"
+    muon_ns_dtype: str = "bfloat16"
     warmup_steps: int = 0
     decay_steps: int = 0
     seed: int = 0
@@ -71,7 +72,8 @@ class RunConfig:
     init_from: str | None = None
 
 
-_CHOICES = {"train.optimizer": ("muon", "adamw"), "train.dtype": ("float32", "bfloat16")}
+_CHOICES = {"train.optimizer": ("muon", "adamw"), "train.dtype": ("float32", "bfloat16"),
+            "train.muon_ns_dtype": ("bfloat16", "float32")}
 _POSITIVE = {"data.window", "data.sft_budget", "train.steps", "train.batch_windows", "train.grad_accum",
              "train.keep_checkpoints", "parallel.expert_parallel"}
 _NON_NEGATIVE = {"train.lr", "train.weight_decay", "train.clip", "train.warmup_steps", "train.decay_steps",

@@ -135,6 +135,19 @@ def is_expert_stack(model: nn.Module) -> set[int]:
     return {id(p) for m in model.modules() if isinstance(m, ZayaExperts) for p in m.parameters(recurse=False)}
 
 
+def full_tensor(t: torch.Tensor, expert: bool, par: Parallel | None) -> torch.Tensor:
+    """The whole model tensor on every rank (collective): FSDP2 shards gathered, expert slices gathered over
+    "ep" too."""
+    if par is None:
+        return t
+    whole = t.full_tensor() if isinstance(t, DTensor) else t
+    if expert and par.expert_parallel > 1:
+        out = whole.new_empty((whole.shape[0] * par.expert_parallel, *whole.shape[1:]))
+        dist.all_gather_into_tensor(out, whole.contiguous(), group=par.ep_dp["ep"].get_group())
+        whole = out
+    return whole
+
+
 def global_view(t: torch.Tensor, expert: bool, par: Parallel | None) -> torch.Tensor:
     """The tensor as a piece of the whole model's tensor: a DTensor with the global shape (plain tensors in a
     single process). FSDP2's DTensors already are; an expert slice (a DTensor over "dp" of shape [L, ...]) becomes

@@ -34,8 +34,8 @@ from zaya_rt.train.checkpoint import (checkpoint_steps, latest_checkpoint, read_
 from zaya_rt.train.config import RunConfig
 from zaya_rt.train.data import IGNORE_INDEX, Window, load_samples, load_tokenizer, pack_windows
 from zaya_rt.train.dist_muon import DistributedMuon
-from zaya_rt.train.distributed import (clip_grads, global_grad_norm, global_view, init_parallel, is_expert_stack,
-                                       local_share, shard_model)
+from zaya_rt.train.distributed import (clip_grads, full_tensor, global_grad_norm, global_view, init_parallel,
+                                       is_expert_stack, local_share, shard_model)
 from zaya_rt.train.muon import Muon
 from zaya_rt.train.params import param_groups
 from zaya_rt.train.schedule import wsd_lr
@@ -165,7 +165,7 @@ class Trainer:
         no_decay = lambda ps: [self.masters[id(p)] for p in ps if p.dim() < 2]  # noqa: E731
         if tc.optimizer == "muon":
             muon = (Muon if self.par is None else DistributedMuon)(decay(groups["muon"]), lr=tc.lr, weight_decay=tc.weight_decay,
-                        adjust_lr_fn="match_rms_adamw")
+                        adjust_lr_fn="match_rms_adamw", ns_dtype=_DTYPES[tc.muon_ns_dtype])
             rest = groups["adamw"]
             optimizers = [muon]
         else:
@@ -370,10 +370,14 @@ class Trainer:
         model = ZayaForCausalLM(self.model.config)
         state = {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in self.model.named_buffers()}
         for name, p in self.model.named_parameters(remove_duplicate=False):
-            whole = global_view(self.masters[id(p)].detach(), id(p) in self.experts, self.par)
-            state[name] = (whole.full_tensor() if hasattr(whole, "full_tensor") else whole).cpu()
+            state[name] = full_tensor(self.masters[id(p)].detach(), id(p) in self.experts, self.par).cpu()
         model.load_state_dict(state)
         return model
+
+    def close(self) -> None:
+        """Leaves the process group of a distributed run (nothing in a single process)."""
+        if self.par is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> str:
