@@ -4,9 +4,11 @@ torch.distributed.checkpoint (DCP), so a checkpoint written at one world size lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import warnings
 from typing import Callable
 
 import torch
@@ -99,10 +101,20 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, write: Callable[[str]
 def write_sharded(folder: str, tensors: dict[str, torch.Tensor]) -> None:
     """Writes named tensors (plain, or DTensors holding this rank's shard of a global tensor) into folder with
     torch.distributed.checkpoint; collective when a process group exists."""
-    dcp.save(tensors, checkpoint_id=folder, no_dist=not torch.distributed.is_initialized())
+    with _single_process_quiet():
+        dcp.save(tensors, checkpoint_id=folder, no_dist=not torch.distributed.is_initialized())
 
 
 def read_sharded(folder: str, tensors: dict[str, torch.Tensor]) -> None:
     """Loads a write_sharded checkpoint in place into `tensors` (same names, any sharding and world size); a
     missing name or a shape that differs raises."""
-    dcp.load(tensors, checkpoint_id=folder, no_dist=not torch.distributed.is_initialized())
+    with _single_process_quiet():
+        dcp.load(tensors, checkpoint_id=folder, no_dist=not torch.distributed.is_initialized())
+
+
+@contextlib.contextmanager
+def _single_process_quiet():
+    """Silences DCP's warning that a single process (no process group) is meant to save or load alone: it is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield

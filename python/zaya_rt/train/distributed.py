@@ -143,7 +143,7 @@ def full_tensor(t: torch.Tensor, expert: bool, par: Parallel | None) -> torch.Te
     whole = t.full_tensor() if isinstance(t, DTensor) else t
     if expert and par.expert_parallel > 1:
         out = whole.new_empty((whole.shape[0] * par.expert_parallel, *whole.shape[1:]))
-        dist.all_gather_into_tensor(out, whole.contiguous(), group=par.ep_dp["ep"].get_group())
+        dist.all_gather_single(out, whole.contiguous(), group=par.ep_dp["ep"].get_group())
         whole = out
     return whole
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.nn.functional import all_to_all_single
+from torch.distributed._functional_collectives import all_to_all_single_autograd
 
 from zaya_rt.model.modeling import ZayaExperts, ZayaSparseMoeBlock
 
@@ -53,18 +53,17 @@ class ExpertParallelRunner:
         send, recv = send_counts.tolist(), recv_counts.tolist()
         M = sum(recv)
 
-        def exchange(t: torch.Tensor, out_rows: int, out_splits, in_splits) -> torch.Tensor:
-            out = t.new_empty((out_rows, *t.shape[1:]))
-            return all_to_all_single(out, t.contiguous(), out_splits, in_splits, group=self.group)
+        def exchange(t: torch.Tensor, out_splits, in_splits) -> torch.Tensor:
+            return all_to_all_single_autograd(t.contiguous(), out_splits, in_splits, self.group)
 
-        x_MD = exchange(x_ND[rows], M, recv, send)
-        gate_M = exchange(gate_N[rows], M, recv, send)
+        x_MD = exchange(x_ND[rows], recv, send)
+        gate_M = exchange(gate_N[rows], recv, send)
         with torch.no_grad():
             local_choice = torch.empty(M, dtype=choice.dtype, device=choice.device)
             dist.all_to_all_single(local_choice, (choice % L).contiguous(), recv,
                                    send, group=self.group)
         y_MD = experts(x_MD, local_choice, gate_M)
-        y_rows = exchange(y_MD, rows.shape[0], send, recv)
+        y_rows = exchange(y_MD, send, recv)
         y_ND = x_ND.new_zeros(x_ND.shape[0], y_rows.shape[1], dtype=y_rows.dtype)
         return y_ND.index_copy(0, rows, y_rows)
 
