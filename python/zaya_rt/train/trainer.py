@@ -116,19 +116,16 @@ class Trainer:
         self.windows = pack_windows(samples, config.data.window)
 
         self.dtype = _DTYPES[tc.dtype]
+        if tc.activation_checkpointing:
+            checkpoint_layers(self.model)
         if self.par is not None:
-            if tc.activation_checkpointing:
-                checkpoint_layers(self.model)
             shard_model(self.model, self.par, self.dtype)
-        self.names = {id(p): name for name, p in self.model.named_parameters()}
         self.experts = is_expert_stack(self.model)
         self._separate_masters = self.par is None and self.dtype != torch.float32
         self.masters = self._master_weights()
         self.optimizers = self._build_optimizers()
         self.balancer = RouterBalancer.for_model(self.model, lr=config.balancer.lr,
                                                  skip_target=config.balancer.skip_target)
-        if tc.activation_checkpointing and self.par is None:
-            checkpoint_layers(self.model)
         self.step = 0
         self.resumed = False
         if fresh:
@@ -164,8 +161,9 @@ class Trainer:
         decay = lambda ps: [self.masters[id(p)] for p in ps if p.dim() >= 2]  # noqa: E731
         no_decay = lambda ps: [self.masters[id(p)] for p in ps if p.dim() < 2]  # noqa: E731
         if tc.optimizer == "muon":
-            muon = (Muon if self.par is None else DistributedMuon)(decay(groups["muon"]), lr=tc.lr, weight_decay=tc.weight_decay,
-                        adjust_lr_fn="match_rms_adamw", ns_dtype=_DTYPES[tc.muon_ns_dtype])
+            muon_class = Muon if self.par is None else DistributedMuon
+            muon = muon_class(decay(groups["muon"]), lr=tc.lr, weight_decay=tc.weight_decay,
+                              adjust_lr_fn="match_rms_adamw", ns_dtype=_DTYPES[tc.muon_ns_dtype])
             rest = groups["adamw"]
             optimizers = [muon]
         else:
