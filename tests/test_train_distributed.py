@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import subprocess_env
 from train_helpers import raw_config, runs_corpus, to_toml
+from zaya_rt.model.checkpoint import load
 from zaya_rt.train.config import parse_config
 from zaya_rt.train.expert_parallel import check_expert_parallel
 from zaya_rt.train.trainer import Trainer
@@ -76,6 +78,14 @@ def test_two_ranks_fsdp_and_expert_parallel_log_the_losses_of_one_process(runs):
     assert runs["one"][-1]["loss"] < runs["one"][0]["loss"] - 1.0  # it trains
     _assert_agree(runs["fsdp"], runs["one"])
     _assert_agree(runs["ep"], runs["one"])
+
+
+def test_final_model_of_expert_parallel_ranks_is_the_whole_model(runs):
+    one, ep = (load(str(runs["root"] / name / "final")).state_dict() for name in ("one", "ep"))
+    assert one.keys() == ep.keys()
+    for name, want in one.items():
+        assert ep[name].shape == want.shape, name
+        torch.testing.assert_close(ep[name], want, rtol=1e-3, atol=1e-5, msg=name)
 
 
 def test_checkpoint_of_two_ranks_resumes_in_one_process(runs):
