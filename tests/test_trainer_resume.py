@@ -88,7 +88,8 @@ def test_sigkill_then_rerun_reproduces_losses_exactly(tmp_path):
         f"step-{STEPS - EVERY:08d}", f"step-{STEPS:08d}"]
     a = torch.load(killed_dir / f"step-{STEPS:08d}" / "trainer.pt", weights_only=False)
     b = torch.load(tmp_path / "straight" / f"step-{STEPS:08d}" / "trainer.pt", weights_only=False)
-    wa, wb = _sharded(killed_dir / f"step-{STEPS:08d}", tmp_path), _sharded(tmp_path / "straight" / f"step-{STEPS:08d}", tmp_path)
+    wa = _sharded(killed_dir / f"step-{STEPS:08d}", tmp_path)
+    wb = _sharded(tmp_path / "straight" / f"step-{STEPS:08d}", tmp_path)
     assert wa.keys() == wb.keys() and any(k.startswith("model.") for k in wa)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert all(torch.equal(x, y) for x, y in zip(a["balancer"]["biases"], b["balancer"]["biases"], strict=True))
