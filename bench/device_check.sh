@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one script to run on a machine with an NVIDIA GPU (no network needed): builds and installs the CUDA
-# backend, runs the GPU tests, then times the GPU kernels and prints the tables last.
+# backend, runs the GPU tests (and, with 2+ GPUs, the trainer on 2 NCCL ranks), then times the GPU kernels and
+# prints the tables last.
 #
 #   bash bench/device_check.sh
 #
@@ -73,6 +74,43 @@ assert _C.gpu_backend == 'cuda', 'this zaya_rt._C has no CUDA backend'
 step "GPU tests: pytest -m cuda tests"
 tests_rc=0
 python -m pytest -m cuda -q -p no:cacheprovider tests || tests_rc=$?
+
+step "trainer on 2 ranks with NCCL (torchrun; FSDP2, then FSDP2 + expert parallelism; fp32, 12 steps)"
+train_rc=0
+if (( $(nvidia-smi -L 2>/dev/null | wc -l) >= 2 )); then
+  timeout 600 python - <<'PY' || train_rc=$?
+import json, os, subprocess, sys, tempfile
+sys.path.insert(0, "tests")
+from train_helpers import raw_config, runs_corpus, to_toml
+
+root = tempfile.mkdtemp(prefix="zaya_rt_nccl_")
+runs_corpus(f"{root}/runs.jsonl", docs=60, seed=1)
+env = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run(name, ep, nproc):
+    raw = raw_config(f"{root}/runs.jsonl", f"{root}/{name}", steps=12, optimizer="muon", warmup_steps=2,
+                     decay_steps=4, muon_ns_dtype="float32")
+    raw["parallel"] = {"expert_parallel": ep}
+    with open(f"{root}/{name}.toml", "w") as f:
+        f.write(to_toml(raw))
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc else []
+    cmd = [sys.executable, *launch, "-m", "zaya_rt", "train", "--config", f"{root}/{name}.toml", "--no-progress"]
+    subprocess.run(cmd, env=env if nproc else dict(env, CUDA_VISIBLE_DEVICES=""), check=True)
+    with open(f"{root}/{name}/metrics.jsonl") as f:
+        return [json.loads(line)["loss"] for line in f]
+
+
+cpu, fsdp, ep = run("cpu", 1, 0), run("fsdp", 1, 2), run("ep", 2, 2)
+rel = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))  # noqa: E731
+print("per-step losses, 1 CPU process:", [round(v, 5) for v in cpu])
+print(f"NCCL FSDP2 vs NCCL FSDP2+EP2: max rel {rel(ep, fsdp):.2e} (same kernels; CPU gloo reaches ~1e-7)")
+print(f"NCCL FSDP2 vs 1 CPU process:  max rel {rel(fsdp, cpu):.2e} (GPU vs CPU kernels)")
+assert len(fsdp) == len(ep) == 12 and rel(ep, fsdp) <= 1e-4 and rel(fsdp, cpu) <= 1e-2
+PY
+else
+  echo "(fewer than 2 GPUs: skipped; the CPU gloo version is tests/test_train_distributed.py)"
+fi
 
 step "GPU kernel timings (CUDA graphs, bytes each op must move / time)"
 bench_rc=0
@@ -330,5 +368,5 @@ else
   echo "(no e2e benchmark in this checkout: skipped)"
 fi
 
-step "done: tests $([[ $tests_rc == 0 ]] && echo passed || echo "FAILED (rc $tests_rc)"), benchmarks $([[ $bench_rc == 0 ]] && echo ran || echo "FAILED (rc $bench_rc)")"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+step "done: tests $([[ $tests_rc == 0 ]] && echo passed || echo "FAILED (rc $tests_rc)"), NCCL trainer $([[ $train_rc == 0 ]] && echo passed || echo "FAILED (rc $train_rc)"), benchmarks $([[ $bench_rc == 0 ]] && echo ran || echo "FAILED (rc $bench_rc)")"
+exit $(( tests_rc != 0 || train_rc != 0 || bench_rc != 0 ))

@@ -105,7 +105,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"zaya-rt train: {exc}", file=sys.stderr)
         return 2
     final = trainer.run()
-    print(f"trained {trainer.step} steps; final model in {final}, metrics in {config.train.out_dir}/metrics.jsonl")
+    if trainer.is_main:
+        print(f"trained {trainer.step} steps; final model in {final}, metrics in {config.train.out_dir}/metrics.jsonl")
+    trainer.close()
     return 0
 
 

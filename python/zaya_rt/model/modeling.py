@@ -153,6 +153,8 @@ class ZayaSparseMoeBlock(nn.Module):
         self.skip_passthrough = config.skip_passthrough
         self.gate = ZayaRouter(config, layer_idx)
         self.experts = ZayaExperts(config)
+        # Replaces kernels.experts when set (same call): expert parallelism (train/expert_parallel.py).
+        self.experts_runner = None
 
     def forward(self, x_ND: torch.Tensor, z_prev_NR: torch.Tensor | None, kernels=OPS_KERNELS,
                 replay_N: torch.Tensor | None = None):
@@ -165,7 +167,8 @@ class ZayaSparseMoeBlock(nn.Module):
             # where the router agrees, its own gate (same numbers as without replay)
             gate = torch.where(forced == choice, gate, p_forced).masked_fill(forced == self.gate.num_experts, 0)
             choice = forced
-        y = kernels.experts(self.experts, x_ND, choice, gate)
+        run_experts = kernels.experts if self.experts_runner is None else self.experts_runner
+        y = run_experts(self.experts, x_ND, choice, gate)
         if self.skip_passthrough:
             skipped = choice == self.gate.num_experts
             p_skip = torch.softmax(logits, dim=-1)[:, -1]

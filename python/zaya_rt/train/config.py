@@ -1,6 +1,6 @@
 """The trainer's TOML configuration (`zaya-rt train --config FILE.toml`), parsed strictly.
 
-Sections: [model] (ZayaConfig fields, or `init_from = DIR` alone), [data], [train], [balancer]. An unknown
+Sections: [model] (ZayaConfig fields, or `init_from = DIR` alone), [data], [train], [balancer], [parallel]. An unknown
 section or key raises ValueError naming it; a value of the wrong type raises TypeError naming the key and the
 expected type; an out-of-range value raises ValueError naming the key.
 """
@@ -36,6 +36,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     clip: float = 1.0
     optimizer: str = "muon"
+    muon_ns_dtype: str = "bfloat16"
     warmup_steps: int = 0
     decay_steps: int = 0
     seed: int = 0
@@ -52,19 +53,29 @@ class BalancerConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How a torchrun launch splits the work: experts over `expert_parallel` ranks (the data-parallel degree of the
+    experts is world / expert_parallel); everything else is FSDP2-sharded over all ranks."""
+
+    expert_parallel: int = 1
+
+
+@dataclass
 class RunConfig:
     """A parsed config: `model` is a ZayaConfig, or None with `init_from` naming a checkpoint directory."""
 
     data: DataConfig
     train: TrainConfig
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     model: ZayaConfig | None = None
     init_from: str | None = None
 
 
-_CHOICES = {"train.optimizer": ("muon", "adamw"), "train.dtype": ("float32", "bfloat16")}
+_CHOICES = {"train.optimizer": ("muon", "adamw"), "train.dtype": ("float32", "bfloat16"),
+            "train.muon_ns_dtype": ("bfloat16", "float32")}
 _POSITIVE = {"data.window", "data.sft_budget", "train.steps", "train.batch_windows", "train.grad_accum",
-             "train.keep_checkpoints"}
+             "train.keep_checkpoints", "parallel.expert_parallel"}
 _NON_NEGATIVE = {"train.lr", "train.weight_decay", "train.clip", "train.warmup_steps", "train.decay_steps",
                  "train.checkpoint_every", "balancer.lr"}
 _UNIT = {"train.min_lr_ratio", "balancer.skip_target"}
@@ -150,7 +161,7 @@ def parse_config(raw: dict[str, Any]) -> RunConfig:
     """Validates a config dict (the TOML document) into a RunConfig."""
     if not isinstance(raw, dict):
         raise TypeError(f"config: expected a table, got {type(raw).__name__}")
-    sections = {"model", "data", "train", "balancer"}
+    sections = {"model", "data", "train", "balancer", "parallel"}
     for name, value in raw.items():
         if name not in sections:
             raise ValueError(f"config: unknown section [{name}] (known: {', '.join(sorted(sections))})")
@@ -163,6 +174,7 @@ def parse_config(raw: dict[str, Any]) -> RunConfig:
     data = _build(DataConfig, "data", raw["data"])
     train = _build(TrainConfig, "train", raw["train"])
     balancer = _build(BalancerConfig, "balancer", raw.get("balancer", {}))
+    parallel = _build(ParallelConfig, "parallel", raw.get("parallel", {}))
     if data.sft_budget is not None and data.sft_budget > data.window:
         raise ValueError(f"config: data.sft_budget ({data.sft_budget}) must not exceed data.window ({data.window})")
     if train.batch_windows % train.grad_accum:
@@ -171,7 +183,7 @@ def parse_config(raw: dict[str, Any]) -> RunConfig:
     if train.warmup_steps + train.decay_steps > train.steps:
         raise ValueError(f"config: train.warmup_steps + train.decay_steps ({train.warmup_steps + train.decay_steps}) "
                          f"exceed train.steps ({train.steps})")
-    return RunConfig(data=data, train=train, balancer=balancer, model=model, init_from=init_from)
+    return RunConfig(data=data, train=train, balancer=balancer, parallel=parallel, model=model, init_from=init_from)
 
 
 def load_config(path: str | os.PathLike) -> RunConfig:

@@ -72,8 +72,9 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        items = []
         for group in self.param_groups:
-            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+            mu = group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -83,11 +84,27 @@ class Muon(torch.optim.Optimizer):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-                buf = state["momentum_buffer"]
+                grad, buf = _local(grad), _local(state["momentum_buffer"])
                 buf.lerp_(grad, 1 - mu)
-                update = grad.lerp(buf, mu) if group["nesterov"] else buf
-                ortho = newton_schulz(update, group["ns_steps"], group["ns_coefficients"], group["eps"],
-                                      group["ns_dtype"])
-                p.mul_(1 - lr * wd)
-                p.add_(ortho, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], *p.shape[-2:]))
+                items.append((p, grad.lerp(buf, mu) if group["nesterov"] else buf, group))
+        for (p, _, group), ortho in zip(items, self.orthogonalise(items), strict=True):
+            lr = group["lr"]
+            local = _local(p)
+            local.mul_(1 - lr * group["weight_decay"])
+            local.add_(ortho.to(local.dtype), alpha=-adjusted_lr(lr, group["adjust_lr_fn"], *p.shape[-2:]))
         return loss
+
+    def orthogonalise(self, items: list[tuple[torch.Tensor, torch.Tensor, dict]]) -> list[torch.Tensor]:
+        """Newton-Schulz of each (parameter, update, group)'s update, in the group's compute dtype. The
+        distributed Muon (dist_muon.py) overrides this for sharded parameters."""
+        return [ns_update(update, group) for _, update, group in items]
+
+
+def ns_update(update: torch.Tensor, group: dict) -> torch.Tensor:
+    """newton_schulz of one update [A, B] or [E, A, B] with a Muon param group's settings."""
+    return newton_schulz(update, group["ns_steps"], group["ns_coefficients"], group["eps"], group["ns_dtype"])
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2-sharded parameters and their states); a plain tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
