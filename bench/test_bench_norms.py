@@ -4,26 +4,19 @@ Each case benchmarks ours and the peer in the same session under the same group,
 pytest-benchmark prints is the ratio. `zaya-rt bench` prints the same cases as one table.
 """
 
-import pytest
+from case_params import each_case
 
 from zaya_rt.benchmarks import norm_cases
 from zaya_rt.benchmarks.norms import norm_fwd_bwd_cases
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("index", range(len(norm_cases("cpu", tokens=(1, 16, 4096)))))
-@pytest.mark.parametrize("side", ["ours", "peer"])
+@each_case(len(norm_cases("cpu", tokens=(1, 16, 4096))))
 def test_norms(run_case, device, index, side):
-    case = norm_cases(device, tokens=(1, 16, 4096))[index]
-    run_case(case, device, side)
+    run_case(norm_cases(device, tokens=(1, 16, 4096))[index], device, side)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("index", range(len(norm_fwd_bwd_cases("cpu"))))
-@pytest.mark.parametrize("side", ["ours", "peer"])
+@each_case(len(norm_fwd_bwd_cases("cpu")))
 def test_norms_fwd_bwd(run_case, device, index, side):
     """rms_norm and residual_rms_norm forward + backward against zaya_rt.ref's norms under autograd."""
-    case = norm_fwd_bwd_cases(device)[index]
-    run_case(case, device, side, rounds=5)
+    run_case(norm_fwd_bwd_cases(device)[index], device, side, rounds=5)

@@ -6,6 +6,7 @@ prints the same cases as one table. On the CPU only the decode sizes run (prefil
 
 import pytest
 import torch
+from case_params import each_case
 
 from zaya_rt.benchmarks import router_cases
 from zaya_rt.benchmarks.router import router_fwd_bwd_cases
@@ -21,10 +22,7 @@ def test_router(run_case, device, tokens, dtype, side):
     run_case(case, device, side)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-@pytest.mark.parametrize("index", range(len(router_fwd_bwd_cases("cpu"))))
-@pytest.mark.parametrize("side", ["ours", "peer"])
+@each_case(len(router_fwd_bwd_cases("cpu")))
 def test_router_fwd_bwd(run_case, device, index, side):
     """zaya_router forward + backward against ref.zaya_router under autograd (T 2048, D 512 and 2048 on CPU)."""
-    case = router_fwd_bwd_cases(device)[index]
-    run_case(case, device, side, rounds=3)
+    run_case(router_fwd_bwd_cases(device)[index], device, side, rounds=3)

@@ -1,14 +1,7 @@
 // pybind11 bindings of the attention family: AttnVarlenFwdParams, AttnVarlenBwdParams and AttnPagedDecodeParams
 // by field name (csrc/bindings_params.h), their entry points and workspace sizes. python/zaya_rt/ops/attention.py
 // fills them.
-#include <pybind11/pybind11.h>
-
-#include <cstdint>
-
 #include "bindings_params.h"
-#include "dispatch.h"
-
-namespace py = pybind11;
 
 namespace {
 

@@ -1,13 +1,6 @@
 // pybind11 bindings of the CCA prep family: CcaPrepFwdParams and CcaPrepBwdParams by field name
 // (csrc/bindings_params.h), their entry points and workspace sizes. python/zaya_rt/ops/cca.py fills them.
-#include <pybind11/pybind11.h>
-
-#include <cstdint>
-
 #include "bindings_params.h"
-#include "dispatch.h"
-
-namespace py = pybind11;
 
 namespace {
 

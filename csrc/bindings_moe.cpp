@@ -1,14 +1,7 @@
 // pybind11 bindings of the MoE family: MoeDispatchParams, GroupedGemmParams, GroupedGemmWeightGradParams and
 // MoeExpertsParams by field name (csrc/bindings_params.h), their entry points and workspace sizes.
 // python/zaya_rt/ops/moe.py fills them.
-#include <pybind11/pybind11.h>
-
-#include <cstdint>
-
 #include "bindings_params.h"
-#include "dispatch.h"
-
-namespace py = pybind11;
 
 void bind_moe(py::module_& m) {
   using namespace zaya_rt::bindings;

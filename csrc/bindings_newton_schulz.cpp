@@ -1,13 +1,6 @@
 // pybind11 bindings of the batched Newton-Schulz orthogonalisation: NewtonSchulzParams by field name
 // (csrc/bindings_params.h); python/zaya_rt/ops/newton_schulz.py fills it.
-#include <pybind11/pybind11.h>
-
-#include <cstdint>
-
 #include "bindings_params.h"
-#include "dispatch.h"
-
-namespace py = pybind11;
 
 void bind_newton_schulz(py::module_& m) {
   using namespace zaya_rt::bindings;

@@ -1,13 +1,6 @@
 // pybind11 bindings of the norms family: the four params structs of zaya_rt/norms.h by field name
 // (csrc/bindings_params.h), their entry points, and norm_bwd_num_partials. python/zaya_rt/ops/norms.py fills them.
-#include <pybind11/pybind11.h>
-
-#include <cstdint>
-
 #include "bindings_params.h"
-#include "dispatch.h"
-
-namespace py = pybind11;
 
 namespace {
 

@@ -1,13 +1,6 @@
 // pybind11 bindings of the packed-weight linear layer (CPU): PackLinearParams and PackedLinearParams by field
 // name (csrc/bindings_params.h). python/zaya_rt/ops/packed_linear.py fills them.
-#include <pybind11/pybind11.h>
-
-#include <cstdint>
-
 #include "bindings_params.h"
-#include "dispatch.h"
-
-namespace py = pybind11;
 
 void bind_packed_linear(py::module_& m) {
   using namespace zaya_rt::bindings;

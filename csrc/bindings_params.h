@@ -9,11 +9,13 @@
 #include <cstdint>
 
 #include "bindings_args.h"
+#include "dispatch.h"
 #include "zaya_rt/common.h"
 
-namespace zaya_rt::bindings {
-
+// Every csrc/bindings_<family>.cpp includes this header alone and spells pybind11 `py`.
 namespace py = pybind11;
+
+namespace zaya_rt::bindings {
 
 template <typename S>
 class ParamsClass {

@@ -1,13 +1,6 @@
 // pybind11 bindings of the router: RouterParams by field name (csrc/bindings_params.h), zaya_router and its
 // workspace size. python/zaya_rt/ops/router.py fills it.
-#include <pybind11/pybind11.h>
-
-#include <cstdint>
-
 #include "bindings_params.h"
-#include "dispatch.h"
-
-namespace py = pybind11;
 
 void bind_router(py::module_& m) {
   using namespace zaya_rt::bindings;

@@ -1,14 +1,7 @@
 // pybind11 bindings of the runtime family (page operations, sampler): KvWriteParams, CopyPagesParams,
 // GatherTailParams and SampleParams by field name (csrc/bindings_params.h). python/zaya_rt/ops/runtime.py and
 // ops/sampling.py fill them.
-#include <pybind11/pybind11.h>
-
-#include <cstdint>
-
 #include "bindings_params.h"
-#include "dispatch.h"
-
-namespace py = pybind11;
 
 void bind_runtime(py::module_& m) {
   using namespace zaya_rt::bindings;

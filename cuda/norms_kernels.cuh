@@ -62,13 +62,12 @@ ZAYA_RT_DEVICE_INLINE float block_sum(float v, float* red) {
 template <typename TX, typename TW, int V>
 __global__ void ZAYA_RT_LAUNCH_BOUNDS(kFwdMaxThreads) rms_norm_fwd_kernel(const RmsNormFwdParams p) {
   __shared__ float red[kMaxWarps];
-  const TX* x = static_cast<const TX*>(p.x);
   const TW* w = static_cast<const TW*>(p.weight);
-  TW* out = static_cast<TW*>(p.out);
   const int64_t nv = p.dim / V;
   for (int64_t i = blockIdx.x; i < p.rows; i += gridDim.x) {
-    const TX* xr = x + i * p.x_row_stride;
-    TW* orow = out + i * p.out_row_stride;
+    const norm_rows::RmsFwdRow<TX, TW> row(p, i);
+    const TX* xr = row.x;
+    TW* orow = row.out;
     float ss = 0.f;
     for (int64_t v = threadIdx.x; v < nv; v += blockDim.x) {
       float xv[V];
@@ -94,18 +93,15 @@ template <typename TY, typename TH, typename TW, int V>
 __global__ void ZAYA_RT_LAUNCH_BOUNDS(kFwdMaxThreads)
     residual_rms_norm_fwd_kernel(const ResidualRmsNormFwdParams p) {
   __shared__ float red[kMaxWarps];
-  const TY* y = static_cast<const TY*>(p.y);
-  const TH* h = static_cast<const TH*>(p.h);
-  const TW *yb = static_cast<const TW*>(p.y_bias), *ys = static_cast<const TW*>(p.y_scale);
-  const TW *hb = static_cast<const TW*>(p.h_bias), *hs = static_cast<const TW*>(p.h_scale);
-  const TW* w = static_cast<const TW*>(p.weight);
-  TW* out = static_cast<TW*>(p.out);
+  const norm_rows::ResidualNormWeights<TW> wts(p);
+  const TW *yb = wts.y_bias, *ys = wts.y_scale, *hb = wts.h_bias, *hs = wts.h_scale, *w = wts.weight;
   const int64_t nv = p.dim / V;
   for (int64_t i = blockIdx.x; i < p.rows; i += gridDim.x) {
-    const TY* yr = y + i * p.y_row_stride;
-    const TH* hr = h + i * p.h_row_stride;
-    float* rr = p.r + i * p.r_row_stride;
-    TW* orow = out + i * p.out_row_stride;
+    const norm_rows::ResidualFwdRow<TY, TH, TW> row(p, i);
+    const TY* yr = row.y;
+    const TH* hr = row.h;
+    float* rr = row.r;
+    TW* orow = row.out;
     float ss = 0.f;
     for (int64_t v = threadIdx.x; v < nv; v += blockDim.x) {
       const int64_t j = v * V;
@@ -210,9 +206,8 @@ __global__ void ZAYA_RT_LAUNCH_BOUNDS(kResBwdMaxThreads)
   constexpr int K = kResBwdItems / V;
   constexpr int S = kNumParamGrads;
   __shared__ float red[kMaxWarps];
-  const TW *yb = static_cast<const TW*>(p.y_bias), *ys = static_cast<const TW*>(p.y_scale);
-  const TW *hb = static_cast<const TW*>(p.h_bias), *hs = static_cast<const TW*>(p.h_scale);
-  const TW* w = static_cast<const TW*>(p.weight);
+  const norm_rows::ResidualNormWeights<TW> wts(p);
+  const TW *yb = wts.y_bias, *ys = wts.y_scale, *hb = wts.h_bias, *hs = wts.h_scale, *w = wts.weight;
   const int64_t dim = p.dim, nv = dim / V, nt = blockDim.x, t = threadIdx.x, c = blockIdx.x;
   float* part = p.partials + c * S * dim;  // [S, dim]: dw, dyb, dys, dhb, dhs
   const float zero[V] = {};

@@ -84,3 +84,9 @@ def assert_rejects(op, table: dict, case: str) -> None:
     args, exc, pattern = table[case]
     with pytest.raises(exc, match=pattern):
         op(*args)
+
+
+def assert_compiles_like_eager(fn, *args) -> None:
+    """torch.compile(fn, fullgraph=True, backend="aot_eager") gives what fn gives on args."""
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), fn(*args))

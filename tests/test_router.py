@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import zaya_rt
-from conftest import assert_close_to_peer, assert_rejects, tolerance
+from conftest import assert_close_to_peer, assert_compiles_like_eager, assert_rejects, tolerance
 from zaya_rt import ref
 from zaya_rt.ops._lib import set_workspace
 from zaya_rt.ops.router import zaya_router_params
@@ -170,8 +170,7 @@ def test_opcheck_and_compile():
         logits, gate, choice, z = zaya_rt.ops.zaya_router(*a)
         return logits.sum() + gate.sum() + z.sum() + choice.sum()
 
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(*args), fn(*args))
+    assert_compiles_like_eager(fn, *args)
 
 
 def _bad(**change):

@@ -11,7 +11,7 @@ import torch
 
 import zaya_rt
 import zaya_rt.ops.router as router_op
-from conftest import NEEDS_GPU, tolerance
+from conftest import NEEDS_GPU, assert_compiles_like_eager, tolerance
 from zaya_rt import _C
 from zaya_rt.ops._lib import device_args
 from zaya_rt.ops.router import zaya_router_params
@@ -252,5 +252,4 @@ def test_opcheck_and_compile_on_gpu(T):
         logits, gate, choice, z = zaya_rt.ops.zaya_router(*a)
         return logits.sum() + gate.sum() + z.sum() + choice.sum()
 
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(*args), fn(*args))
+    assert_compiles_like_eager(fn, *args)

@@ -15,14 +15,13 @@ constexpr int64_t kParallelMinElems = 1 << 14;
 
 template <typename TX, typename TW>
 void rms_norm_fwd_t(const RmsNormFwdParams& p) {
-  const TX* x = static_cast<const TX*>(p.x);
   const TW* w = static_cast<const TW*>(p.weight);
-  TW* out = static_cast<TW*>(p.out);
   const int64_t dim = p.dim;
 #pragma omp parallel for schedule(static) if (p.rows * dim >= kParallelMinElems)
   for (int64_t i = 0; i < p.rows; ++i) {
-    const TX* xr = x + i * p.x_row_stride;
-    TW* orow = out + i * p.out_row_stride;
+    const norm_rows::RmsFwdRow<TX, TW> row(p, i);
+    const TX* xr = row.x;
+    TW* orow = row.out;
     float ss = 0.f;
 #pragma omp simd reduction(+ : ss)
     for (int64_t j = 0; j < dim; ++j) {
@@ -76,38 +75,30 @@ void rms_norm_bwd_t(const RmsNormBwdParams& p) {
 
 template <typename TY, typename TH, typename TW>
 void residual_rms_norm_fwd_t(const ResidualRmsNormFwdParams& p) {
-  const TY* y = static_cast<const TY*>(p.y);
-  const TH* h = static_cast<const TH*>(p.h);
-  const TW *yb = static_cast<const TW*>(p.y_bias), *ys = static_cast<const TW*>(p.y_scale);
-  const TW *hb = static_cast<const TW*>(p.h_bias), *hs = static_cast<const TW*>(p.h_scale);
-  const TW* w = static_cast<const TW*>(p.weight);
-  TW* out = static_cast<TW*>(p.out);
+  const norm_rows::ResidualNormWeights<TW> wts(p);
+  const TW *yb = wts.y_bias, *ys = wts.y_scale, *hb = wts.h_bias, *hs = wts.h_scale, *w = wts.weight;
   const int64_t dim = p.dim;
 #pragma omp parallel for schedule(static) if (p.rows * dim >= kParallelMinElems)
   for (int64_t i = 0; i < p.rows; ++i) {
-    const TY* yr = y + i * p.y_row_stride;
-    const TH* hr = h + i * p.h_row_stride;
-    float* rr = p.r + i * p.r_row_stride;
-    TW* orow = out + i * p.out_row_stride;
+    const norm_rows::ResidualFwdRow<TY, TH, TW> row(p, i);
     float ss = 0.f;
 #pragma omp simd reduction(+ : ss)
     for (int64_t j = 0; j < dim; ++j) {
-      const float v = (load(yr, j) + load(yb, j)) * load(ys, j) + (load(hr, j) + load(hb, j)) * load(hs, j);
-      rr[j] = v;
+      const float v = (load(row.y, j) + load(yb, j)) * load(ys, j) + (load(row.h, j) + load(hb, j)) * load(hs, j);
+      row.r[j] = v;
       ss += v * v;
     }
     const float rstd = 1.f / std::sqrt(ss / static_cast<float>(dim) + p.eps);
     p.rstd[i] = rstd;
 #pragma omp simd
-    for (int64_t j = 0; j < dim; ++j) store(orow, j, round_to<TW>(rr[j] * rstd) * load(w, j));
+    for (int64_t j = 0; j < dim; ++j) store(row.out, j, round_to<TW>(row.r[j] * rstd) * load(w, j));
   }
 }
 
 template <typename TY, typename TH, typename TW>
 void residual_rms_norm_bwd_t(const ResidualRmsNormBwdParams& p) {
-  const TW *yb = static_cast<const TW*>(p.y_bias), *ys = static_cast<const TW*>(p.y_scale);
-  const TW *hb = static_cast<const TW*>(p.h_bias), *hs = static_cast<const TW*>(p.h_scale);
-  const TW* w = static_cast<const TW*>(p.weight);
+  const norm_rows::ResidualNormWeights<TW> wts(p);
+  const TW *yb = wts.y_bias, *ys = wts.y_scale, *hb = wts.h_bias, *hs = wts.h_scale, *w = wts.weight;
   const int64_t dim = p.dim, chunks = p.num_partials, width = kResidualNormParamGrads * dim;
 #pragma omp parallel for schedule(static) if (p.rows * dim >= kParallelMinElems)
   for (int64_t c = 0; c < chunks; ++c) {

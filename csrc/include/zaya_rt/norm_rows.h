@@ -1,6 +1,6 @@
-// The RMSNorm backwards' row pieces, shared by the CPU kernels (csrc/cpu/norms.cpp) and the CUDA/HIP ones
-// (cuda/norms_kernels.cuh) so that the two cannot drift: which rows a weight-gradient partial owns, each row's
-// pointers, and the input gradient of one element.
+// The RMSNorm kernels' row pieces, shared by the CPU kernels (csrc/cpu/norms.cpp) and the CUDA/HIP ones
+// (cuda/norms_kernels.cuh) so that the two cannot drift: each row's pointers, the residual norm's parameter
+// vectors, which rows a weight-gradient partial owns, and the input gradient of one element.
 #pragma once
 #include <cstdint>
 
@@ -20,6 +20,42 @@ ZAYA_RT_HOST_DEVICE inline void chunk(int64_t rows, int64_t chunks, int64_t c, i
 ZAYA_RT_HOST_DEVICE inline float grad_input(float g, float w, float n, float rstd, float mean_dot) {
   return rstd * (g * w - n * mean_dot);
 }
+
+// The parameter vectors ([dim] each, dtype TW) of residual_rms_norm's forward or backward params.
+template <typename TW>
+struct ResidualNormWeights {
+  const TW *y_bias, *y_scale, *h_bias, *h_scale, *weight;
+  template <typename Params>
+  ZAYA_RT_HOST_DEVICE explicit ResidualNormWeights(const Params& p)
+      : y_bias(static_cast<const TW*>(p.y_bias)),
+        y_scale(static_cast<const TW*>(p.y_scale)),
+        h_bias(static_cast<const TW*>(p.h_bias)),
+        h_scale(static_cast<const TW*>(p.h_scale)),
+        weight(static_cast<const TW*>(p.weight)) {}
+};
+
+// Row i of rms_norm_fwd's tensors.
+template <typename TX, typename TW>
+struct RmsFwdRow {
+  const TX* x;
+  TW* out;
+  ZAYA_RT_HOST_DEVICE RmsFwdRow(const RmsNormFwdParams& p, int64_t i)
+      : x(static_cast<const TX*>(p.x) + i * p.x_row_stride), out(static_cast<TW*>(p.out) + i * p.out_row_stride) {}
+};
+
+// Row i of residual_rms_norm_fwd's tensors.
+template <typename TY, typename TH, typename TW>
+struct ResidualFwdRow {
+  const TY* y;
+  const TH* h;
+  float* r;
+  TW* out;
+  ZAYA_RT_HOST_DEVICE ResidualFwdRow(const ResidualRmsNormFwdParams& p, int64_t i)
+      : y(static_cast<const TY*>(p.y) + i * p.y_row_stride),
+        h(static_cast<const TH*>(p.h) + i * p.h_row_stride),
+        r(p.r + i * p.r_row_stride),
+        out(static_cast<TW*>(p.out) + i * p.out_row_stride) {}
+};
 
 // Row i of rms_norm_bwd's tensors.
 template <typename TX, typename TW>

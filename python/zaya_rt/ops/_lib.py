@@ -54,6 +54,14 @@ def set_workspace(p, ws: torch.Tensor):
     return p
 
 
+def run_kernel(entry, workspace_bytes, p, t: torch.Tensor) -> None:
+    """Runs the `_C` entry point `entry(p, device)` on t's device, with the workspace `workspace_bytes(p, device
+    type)` asks for (e.g. run_kernel(_C.grouped_gemm, _C.grouped_gemm_workspace, p, a))."""
+    dev = device_args(t)
+    ws = workspace(workspace_bytes(p, dev[0]), t.device)
+    entry(set_workspace(p, ws), *dev)
+
+
 def device_args(t: torch.Tensor) -> tuple[int, int, int]:
     """(device type code, device index, stream address) for the `_C` call on t's device."""
     if t.device.type == "cpu":
@@ -98,12 +106,15 @@ def check_eps(op: str, eps: float) -> None:
         raise ValueError(f"zaya_rt.{op}: eps must be a finite non-negative number, got {eps!r}")
 
 
-def register_kernels(name: str, impl, fake) -> None:
+def register_kernels(name: str, impl, fake, autograd: tuple | None = None) -> None:
     """Registers `impl` as the CPU and CUDA kernel of `zaya_rt::name` (it calls _C, which picks the backend
-    from the tensors' device) and `fake` as its meta kernel."""
+    from the tensors' device), `fake` as its meta kernel and, when given, autograd = (setup_context, backward)
+    through register_autograd."""
     for key in ("CPU", "CUDA"):
         lib.impl(name, impl, key)
     torch.library.register_fake(f"zaya_rt::{name}", fake, lib=lib)
+    if autograd is not None:
+        register_autograd(name, *autograd)
 
 
 # Tensor types a direct kernel call accepts: plain tensors (nn.Parameter adds no dispatch behaviour).

@@ -21,8 +21,7 @@ import torch
 from zaya_rt import _C
 from zaya_rt import ref
 from zaya_rt.ops._lib import (
-    DTYPE_CODES, check_same_device, check_tensor, device_args, lib, register_autograd, register_kernels,
-    set_workspace, workspace,
+    DTYPE_CODES, check_same_device, check_tensor, lib, register_autograd, register_kernels, run_kernel,
 )
 
 ATTN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64 runs the reference
@@ -135,17 +134,22 @@ def attention_decode_params(q, k_cache, v_cache, block_table, seq_lens, out, win
 # ---- attention_varlen ---------------------------------------------------------------------------------------
 
 
-def _check_varlen(op, q, k, v, cu_q, cu_k, causal, window, scale):
-    check_tensor(op, "q", q, dtypes=ATTN_DTYPES, ndim=3)
-    check_tensor(op, "k", k, dtypes=ATTN_DTYPES, ndim=3)
-    check_tensor(op, "v", v, dtypes=ATTN_DTYPES, ndim=3)
-    check_tensor(op, "cu_seqlens_q", cu_q, dtypes=(torch.int32,), ndim=1)
-    check_tensor(op, "cu_seqlens_k", cu_k, dtypes=(torch.int32,), ndim=1)
-    for name, t in (("k", k), ("v", v)):
+def _check_qkv(op, ndim, q, k_name, k, v_name, v):
+    """q, k and v are float tensors of rank ndim in q's dtype, and v has k's shape."""
+    check_tensor(op, "q", q, dtypes=ATTN_DTYPES, ndim=ndim)
+    check_tensor(op, k_name, k, dtypes=ATTN_DTYPES, ndim=ndim)
+    check_tensor(op, v_name, v, dtypes=ATTN_DTYPES, ndim=ndim)
+    for name, t in ((k_name, k), (v_name, v)):
         if t.dtype != q.dtype:
             raise TypeError(f"zaya_rt.{op}: {name} has dtype {t.dtype}, q has {q.dtype}")
     if v.shape != k.shape:
-        raise ValueError(f"zaya_rt.{op}: v has shape {tuple(v.shape)}, k has {tuple(k.shape)}")
+        raise ValueError(f"zaya_rt.{op}: {v_name} has shape {tuple(v.shape)}, {k_name} has {tuple(k.shape)}")
+
+
+def _check_varlen(op, q, k, v, cu_q, cu_k, causal, window, scale):
+    _check_qkv(op, 3, q, "k", k, "v", v)
+    check_tensor(op, "cu_seqlens_q", cu_q, dtypes=(torch.int32,), ndim=1)
+    check_tensor(op, "cu_seqlens_k", cu_k, dtypes=(torch.int32,), ndim=1)
     _check_heads(op, q.shape[1], k.shape[1], q.shape[2], k.shape[2])
     if cu_q.shape[0] < 1 or cu_q.shape != cu_k.shape:
         raise ValueError(f"zaya_rt.{op}: cu_seqlens_q {tuple(cu_q.shape)} and cu_seqlens_k {tuple(cu_k.shape)} "
@@ -185,10 +189,8 @@ def _attention_varlen_impl(q, k, v, cu_q, cu_k, causal, window, scale):
     Tq, Hq, d = q.shape
     out = torch.empty((Tq, Hq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((Hq, Tq), dtype=torch.float32, device=q.device)
-    dev = device_args(q)
     p = attention_varlen_fwd_params(q, k, v, cu_q, cu_k, out, lse, causal, window, scale)
-    ws = workspace(_C.attention_varlen_fwd_workspace(p, dev[0]), q.device)
-    _C.attention_varlen_fwd(set_workspace(p, ws), *dev)
+    run_kernel(_C.attention_varlen_fwd, _C.attention_varlen_fwd_workspace, p, q)
     return out, lse
 
 
@@ -226,10 +228,8 @@ def _attention_varlen_backward_impl(dout, q, k, v, out, lse, cu_q, cu_k, causal,
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=q.dtype, device=q.device)
     dv = torch.empty(k.shape, dtype=q.dtype, device=q.device)
-    dev = device_args(q)
     p = attention_varlen_bwd_params(q, k, v, out, dout, lse, cu_q, cu_k, dq, dk, dv, causal, window, scale)
-    ws = workspace(_C.attention_varlen_bwd_workspace(p, dev[0]), q.device)
-    _C.attention_varlen_bwd(set_workspace(p, ws), *dev)
+    run_kernel(_C.attention_varlen_bwd, _C.attention_varlen_bwd_workspace, p, q)
     return dq, dk, dv
 
 
@@ -260,16 +260,9 @@ def _varlen_backward(ctx, grad_out, grad_lse):
 
 def _check_decode(q, k_cache, v_cache, block_table, seq_lens, scale, window):
     op = "attention_decode"
-    check_tensor(op, "q", q, dtypes=ATTN_DTYPES, ndim=4)
-    check_tensor(op, "k_cache", k_cache, dtypes=ATTN_DTYPES, ndim=4)
-    check_tensor(op, "v_cache", v_cache, dtypes=ATTN_DTYPES, ndim=4)
+    _check_qkv(op, 4, q, "k_cache", k_cache, "v_cache", v_cache)
     check_tensor(op, "block_table", block_table, dtypes=(torch.int32,), ndim=2)
     check_tensor(op, "seq_lens", seq_lens, dtypes=(torch.int32,), ndim=1)
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"zaya_rt.{op}: {name} has dtype {t.dtype}, q has {q.dtype}")
-    if v_cache.shape != k_cache.shape:
-        raise ValueError(f"zaya_rt.{op}: v_cache has shape {tuple(v_cache.shape)}, k_cache {tuple(k_cache.shape)}")
     B, n = q.shape[:2]
     P, page = k_cache.shape[:2]
     _check_heads(op, q.shape[2], k_cache.shape[2], q.shape[3], k_cache.shape[3])
@@ -314,10 +307,8 @@ def _attention_decode_impl(q, k_cache, v_cache, block_table, seq_lens, scale, wi
     q, k_cache, v_cache = _unit_inner(q), _unit_inner(k_cache), _unit_inner(v_cache)
     block_table, seq_lens = _unit_inner(block_table), seq_lens.contiguous()
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dev = device_args(q)
     p = attention_decode_params(q, k_cache, v_cache, block_table, seq_lens, out, window, scale)
-    ws = workspace(_C.attention_decode_workspace(p, dev[0]), q.device)
-    _C.attention_decode(set_workspace(p, ws), *dev)
+    run_kernel(_C.attention_decode, _C.attention_decode_workspace, p, q)
     return out
 
 

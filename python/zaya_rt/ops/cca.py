@@ -29,7 +29,7 @@ import torch
 
 from zaya_rt import _C, ref
 from zaya_rt.ops._lib import (
-    DTYPE_CODES, FLOAT_DTYPES, device_args, lib, register_autograd, register_kernels, set_workspace, workspace,
+    DTYPE_CODES, FLOAT_DTYPES, lib, register_autograd, register_kernels, run_kernel,
 )
 
 lib.define(
@@ -317,11 +317,9 @@ def _impl(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positi
     cs_out = qp.new_empty((B, C, K), dtype=sdt)
     vs_out = qp.new_empty((B, V), dtype=sdt)
     inv = _inv_freq(rope_dims, rope_theta, qp.device)
-    dev = (0, 0, 0) if qp.is_cpu else device_args(qp)  # the fused forward also runs on CUDA/HIP
     p = cca_prep_fwd_params(qp, kp, v_cur, v_del, (conv0_w, conv0_b, conv1_w, conv1_b, temp), cs_in, vs_in,
                             positions, cu_seqlens, inv, q, k, v, cs_out, vs_out)
-    ws = workspace(_C.cca_prep_fwd_workspace(p, dev[0]), qp.device)
-    _C.cca_prep_fwd(set_workspace(p, ws), *dev)
+    run_kernel(_C.cca_prep_fwd, _C.cca_prep_fwd_workspace, p, qp)  # the fused forward also runs on CUDA/HIP
     return q, k, v, cs_out, vs_out
 
 
@@ -339,14 +337,20 @@ def _fake(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positi
 # ---- backward ------------------------------------------------------------------------------------------------
 
 
+def _backward_sizes(qp, conv0_w, conv1_w, cu_seqlens, conv_state, v_state, Hq, Hk):
+    """(T tokens, d head dim, k0 and k1 conv widths, B sequences, C conv channels, V value-shift width,
+    K conv-state length, state dtype) of a cca_prep backward."""
+    T, d = qp.shape[0], qp.shape[1] // Hq
+    k0, k1 = conv0_w.shape[2], conv1_w.shape[2]
+    return (T, d, k0, k1, cu_seqlens.shape[0] - 1, (Hq + Hk) * d, Hk * d // 2, (k0 - 1) + (k1 - 1),
+            _state_dtype(qp, conv_state, v_state))
+
+
 def _backward_impl(grad_q, grad_k, grad_v, grad_cs, grad_vs, qp, kp, v_cur, conv0_w, conv0_b, conv1_w, conv1_b,
                    temp, positions, cu_seqlens, conv_state, v_state, num_q_heads, num_kv_heads, rope_dims,
                    rope_theta):
-    T, Hq, Hk = qp.shape[0], num_q_heads, num_kv_heads
-    d = qp.shape[1] // Hq
-    k0, k1 = conv0_w.shape[2], conv1_w.shape[2]
-    B, C, V, K = cu_seqlens.shape[0] - 1, (Hq + Hk) * d, Hk * d // 2, (k0 - 1) + (k1 - 1)
-    sdt = _state_dtype(qp, conv_state, v_state)
+    Hq, Hk = num_q_heads, num_kv_heads
+    T, d, k0, k1, B, C, V, K, sdt = _backward_sizes(qp, conv0_w, conv1_w, cu_seqlens, conv_state, v_state, Hq, Hk)
     qp, kp = _rows(qp), _rows(kp)
     conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens = (
         t.contiguous() for t in (conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens))
@@ -370,12 +374,10 @@ def _backward_impl(grad_q, grad_k, grad_v, grad_cs, grad_vs, qp, kp, v_cur, conv
     g_w0, g_b0 = torch.empty((C, 1, k0), **f32), torch.empty(C, **f32)
     g_w1, g_b1, g_t = torch.empty((C, d, k1), **f32), torch.empty(C, **f32), torch.empty(Hk, **f32)
     inv = _inv_freq(rope_dims, rope_theta, qp.device)
-    dev = device_args(qp)
     p = cca_prep_bwd_params(gq, gk, gv, gcs, gvs, qp, kp, (conv0_w, conv0_b, conv1_w, conv1_b, temp), cs_in,
                             positions, cu_seqlens, inv, g_qp, g_kp, g_vc, g_vd, g_cs, g_vs,
                             (g_w0, g_b0, g_w1, g_b1, g_t))
-    ws = workspace(_C.cca_prep_bwd_workspace(p, dev[0]), qp.device)
-    _C.cca_prep_bwd(set_workspace(p, ws), *dev)
+    run_kernel(_C.cca_prep_bwd, _C.cca_prep_bwd_workspace, p, qp)
     wd = conv0_w.dtype
     return (g_qp, g_kp, g_vc, g_vd, g_w0.to(wd), g_b0.to(wd), g_w1.to(wd), g_b1.to(wd), g_t.to(wd), g_cs, g_vs)
 
@@ -383,11 +385,8 @@ def _backward_impl(grad_q, grad_k, grad_v, grad_cs, grad_vs, qp, kp, v_cur, conv
 def _backward_fake(grad_q, grad_k, grad_v, grad_cs, grad_vs, qp, kp, v_cur, conv0_w, conv0_b, conv1_w, conv1_b,
                    temp, positions, cu_seqlens, conv_state, v_state, num_q_heads, num_kv_heads, rope_dims,
                    rope_theta):
-    T, Hq, Hk = qp.shape[0], num_q_heads, num_kv_heads
-    d = qp.shape[1] // Hq
-    k0, k1 = conv0_w.shape[2], conv1_w.shape[2]
-    B, C, V, K = cu_seqlens.shape[0] - 1, (Hq + Hk) * d, Hk * d // 2, (k0 - 1) + (k1 - 1)
-    sdt = _state_dtype(qp, conv_state, v_state)
+    Hq, Hk = num_q_heads, num_kv_heads
+    T, d, k0, k1, B, C, V, K, sdt = _backward_sizes(qp, conv0_w, conv1_w, cu_seqlens, conv_state, v_state, Hq, Hk)
     return (qp.new_empty((T, Hq * d)), qp.new_empty((T, Hk * d)), qp.new_empty((T, V)), qp.new_empty((T, V)),
             torch.empty_like(conv0_w), torch.empty_like(conv0_b), torch.empty_like(conv1_w),
             torch.empty_like(conv1_b), torch.empty_like(temp), qp.new_empty((B, C, K), dtype=sdt),

@@ -17,8 +17,7 @@ import torch
 
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
-    DTYPE_CODES, call_op, check_same_device, check_tensor, device_args, lib, register_autograd,
-    register_kernels, set_workspace, workspace,
+    DTYPE_CODES, call_op, check_same_device, check_tensor, device_args, lib, register_kernels, run_kernel,
 )
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -157,10 +156,8 @@ def _grouped_gemm_impl(a, b, offsets):
     if K == 0:  # an empty inner dimension: every product is an empty sum
         return torch.zeros((M, N), dtype=a.dtype, device=a.device)
     out = torch.empty((M, N), dtype=a.dtype, device=a.device)
-    dev = device_args(a)
     p = grouped_gemm_params(a, b, offsets, out)
-    ws = workspace(_C.grouped_gemm_workspace(p, dev[0]), a.device)
-    _C.grouped_gemm(set_workspace(p, ws), *dev)
+    run_kernel(_C.grouped_gemm, _C.grouped_gemm_workspace, p, a)
     return out
 
 
@@ -189,10 +186,8 @@ def _weight_grad_impl(dy, a, offsets):
     K = a.shape[1]
     G = offsets.shape[0]
     grad = torch.empty((G, N, K), dtype=a.dtype, device=a.device)
-    dev = device_args(a)
     p = grouped_gemm_weight_grad_params(dy, a, offsets, grad)
-    ws = workspace(_C.grouped_gemm_weight_grad_workspace(p, dev[0]), a.device)
-    _C.grouped_gemm_weight_grad(set_workspace(p, ws), *dev)
+    run_kernel(_C.grouped_gemm_weight_grad, _C.grouped_gemm_weight_grad_workspace, p, a)
     return grad
 
 
@@ -252,10 +247,8 @@ def _moe_experts_impl(hidden, expert_index, gate, gate_up_proj, down_proj):
     hidden, w1, w2 = _unit_inner(hidden), _unit_inner(gate_up_proj), _unit_inner(down_proj)
     idx, gate = expert_index.contiguous(), gate.contiguous()
     out = torch.empty((T, D), dtype=hidden.dtype, device=hidden.device)
-    dev = device_args(hidden)
     p = moe_experts_params(hidden, idx, gate, w1, w2, out)
-    ws = workspace(_C.moe_experts_workspace(p, dev[0]), hidden.device)
-    _C.moe_experts(set_workspace(p, ws), *dev)
+    run_kernel(_C.moe_experts, _C.moe_experts_workspace, p, hidden)
     return out
 
 
@@ -361,11 +354,9 @@ def _backward_composed(ctx, grad_out, hidden, expert_index, gate, w1, w2):
 
 
 register_kernels("moe_dispatch", _moe_dispatch_impl, _moe_dispatch_fake)
-register_kernels("grouped_gemm", _grouped_gemm_impl, _grouped_gemm_fake)
+register_kernels("grouped_gemm", _grouped_gemm_impl, _grouped_gemm_fake, (_grouped_gemm_setup, _grouped_gemm_backward))
 register_kernels("grouped_gemm_weight_grad", _weight_grad_impl, _weight_grad_fake)
-register_kernels("moe_experts", _moe_experts_impl, _moe_experts_fake)
-register_autograd("grouped_gemm", _grouped_gemm_setup, _grouped_gemm_backward)
-register_autograd("moe_experts", _moe_experts_setup, _moe_experts_backward)
+register_kernels("moe_experts", _moe_experts_impl, _moe_experts_fake, (_moe_experts_setup, _moe_experts_backward))
 
 
 def moe_dispatch(expert_index: torch.Tensor, num_experts: int):

@@ -14,7 +14,7 @@ import torch
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
     DTYPE_CODES, FLOAT_DTYPES, as_rows, check_eps, check_same_device, check_tensor, device_args, lib,
-    register_autograd, register_kernels, row_stride,
+    register_kernels, row_stride,
 )
 
 lib.define("rms_norm(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)")
@@ -270,12 +270,11 @@ def _residual_rms_norm_backward(ctx, grad_r, grad_out, _grad_rstd):
     return (*torch.ops.zaya_rt.residual_rms_norm_backward(grad_r, grad_out, *ctx.saved_tensors), None)
 
 
-register_kernels("rms_norm", _rms_norm_impl, _rms_norm_fake)
 register_kernels("rms_norm_backward", _rms_norm_backward_impl, _rms_norm_backward_fake)
-register_kernels("residual_rms_norm", _residual_rms_norm_impl, _residual_rms_norm_fake)
 register_kernels("residual_rms_norm_backward", _residual_rms_norm_backward_impl, _residual_rms_norm_backward_fake)
-register_autograd("rms_norm", _rms_norm_setup, _rms_norm_backward)
-register_autograd("residual_rms_norm", _residual_rms_norm_setup, _residual_rms_norm_backward)
+register_kernels("rms_norm", _rms_norm_impl, _rms_norm_fake, (_rms_norm_setup, _rms_norm_backward))
+register_kernels("residual_rms_norm", _residual_rms_norm_impl, _residual_rms_norm_fake,
+                 (_residual_rms_norm_setup, _residual_rms_norm_backward))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -41,17 +41,9 @@ def varlen_allowed(
     return allowed
 
 
-def attention_varlen_ref(
-    q_THd: torch.Tensor,
-    k_SKd: torch.Tensor,
-    v_SKd: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
-    *,
-    causal: bool = True,
-    window: int | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
+def attention_varlen_ref(q_THd: torch.Tensor, k_SKd: torch.Tensor, v_SKd: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, *, causal: bool = True, window: int | None = None,
+                         scale: float | None = None) -> torch.Tensor:
     """Packed variable-length attention through `attention`, one sequence at a time. q [Tq, Hq, d],
     k/v [Tk, Hk, d], cu_seqlens [B + 1]. Returns [Tq, Hq, d] in q's dtype."""
     scale = q_THd.shape[-1] ** -0.5 if scale is None else scale
@@ -95,16 +87,9 @@ def attention_decode_ref(
     return out
 
 
-def attention_varlen_lse_ref(
-    q_THd: torch.Tensor,
-    k_SKd: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
-    *,
-    causal: bool = True,
-    window: int | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
+def attention_varlen_lse_ref(q_THd: torch.Tensor, k_SKd: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                             cu_seqlens_k: torch.Tensor, *, causal: bool = True, window: int | None = None,
+                             scale: float | None = None) -> torch.Tensor:
     """Natural-log log-sum-exp of the scaled allowed scores, [Hq, Tq] (-inf for a query that sees no key),
     computed in q's dtype promoted to at least float32."""
     scale = q_THd.shape[-1] ** -0.5 if scale is None else scale

@@ -54,17 +54,9 @@ def cca_project(
     return q, k, v, new_conv_state, v_del[:, -1]
 
 
-def cca_conv_qk(
-    qp: torch.Tensor,
-    kp: torch.Tensor,
-    conv0_w: torch.Tensor,
-    conv0_b: torch.Tensor,
-    conv1_w: torch.Tensor,
-    conv1_b: torch.Tensor,
-    num_q_heads: int,
-    num_kv_heads: int,
-    conv_state_BCK: torch.Tensor | None = None,
-):
+def cca_conv_qk(qp: torch.Tensor, kp: torch.Tensor, conv0_w: torch.Tensor, conv0_b: torch.Tensor,
+                conv1_w: torch.Tensor, conv1_b: torch.Tensor, num_q_heads: int, num_kv_heads: int,
+                conv_state_BCK: torch.Tensor | None = None):
     """Convolved q/k with their residual paths from the projections qp [B, T, Hq*d], kp [B, T, Hk*d].
 
     Returns q [B, T, Hq, d], k [B, T, Hk, d] (before qk norm) and the new conv state [B, C, K]

@@ -48,6 +48,19 @@ def checkpoint_path(out_dir: str | os.PathLike, step: int) -> str:
     return os.path.join(os.fspath(out_dir), f"step-{step:08d}")
 
 
+def clear_run_dir(out_dir: str | os.PathLike, *names: str) -> None:
+    """Deletes a run's checkpoints (`step-NNNNNNNN`), its `final` model and the named files or folders in it
+    (its metrics log): what a `--fresh` start removes. Anything else in out_dir stays."""
+    for step in checkpoint_steps(out_dir):
+        shutil.rmtree(checkpoint_path(out_dir, step))
+    for name in ("final", *names):
+        path = os.path.join(os.fspath(out_dir), name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
 def latest_checkpoint(out_dir: str | os.PathLike) -> str | None:
     """The folder of the newest complete checkpoint, or None. Half-written ones (temporary folders) are never
     returned."""

@@ -157,19 +157,24 @@ def _model(raw: dict[str, Any]) -> tuple[ZayaConfig | None, str | None]:
         raise ValueError(f"config: [model]: {exc}") from None
 
 
-def parse_config(raw: dict[str, Any]) -> RunConfig:
-    """Validates a config dict (the TOML document) into a RunConfig."""
+def check_sections(raw: Any, *, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    """Raises unless raw is a table of tables holding every required section and no unknown one."""
     if not isinstance(raw, dict):
         raise TypeError(f"config: expected a table, got {type(raw).__name__}")
-    sections = {"model", "data", "train", "balancer", "parallel"}
+    sections = set(required) | set(optional)
     for name, value in raw.items():
         if name not in sections:
             raise ValueError(f"config: unknown section [{name}] (known: {', '.join(sorted(sections))})")
         if not isinstance(value, dict):
             raise TypeError(f"config: [{name}] must be a table, got {type(value).__name__}")
-    for name in ("model", "data", "train"):
+    for name in required:
         if name not in raw:
             raise ValueError(f"config: missing section [{name}]")
+
+
+def parse_config(raw: dict[str, Any]) -> RunConfig:
+    """Validates a config dict (the TOML document) into a RunConfig."""
+    check_sections(raw, required=("model", "data", "train"), optional=("balancer", "parallel"))
     model, init_from = _model(raw["model"])
     data = _build(DataConfig, "data", raw["data"])
     train = _build(TrainConfig, "train", raw["train"])

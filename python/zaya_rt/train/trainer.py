@@ -29,7 +29,7 @@ from zaya_rt.model.checkpoint import save as save_model
 from zaya_rt.model.modeling import ZayaForCausalLM
 from zaya_rt.train.activation import checkpoint_layers
 from zaya_rt.train.balancing import RouterBalancer, collect_router_loads
-from zaya_rt.train.checkpoint import (checkpoint_steps, latest_checkpoint, read_sharded, save_checkpoint,
+from zaya_rt.train.checkpoint import (clear_run_dir, latest_checkpoint, read_sharded, save_checkpoint,
                                       write_sharded)
 from zaya_rt.train.config import RunConfig
 from zaya_rt.train.data import IGNORE_INDEX, Window, load_samples, load_tokenizer, pack_windows
@@ -130,7 +130,7 @@ class Trainer:
         self.resumed = False
         if fresh:
             if self.is_main:
-                self._clear_out_dir()
+                clear_run_dir(self.out_dir, _METRICS)
             self._barrier()
 
     # -- setup -------------------------------------------------------------------------------------------------
@@ -173,16 +173,6 @@ class Trainer:
                                     {"params": no_decay(rest), "weight_decay": 0.0}) if g["params"]]
         optimizers.append(torch.optim.AdamW(adamw_groups, lr=tc.lr, betas=(0.9, 0.95)))
         return optimizers
-
-    def _clear_out_dir(self) -> None:
-        for step in checkpoint_steps(self.out_dir):
-            shutil.rmtree(os.path.join(self.out_dir, f"step-{step:08d}"))
-        for name in (_METRICS, "final"):
-            path = os.path.join(self.out_dir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
 
     # -- data --------------------------------------------------------------------------------------------------
     def windows_for_step(self, step: int) -> list[Window]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zaya_rt.model.config import ZayaConfig
-from zaya_rt.train.config import BalancerConfig, _build, _model
+from zaya_rt.train.config import BalancerConfig, _build, _model, check_sections
 from zaya_rt.train.rl.objective import ADVANTAGE_KINDS
 from zaya_rt.train.rl.rewards import REWARD_KINDS
 
@@ -98,17 +98,7 @@ def _check_rl(rl: RLConfig) -> None:
 
 def parse_rl_config(raw: dict[str, Any]) -> RLRunConfig:
     """Validates a config dict (the TOML document) into an RLRunConfig."""
-    if not isinstance(raw, dict):
-        raise TypeError(f"config: expected a table, got {type(raw).__name__}")
-    sections = {"model", "data", "rl", "balancer"}
-    for name, value in raw.items():
-        if name not in sections:
-            raise ValueError(f"config: unknown section [{name}] (known: {', '.join(sorted(sections))})")
-        if not isinstance(value, dict):
-            raise TypeError(f"config: [{name}] must be a table, got {type(value).__name__}")
-    for name in ("model", "data", "rl"):
-        if name not in raw:
-            raise ValueError(f"config: missing section [{name}]")
+    check_sections(raw, required=("model", "data", "rl"), optional=("balancer",))
     model, init_from = _model(raw["model"])
     data = _build(PromptDataConfig, "data", raw["data"])
     rl = _build(RLConfig, "rl", raw["rl"])

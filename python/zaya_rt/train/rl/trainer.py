@@ -36,7 +36,7 @@ from zaya_rt.runtime.engine import Engine
 from zaya_rt.runtime.params import SamplingParams
 from zaya_rt.train.activation import checkpoint_layers
 from zaya_rt.train.balancing import RouterBalancer, collect_router_loads
-from zaya_rt.train.checkpoint import checkpoint_steps, latest_checkpoint, save_checkpoint
+from zaya_rt.train.checkpoint import clear_run_dir, latest_checkpoint, save_checkpoint
 from zaya_rt.train.data import load_tokenizer
 from zaya_rt.train.muon import Muon
 from zaya_rt.train.params import param_groups
@@ -109,7 +109,7 @@ class RLTrainer:
                              max_batch=rc.prompts_per_step * rc.group_size, cuda_graphs=False)
         self.step, self.resumed = 0, False
         if fresh:
-            self._clear_out_dir()
+            clear_run_dir(self.out_dir, _METRICS)
 
     def _build_model(self) -> ZayaForCausalLM:
         if self.config.init_from is not None:
@@ -117,16 +117,6 @@ class RLTrainer:
 
             return load(self.config.init_from, dtype=torch.float32)
         return ZayaForCausalLM(self.config.model).init_random(seed=self.config.rl.seed)
-
-    def _clear_out_dir(self) -> None:
-        for step in checkpoint_steps(self.out_dir):
-            shutil.rmtree(os.path.join(self.out_dir, f"step-{step:08d}"))
-        for name in (_METRICS, "final"):
-            path = os.path.join(self.out_dir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
 
     # -- prompts and rollouts ----------------------------------------------------------------------------------
     def prompts_for_step(self, step: int) -> list[int]:
