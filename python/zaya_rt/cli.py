@@ -1,7 +1,8 @@
 """The `zaya-rt` command.
 
   zaya-rt demo    greedy generation with the embedded tiny random-weight model (no downloads)
-  zaya-rt bench   kernel benchmarks against PyTorch peers, as a table (`zaya-rt bench e2e`: end-to-end decode)
+  zaya-rt bench   kernel benchmarks against PyTorch peers, as a table (`--mode fwd_bwd`: forward + backward;
+                  `zaya-rt bench e2e`: end-to-end decode; `zaya-rt bench train`: a whole training step)
   zaya-rt generate  stream text from a checkpoint (or the embedded tiny model) with the continuous-batching engine
   zaya-rt train   pretraining / SFT from a TOML config (rerunning the same command resumes; --fresh starts over)
   zaya-rt rsa     Markovian RSA test-time compute on math problems (population, tails, rounds, report, plot)
@@ -84,11 +85,41 @@ def _bench_e2e(args: argparse.Namespace) -> int:
         return 2
     config = None
     if args.device == "cuda":
-        config = dict(CONFIG_8B_SHAPED, num_hidden_layers=args.layers)
-        print(f"ZAYA1-8B-shaped model with {args.layers} of its 40 layers (random weights)")
+        layers = args.layers or 4
+        config = dict(CONFIG_8B_SHAPED, num_hidden_layers=layers)
+        print(f"ZAYA1-8B-shaped model with {layers} of its 40 layers (random weights)")
     batches = tuple(int(b) for b in args.batches.split(","))
     run_e2e(device=args.device, config=config, batches=batches, prompt_len=args.prompt_len,
             new_tokens=args.new_tokens, repeats=args.repeats)
+    return 0
+
+
+_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from zaya_rt.benchmarks.e2e import CONFIG_124M
+    from zaya_rt.benchmarks.train import run_train
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("zaya-rt bench train: --device cuda needs a CUDA GPU", file=sys.stderr)
+        return 2
+    dtypes = []
+    for name in args.dtypes.split(","):
+        if name not in _DTYPE_NAMES:
+            print(f"zaya-rt bench train: --dtypes takes bfloat16 and/or float32, got {name!r}", file=sys.stderr)
+            return 2
+        dtypes.append(_DTYPE_NAMES[name])
+    for flag, value in (("--sequences", args.sequences), ("--seq-len", args.seq_len), ("--repeats", args.repeats),
+                        ("--layers", args.layers or 1)):
+        if value < 1:
+            print(f"zaya-rt bench train: {flag} must be at least 1, got {value}", file=sys.stderr)
+            return 2
+    config = dict(CONFIG_124M, num_hidden_layers=args.layers or CONFIG_124M["num_hidden_layers"])
+    print("124M-shaped ZAYA model (random weights); ratio = transformers' best step time / zaya_rt's "
+          "(> 1 means zaya_rt is faster)")
+    run_train(device=args.device, config=config, sequences=args.sequences, seq_len=args.seq_len,
+              dtypes=tuple(dtypes), repeats=args.repeats, fused_loss=args.loss == "fused", profile=args.profile)
     return 0
 
 
@@ -111,6 +142,8 @@ def _train(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.what == "e2e":
         return _bench_e2e(args)
+    if args.what == "train":
+        return _bench_train(args)
     from zaya_rt.benchmarks import (
         attention_cases,
         cca_cases,
@@ -179,14 +212,24 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="kernel benchmarks against PyTorch peers")
-    bench.add_argument("what", nargs="?", choices=["ops", "e2e"], default="ops",
-                       help="ops: kernel benchmarks (default); e2e: end-to-end greedy decode vs transformers")
+    bench.add_argument("what", nargs="?", choices=["ops", "e2e", "train"], default="ops",
+                       help="ops: kernel benchmarks (default); e2e: end-to-end greedy decode vs transformers; "
+                       "train: a whole training step (forward, loss, backward) vs transformers")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--batches", default="1,16", help="e2e: comma-separated batch sizes")
     bench.add_argument("--prompt-len", type=int, default=128, help="e2e: prompt tokens")
     bench.add_argument("--new-tokens", type=int, default=32, help="e2e: generated tokens per sequence")
-    bench.add_argument("--repeats", type=int, default=3, help="e2e: timed runs per measurement (best is kept)")
-    bench.add_argument("--layers", type=int, default=4, help="e2e --device cuda: layers of the ZAYA1-8B-shaped model")
+    bench.add_argument("--repeats", type=int, default=3, help="e2e, train: timed runs per measurement (best is kept)")
+    bench.add_argument("--layers", type=int, default=None, help="e2e --device cuda: layers of the ZAYA1-8B-shaped "
+                       "model (default 4); train: layers of the 124M-shaped model (default 8)")
+    bench.add_argument("--sequences", type=int, default=4, help="train: sequences (packed documents) per step")
+    bench.add_argument("--seq-len", type=int, default=512, help="train: tokens per sequence")
+    bench.add_argument("--dtypes", default="bfloat16,float32", help="train: comma-separated bfloat16, float32")
+    bench.add_argument("--loss", choices=["fused", "unfused"], default="unfused",
+                       help="train: zaya_rt's loss, the chunked fused cross-entropy over the LM head or "
+                       "F.cross_entropy on full logits")
+    bench.add_argument("--profile", action="store_true",
+                       help="train: also print torch.profiler's top ops of zaya_rt's step by self CPU time")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
     bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router,attention,cca", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, attention, cca, sampling, pages, newton_schulz (Muon's update, [16, 1024, 512] bf16 on CPU)")
