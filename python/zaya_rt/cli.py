@@ -104,12 +104,9 @@ def _bench_train(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("zaya-rt bench train: --device cuda needs a CUDA GPU", file=sys.stderr)
         return 2
-    dtypes = []
-    for name in args.dtypes.split(","):
-        if name not in _DTYPE_NAMES:
-            print(f"zaya-rt bench train: --dtypes takes bfloat16 and/or float32, got {name!r}", file=sys.stderr)
-            return 2
-        dtypes.append(_DTYPE_NAMES[name])
+    dtypes = _parse_dtypes(args.dtypes, "zaya-rt bench train")
+    if dtypes is None:
+        return 2
     for flag, value in (("--sequences", args.sequences), ("--seq-len", args.seq_len), ("--repeats", args.repeats),
                         ("--layers", args.layers or 1)):
         if value < 1:
@@ -119,7 +116,7 @@ def _bench_train(args: argparse.Namespace) -> int:
     print("124M-shaped ZAYA model (random weights); ratio = transformers' best step time / zaya_rt's "
           "(> 1 means zaya_rt is faster)")
     run_train(device=args.device, config=config, sequences=args.sequences, seq_len=args.seq_len,
-              dtypes=tuple(dtypes), repeats=args.repeats, fused_loss=args.loss == "fused", profile=args.profile)
+              dtypes=dtypes, repeats=args.repeats, fused_loss=args.loss == "fused", profile=args.profile)
     return 0
 
 
@@ -139,7 +136,52 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_dtypes(text: str, command: str) -> tuple | None:
+    dtypes = []
+    for name in text.split(","):
+        if name not in _DTYPE_NAMES:
+            print(f"{command}: --dtypes takes bfloat16 and/or float32, got {name!r}", file=sys.stderr)
+            return None
+        dtypes.append(_DTYPE_NAMES[name])
+    return tuple(dtypes)
+
+
+def _bench_fwd_bwd(args: argparse.Namespace) -> int:
+    from zaya_rt.benchmarks import format_table
+    from zaya_rt.benchmarks.fwd_bwd import FWD_BWD_BUILDERS, fwd_bwd_builder, run_fwd_bwd_cases
+
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("zaya-rt bench: --device cuda needs a CUDA GPU", file=sys.stderr)
+        return 2
+    dtypes = _parse_dtypes(args.dtypes, "zaya-rt bench --mode fwd_bwd")
+    if dtypes is None:
+        return 2
+    families = [f.strip() for f in args.ops.split(",") if f.strip()]
+    unknown = [f for f in families if f not in FWD_BWD_BUILDERS]
+    if unknown:
+        print(f"(no forward + backward cases for {', '.join(unknown)}: forward-only families)")
+    cases = []
+    for family in (f for f in families if f in FWD_BWD_BUILDERS):
+        builder = fwd_bwd_builder(family)
+        if builder is None:
+            print(f"{family}: forward + backward cases not available in this build "
+                  f"({'.'.join(FWD_BWD_BUILDERS[family])} is missing)")
+            continue
+        shapes = None
+        if family == "cca" and args.cca_shapes:
+            shapes = [tuple(int(v) for v in shape.split(",")) for shape in args.cca_shapes.split(";")]
+        cases += builder(device, shapes=shapes, dtypes=dtypes)
+    results = run_fwd_bwd_cases(cases, device, min_time_s=args.min_time)
+    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    print(f"device={device} ({name})  forward + backward; peer/ours > 1 means zaya_rt is faster; medians")
+    print(format_table(results))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "ops" and args.mode == "fwd_bwd":
+        return _bench_fwd_bwd(args)
     if args.what == "e2e":
         return _bench_e2e(args)
     if args.what == "train":
@@ -215,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("what", nargs="?", choices=["ops", "e2e", "train"], default="ops",
                        help="ops: kernel benchmarks (default); e2e: end-to-end greedy decode vs transformers; "
                        "train: a whole training step (forward, loss, backward) vs transformers")
+    bench.add_argument("--mode", choices=["fwd", "fwd_bwd"], default="fwd",
+                       help="ops: time the forward (default) or forward + backward against autograd peers "
+                       "(families norms, moe, router, attention, cca)")
+    bench.add_argument("--backward", dest="mode", action="store_const", const="fwd_bwd", help="same as --mode fwd_bwd")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--batches", default="1,16", help="e2e: comma-separated batch sizes")
     bench.add_argument("--prompt-len", type=int, default=128, help="e2e: prompt tokens")
@@ -224,7 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                        "model (default 4); train: layers of the 124M-shaped model (default 8)")
     bench.add_argument("--sequences", type=int, default=4, help="train: sequences (packed documents) per step")
     bench.add_argument("--seq-len", type=int, default=512, help="train: tokens per sequence")
-    bench.add_argument("--dtypes", default="bfloat16,float32", help="train: comma-separated bfloat16, float32")
+    bench.add_argument("--dtypes", default="bfloat16,float32",
+                       help="train and --mode fwd_bwd: comma-separated bfloat16, float32")
+    bench.add_argument("--cca-shapes", default=None,
+                       help="--mode fwd_bwd: semicolon-separated B,T,d shapes of the cca cases (default 4,512,64;1,2048,128)")
     bench.add_argument("--loss", choices=["fused", "unfused"], default="unfused",
                        help="train: zaya_rt's loss, the chunked fused cross-entropy over the LM head or "
                        "F.cross_entropy on full logits")
