@@ -115,8 +115,15 @@ def _bench_train(args: argparse.Namespace) -> int:
     config = dict(CONFIG_124M, num_hidden_layers=args.layers or CONFIG_124M["num_hidden_layers"])
     print("124M-shaped ZAYA model (random weights); ratio = transformers' best step time / zaya_rt's "
           "(> 1 means zaya_rt is faster)")
+    peers = None
+    if args.peers:
+        peers = [tuple(pair.split("/")) for pair in args.peers.split(",")]
+        if any(len(pair) != 2 for pair in peers):
+            print(f"zaya-rt bench train: --peers takes experts/attn pairs, got {args.peers!r}", file=sys.stderr)
+            return 2
+    losses = ("fused", "unfused") if args.loss == "both" else (args.loss,)
     run_train(device=args.device, config=config, sequences=args.sequences, seq_len=args.seq_len,
-              dtypes=dtypes, repeats=args.repeats, fused_loss=args.loss == "fused", profile=args.profile)
+              dtypes=dtypes, repeats=args.repeats, losses=losses, profile=args.profile, peers=peers)
     return 0
 
 
@@ -274,9 +281,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="train and --mode fwd_bwd: comma-separated bfloat16, float32")
     bench.add_argument("--cca-shapes", default=None,
                        help="--mode fwd_bwd: semicolon-separated B,T,d shapes of the cca cases (default 4,512,64;1,2048,128)")
-    bench.add_argument("--loss", choices=["fused", "unfused"], default="unfused",
-                       help="train: zaya_rt's loss, the chunked fused cross-entropy over the LM head or "
-                       "F.cross_entropy on full logits")
+    bench.add_argument("--loss", choices=["fused", "unfused", "both"], default="fused",
+                       help="train: zaya_rt's loss, the chunked fused cross-entropy over the LM head (default), "
+                       "F.cross_entropy on full logits, or both timed in the same run")
+    bench.add_argument("--peers", default=None, help="train: comma-separated experts/attn implementation pairs of "
+                       "transformers (default: eager/eager,eager/sdpa,grouped_mm/eager,grouped_mm/sdpa)")
     bench.add_argument("--profile", action="store_true",
                        help="train: also print torch.profiler's top ops of zaya_rt's step by self CPU time")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")

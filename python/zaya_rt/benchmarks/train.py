@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from zaya_rt.benchmarks.e2e import CONFIG_124M, _build, _sync
 
 IGNORE_INDEX = -100
+_OURS = {"fused": "zaya_rt", "unfused": "zaya_rt (F.cross_entropy on full logits)"}
 
 
 @dataclass
@@ -32,6 +33,7 @@ class TrainStepResult:
     peer_s: float
     peer_name: str
     all_peers: dict[str, float]
+    first_losses: dict[str, float]  # every side's loss on the first step: the same work gives the same loss
 
     @property
     def ratio(self) -> float:
@@ -123,9 +125,15 @@ def profile_table(step, row_limit: int = 25) -> str:
 
 def run_train(*, device: str = "cpu", config: dict | None = None, sequences: int = 4, seq_len: int = 512,
               dtypes=(torch.bfloat16, torch.float32), repeats: int = 3, seed: int = 0, peers=None,
-              fused_loss: bool = True, profile: bool = False, log=print) -> list[TrainStepResult]:
-    """Times ours and transformers' training step per dtype; logs the host, losses, times and ratios."""
+              losses=("fused",), profile: bool = False, log=print) -> list[TrainStepResult]:
+    """Times ours and transformers' training step per dtype; logs the host, losses, times and ratios.
+
+    losses: zaya_rt's loss forms to time, "fused" and/or "unfused" (the first one's ratio is the result; both
+    in one run show what the fused loss gives). peers: (experts_implementation, attn_implementation) pairs
+    (default: all four of eager/grouped_mm x eager/sdpa)."""
     config = dict(CONFIG_124M if config is None else config)
+    if not losses or any(form not in _OURS for form in losses):
+        raise ValueError(f"losses must name some of {tuple(_OURS)}, got {losses!r}")
     peers = peers or [(e, a) for e in ("eager", "grouped_mm") for a in ("eager", "sdpa")]
     log(f"host: {host_description()}")
     results = []
@@ -135,9 +143,8 @@ def run_train(*, device: str = "cpu", config: dict | None = None, sequences: int
         ours.train()
         ids_BT, ids_N, labels_N, cu = packed_batch(sequences, seq_len, config["vocab_size"], seed + 1, device)
         log(f"{dtype}: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, "
-            f"{config['num_hidden_layers']} layers, {sequences} x {seq_len} tokens, device {device}, "
-            f"loss {'fused chunked' if fused_loss else 'F.cross_entropy on full logits'}")
-        steps = {"ours": ours_step_fn(ours, ids_N, labels_N, cu, fused_loss)}
+            f"{config['num_hidden_layers']} layers, {sequences} x {seq_len} tokens, device {device}")
+        steps = {_OURS[form]: ours_step_fn(ours, ids_N, labels_N, cu, form == "fused") for form in losses}
         for experts_impl, attn_impl in peers:
             try:
                 hf.set_experts_implementation(experts_impl)
@@ -146,17 +153,19 @@ def run_train(*, device: str = "cpu", config: dict | None = None, sequences: int
                 log(f"  transformers {experts_impl}/{attn_impl}: unavailable ({exc})")
                 continue
             steps[f"{experts_impl}/{attn_impl}"] = peer_step_fn(hf, ids_BT, experts_impl, attn_impl)
-        losses = {name: float(step()) for name, step in steps.items()}
-        log("  first-step loss: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        first = {name: float(step()) for name, step in steps.items()}
+        log("  first-step loss: " + ", ".join(f"{k} {v:.4f}" for k, v in first.items()))
         times = interleaved_step_s(steps, device, repeats)
-        ours_s = times.pop("ours")
+        ours_times = {_OURS[form]: times.pop(_OURS[form]) for form in losses}
         name = min(times, key=times.get)
-        result = TrainStepResult(dtype, ours_s, times[name], name, times)
+        result = TrainStepResult(dtype, ours_times[_OURS[losses[0]]], times[name], name, times, first)
         results.append(result)
-        log(f"  {dtype}: zaya_rt {1e3 * ours_s:.0f} ms/step; transformers best ({name}) {1e3 * times[name]:.0f} ms "
-            f"-> {result.ratio:.2f}x; all peers: " + ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in times.items()))
+        for ours_name, ours_s in ours_times.items():
+            log(f"  {dtype}: {ours_name} {1e3 * ours_s:.0f} ms/step; transformers best ({name}) "
+                f"{1e3 * times[name]:.0f} ms -> {times[name] / ours_s:.2f}x")
+        log("  all peers: " + ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in times.items()))
         if profile:
-            log(f"  profile of zaya_rt's step ({dtype}), top ops by self CPU time:")
-            log(profile_table(steps["ours"]))
+            log(f"  profile of {_OURS[losses[0]]}'s step ({dtype}), top ops by self CPU time:")
+            log(profile_table(steps[_OURS[losses[0]]]))
         del hf, ours, steps
     return results
