@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-# Chunk logits of about this many fp32 elements (64 MiB) unless chunk_size says otherwise.
-_CHUNK_ELEMENTS = 1 << 24
+# Chunk logits of about this many fp32 elements (128 MiB) unless chunk_size says otherwise: few chunks keep the
+# weight-gradient GEMMs long (their depth is the chunk) and round the accumulated gradient few times.
+_CHUNK_ELEMENTS = 1 << 25
 _REDUCTIONS = ("mean", "sum")
 
 
@@ -67,7 +68,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _chunked(hidden_ND, weight, bias, labels_N, ignore_index: int, chunk: int, want_grads: bool):
-    """(summed loss fp32, count of loss-carrying tokens, (d_hidden [N, D] in hidden's dtype, d_weight [V, D] fp32,
+    """(summed loss fp32, count of loss-carrying tokens, (d_hidden [N, D] and d_weight [V, D] in hidden's dtype,
     d_bias [V] fp32) of the summed loss, or None without want_grads)."""
     N, D = hidden_ND.shape
     V = weight.shape[0]
@@ -76,31 +77,35 @@ def _chunked(hidden_ND, weight, bias, labels_N, ignore_index: int, chunk: int, w
     all_kept = count == N
     h = hidden_ND if all_kept else hidden_ND.index_select(0, keep)
     targets = (labels_N if all_kept else labels_N.index_select(0, keep)).long()
-    loss = torch.zeros((), dtype=torch.float32, device=hidden_ND.device)
+    loss = torch.zeros((), dtype=torch.float64 if weight.dtype == torch.float64 else torch.float32,
+                       device=hidden_ND.device)
     grads = None
     if want_grads:
         d_h = torch.empty(count, D, dtype=hidden_ND.dtype, device=hidden_ND.device)
-        d_w = torch.zeros(V, D, dtype=torch.float32, device=weight.device)
+        # Accumulated in place in the weights' dtype (a GEMM accumulates in fp32 and rounds once per chunk): a
+        # product in bf16 summed into an fp32 buffer would cost a [V, D] pass per chunk.
+        d_w = (torch.empty if count else torch.zeros)(V, D, dtype=weight.dtype, device=weight.device)
         d_b = torch.zeros(V, dtype=torch.float32, device=weight.device) if bias is not None else None
     w_t = weight.t()
+    wide = torch.float64 if weight.dtype == torch.float64 else torch.float32
     for start in range(0, count, chunk):
         h_c = h[start : start + chunk]
         t_c = targets[start : start + chunk]
+        rows = torch.arange(t_c.numel(), device=t_c.device)
         logits = torch.mm(h_c, w_t) if bias is None else torch.addmm(bias, h_c, w_t)
-        z = logits if logits.dtype == torch.float32 else logits.float()
-        lse = torch.logsumexp(z, dim=1)
-        loss += (lse - z.gather(1, t_c[:, None]).squeeze(1)).sum()
+        z = torch.log_softmax(logits, dim=1, dtype=wide)  # as F.cross_entropy(logits.float())
+        loss -= z[rows, t_c].sum()
         if not want_grads:
             continue
         # z becomes d(summed loss)/d(logits) = softmax - one-hot, in place.
-        z.sub_(lse[:, None]).exp_()
-        z[torch.arange(t_c.numel(), device=z.device), t_c] -= 1.0
-        g = z if z.dtype == weight.dtype else z.to(weight.dtype)
+        z.exp_()
+        z[rows, t_c] -= 1.0
+        g = z.to(weight.dtype)
         torch.mm(g, weight, out=d_h[start : start + chunk])
-        if d_w.dtype == g.dtype:
+        if start == 0:
+            torch.mm(g.t(), h_c, out=d_w)
+        else:
             d_w.addmm_(g.t(), h_c)
-        else:  # no mixed-precision GEMM accumulate on CPU: a chunk's product in the weights' dtype, summed in fp32
-            d_w += torch.mm(g.t(), h_c)
         if d_b is not None:
             d_b += z.sum(0)
     if want_grads:
