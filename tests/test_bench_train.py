@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from zaya_rt import cli
-from zaya_rt.benchmarks.train import IGNORE_INDEX, ours_step_fn, packed_batch, run_train
+from zaya_rt.benchmarks.train import IGNORE_INDEX, ours_step_fn, packed_batch, profile_table, run_train
 
 TINY = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
             head_dim=64, moe_intermediate_size=64, num_experts=4, router_hidden_size=16, max_position_embeddings=256)
@@ -42,6 +42,8 @@ def test_ours_step_leaves_gradients():
     loss = ours_step_fn(ours, ids, labels, cu)()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for n, p in ours.named_parameters() if "balancing" not in n)
+    table = profile_table(ours_step_fn(ours, ids, labels, cu), row_limit=5)
+    assert "Self CPU" in table and "aten::mm" in table  # --profile's table of the step's top ops
 
 
 @pytest.mark.parametrize("argv,needle", [

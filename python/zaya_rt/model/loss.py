@@ -24,7 +24,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     hidden [N, D] (or [..., D]) float32/bfloat16/float16; weight [V, D] and bias [V] (or None) in hidden's
     dtype; labels [N] (or hidden's leading shape) int64/int32, each in [0, V) or `ignore_index` (no loss).
     reduction "mean" (over non-ignored tokens; nan when all are ignored, as F.cross_entropy) or "sum".
-    chunk_size: tokens per chunk (default: about 2**24 logits per chunk). Returns a float32 scalar.
+    chunk_size: tokens per chunk (default: about 2**25 logits per chunk). Returns a float32 scalar.
     """
     _check(hidden, weight, labels, bias, ignore_index, reduction, chunk_size)
     D, V = weight.shape[1], weight.shape[0]
