@@ -76,7 +76,8 @@ def cca_fwd_bwd_cases(device: str = "cpu", shapes=None, dtypes=(torch.bfloat16, 
             gen = torch.Generator().manual_seed(B * 7919 + T * 31 + d)
             mk = lambda *s, scale=1.0: (scale * torch.randn(*s, generator=gen)).to(device=device, dtype=dtype)  # noqa: E731
             qp, kp, v_cur, v_del = mk(B, T, Hq * d), mk(B, T, Hk * d), mk(B, T, V), mk(B, T, V)
-            w0, b0, w1, b1 = mk(C, 1, k0, scale=0.5), mk(C, scale=0.1), mk(C, d, k1, scale=(d * k1) ** -0.5), mk(C, scale=0.1)
+            w0, b0 = mk(C, 1, k0, scale=0.5), mk(C, scale=0.1)
+            w1, b1 = mk(C, d, k1, scale=(d * k1) ** -0.5), mk(C, scale=0.1)
             temp = 1 + mk(Hk, scale=0.1).abs()
             grads = mk(B * T, Hq, d), mk(B * T, Hk, d), mk(B * T, Hk, d)
             zero_cs, zero_vs = torch.zeros_like(mk(B, C, K)), torch.zeros_like(mk(B, V))
@@ -100,6 +101,7 @@ def cca_fwd_bwd_cases(device: str = "cpu", shapes=None, dtypes=(torch.bfloat16, 
             cases.append(Case(
                 "cca_prep fwd+bwd", f"B{B} T{T} Hq{Hq} Hk{Hk} d{d} k{k0},{k1}", str(dtype).removeprefix("torch."),
                 ours=ours, peer=peer, peer_name="ref/cca.py composition under autograd",
-                flops=3 * 2 * n * C * (d * k1 + k0), bytes_moved=3 * (2 * n * (C + Hk * d) + C * d * k1) * qp.element_size(),
+                flops=3 * 2 * n * C * (d * k1 + k0),
+                bytes_moved=3 * (2 * n * (C + Hk * d) + C * d * k1) * qp.element_size(),
             ))
     return cases
