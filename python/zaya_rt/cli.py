@@ -1,7 +1,8 @@
 """The `zaya-rt` command.
 
   zaya-rt demo    greedy generation with the embedded tiny random-weight model (no downloads)
-  zaya-rt bench   kernel benchmarks against PyTorch peers, as a table (`zaya-rt bench e2e`: end-to-end decode)
+  zaya-rt bench   kernel benchmarks against PyTorch peers, as a table (`--mode fwd_bwd`: forward + backward;
+                  `zaya-rt bench e2e`: end-to-end decode; `zaya-rt bench train`: a whole training step)
   zaya-rt generate  stream text from a checkpoint (or the embedded tiny model) with the continuous-batching engine
   zaya-rt train   pretraining / SFT from a TOML config (rerunning the same command resumes; --fresh starts over)
   zaya-rt rl      RL with verifiable rewards on engine rollouts from a TOML config (resumes like train)
@@ -85,11 +86,45 @@ def _bench_e2e(args: argparse.Namespace) -> int:
         return 2
     config = None
     if args.device == "cuda":
-        config = dict(CONFIG_8B_SHAPED, num_hidden_layers=args.layers)
-        print(f"ZAYA1-8B-shaped model with {args.layers} of its 40 layers (random weights)")
+        layers = args.layers or 4
+        config = dict(CONFIG_8B_SHAPED, num_hidden_layers=layers)
+        print(f"ZAYA1-8B-shaped model with {layers} of its 40 layers (random weights)")
     batches = tuple(int(b) for b in args.batches.split(","))
     run_e2e(device=args.device, config=config, batches=batches, prompt_len=args.prompt_len,
             new_tokens=args.new_tokens, repeats=args.repeats)
+    return 0
+
+
+_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from zaya_rt.benchmarks.e2e import CONFIG_124M
+    from zaya_rt.benchmarks.train import run_train
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("zaya-rt bench train: --device cuda needs a CUDA GPU", file=sys.stderr)
+        return 2
+    dtypes = _parse_dtypes(args.dtypes, "zaya-rt bench train")
+    if dtypes is None:
+        return 2
+    for flag, value in (("--sequences", args.sequences), ("--seq-len", args.seq_len), ("--repeats", args.repeats),
+                        ("--layers", args.layers or 1)):
+        if value < 1:
+            print(f"zaya-rt bench train: {flag} must be at least 1, got {value}", file=sys.stderr)
+            return 2
+    config = dict(CONFIG_124M, num_hidden_layers=args.layers or CONFIG_124M["num_hidden_layers"])
+    print("124M-shaped ZAYA model (random weights); ratio = transformers' best step time / zaya_rt's "
+          "(> 1 means zaya_rt is faster)")
+    peers = None
+    if args.peers:
+        peers = [tuple(pair.split("/")) for pair in args.peers.split(",")]
+        if any(len(pair) != 2 for pair in peers):
+            print(f"zaya-rt bench train: --peers takes experts/attn pairs, got {args.peers!r}", file=sys.stderr)
+            return 2
+    losses = ("fused", "unfused") if args.loss == "both" else (args.loss,)
+    run_train(device=args.device, config=config, sequences=args.sequences, seq_len=args.seq_len,
+              dtypes=dtypes, repeats=args.repeats, losses=losses, profile=args.profile, peers=peers)
     return 0
 
 
@@ -127,9 +162,56 @@ def _rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_dtypes(text: str, command: str) -> tuple | None:
+    dtypes = []
+    for name in text.split(","):
+        if name not in _DTYPE_NAMES:
+            print(f"{command}: --dtypes takes bfloat16 and/or float32, got {name!r}", file=sys.stderr)
+            return None
+        dtypes.append(_DTYPE_NAMES[name])
+    return tuple(dtypes)
+
+
+def _bench_fwd_bwd(args: argparse.Namespace) -> int:
+    from zaya_rt.benchmarks import format_table
+    from zaya_rt.benchmarks.fwd_bwd import FWD_BWD_BUILDERS, fwd_bwd_builder, run_fwd_bwd_cases
+
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("zaya-rt bench: --device cuda needs a CUDA GPU", file=sys.stderr)
+        return 2
+    dtypes = _parse_dtypes(args.dtypes, "zaya-rt bench --mode fwd_bwd")
+    if dtypes is None:
+        return 2
+    families = [f.strip() for f in args.ops.split(",") if f.strip()]
+    unknown = [f for f in families if f not in FWD_BWD_BUILDERS]
+    if unknown:
+        print(f"(no forward + backward cases for {', '.join(unknown)}: forward-only families)")
+    cases = []
+    for family in (f for f in families if f in FWD_BWD_BUILDERS):
+        builder = fwd_bwd_builder(family)
+        if builder is None:
+            print(f"{family}: forward + backward cases not available in this build "
+                  f"({'.'.join(FWD_BWD_BUILDERS[family])} is missing)")
+            continue
+        shapes = None
+        if family == "cca" and args.cca_shapes:
+            shapes = [tuple(int(v) for v in shape.split(",")) for shape in args.cca_shapes.split(";")]
+        cases += builder(device, shapes=shapes, dtypes=dtypes)
+    results = run_fwd_bwd_cases(cases, device, min_time_s=args.min_time)
+    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    print(f"device={device} ({name})  forward + backward; peer/ours > 1 means zaya_rt is faster; medians")
+    print(format_table(results))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "ops" and args.mode == "fwd_bwd":
+        return _bench_fwd_bwd(args)
     if args.what == "e2e":
         return _bench_e2e(args)
+    if args.what == "train":
+        return _bench_train(args)
     from zaya_rt.benchmarks import (
         attention_cases,
         cca_cases,
@@ -198,14 +280,33 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="kernel benchmarks against PyTorch peers")
-    bench.add_argument("what", nargs="?", choices=["ops", "e2e"], default="ops",
-                       help="ops: kernel benchmarks (default); e2e: end-to-end greedy decode vs transformers")
+    bench.add_argument("what", nargs="?", choices=["ops", "e2e", "train"], default="ops",
+                       help="ops: kernel benchmarks (default); e2e: end-to-end greedy decode vs transformers; "
+                       "train: a whole training step (forward, loss, backward) vs transformers")
+    bench.add_argument("--mode", choices=["fwd", "fwd_bwd"], default="fwd",
+                       help="ops: time the forward (default) or forward + backward against autograd peers "
+                       "(families norms, moe, router, attention, cca)")
+    bench.add_argument("--backward", dest="mode", action="store_const", const="fwd_bwd", help="same as --mode fwd_bwd")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--batches", default="1,16", help="e2e: comma-separated batch sizes")
     bench.add_argument("--prompt-len", type=int, default=128, help="e2e: prompt tokens")
     bench.add_argument("--new-tokens", type=int, default=32, help="e2e: generated tokens per sequence")
-    bench.add_argument("--repeats", type=int, default=3, help="e2e: timed runs per measurement (best is kept)")
-    bench.add_argument("--layers", type=int, default=4, help="e2e --device cuda: layers of the ZAYA1-8B-shaped model")
+    bench.add_argument("--repeats", type=int, default=3, help="e2e, train: timed runs per measurement (best is kept)")
+    bench.add_argument("--layers", type=int, default=None, help="e2e --device cuda: layers of the ZAYA1-8B-shaped "
+                       "model (default 4); train: layers of the 124M-shaped model (default 8)")
+    bench.add_argument("--sequences", type=int, default=4, help="train: sequences (packed documents) per step")
+    bench.add_argument("--seq-len", type=int, default=512, help="train: tokens per sequence")
+    bench.add_argument("--dtypes", default="bfloat16,float32",
+                       help="train and --mode fwd_bwd: comma-separated bfloat16, float32")
+    bench.add_argument("--cca-shapes", default=None,
+                       help="--mode fwd_bwd: semicolon-separated B,T,d shapes of the cca cases (default 4,512,64;1,2048,128)")
+    bench.add_argument("--loss", choices=["fused", "unfused", "both"], default="fused",
+                       help="train: zaya_rt's loss, the chunked fused cross-entropy over the LM head (default), "
+                       "F.cross_entropy on full logits, or both timed in the same run")
+    bench.add_argument("--peers", default=None, help="train: comma-separated experts/attn implementation pairs of "
+                       "transformers (default: eager/eager,eager/sdpa,grouped_mm/eager,grouped_mm/sdpa)")
+    bench.add_argument("--profile", action="store_true",
+                       help="train: also print torch.profiler's top ops of zaya_rt's step by self CPU time")
     bench.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode and prefill)")
     bench.add_argument("--hidden", type=int, default=2048, help="hidden size of the norms cases")
     bench.add_argument("--ops", default="norms,moe,grouped_gemm,dispatch,router,attention,cca", help="comma-separated op families: norms, moe, grouped_gemm, dispatch, router, attention, cca, sampling, pages, newton_schulz (Muon's update, [16, 1024, 512] bf16 on CPU)")

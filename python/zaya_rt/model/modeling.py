@@ -16,6 +16,7 @@ from torch import nn
 from zaya_rt import ops, ref
 from zaya_rt.model.cache import ZayaCache
 from zaya_rt.model.context import OPS_KERNELS, ForwardContext, RowsState, allowed_mask
+from zaya_rt.model.loss import linear_cross_entropy
 from zaya_rt.model.config import ZayaConfig
 from zaya_rt.ops.attention import kernel_takes_head_dim
 
@@ -320,6 +321,24 @@ class ZayaForCausalLM(nn.Module):
             _check_packed_ids(input_ids, self.config.vocab_size)
         return self.lm_head(self.model(input_ids, attention_mask, cache, cu_seqlens=cu_seqlens,
                                        position_ids=position_ids, routed_experts=routed_experts))
+
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, *, cu_seqlens: torch.Tensor | None = None,
+             position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+             ignore_index: int = -100, reduction: str = "mean", chunk_size: int | None = None) -> torch.Tensor:
+        """Cross-entropy of the logits `forward` would give against `labels` (input_ids' shape, int; each token's
+        own target, e.g. the next token, or ignore_index), computed by the fused chunked LM-head loss
+        (model/loss.py) so that the [tokens, vocab] logits are never held. Same input forms as `forward`;
+        reduction "mean" (over non-ignored tokens) or "sum". Returns a float32 scalar."""
+        if cu_seqlens is None:
+            _check_input_ids(input_ids, self.config.vocab_size)
+        else:
+            _check_packed_ids(input_ids, self.config.vocab_size)
+        if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
+            raise ValueError(f"labels must be a tensor of input_ids' shape {tuple(input_ids.shape)}, got "
+                             f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+        hidden = self.model(input_ids, attention_mask, None, cu_seqlens=cu_seqlens, position_ids=position_ids)
+        return linear_cross_entropy(hidden, self.lm_head.weight, labels, self.lm_head.bias, ignore_index=ignore_index,
+                                    reduction=reduction, chunk_size=chunk_size)
 
     def new_cache(self, batch_size: int, max_seq_len: int) -> ZayaCache:
         """An empty contiguous cache for `batch_size` sequences of up to `max_seq_len` tokens."""

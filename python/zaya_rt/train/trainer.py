@@ -23,7 +23,6 @@ import time
 from dataclasses import asdict
 
 import torch
-import torch.nn.functional as F
 
 from zaya_rt.model.checkpoint import save as save_model
 from zaya_rt.model.modeling import ZayaForCausalLM
@@ -212,10 +211,10 @@ class Trainer:
         step_loads = None
         for ids, labels, cu in batches:
             with collect_router_loads(self.model) as loads:
-                logits = self.model(ids, cu_seqlens=cu)
+                # The fused chunked LM-head loss (model/loss.py): the [tokens, vocab] logits are never held.
+                loss = self.model.loss(ids, labels, cu_seqlens=cu, ignore_index=IGNORE_INDEX, reduction="sum")
             # The hooks are gone before backward: recomputed forwards (activation checkpointing) are not counted.
             step_loads = loads if step_loads is None else [a + b for a, b in zip(step_loads, loads)]
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
             (loss / max(targets, 1)).backward()
             loss_sum += loss.detach().double()
         masters = list(self.masters.values())
