@@ -128,38 +128,36 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_trainer(command: str, load_config, trainer_cls, args: argparse.Namespace, steps: str) -> int:
+    """Loads the config, resumes the run from its out_dir and trains; 2 after printing why when the config or a
+    checkpoint is bad."""
+    try:
+        config = load_config(args.config)
+        trainer = trainer_cls(config, fresh=args.fresh, progress=not args.no_progress)
+        trainer.resume()
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"zaya-rt {command}: {exc}", file=sys.stderr)
+        return 2
+    final = trainer.run()
+    if getattr(trainer, "is_main", True):  # rank 0 of a torchrun launch
+        print(f"trained {trainer.step} {steps}; final model in {final}, metrics in {trainer.out_dir}/metrics.jsonl")
+    if hasattr(trainer, "close"):
+        trainer.close()
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from zaya_rt.train.config import load_config
     from zaya_rt.train.trainer import Trainer
 
-    try:
-        config = load_config(args.config)
-        trainer = Trainer(config, fresh=args.fresh, progress=not args.no_progress)
-        trainer.resume()
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"zaya-rt train: {exc}", file=sys.stderr)
-        return 2
-    final = trainer.run()
-    if trainer.is_main:
-        print(f"trained {trainer.step} steps; final model in {final}, metrics in {config.train.out_dir}/metrics.jsonl")
-    trainer.close()
-    return 0
+    return _run_trainer("train", load_config, Trainer, args, "steps")
 
 
 def _rl(args: argparse.Namespace) -> int:
     from zaya_rt.train.rl.config import load_rl_config
     from zaya_rt.train.rl.trainer import RLTrainer
 
-    try:
-        config = load_rl_config(args.config)
-        trainer = RLTrainer(config, fresh=args.fresh, progress=not args.no_progress)
-        trainer.resume()
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"zaya-rt rl: {exc}", file=sys.stderr)
-        return 2
-    final = trainer.run()
-    print(f"trained {trainer.step} RL steps; final model in {final}, metrics in {config.rl.out_dir}/metrics.jsonl")
-    return 0
+    return _run_trainer("rl", load_rl_config, RLTrainer, args, "RL steps")
 
 
 def _parse_dtypes(text: str, command: str) -> tuple | None:

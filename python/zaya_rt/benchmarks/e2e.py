@@ -36,6 +36,18 @@ class E2EResult:
     ours_eager_tok_s: float | None = None  # CUDA: the Engine without CUDA graphs
 
 
+def use_hf_implementation(hf, experts_impl: str, attn_impl: str, log) -> bool:
+    """Switches the transformers model to these experts/attention implementations; False (logged) when this
+    transformers/torch lacks one."""
+    try:
+        hf.set_experts_implementation(experts_impl)
+        hf.set_attn_implementation(attn_impl)
+    except Exception as exc:  # an implementation this transformers/torch lacks
+        log(f"  transformers {experts_impl}/{attn_impl}: unavailable ({exc})")
+        return False
+    return True
+
+
 def _build(config: dict, device: str, dtype: torch.dtype, seed: int):
     """(transformers model, zaya_rt model) with the same random weights."""
     import transformers
@@ -123,11 +135,7 @@ def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16),
         ids = prompts.to(device)
         mask = torch.ones_like(ids)
         for experts_impl, attn_impl in peers:
-            try:
-                hf.set_experts_implementation(experts_impl)
-                hf.set_attn_implementation(attn_impl)
-            except Exception as exc:  # an implementation this transformers/torch lacks
-                log(f"  transformers {experts_impl}/{attn_impl}: unavailable ({exc})")
+            if not use_hf_implementation(hf, experts_impl, attn_impl, log):
                 continue
 
             def hf_generate(n, ids=ids, mask=mask, experts_impl=experts_impl, attn_impl=attn_impl):

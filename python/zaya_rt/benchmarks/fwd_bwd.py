@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-import torch
-
-from zaya_rt.benchmarks.harness import Case, Result, time_pair_us
+from zaya_rt.benchmarks.harness import Case, Result, run_cases
 
 # family -> (module, builder name)
 FWD_BWD_BUILDERS = {
@@ -35,11 +33,6 @@ def fwd_bwd_builder(family: str):
 
 
 def run_fwd_bwd_cases(cases: list[Case], device: str, *, min_time_s: float = 0.2) -> list[Result]:
-    """Times ours and the peer of each case with autograd on (the harness's `run_cases` runs in inference
+    """Times ours and the peer of each case with autograd on (the harness's `run_cases` defaults to inference
     mode, where no backward can run), their batches of calls interleaved."""
-    results = []
-    with torch.enable_grad():
-        for case in cases:
-            ours, peer = time_pair_us(case.ours, case.peer, device, min_time_s=min_time_s)
-            results.append(Result(case, ours, peer))
-    return results
+    return run_cases(cases, device, min_time_s=min_time_s, grad=True)

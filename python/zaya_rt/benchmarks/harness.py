@@ -129,10 +129,11 @@ def cuda_graph_time_us(fn: Callable[[], object], iters: int = 10, reps: int = 5)
     return best
 
 
-def run_cases(cases: list[Case], device: str, *, min_time_s: float = 0.2) -> list[Result]:
-    """Times ours and the peer of each case, their batches of calls interleaved."""
+def run_cases(cases: list[Case], device: str, *, min_time_s: float = 0.2, grad: bool = False) -> list[Result]:
+    """Times ours and the peer of each case, their batches of calls interleaved; in inference mode, or with
+    autograd on when grad is True (forward + backward cases)."""
     results = []
-    with torch.inference_mode():
+    with torch.enable_grad() if grad else torch.inference_mode():
         for case in cases:
             ours, peer = time_pair_us(case.ours, case.peer, device, min_time_s=min_time_s)
             results.append(Result(case, ours, peer))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zaya_rt.benchmarks.e2e import CONFIG_124M, _build, _sync
+from zaya_rt.benchmarks.e2e import CONFIG_124M, _build, _sync, use_hf_implementation
 
 IGNORE_INDEX = -100
 _OURS = {"fused": "zaya_rt", "unfused": "zaya_rt (F.cross_entropy on full logits)"}
@@ -146,11 +146,7 @@ def run_train(*, device: str = "cpu", config: dict | None = None, sequences: int
             f"{config['num_hidden_layers']} layers, {sequences} x {seq_len} tokens, device {device}")
         steps = {_OURS[form]: ours_step_fn(ours, ids_N, labels_N, cu, form == "fused") for form in losses}
         for experts_impl, attn_impl in peers:
-            try:
-                hf.set_experts_implementation(experts_impl)
-                hf.set_attn_implementation(attn_impl)
-            except Exception as exc:  # an implementation this transformers/torch lacks
-                log(f"  transformers {experts_impl}/{attn_impl}: unavailable ({exc})")
+            if not use_hf_implementation(hf, experts_impl, attn_impl, log):
                 continue
             steps[f"{experts_impl}/{attn_impl}"] = peer_step_fn(hf, ids_BT, experts_impl, attn_impl)
         first = {name: float(step()) for name, step in steps.items()}
