@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, Shard
 
 from zaya_rt.model.modeling import ZayaExperts
@@ -88,6 +88,9 @@ def shard_model(model: nn.Module, par: Parallel, compute_dtype: torch.dtype) -> 
         group = [layer] if i + 1 == len(layers) else [layer, layers[i + 1].input_layernorm]
         units.append(fully_shard(group, mesh=par.world, mp_policy=policy)[0])  # the group's modules share one state
     units.append(fully_shard(model, mesh=par.world, mp_policy=policy))
+    # The trainer's step calls model.loss (the fused LM-head cross-entropy), not forward: FSDP must gather the
+    # root's weights (embedding, head, final norm) around it too.
+    register_fsdp_forward_method(model, "loss")
     for unit in units:
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
