@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 import torch.distributed.checkpoint as dcp
 
+from zaya_rt.model.checkpoint import save as save_model
+
 _NAME = re.compile(r"^step-(\d{8,})$")
 _TMP_PREFIX = ".tmp-step-"
 
@@ -59,6 +61,19 @@ def clear_run_dir(out_dir: str | os.PathLike, *names: str) -> None:
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
+
+
+def save_final_model(model, out_dir: str | os.PathLike) -> str:
+    """Writes the model to out_dir/final in the zaya_rt checkpoint layout, atomically (a temporary folder renamed
+    over any earlier one); returns the folder."""
+    final = os.path.join(os.fspath(out_dir), "final")
+    tmp = os.path.join(os.fspath(out_dir), ".tmp-final")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    if os.path.isdir(final):
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    return final
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> str | None:

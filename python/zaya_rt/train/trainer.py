@@ -17,18 +17,16 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import asdict
 
 import torch
 
-from zaya_rt.model.checkpoint import save as save_model
 from zaya_rt.model.modeling import ZayaForCausalLM
 from zaya_rt.train.activation import checkpoint_layers
 from zaya_rt.train.balancing import RouterBalancer, collect_router_loads
-from zaya_rt.train.checkpoint import (clear_run_dir, latest_checkpoint, read_sharded, save_checkpoint,
+from zaya_rt.train.checkpoint import (clear_run_dir, save_final_model, latest_checkpoint, read_sharded, save_checkpoint,
                                       write_sharded)
 from zaya_rt.train.config import RunConfig
 from zaya_rt.train.data import IGNORE_INDEX, Window, load_samples, load_tokenizer, pack_windows
@@ -394,17 +392,11 @@ class Trainer:
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                     self.save_checkpoint()
         bar.close()
-        final = os.path.join(self.out_dir, "final")
         model = self.final_model()
         if self.is_main:
-            tmp = os.path.join(self.out_dir, ".tmp-final")
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_model(model, tmp)
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            save_final_model(model, self.out_dir)
         self._barrier()
-        return final
+        return os.path.join(self.out_dir, "final")
 
 
 def _init_optimizer_state(opt: torch.optim.Optimizer) -> None:

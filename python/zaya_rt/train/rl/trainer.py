@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -28,7 +27,6 @@ from dataclasses import asdict
 import torch
 
 from zaya_rt.jsonl import read_jsonl
-from zaya_rt.model.checkpoint import save as save_model
 from zaya_rt.model.modeling import ZayaForCausalLM
 from zaya_rt.rsa.loop import make_tail
 from zaya_rt.rsa.templates import DefaultTemplate
@@ -36,7 +34,7 @@ from zaya_rt.runtime.engine import Engine
 from zaya_rt.runtime.params import SamplingParams
 from zaya_rt.train.activation import checkpoint_layers
 from zaya_rt.train.balancing import RouterBalancer, collect_router_loads
-from zaya_rt.train.checkpoint import clear_run_dir, latest_checkpoint, save_checkpoint
+from zaya_rt.train.checkpoint import clear_run_dir, save_final_model, latest_checkpoint, save_checkpoint
 from zaya_rt.train.data import load_tokenizer
 from zaya_rt.train.muon import Muon
 from zaya_rt.train.params import param_groups
@@ -309,11 +307,4 @@ class RLTrainer:
                 if rc.checkpoint_every and self.step % rc.checkpoint_every == 0:
                     self.save_checkpoint()
         bar.close()
-        final = os.path.join(self.out_dir, "final")
-        tmp = os.path.join(self.out_dir, ".tmp-final")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self.model, tmp)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        return final
+        return save_final_model(self.model, self.out_dir)
