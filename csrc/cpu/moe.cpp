@@ -258,10 +258,10 @@ template <bool Dot> double time_gemm_once(const std::vector<GemmJob<bf16>>& jobs
   return elapsed;
 }
 
-// Measures, on one thread, a bf16 GEMM of an expert's size both ways (best of several short trials, the two
-// interleaved, so that a burst of other load on the host disturbs both or neither) and the register-only
-// peaks of the two instructions. On some CPUs vdpbf16ps is no faster per FLOP than fp32 FMAs, and then
-// converting bf16 to fp32 while packing wins.
+// Measures, on one thread, a bf16 GEMM of an expert's size both ways and the register-only peaks of the two
+// instructions: best of several short trials, all four interleaved, so that a burst of other load or a clock
+// change on the host disturbs all of them or none. On some CPUs vdpbf16ps is no faster per FLOP than fp32
+// FMAs, and then converting bf16 to fp32 while packing wins.
 Bf16GemmRates measure_bf16_gemm_rates() {
   Bf16GemmRates rates;
 #if defined(__AVX512BF16__)
@@ -275,13 +275,13 @@ Bf16GemmRates measure_bf16_gemm_rates() {
   for (int trial = 0; trial < kTrials; ++trial) {
     dot = std::min(dot, time_gemm_once<true>(jobs, M, K));
     fma = std::min(fma, time_gemm_once<false>(jobs, M, K));
+    rates.dot_peak = std::max(rates.dot_peak, peak_gflops<true>(1));
+    rates.fma_peak = std::max(rates.fma_peak, peak_gflops<false>(1));
   }
   const double flops = 2.0 * M * N * K * 1e-9;
   rates.has_dot = true;
   rates.dot_gemm = flops / std::max(dot, 1e-9);
   rates.fma_gemm = flops / std::max(fma, 1e-9);
-  rates.dot_peak = peak_gflops<true>(kTrials);
-  rates.fma_peak = peak_gflops<false>(kTrials);
 #endif
   return rates;
 }
