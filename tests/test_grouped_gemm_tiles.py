@@ -111,3 +111,14 @@ def test_bf16_path_rates_are_reported():
         assert zaya_rt._C.cpu_bf16_gemm_rates()["dot_chosen"]
     finally:
         zaya_rt._C.set_cpu_bf16_dot(-1)
+
+
+def test_bench_names_the_chosen_path():
+    """`zaya-rt bench` prints this line: the path in use, and both measured rates where there is a choice."""
+    from zaya_rt.benchmarks.moe import bf16_path_report
+
+    line = bf16_path_report()
+    rates = zaya_rt._C.cpu_bf16_gemm_rates()
+    assert line.startswith("cpu bf16 GEMM path: " + ("vdpbf16ps" if rates["dot_chosen"] else "fp32 FMAs"))
+    if rates["has_dot"]:
+        assert line.count("GFLOP/s") == 2 and "peak" in line
