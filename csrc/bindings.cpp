@@ -41,6 +41,21 @@ PYBIND11_MODULE(_C, m) {
         "bf16 CPU GEMMs: -1 = measure and take the faster of vdpbf16ps and fp32 FMAs (default), 0 = fp32 FMAs, "
         "1 = vdpbf16ps where the CPU has it.");
   m.def("cpu_bf16_dot", [] { return zaya_rt::cpu::bf16_dot_override(); });
+  m.def("cpu_bf16_gemm_rates",
+        [] {
+          const zaya_rt::cpu::Bf16GemmRates r = zaya_rt::cpu::bf16_gemm_rates();
+          py::dict d;
+          d["has_dot"] = r.has_dot;
+          d["dot_chosen"] = r.dot_chosen;
+          d["dot_gemm_gflops"] = r.dot_gemm;
+          d["fma_gemm_gflops"] = r.fma_gemm;
+          d["dot_peak_gflops"] = r.dot_peak;
+          d["fma_peak_gflops"] = r.fma_peak;
+          return d;
+        },
+        "The CPU bf16 GEMM path in use (dot_chosen: vdpbf16ps, else fp32 FMAs) and the one-thread GFLOP/s it was "
+        "chosen by, measured once per process: a bf16 GEMM both ways and the register-only peak of each "
+        "instruction (zeros where the CPU build has no vdpbf16ps).");
   bind_norms(m);
   bind_moe(m);
   bind_cca(m);

@@ -113,6 +113,54 @@ void pack_rows_f32_contiguous(const T* const* rows, int64_t K, float* dst) {
     }
   }
 }
+
+#if defined(__AVX512BF16__)
+// pack_rows for bf16 pairs from rows contiguous along K: each row's (k, k + 1) pair is already one 32-bit word,
+// so a 16x16 transpose of words packs 16 pairs of 16 rows (an odd K's last pair gets a zero high half).
+template <int LANES>
+void pack_rows_bf16_pairs_contiguous(const bf16* const* rows, int64_t K, uint32_t* dst) {
+  __m512 r[16];
+  const int64_t kp = (K + 1) / 2;
+  for (int64_t q0 = 0; q0 < kp; q0 += 16) {
+    const int kn = static_cast<int>(std::min<int64_t>(16, kp - q0));
+    const int64_t elems = std::min<int64_t>(32, K - 2 * q0);
+    const __mmask32 m = static_cast<__mmask32>(elems >= 32 ? 0xffffffffu : (1u << elems) - 1u);
+    for (int i0 = 0; i0 < LANES; i0 += 16) {
+      const int lanes = std::min(16, LANES - i0);
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < lanes && rows[i0 + i] != nullptr
+                   ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, rows[i0 + i] + 2 * q0))
+                   : _mm512_setzero_ps();
+      transpose16(r);
+      const __mmask16 lane_mask = static_cast<__mmask16>((1u << lanes) - 1u);
+      for (int k = 0; k < kn; ++k)
+        _mm512_mask_storeu_ps(reinterpret_cast<float*>(dst + (q0 + k) * LANES + i0), lane_mask, r[k]);
+    }
+  }
+}
+
+// pack_rows for bf16 pairs from a source whose consecutive rows are adjacent in memory (row_stride 1, e.g. a
+// transposed weight or dY^T): the pair (k, k + 1) of 16 rows is two 16-element loads, widened and merged.
+template <int LANES>
+void pack_rows_bf16_pairs_row_adjacent(const bf16* base, int count, int64_t K, int64_t cs, uint32_t* dst) {
+  const int64_t kp = (K + 1) / 2;
+  for (int64_t q = 0; q < kp; ++q) {
+    const bf16* lo_row = base + 2 * q * cs;
+    const bf16* hi_row = lo_row + cs;
+    const bool has_hi = 2 * q + 1 < K;
+#pragma GCC unroll 4
+    for (int i0 = 0; i0 < LANES; i0 += 16) {
+      const int lanes = std::max(0, std::min(16, count - i0));
+      const __mmask16 m = static_cast<__mmask16>((1u << lanes) - 1u);
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, lo_row + i0));
+      const __m512i hi = has_hi ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, hi_row + i0)) : _mm512_setzero_si512();
+      const __m512i pair = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+      if constexpr (LANES % 16 == 0) _mm512_storeu_si512(dst + q * LANES + i0, pair);
+      else _mm512_mask_storeu_epi32(dst + q * LANES + i0, static_cast<__mmask16>((1u << std::min(16, LANES - i0)) - 1u), pair);
+    }
+  }
+}
+#endif
 #endif
 
 // Packs `count` (<= LANES) source rows starting at r0, over K, into [Kp][LANES] entries (zero padded).
@@ -128,6 +176,12 @@ void pack_rows(const Source<T>& src, int64_t r0, int count, int64_t K, typename 
 #if defined(__AVX512F__)
   if constexpr (!PackMode<T, Dot>::bf16) {
     if (cs == 1) return pack_rows_f32_contiguous<LANES, T>(rows, K, dst);
+  }
+#endif
+#if defined(__AVX512BF16__)
+  if constexpr (PackMode<T, Dot>::bf16) {
+    if (cs == 1) return pack_rows_bf16_pairs_contiguous<LANES>(rows, K, dst);
+    if (src.row_stride == 1 && src.rows == nullptr) return pack_rows_bf16_pairs_row_adjacent<LANES>(src.base + r0, count, K, cs, dst);
   }
 #endif
   for (int64_t q0 = 0; q0 < kp; q0 += kBlock) {

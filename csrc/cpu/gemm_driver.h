@@ -14,7 +14,9 @@
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 
 constexpr int kNC = kGemmNC;      // columns per B block
-constexpr int64_t kKC = 256;     // packed K entries per L1-resident slice of a B panel
+// Packed K entries per L1-resident slice of a B panel: 32 KiB of floats, 16 KiB of bf16 pairs, whose slice then
+// stays in L1 next to the A panel slice streaming past it (measured a few % faster on Zen 4 than 32 KiB).
+template <typename T, bool Dot> constexpr int64_t kKC = PackMode<T, Dot>::bf16 ? 128 : 256;
 // Tasks whose C tiles fit in this many floats (L2-sized) run K blocks outermost.
 constexpr int64_t kKOuterMaxTileFloats = 64 * 1024;
 
@@ -174,8 +176,8 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
         const size_t need = static_cast<size_t>(subs * panels * kMR * kNR);
         if (c_tiles.size() < need) c_tiles.resize(need);
         if (kp == 0) std::fill(c_tiles.begin(), c_tiles.begin() + need, 0.f);
-        for (int64_t k0 = 0; k0 < kp; k0 += kKC) {
-          const int64_t kc = std::min<int64_t>(kKC, kp - k0);
+        for (int64_t k0 = 0; k0 < kp; k0 += kKC<T, Dot>) {
+          const int64_t kc = std::min<int64_t>(kKC<T, Dot>, kp - k0);
           for (int s = 0; s < subs; ++s)
             for (int64_t panel = 0; panel < panels; ++panel)
               micro_kernel<T, Dot>(kc, pa + panel * kMR * kp + k0 * kMR, b_block + s * kp * kNR + k0 * kNR,
@@ -189,8 +191,8 @@ void run_gemm_jobs(const std::vector<GemmJob<T>>& jobs, typename PackMode<T, Dot
       if (c_tiles.size() < static_cast<size_t>(panels * kMR * kNR)) c_tiles.resize(panels * kMR * kNR);
       for (int s = 0; s < subs; ++s) {
         const Entry* pb = b_block + s * kp * kNR;
-        for (int64_t k0 = 0; k0 < kp; k0 += kKC) {
-          const int64_t kc = std::min<int64_t>(kKC, kp - k0);
+        for (int64_t k0 = 0; k0 < kp; k0 += kKC<T, Dot>) {
+          const int64_t kc = std::min<int64_t>(kKC<T, Dot>, kp - k0);
           for (int64_t panel = 0; panel < panels; ++panel)
             micro_kernel<T, Dot>(kc, pa + panel * kMR * kp + k0 * kMR, pb + k0 * kNR, c_tiles.data() + panel * kMR * kNR,
                             k0 > 0);

@@ -59,6 +59,14 @@ std::atomic<int>& bf16_dot_mode() {
 int bf16_dot_override() { return bf16_dot_mode().load(); }
 void set_bf16_dot_override(int mode) { bf16_dot_mode().store(mode < 0 ? -1 : (mode ? 1 : 0)); }
 
+Bf16GemmRates bf16_gemm_rates() {
+  switch (active_isa()) {
+    case Isa::kAvx512: return avx512::bf16_gemm_rates();
+    case Isa::kAvx2: return avx2::bf16_gemm_rates();
+    default: return base::bf16_gemm_rates();
+  }
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return "avx512";

@@ -33,6 +33,20 @@
 ZAYA_RT_CPU_DECLARE_PER_ISA(ZAYA_RT_CPU_KERNELS)
 
 namespace zaya_rt::cpu {
+// The one-time per-host measurement behind the bf16 GEMM path choice, in GFLOP/s on one thread: a bf16 GEMM
+// of an expert's size through vdpbf16ps (dot_gemm) and through fp32 FMAs (fma_gemm), and the register-only
+// peaks of the two instructions. All zero where the ISA build has no vdpbf16ps.
+struct Bf16GemmRates {
+  bool has_dot = false;     // the active ISA build has vdpbf16ps
+  bool dot_chosen = false;  // bf16 GEMMs now use vdpbf16ps (the measured choice, or the override)
+  double dot_gemm = 0.0, fma_gemm = 0.0, dot_peak = 0.0, fma_peak = 0.0;
+};
+}  // namespace zaya_rt::cpu
+namespace zaya_rt::cpu::base { Bf16GemmRates bf16_gemm_rates(); }
+namespace zaya_rt::cpu::avx2 { Bf16GemmRates bf16_gemm_rates(); }
+namespace zaya_rt::cpu::avx512 { Bf16GemmRates bf16_gemm_rates(); }
+
+namespace zaya_rt::cpu {
 enum class Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
 Isa best_supported_isa();
 Isa active_isa();
@@ -43,6 +57,8 @@ const char* isa_name(Isa isa);
 // 0 = fp32 FMAs, 1 = vdpbf16ps (where the ISA has it). ZAYA_RT_CPU_BF16_DOT=0|1 sets it at start-up.
 int bf16_dot_override();
 void set_bf16_dot_override(int mode);
+// The active ISA build's bf16 path and the rates it was chosen by (measured on first use).
+Bf16GemmRates bf16_gemm_rates();
 }  // namespace zaya_rt::cpu
 
 // Defines zaya_rt::cpu::FN (inside namespace zaya_rt::cpu), which calls the build of the active ISA. Used as

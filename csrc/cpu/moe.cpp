@@ -9,6 +9,7 @@
 
 #include "cpu/epilogue.h"
 #include "cpu/gemm_driver.h"
+#include "cpu/gemm_peak.h"
 #include "cpu/isa_kernels.h"
 #include "cpu/numeric.h"
 #include "cpu/workspace_carve.h"
@@ -241,46 +242,68 @@ const char* moe_experts_t(const MoeExpertsParams& p) {
   return nullptr;
 }
 
-// Times a small bf16 grouped GEMM (packing included) both ways: on some CPUs vdpbf16ps is no faster per FLOP
-// than fp32 FMAs, and then converting bf16 to fp32 while packing wins.
-template <bool Dot> double time_small_gemm(const std::vector<bf16>& a, const std::vector<bf16>& b, int64_t M,
-                                           int64_t N, int64_t K) {
+// Seconds of one single-thread run of a bf16 GEMM job list (packing included), discarding the results.
+template <bool Dot> double time_gemm_once(const std::vector<GemmJob<bf16>>& jobs, int64_t M, int64_t K) {
   using Entry = typename PackMode<bf16, Dot>::Entry;
   const int64_t kp = packed_k<bf16, Dot>(K);
-  std::vector<Entry> packed_a(gemm_packed_a_entries(M, 1, kp)), b_block(gemm_b_block_entries(kp));
-  std::vector<GemmJob<bf16>> jobs{{Source<bf16>{a.data(), K, 1}, Source<bf16>{b.data(), K, 1}, M, N, K}};
-  double sink = 0.0, best = 1e30;
-  for (int trial = 0; trial < 4; ++trial) {
-    const double t0 = omp_get_wtime();
-    run_gemm_jobs<bf16, Dot>(jobs, packed_a.data(), b_block.data(), 1,
-                             [&](int64_t, const float* tile, int64_t, int, int64_t, int, int) { sink += tile[0]; });
-    best = std::min(best, omp_get_wtime() - t0);
-  }
-  return best + (sink == 12345.0 ? 1e-9 : 0.0);
+  thread_local std::vector<Entry> packed_a, b_block;
+  packed_a.resize(gemm_packed_a_entries(M, 1, kp));
+  b_block.resize(gemm_b_block_entries(kp));
+  float sink = 0.f;
+  const double t0 = omp_get_wtime();
+  run_gemm_jobs<bf16, Dot>(jobs, packed_a.data(), b_block.data(), 1,
+                           [&](int64_t, const float* tile, int64_t, int, int64_t, int, int) { sink += tile[0]; });
+  const double elapsed = omp_get_wtime() - t0;
+  asm volatile("" : : "x"(sink));
+  return elapsed;
 }
 
-bool measure_bf16_dot_faster() {
-#if !defined(__AVX512BF16__)
-  return false;
-#else
-  constexpr int64_t M = 96, N = 256, K = 512;
+// Measures, on one thread, a bf16 GEMM of an expert's size both ways and the register-only peaks of the two
+// instructions: best of several short trials, all four interleaved, so that a burst of other load or a clock
+// change on the host disturbs all of them or none. On some CPUs vdpbf16ps is no faster per FLOP than fp32
+// FMAs, and then converting bf16 to fp32 while packing wins.
+Bf16GemmRates measure_bf16_gemm_rates() {
+  Bf16GemmRates rates;
+#if defined(__AVX512BF16__)
+  constexpr int64_t M = 192, N = 256, K = 512;
+  constexpr int kTrials = 7;
   std::vector<bf16> a(M * K), b(N * K);
   for (int64_t i = 0; i < M * K; ++i) a[i].bits = static_cast<uint16_t>(0x3f80 + (i % 64));
   for (int64_t i = 0; i < N * K; ++i) b[i].bits = static_cast<uint16_t>(0x3f00 + (i % 32));
-  const double fma = time_small_gemm<false>(a, b, M, N, K);
-  const double dot = time_small_gemm<true>(a, b, M, N, K);
-  return dot < fma;
+  const std::vector<GemmJob<bf16>> jobs{{Source<bf16>{a.data(), K, 1}, Source<bf16>{b.data(), K, 1}, M, N, K}};
+  double dot = 1e30, fma = 1e30;
+  for (int trial = 0; trial < kTrials; ++trial) {
+    dot = std::min(dot, time_gemm_once<true>(jobs, M, K));
+    fma = std::min(fma, time_gemm_once<false>(jobs, M, K));
+    rates.dot_peak = std::max(rates.dot_peak, peak_gflops<true>(1));
+    rates.fma_peak = std::max(rates.fma_peak, peak_gflops<false>(1));
+  }
+  const double flops = 2.0 * M * N * K * 1e-9;
+  rates.has_dot = true;
+  rates.dot_gemm = flops / std::max(dot, 1e-9);
+  rates.fma_gemm = flops / std::max(fma, 1e-9);
 #endif
+  return rates;
+}
+
+const Bf16GemmRates& measured_rates() {
+  static const Bf16GemmRates rates = measure_bf16_gemm_rates();
+  return rates;
 }
 
 bool bf16_dot() {
   const int forced = bf16_dot_override();
   if (forced >= 0) return forced == 1;
-  static const bool faster = measure_bf16_dot_faster();
-  return faster;
+  return measured_rates().dot_gemm > measured_rates().fma_gemm;
 }
 
 }  // namespace
+
+Bf16GemmRates bf16_gemm_rates() {
+  Bf16GemmRates rates = measured_rates();
+  rates.dot_chosen = kHasBf16Dot && bf16_dot();
+  return rates;
+}
 
 const char* moe_dispatch(const MoeDispatchParams& p) {
   return dispatch_impl(p.expert_index, p.index_dtype, p.num_slots, p.num_experts, p.counts, p.offsets,

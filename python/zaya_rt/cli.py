@@ -199,8 +199,17 @@ def _bench_fwd_bwd(args: argparse.Namespace) -> int:
     results = run_fwd_bwd_cases(cases, device, min_time_s=args.min_time)
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"device={device} ({name})  forward + backward; peer/ours > 1 means zaya_rt is faster; medians")
+    _print_bf16_path(device, families)
     print(format_table(results))
     return 0
+
+
+def _print_bf16_path(device: str, ops) -> None:
+    """Names the CPU bf16 GEMM path (and the rates it was chosen by) when the benchmarked ops run GEMMs on it."""
+    if device == "cpu" and any(op in ops for op in ("moe", "grouped_gemm")):
+        from zaya_rt.benchmarks.moe import bf16_path_report
+
+        print(bf16_path_report())
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -262,6 +271,7 @@ def _bench(args: argparse.Namespace) -> int:
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"device={device} ({name})  peer/ours > 1 means zaya_rt is faster; medians"
           + (f"; roofline {peak:.0f} GB/s" if peak else ""))
+    _print_bf16_path(device, args.ops)
     print(format_table(results, peak))
     return 0
 

@@ -40,6 +40,23 @@ def _grouped_mm(x, index, gate, w1, w2):
     return torch.zeros_like(x).index_add_(0, order, y)
 
 
+def bf16_path_report() -> str:
+    """One line naming the CPU bf16 GEMM path zaya_rt uses on this host (vdpbf16ps or fp32 FMAs) with the one-thread
+    GFLOP/s it was chosen by: a bf16 GEMM through each path and each instruction's register-only peak."""
+    from zaya_rt import _C
+
+    r = _C.cpu_bf16_gemm_rates()
+    if not r["has_dot"]:
+        return f"cpu bf16 GEMM path: fp32 FMAs (the {_C.cpu_isa()} build has no vdpbf16ps)"
+    path = "vdpbf16ps" if r["dot_chosen"] else "fp32 FMAs"
+    forced = _C.cpu_bf16_dot() >= 0
+    how = "forced by ZAYA_RT_CPU_BF16_DOT / set_cpu_bf16_dot" if forced else "the faster GEMM, measured once"
+    return (f"cpu bf16 GEMM path: {path} ({how}); 1 thread, best of 7: GEMM via vdpbf16ps "
+            f"{r['dot_gemm_gflops']:.0f} GFLOP/s ({r['dot_gemm_gflops'] / r['dot_peak_gflops']:.0%} of its "
+            f"{r['dot_peak_gflops']:.0f} peak), via fp32 FMAs {r['fma_gemm_gflops']:.0f} GFLOP/s "
+            f"({r['fma_gemm_gflops'] / r['fma_peak_gflops']:.0%} of its {r['fma_peak_gflops']:.0f} peak)")
+
+
 def moe_cases(device: str = "cpu", shapes=None, dtypes=(torch.bfloat16, torch.float32), peers=None):
     """(T, D, I, E) shapes; peers from 'dense', 'transformers', 'grouped_mm'."""
     peers = peers or ("dense", "transformers", "grouped_mm")
