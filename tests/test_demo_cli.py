@@ -16,7 +16,7 @@ from zaya_rt.rsa import RSAConfig, markovian_rsa
 
 def _tiny_recipe() -> Recipe:
     return dataclasses.replace(
-        RECIPE, pretrain=Stage(2, 2, 512, 1e-3, 0, 0), sft=Stage(2, 2, 512, 1e-3, 0, 0), budget=24,
+        RECIPE, pretrain=Stage(2, 2, 512, 1e-3, 0, 0), sft=(Stage(2, 2, 512, 1e-3, 0, 0),) * 2, budget=24,
         tail_tokens=16, model=dict(RECIPE.model, hidden_size=64, num_hidden_layers=2, moe_intermediate_size=64,
                                    num_experts=2))
 
@@ -32,7 +32,7 @@ def test_short_train_then_evaluate(tmp_path, capsys):
     model = tmp_path / "run" / "model"
     assert sorted(os.listdir(model)) == ["config.json", "demo.json", "model.safetensors", "tokenizer.json"]
     assert Recipe.from_json_file(model / "demo.json") == _tiny_recipe()
-    for stage in ("pretrain", "sft"):  # each stage is a `zaya-rt train` run with its own config
+    for stage in ("pretrain", "sft", "sft2"):  # each stage is a `zaya-rt train` run with its own config
         assert (tmp_path / "run" / f"{stage}.toml").is_file()
         lines = (tmp_path / "run" / stage / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["step"] for line in lines] == [1, 2]

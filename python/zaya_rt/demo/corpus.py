@@ -55,14 +55,14 @@ def pretrain_texts(seed: int, count: int, *, steps: tuple[int, int], modulus: in
 
 
 def sft_chats(seed: int, count: int, *, steps: tuple[int, int], modulus: int, tails: int,
-              aggregate_share: float) -> list[list[dict]]:
+              aggregate_share: float, part: int = 0) -> list[list[dict]]:
     """`count` chats: a share `aggregate_share` are aggregations over `tails` candidates (each corrupted with
     a probability drawn per chat from [0.2, 0.9]), the rest plain rollouts. Problems come from the train split
-    at indices after those of pretraining (offset 10**7)."""
-    rng = random.Random(f"zaya_rt.demo.sft:{seed}")
+    at indices after those of pretraining (offset 10**7 per `part`: one part per SFT stage)."""
+    rng = random.Random(f"zaya_rt.demo.sft:{seed}" + (f":{part}" if part else ""))
     chats = []
     for i in range(count):
-        p = make_problem("train", seed, 10**7 + i, steps=_steps(rng, steps), modulus=modulus)
+        p = make_problem("train", seed, 10**7 * (part + 1) + i, steps=_steps(rng, steps), modulus=modulus)
         if rng.random() < aggregate_share:
             wrong = rng.uniform(0.2, 0.9)
             candidates = [corrupt(p, rng) if rng.random() < wrong else solution(p) for _ in range(tails)]

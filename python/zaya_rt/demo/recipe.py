@@ -34,7 +34,9 @@ class Recipe:
         hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
         moe_intermediate_size=384, num_experts=4, router_hidden_size=64, max_position_embeddings=1024))
     pretrain: Stage = Stage(steps=30, batch_windows=8, window=1024, lr=3e-3, warmup_steps=3, decay_steps=6)
-    sft: Stage = Stage(steps=50, batch_windows=8, window=1024, lr=2e-3, warmup_steps=3, decay_steps=15)
+    sft: tuple[Stage, ...] = (  # SFT stages, each from the previous one's model, each on fresh chats
+        Stage(steps=50, batch_windows=8, window=1024, lr=2e-3, warmup_steps=3, decay_steps=15),
+        Stage(steps=40, batch_windows=8, window=1024, lr=1.5e-3, warmup_steps=2, decay_steps=15))
     aggregate_share: float = 0.5  # of SFT chats
     tails: int = 4  # C of the aggregation chats and of the evaluation
     eval_steps: int = 6  # operations per evaluation problem
@@ -54,7 +56,7 @@ class Recipe:
             with open(path, encoding="utf-8") as f:
                 raw = json.load(f)
             raw["train_steps"] = tuple(raw["train_steps"])
-            raw["pretrain"], raw["sft"] = Stage(**raw["pretrain"]), Stage(**raw["sft"])
+            raw["pretrain"], raw["sft"] = Stage(**raw["pretrain"]), tuple(Stage(**s) for s in raw["sft"])
             return cls(**raw)
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a demo recipe ({exc})") from None

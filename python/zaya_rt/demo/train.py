@@ -2,8 +2,8 @@
 
 1. the task's texts (corpus.py) and a BPE tokenizer trained on them (tokenizer.json);
 2. stage `pretrain`: `zaya-rt train` on plain task traces, from random weights;
-3. stage `sft`: `zaya-rt train` from the pretrained model on chats, half rollouts and half synthetic RSA
-   aggregations, loss on the answers only;
+3. stages `sft`, `sft2`, ...: `zaya-rt train` from the previous model on fresh chats, half rollouts and half RSA
+   aggregations with partly corrupted candidates, loss on the answers only;
 4. the SFT model in bfloat16 with tokenizer.json and demo.json (the recipe) in OUT/model.
 Each stage writes its TOML config under OUT, so it can be rerun with `zaya-rt train --config`; rerunning the
 demo's training resumes the stages from their checkpoints.
@@ -77,29 +77,33 @@ def train_demo(out: str, recipe: Recipe, *, progress: bool = True, log=print) ->
     common = dict(steps=recipe.train_steps, modulus=recipe.modulus)
     # Rough token counts per document decide how many to generate (exact counts need the tokenizer first).
     texts = pretrain_texts(recipe.seed, _docs_for(recipe.pretrain, 45), **common)
-    chats = sft_chats(recipe.seed, _docs_for(recipe.sft, 120 + 320 * recipe.aggregate_share), tails=recipe.tails,
-                      aggregate_share=recipe.aggregate_share, **common)
+    chat_parts = [sft_chats(recipe.seed, _docs_for(stage, 120 + 320 * recipe.aggregate_share), tails=recipe.tails,
+                            aggregate_share=recipe.aggregate_share, part=i, **common)
+                  for i, stage in enumerate(recipe.sft)]
     tok_path = os.path.join(out, "tokenizer.json")
     if not os.path.exists(tok_path):
-        corpus = texts + [m["content"] for chat in chats[:2000] for m in chat]
+        corpus = texts + [m["content"] for chat in chat_parts[0][:2000] for m in chat]
         corpus += [f"<|{role}|>\n" for role in ("user", "assistant")] + [SPECIAL_TOKENS[0]]
         train_tokenizer(corpus, recipe.vocab_size, tok_path)
     tokenizer = DemoTokenizer(tok_path)
-    pre_data = write_jsonl(os.path.join(out, "pretrain.jsonl"), [{"text": t} for t in texts])
-    sft_data = write_jsonl(os.path.join(out, "sft.jsonl"), [{"messages": c} for c in chats])
-    longest = max(len(render_chat(c, tokenizer).input_ids) for c in chats)
-    if longest > recipe.sft.window:
-        raise ValueError(f"recipe: an SFT chat has {longest} tokens, more than the SFT window {recipe.sft.window}")
+    for chats in chat_parts:
+        longest = max(len(render_chat(c, tokenizer).input_ids) for c in chats)
+        if longest > max(stage.window for stage in recipe.sft):
+            raise ValueError(f"recipe: an SFT chat has {longest} tokens, more than the SFT window")
     model = dict(recipe.model, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id)
-    log(f"demo training in {out}: {len(texts)} pretraining traces, {len(chats)} SFT chats, "
+    log(f"demo training in {out}: {len(texts)} pretraining traces, {sum(map(len, chat_parts))} SFT chats, "
         f"vocabulary {tokenizer.vocab_size}")
-    pre_cfg = _stage_config(out, "pretrain", recipe.pretrain, pre_data, tok_path, model, recipe.seed)
-    pre_final = _train_stage(pre_cfg, progress)
-    log(f"pretraining done ({time.perf_counter() - start:.0f}s): {pre_final}")
-    sft_cfg = _stage_config(out, "sft", recipe.sft, sft_data, tok_path, {"init_from": pre_final}, recipe.seed)
-    sft_final = _train_stage(sft_cfg, progress)
-    log(f"SFT done ({time.perf_counter() - start:.0f}s): {sft_final}")
-    return export_model(sft_final, tok_path, recipe, os.path.join(out, "model"))
+    pre_data = write_jsonl(os.path.join(out, "pretrain.jsonl"), [{"text": t} for t in texts])
+    final = _train_stage(_stage_config(out, "pretrain", recipe.pretrain, pre_data, tok_path, model, recipe.seed),
+                         progress)
+    log(f"pretraining done ({time.perf_counter() - start:.0f}s): {final}")
+    for i, (stage, chats) in enumerate(zip(recipe.sft, chat_parts)):
+        name = "sft" if i == 0 else f"sft{i + 1}"
+        data = write_jsonl(os.path.join(out, f"{name}.jsonl"), [{"messages": c} for c in chats])
+        final = _train_stage(_stage_config(out, name, stage, data, tok_path, {"init_from": final}, recipe.seed),
+                             progress)
+        log(f"{name} done ({time.perf_counter() - start:.0f}s): {final}")
+    return export_model(final, tok_path, recipe, os.path.join(out, "model"))
 
 
 def export_model(final_dir: str, tokenizer_path: str, recipe: Recipe, dest: str) -> str:
