@@ -141,6 +141,7 @@ def plot(report: dict, path: str) -> None:
         axis.plot(xs, [r["majority_vote"] for r in rows], marker="s", label="majority vote per round")
         axis.axhline(report["single"]["accuracy"], color="gray", linestyle="--", label="single sample")
         axis.set(xlabel=label, ylabel="accuracy", ylim=(-0.02, 1.02))
+    by_round.set_xticks(rounds)
     by_round.set_title("accuracy vs RSA round")
     by_tokens.set_title("accuracy vs test-time compute")
     by_round.legend()
