@@ -1,6 +1,7 @@
 """The `zaya-rt` command.
 
-  zaya-rt demo    greedy generation with the embedded tiny random-weight model (no downloads)
+  zaya-rt demo    a tiny reasoning model trained by zaya_rt, evaluated with Markovian RSA (no downloads;
+                  `--train` rebuilds it from scratch)
   zaya-rt bench   kernel benchmarks against PyTorch peers, as a table (`--mode fwd_bwd`: forward + backward;
                   `zaya-rt bench e2e`: end-to-end decode; `zaya-rt bench train`: a whole training step)
   zaya-rt generate  stream text from a checkpoint (or the embedded tiny model) with the continuous-batching engine
@@ -16,33 +17,6 @@ import sys
 import time
 
 import torch
-
-
-def _demo(args: argparse.Namespace) -> int:
-    import zaya_rt
-
-    config = zaya_rt.ZayaConfig(
-        vocab_size=256, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=64, moe_intermediate_size=256, num_experts=8, router_hidden_size=64, max_position_embeddings=4096,
-        layer_types=["hybrid", "hybrid_sliding"] * 2, sliding_window=128,
-    )
-    model = zaya_rt.ZayaForCausalLM(config).init_random(seed=args.seed)
-    if args.dtype == "bfloat16":
-        model = model.to(torch.bfloat16)
-        for layer in model.model.layers:
-            layer.mlp.gate.balancing_biases.data = layer.mlp.gate.balancing_biases.float()
-    prompt = torch.tensor([list(args.prompt.encode("utf-8"))] * args.batch)
-    start = time.perf_counter()
-    out = model.generate_greedy(prompt, args.tokens)
-    elapsed = time.perf_counter() - start
-    text = bytes(int(t) for t in out[0]).decode("utf-8", errors="replace")
-    print(f"zaya_rt {zaya_rt.__version__}  _C: cpu={zaya_rt._C.cpu_isa()} gpu={zaya_rt._C.gpu_backend}")
-    print(f"tiny random-weight ZAYA model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-          f"{config.num_hidden_layers} layers, {config.num_experts} experts")
-    print(f"prompt {prompt.shape[1]} bytes x batch {args.batch}; generated {args.tokens} tokens per sequence "
-          f"in {elapsed:.2f}s ({args.batch * args.tokens / elapsed:.1f} tok/s, prefill included)")
-    print("sample (random weights, so noise):", repr(text[:60]))
-    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -280,13 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zaya-rt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="generate with the embedded tiny random-weight model")
-    demo.add_argument("--prompt", default="The ZAYA1 router picks one expert per token.")
-    demo.add_argument("--tokens", type=int, default=32, help="new tokens per sequence")
-    demo.add_argument("--batch", type=int, default=1)
-    demo.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    from zaya_rt.demo.cli import add_demo_parser
+
+    add_demo_parser(sub)
     bench = sub.add_parser("bench", help="kernel benchmarks against PyTorch peers")
     bench.add_argument("what", nargs="?", choices=["ops", "e2e", "train"], default="ops",
                        help="ops: kernel benchmarks (default); e2e: end-to-end greedy decode vs transformers; "
