@@ -68,7 +68,8 @@ class DirectKernels:
                     layer.post_mlp_residual_scale, next_norm)
                 self._router[mlp.gate] = direct.Router(mlp.gate, ws)
                 self._experts[mlp.experts] = direct.Experts(mlp.experts, ws)
-            self._linear[model.lm_head] = direct.Linear(model.lm_head.weight, model.lm_head.bias, ws)
+            self._linear[model.lm_head] = direct.Linear(model.lm_head.weight, model.lm_head.bias, ws,
+                                                         reuse_out=False)  # the step's logits outlive it
 
     def qkv(self, proj, x_TD):
         linear, splits = self._qkv[proj]
