@@ -73,7 +73,7 @@ class DirectKernels:
 
     def qkv(self, proj, x_TD):
         linear, splits = self._qkv[proj]
-        return torch.split(linear(x_TD), splits, dim=-1)
+        return linear(x_TD).split(splits, -1)
 
     def cca(self, attn, qp, kp, v_cur, v_del, positions_T, cu_seqlens, conv_state, v_state):
         conv_out, v_out = torch.empty_like(conv_state), torch.empty_like(v_state)
