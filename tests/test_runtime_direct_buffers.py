@@ -19,12 +19,11 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
 
 def _reused_buffers(kernels) -> list[torch.Tensor]:
     """Every output buffer the direct kernel set and the module-level decode attention hold."""
-    found = []
-    for table in (kernels._linear, kernels._residual, kernels._router, kernels._experts, kernels._cca):
-        for op in table.values():
-            found += [t for entry in getattr(op, "_params", getattr(op, "_cached", {})).values() for t in entry[2:]]
-    for linear, _ in kernels._qkv.values():
-        found += [entry[2] for entry in linear._params.values()]
+    linears = list(kernels._linear.values()) + [linear for linear, _ in kernels._qkv.values()]
+    found = [entry[2] for op in linears for entry in op._params.values()]  # (params, bytes, out, offsets)
+    found += [entry[1:] for op in kernels._residual.values() for entry in op._cached.values()]  # (params, r, out)
+    for table in (kernels._router, kernels._experts, kernels._cca):  # (params, bytes, output or outputs)
+        found += [entry[2] for op in table.values() for entry in op._cached.values()]
     found += [entry[2] for entry in direct._DECODE.values()]
     flat = []
     for t in found:
