@@ -46,3 +46,19 @@ def test_read_bandwidth_measures_and_checks():
     for bad in (dict(nbytes=0), dict(nbytes=1 << 20, repeats=0)):
         with pytest.raises(ValueError, match="read_bandwidth_gb_s"):
             read_bandwidth_gb_s(**bad)
+
+
+def test_run_e2e_reports_the_batch1_floor():
+    from zaya_rt.benchmarks.e2e import run_e2e
+
+    config = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  head_dim=32, moe_intermediate_size=64, num_experts=4, router_hidden_size=16,
+                  max_position_embeddings=256)
+    lines = []
+    results = run_e2e(config=config, batches=(1, 2), prompt_len=8, new_tokens=3, repeats=1,
+                      peers=[("eager", "sdpa")], log=lines.append)
+    one, two = results
+    assert one.floor_tok_s is not None and one.floor_tok_s > 0 and two.floor_tok_s is None
+    floor_lines = [s for s in lines if "floor" in s]
+    assert len(floor_lines) == 2, lines  # the floor itself, and batch 1's fraction of it
+    assert "MB per token" in floor_lines[0] and "of the bandwidth floor" in floor_lines[1]

@@ -167,10 +167,10 @@ def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16),
         name = max(all_peers, key=all_peers.get)
         batch_floor = floor if batch == 1 else None
         results.append(E2EResult(batch, ours_rate, all_peers[name], name, all_peers, ours_eager, batch_floor))
-        if batch_floor is not None:
-            log(f"batch 1: zaya_rt {ours_rate:.1f} tok/s = {ours_rate / batch_floor:.2f} of the floor "
-                f"({batch_floor:.0f} tok/s)")
         log(f"batch {batch}: zaya_rt {ours_rate:.1f} tok/s; transformers best ({name}) {all_peers[name]:.1f} tok/s "
             f"-> {ours_rate / all_peers[name]:.2f}x; all peers: "
             + ", ".join(f"{k} {v:.1f}" for k, v in all_peers.items()))
+        if batch_floor is not None:
+            log(f"batch 1: zaya_rt {ours_rate:.1f} tok/s = {ours_rate / batch_floor:.2f} of the bandwidth floor "
+                f"({batch_floor:.0f} tok/s)")
     return results
