@@ -45,6 +45,10 @@ class Workspace:
 
 
 _MAX_CACHED = 64
+# Kernel outputs of calls with up to this many rows (decode-sized steps) are buffers built once with the call's
+# params and reused by every later call of that shape; larger calls (prefill, whose shapes vary with every
+# prompt) take fresh tensors, so the cached shapes hold no prefill-sized memory.
+REUSE_MAX_ROWS = 64
 
 
 def _params_for(cache: dict, key, build):
@@ -56,6 +60,12 @@ def _params_for(cache: dict, key, build):
             cache.clear()
         got = cache[key] = build()
     return got
+
+
+def _kept(outputs):
+    """outputs, to keep with their params when they have at most REUSE_MAX_ROWS rows; else None."""
+    first = outputs[0] if isinstance(outputs, tuple) else outputs
+    return outputs if first.shape[0] <= REUSE_MAX_ROWS else None
 
 
 def _row_stride(t: torch.Tensor) -> int:
@@ -70,8 +80,9 @@ class Linear:
     with one group). The packed copy costs as much memory as a bf16 or fp32 weight again (twice an fp16
     weight's, which is packed as fp32). The bias is taken in the weight's dtype.
 
-    reuse_out: y is a buffer of this object, one per shape, overwritten by its next call of that shape (the
-    runner's per-layer projections, consumed within the step); False returns a fresh tensor each call."""
+    reuse_out: y of up to `REUSE_MAX_ROWS` rows is a buffer of this object, one per shape, overwritten by its
+    next call of that shape (the runner's per-layer projections, consumed within the step); False returns a fresh
+    tensor each call."""
 
     PACKED_MAX_ROWS = 64
 
@@ -93,15 +104,15 @@ class Linear:
         out = torch.empty((T, self.N), dtype=self.weight.dtype)
         if T <= self.PACKED_MAX_ROWS:
             p = packed_linear_params(x, self._packed, out)
-            return p, _C.packed_linear_workspace(p, 0), out, None
+            return p, _C.packed_linear_workspace(p, 0), _kept(out), None
         offsets = torch.tensor([T], dtype=torch.int32)
         p = grouped_gemm_params(x, self.weight[None], offsets, out)
-        return p, _C.grouped_gemm_workspace(p, 0), out, offsets
+        return p, _C.grouped_gemm_workspace(p, 0), _kept(out), offsets
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
         p, nbytes, out, _ = _params_for(self._params, (T, _row_stride(x), x.dtype), lambda: self._build(x))
-        if not self.reuse_out:
+        if out is None or not self.reuse_out:
             out = torch.empty((T, self.N), dtype=self.weight.dtype)
             p.out = out.data_ptr()
         p.workspace, p.workspace_bytes = self.ws.get(nbytes)
@@ -119,8 +130,8 @@ class Linear:
 class ResidualNorm:
     """`ZayaResidualScaling.fused_with_norm` for one (scaling, norm) pair: y [T, D] any float dtype and h [T, D]
     fp32 (unit inner stride) -> (r [T, D] fp32, norm(r) [T, D] in norm's dtype) with
-    r = (y + b_y) * s_y + (h + b_h) * s_h. r and norm(r) are buffers of this object, one pair per shape,
-    overwritten by its next call of that shape."""
+    r = (y + b_y) * s_y + (h + b_h) * s_h. Up to `REUSE_MAX_ROWS` rows, r and norm(r) are buffers of this
+    object, one pair per shape, overwritten by its next call of that shape."""
 
     def __init__(self, scaling, norm) -> None:
         self.params = [t.detach().contiguous() for t in (
@@ -129,30 +140,35 @@ class ResidualNorm:
         self.dtype = self.params[-1].dtype
         self.eps = float(norm.eps)
         self._rstd = torch.empty(0, dtype=torch.float32)  # the kernel's 1/rms per row, unused here
-        self._cached: dict[tuple, tuple] = {}  # (T, y and h dtypes and row strides) -> (params, r, out)
+        self._cached: dict[tuple, tuple] = {}  # (T, y and h dtypes and row strides) -> (params, (r, out))
 
     def _build(self, y: torch.Tensor, h: torch.Tensor) -> tuple:
         T, D = y.shape
         if self._rstd.numel() < T:
             self._rstd = torch.empty(max(T, 16), dtype=torch.float32)
             self._cached.clear()
-        r = torch.empty((T, D), dtype=torch.float32)
-        out = torch.empty((T, D), dtype=self.dtype)
-        p = residual_rms_norm_fwd_params(y, h, self.params[:4], self.params[4], r, out, self._rstd, self.eps)
-        return p, r, out
+        outs = self._outputs(T, D)
+        p = residual_rms_norm_fwd_params(y, h, self.params[:4], self.params[4], *outs, self._rstd, self.eps)
+        return p, _kept(outs)
+
+    def _outputs(self, T: int, D: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.empty((T, D), dtype=torch.float32), torch.empty((T, D), dtype=self.dtype)
 
     def __call__(self, y: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (y.shape[0], y.dtype, h.dtype, _row_stride(y), _row_stride(h))
-        p, r, out = _params_for(self._cached, key, lambda: self._build(y, h))
+        p, outs = _params_for(self._cached, key, lambda: self._build(y, h))
+        if outs is None:
+            outs = self._outputs(*y.shape)
+            p.r, p.out = outs[0].data_ptr(), outs[1].data_ptr()
         p.y, p.h = y.data_ptr(), h.data_ptr()
         _C.residual_rms_norm_fwd(p, *_CPU)
-        return r, out
+        return outs
 
 
 class Router:
     """`ZayaRouter` of one layer: x [T, D], z_prev [T, R] fp32 or None -> (logits [T, E+1] fp32, gate [T] fp32,
-    choice [T] int64, z [T, R] fp32), buffers of this object (one set per shape, overwritten by its next call of
-    that shape)."""
+    choice [T] int64, z [T, R] fp32); up to `REUSE_MAX_ROWS` rows, buffers of this object (one set per shape,
+    overwritten by its next call of that shape)."""
 
     def __init__(self, router, ws: Workspace) -> None:
         mlp = router.router_mlp
@@ -168,18 +184,23 @@ class Router:
         # (T, x dtype and row stride, z_prev dtype) -> (params, workspace bytes, (logits, gate, choice, z))
         self._cached: dict[tuple, tuple] = {}
 
-    def _build(self, x: torch.Tensor, z_prev: torch.Tensor | None) -> tuple:
-        T = x.shape[0]
-        outs = (torch.empty((T, self.C), dtype=torch.float32), torch.empty((T,), dtype=torch.float32),
+    def _outputs(self, T: int) -> tuple:
+        return (torch.empty((T, self.C), dtype=torch.float32), torch.empty((T,), dtype=torch.float32),
                 torch.empty((T,), dtype=torch.int64), torch.empty((T, self.R), dtype=torch.float32))
+
+    def _build(self, x: torch.Tensor, z_prev: torch.Tensor | None) -> tuple:
+        outs = self._outputs(x.shape[0])
         down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, bias = self.tensors
         p = zaya_router_params(x, z_prev, down_w, down_b, self.eda, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
                                bias, self.eps, *outs)
-        return p, _C.zaya_router_workspace(p, 0), outs
+        return p, _C.zaya_router_workspace(p, 0), _kept(outs)
 
     def __call__(self, x: torch.Tensor, z_prev: torch.Tensor | None):
         key = (x.shape[0], x.dtype, _row_stride(x), None if z_prev is None else z_prev.dtype)
         p, nbytes, outs = _params_for(self._cached, key, lambda: self._build(x, z_prev))
+        if outs is None:
+            outs = self._outputs(x.shape[0])
+            p.logits, p.gate, p.choice, p.z = (t.data_ptr() for t in outs)
         p.x, p.z_prev = x.data_ptr(), 0 if z_prev is None else z_prev.data_ptr()
         p.workspace, p.workspace_bytes = self.ws.get(nbytes)
         _C.zaya_router(p, *_CPU)
@@ -187,8 +208,8 @@ class Router:
 
 
 class Experts:
-    """`ZayaExperts`: x [T, D], choice [T] int64 (E = skip), gate [T] fp32 -> [T, D] in x's dtype, a buffer of
-    this object (one per shape, overwritten by its next call of that shape)."""
+    """`ZayaExperts`: x [T, D], choice [T] int64 (E = skip), gate [T] fp32 -> [T, D] in x's dtype; up to
+    `REUSE_MAX_ROWS` rows, a buffer of this object (one per shape, overwritten by its next call of that shape)."""
 
     def __init__(self, experts, ws: Workspace) -> None:
         self.w1 = experts.gate_up_proj.detach().contiguous()   # [E, 2I, D]
@@ -200,10 +221,13 @@ class Experts:
         def build():
             out = torch.empty(x.shape, dtype=x.dtype)
             p = moe_experts_params(x, choice, gate, self.w1, self.w2, out)
-            return p, _C.moe_experts_workspace(p, 0), out
+            return p, _C.moe_experts_workspace(p, 0), _kept(out)
 
         key = (x.shape[0], x.dtype, choice.dtype, gate.dtype, _row_stride(x))
         p, nbytes, out = _params_for(self._cached, key, build)
+        if out is None:
+            out = torch.empty(x.shape, dtype=x.dtype)
+            p.out = out.data_ptr()
         p.hidden, p.expert_index, p.gate = x.data_ptr(), choice.data_ptr(), gate.data_ptr()
         p.workspace, p.workspace_bytes = self.ws.get(nbytes)
         _C.moe_experts(p, *_CPU)
@@ -251,7 +275,8 @@ class CcaPrep:
     """`zaya_rt.ops.cca_prep` for one layer with its conv weights, temperature and RoPE table fixed:
     qp [T, Hq*d], kp [T, Hk*d], v_cur/v_del [T, Hk*d/2] (unit inner stride, any row stride), positions [T]
     int64, cu_seqlens [B+1] int32, states in/out [B, C, K] / [B, Hk*d/2] fp32 (contiguous) -> q [T, Hq, d],
-    k and v [T, Hk, d] (buffers of this object, one set per shape, overwritten by its next call of that shape);
+    k and v [T, Hk, d] (up to `REUSE_MAX_ROWS` rows, buffers of this object, one set per shape, overwritten by
+    its next call of that shape);
     the outgoing states are written into conv_out / v_out."""
 
     def __init__(self, conv0_w, conv0_b, conv1_w, conv1_b, temp, *, num_q_heads: int, num_kv_heads: int,
@@ -270,15 +295,20 @@ class CcaPrep:
         key = (T, cu_seqlens.shape[0], qp.dtype, positions.dtype, conv_in.dtype, conv_out.dtype, qp.stride(0),
                kp.stride(0), v_cur.stride(0), v_del.stride(0))
 
-        def build():
-            q = torch.empty((T, self.Hq, self.d), dtype=qp.dtype)
-            k = torch.empty((T, self.Hk, self.d), dtype=qp.dtype)
-            v = torch.empty((T, self.Hk, self.d), dtype=qp.dtype)
-            p = cca_prep_fwd_params(qp, kp, v_cur, v_del, self.tensors, conv_in, v_in, positions, cu_seqlens,
-                                    self.inv_freq, q, k, v, conv_out, v_out)
-            return p, _C.cca_prep_fwd_workspace(p, 0), (q, k, v)
+        def outputs():
+            return tuple(torch.empty((T, h, self.d), dtype=qp.dtype) for h in (self.Hq, self.Hk, self.Hk))
 
-        p, nbytes, (q, k, v) = _params_for(self._cached, key, build)
+        def build():
+            outs = outputs()
+            p = cca_prep_fwd_params(qp, kp, v_cur, v_del, self.tensors, conv_in, v_in, positions, cu_seqlens,
+                                    self.inv_freq, *outs, conv_out, v_out)
+            return p, _C.cca_prep_fwd_workspace(p, 0), _kept(outs)
+
+        p, nbytes, outs = _params_for(self._cached, key, build)
+        if outs is None:
+            outs = outputs()
+            p.q, p.k, p.v = (t.data_ptr() for t in outs)
+        q, k, v = outs
         p.qp, p.kp, p.v_cur, p.v_del = qp.data_ptr(), kp.data_ptr(), v_cur.data_ptr(), v_del.data_ptr()
         p.positions, p.cu_seqlens = positions.data_ptr(), cu_seqlens.data_ptr()
         p.conv_state_in, p.v_state_in = conv_in.data_ptr(), v_in.data_ptr()
