@@ -9,7 +9,8 @@ E experts, B sequences.
 
 Every kernel's arguments come from its builder in `zaya_rt.ops` (the call contract, csrc/bindings_params.h).
 A builder runs once per shape (and fixed tensors); later calls of that shape reuse its params object and set
-only the addresses of their fresh tensors and of the workspace.
+only the addresses of their inputs and of the workspace: decode-sized calls also reuse the output buffers made
+with the params (`REUSE_MAX_ROWS`), so a decode step allocates no kernel outputs.
 """
 
 from __future__ import annotations
