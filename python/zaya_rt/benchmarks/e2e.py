@@ -5,7 +5,9 @@ Decode tok/s = batch * (N - 1) / (time(generate N tokens) - time(generate 1 toke
 for both. transformers runs every combination of experts_implementation eager/grouped_mm and
 attn_implementation eager/sdpa, and the best is the peer. The timed runs of ours and of every peer take turns,
 best of `repeats` each, so that all of them see the same state of a shared machine. On CUDA the Engine runs decode steps as CUDA graphs
-(its default there); it is also timed with `cuda_graphs=False` to show what the graphs give.
+(its default there); it is also timed with `cuda_graphs=False` to show what the graphs give. On the CPU, batch 1
+is also set against its memory-bandwidth floor (`decode_floor`): the host's measured read bandwidth over the
+weight bytes one token reads, and the fraction of that floor reached.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+from zaya_rt.benchmarks.decode_floor import decode_bytes_per_token, read_bandwidth_gb_s
 
 # SPEC section 8's 124M-parameter config (heads chosen as 8 x 64 with 2 kv heads, router width 64).
 CONFIG_124M = dict(vocab_size=32768, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
@@ -34,6 +38,7 @@ class E2EResult:
     peer_name: str
     all_peers: dict[str, float]
     ours_eager_tok_s: float | None = None  # CUDA: the Engine without CUDA graphs
+    floor_tok_s: float | None = None  # CPU batch 1: read bandwidth / bytes per token (`decode_floor`)
 
 
 def use_hf_implementation(hf, experts_impl: str, attn_impl: str, log) -> bool:
@@ -109,6 +114,12 @@ def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16),
     hf, ours = _build(config, device, dtype, seed)
     log(f"model: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, {config['num_hidden_layers']} "
         f"layers, {dtype}, device {device}")
+    floor = None
+    if device == "cpu" and 1 in batches:
+        gb_s, nbytes = read_bandwidth_gb_s(), decode_bytes_per_token(ours)
+        floor = gb_s * 1e9 / nbytes
+        log(f"batch-1 floor: read bandwidth {gb_s:.1f} GB/s (fp32 sum over 1 GiB) / {nbytes / 1e6:.1f} MB per token "
+            f"-> {floor:.0f} tok/s")
     peers = peers or [(e, a) for e in ("eager", "grouped_mm") for a in ("eager", "sdpa")]
     gen = torch.Generator().manual_seed(seed + 1)
     results = []
@@ -154,8 +165,12 @@ def run_e2e(*, device: str = "cpu", config: dict | None = None, batches=(1, 16),
                 f"-> {ours_rate / ours_eager:.2f}x")
         all_peers = rates
         name = max(all_peers, key=all_peers.get)
-        results.append(E2EResult(batch, ours_rate, all_peers[name], name, all_peers, ours_eager))
+        batch_floor = floor if batch == 1 else None
+        results.append(E2EResult(batch, ours_rate, all_peers[name], name, all_peers, ours_eager, batch_floor))
         log(f"batch {batch}: zaya_rt {ours_rate:.1f} tok/s; transformers best ({name}) {all_peers[name]:.1f} tok/s "
             f"-> {ours_rate / all_peers[name]:.2f}x; all peers: "
             + ", ".join(f"{k} {v:.1f}" for k, v in all_peers.items()))
+        if batch_floor is not None:
+            log(f"batch 1: zaya_rt {ours_rate:.1f} tok/s = {ours_rate / batch_floor:.2f} of the bandwidth floor "
+                f"({batch_floor:.0f} tok/s)")
     return results

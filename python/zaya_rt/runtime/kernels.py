@@ -68,11 +68,12 @@ class DirectKernels:
                     layer.post_mlp_residual_scale, next_norm)
                 self._router[mlp.gate] = direct.Router(mlp.gate, ws)
                 self._experts[mlp.experts] = direct.Experts(mlp.experts, ws)
-            self._linear[model.lm_head] = direct.Linear(model.lm_head.weight, model.lm_head.bias, ws)
+            self._linear[model.lm_head] = direct.Linear(model.lm_head.weight, model.lm_head.bias, ws,
+                                                         reuse_out=False)  # the step's logits outlive it
 
     def qkv(self, proj, x_TD):
         linear, splits = self._qkv[proj]
-        return torch.split(linear(x_TD), splits, dim=-1)
+        return linear(x_TD).split(splits, -1)
 
     def cca(self, attn, qp, kp, v_cur, v_del, positions_T, cu_seqlens, conv_state, v_state):
         conv_out, v_out = torch.empty_like(conv_state), torch.empty_like(v_state)
