@@ -11,6 +11,11 @@ Fused kernels run on the CPU and, in a CUDA or HIP build, on the GPU (f32/f16/bf
 than _GPU_FUSED_DOWN_MAX_TOKENS tokens take the down projection from torch (a cuBLAS/hipBLAS GEMM) and the kernel
 does the rest; smaller ones (decode) run all of it in the kernels. float64 (for gradcheck) and GPUs without a GPU
 build of _C use the same math composed of PyTorch ops.
+
+Training: when a gradient is wanted, zaya_router() runs zaya_router_train instead, the same router composed of
+PyTorch products (oneDNN's bf16 GEMMs on the CPU) and zaya_rt's RMSNorm, which also returns rstd and the MLP's
+activations so that its backward recomputes nothing (torch.ops.zaya_rt.zaya_router under autograd keeps the
+kernel forward and recomputes the R-wide middle in its backward).
 """
 
 from __future__ import annotations
