@@ -139,8 +139,9 @@ def run_train(*, device: str = "cpu", config: dict | None = None, sequences: int
     """Times ours and transformers' training step per dtype; logs the host, losses, times and ratios.
 
     losses: zaya_rt's step forms to time, "fused", "unfused" and/or "keep" (the fused loss with the MoE's kept
-    activations); the first one's ratio is the result, several in one run show what each choice gives. peers: (experts_implementation, attn_implementation) pairs
-    (default: all four of eager/grouped_mm x eager/sdpa)."""
+    activations); the first one's ratio is the result, several in one run show what each choice gives.
+    peers: (experts_implementation, attn_implementation) pairs (default: all four of eager/grouped_mm x
+    eager/sdpa)."""
     config = dict(CONFIG_124M if config is None else config)
     if not losses or any(form not in _OURS for form in losses):
         raise ValueError(f"losses must name some of {tuple(_OURS)}, got {losses!r}")

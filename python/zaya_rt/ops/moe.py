@@ -395,7 +395,8 @@ def _moe_experts_keep_impl(hidden, expert_index, gate, gate_up_proj, down_proj):
     I = two_i // 2
     act = F.silu(hf[:, :I]).mul_(hf[:, I:]).to(hidden.dtype)
     y = torch.ops.zaya_rt.grouped_gemm(act, down_proj, offsets)  # rows past offsets[-1] (skipped slots) are 0
-    weighted = torch.cat([y.float().mul_(gate.reshape(-1)[slots].float()[:, None]), y.new_zeros(1, D, dtype=torch.float32)])
+    gate_rows = gate.reshape(-1)[slots].float()[:, None]
+    weighted = torch.cat([y.float().mul_(gate_rows), y.new_zeros(1, D, dtype=torch.float32)])
     gather_rows = torch.where(slot_rows < 0, rows, slot_rows).long()
     per_slot = weighted[gather_rows]  # [T*k, D] fp32, slot order
     out = per_slot if top_k == 1 else per_slot.view(T, top_k, D).sum(1)
