@@ -44,15 +44,17 @@ _WEIGHTS = ("down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w"
 
 
 def _call(x, z_prev, w, bias, eps=1e-5, path="op"):
-    """The router through zaya_rt.ops.zaya_router (path "op": the training form zaya_router_train when a gradient
-    is wanted) or through torch.ops.zaya_rt.zaya_router itself (path "recompute": the fused kernel, whose
-    backward recomputes the MLP)."""
-    fn = zaya_rt.ops.zaya_router if path == "op" else torch.ops.zaya_rt.zaya_router
-    return fn(x, z_prev, w["down_w"], w["down_b"], w["eda_scale"], w["norm_w"], w["fc1_w"], w["fc1_b"], w["fc2_w"],
-              w["fc2_b"], w["out_w"], bias, eps)
+    """The router through zaya_rt.ops.zaya_router (path "op": for bf16 on the CPU with a gradient wanted, the
+    training form), torch.ops.zaya_rt.zaya_router itself (path "recompute": the fused kernel, whose backward
+    recomputes the MLP) or torch.ops.zaya_rt.zaya_router_train (path "train", any dtype)."""
+    args = (x, z_prev, w["down_w"], w["down_b"], w["eda_scale"], w["norm_w"], w["fc1_w"], w["fc1_b"], w["fc2_w"],
+            w["fc2_b"], w["out_w"], bias, eps)
+    if path == "train":
+        return torch.ops.zaya_rt.zaya_router_train(*args)[:4]
+    return (zaya_rt.ops.zaya_router if path == "op" else torch.ops.zaya_rt.zaya_router)(*args)
 
 
-PATHS = pytest.mark.parametrize("path", ["op", "recompute"])
+PATHS = pytest.mark.parametrize("path", ["op", "recompute", "train"])
 
 
 @pytest.mark.parametrize("eda", [False, True])
@@ -236,9 +238,17 @@ class _OpNames(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def test_fp32_with_gradients_keeps_the_kernel():
+    w, bias = _weights(dtype=torch.float32, grad=True, seed=20)
+    x = torch.randn(130, 48, requires_grad=True)
+    with _OpNames() as seen:
+        _call(x, torch.randn(130, 20), w, bias)
+    assert "zaya_router" in seen.names and "zaya_router_train" not in seen.names
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_training_form_keeps_activations_and_its_backward_recomputes_nothing(dtype):
-    """With a gradient wanted: zaya_router_train runs, its outputs equal the kernel's (logits and z up to the
+    """With a gradient wanted (bf16 through the op; fp32 calling it): zaya_router_train runs, its outputs equal the kernel's (logits and z up to the
     rounding order of the products, the same choices where they are clear), and the backward runs no forward
     product again (8 matrix products: 3 for the chain through the MLP, 5 for the x and weight gradients, against
     10 in the recomputing backward). Without a gradient the kernel runs."""
@@ -246,8 +256,9 @@ def test_training_form_keeps_activations_and_its_backward_recomputes_nothing(dty
     gen = torch.Generator().manual_seed(22)
     x = torch.randn(130, 48, generator=gen).to(dtype).requires_grad_()
     z_prev = torch.randn(130, 20, generator=gen)
+    form = "op" if dtype == torch.bfloat16 else "train"
     with _OpNames() as fwd:
-        logits, gate, choice, z = _call(x, z_prev, w, bias)
+        logits, gate, choice, z = _call(x, z_prev, w, bias, path=form)
     assert "zaya_router_train" in fwd.names and "zaya_router" not in fwd.names
     with torch.no_grad(), _OpNames() as plain:
         k_logits, k_gate, k_choice, k_z = _call(x, z_prev, w, bias)
@@ -257,13 +268,13 @@ def test_training_form_keeps_activations_and_its_backward_recomputes_nothing(dty
     torch.testing.assert_close(z.detach(), k_z, **tol)
     _assert_clear_choices_agree(choice, k_logits.double(), k_choice, bias, 1e-5 if dtype == torch.float32 else 5e-2)
     products = {}
-    for path in ("op", "recompute"):
+    for path in (form, "recompute"):
         out = _call(x, z_prev, w, bias, path=path)
         with _OpNames() as bwd:
             torch.autograd.backward([out[0], out[1], out[3]], [torch.ones_like(out[0]), torch.ones_like(out[1]),
                                                                torch.ones_like(out[3])])
         products[path] = sum(n in ("mm", "addmm", "linear") for n in bwd.names)
-    assert products == {"op": 8, "recompute": 10}
+    assert products == {form: 8, "recompute": 10}
 
 
 def test_c_api_rejects_a_precomputed_down_projection_on_cpu():
