@@ -59,3 +59,34 @@ def test_cli_rejects_bad_options(argv, needle, capsys):
 def test_run_train_rejects_unknown_loss_form():
     with pytest.raises(ValueError, match="losses"):
         run_train(config=TINY, losses=("chunked",), log=lambda _: None)
+
+
+def test_kept_moe_activations_step_matches_and_uses_the_kept_op():
+    """The "keep" form: the model's MoE blocks run moe_experts_keep, and the step's loss and gradients equal the
+    recomputing step's (fp32, up to rounding order)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from zaya_rt.benchmarks.e2e import _build
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func._overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    _, ours = _build(TINY, "cpu", torch.float32, seed=0)
+    _, ids, labels, cu = packed_batch(2, 8, TINY["vocab_size"], seed=3, device="cpu")
+    runs = {}
+    for keep in (False, True):
+        with Ops() as seen:
+            loss = ours_step_fn(ours, ids, labels, cu, keep_activations=keep)()
+        assert ("moe_experts_keep" in seen.names) == keep
+        runs[keep] = loss, {n: p.grad.clone() for n, p in ours.named_parameters() if p.grad is not None}
+    assert torch.allclose(runs[True][0], runs[False][0], rtol=1e-6)
+    assert runs[True][1].keys() == runs[False][1].keys()
+    for name, grad in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(m.keep_activations for m in ours.modules() if hasattr(m, "keep_activations"))  # the last step's

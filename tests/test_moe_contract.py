@@ -29,6 +29,12 @@ def test_opcheck_moe_experts(k, dtype):
     torch.library.opcheck(torch.ops.zaya_rt.moe_experts, tuple(_experts(k=k, dtype=dtype, grad=True)))
 
 
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_moe_experts_keep(k, dtype):
+    torch.library.opcheck(torch.ops.zaya_rt.moe_experts_keep, tuple(_experts(k=k, dtype=dtype, grad=True)))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck_grouped_gemm(dtype):
     a = torch.randn(10, 12, dtype=dtype, requires_grad=True)

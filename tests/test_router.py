@@ -7,6 +7,7 @@ float64 is at most twice that of the reference run in the kernel's dtype, plus o
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import zaya_rt
 from conftest import assert_close_to_peer, assert_compiles_like_eager, assert_rejects, tolerance
@@ -42,9 +43,18 @@ def _ref(x, z_prev, w, bias, dtype, eps=1e-5):
 _WEIGHTS = ("down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w")
 
 
-def _call(x, z_prev, w, bias, eps=1e-5):
-    return zaya_rt.ops.zaya_router(x, z_prev, w["down_w"], w["down_b"], w["eda_scale"], w["norm_w"], w["fc1_w"],
-                                   w["fc1_b"], w["fc2_w"], w["fc2_b"], w["out_w"], bias, eps)
+def _call(x, z_prev, w, bias, eps=1e-5, path="op"):
+    """The router through zaya_rt.ops.zaya_router (path "op": for bf16 on the CPU with a gradient wanted, the
+    training form), torch.ops.zaya_rt.zaya_router itself (path "recompute": the fused kernel, whose backward
+    recomputes the MLP) or torch.ops.zaya_rt.zaya_router_train (path "train", any dtype)."""
+    args = (x, z_prev, w["down_w"], w["down_b"], w["eda_scale"], w["norm_w"], w["fc1_w"], w["fc1_b"], w["fc2_w"],
+            w["fc2_b"], w["out_w"], bias, eps)
+    if path == "train":
+        return torch.ops.zaya_rt.zaya_router_train(*args)[:4]
+    return (zaya_rt.ops.zaya_router if path == "op" else torch.ops.zaya_rt.zaya_router)(*args)
+
+
+PATHS = pytest.mark.parametrize("path", ["op", "recompute", "train"])
 
 
 @pytest.mark.parametrize("eda", [False, True])
@@ -86,8 +96,9 @@ def test_matches_transformers_router(eda):
     assert 5 in choices_seen and len(choices_seen) >= 3
 
 
+@PATHS
 @pytest.mark.parametrize("eda", [False, True])
-def test_handwritten_backward_gradcheck_float64(eda):
+def test_handwritten_backward_gradcheck_float64(eda, path):
     """The float64 op runs the reference forward and the hand-written backward every dtype uses: this checks the
     backward's formulas against finite differences (the kernel itself is checked below)."""
     w, bias = _weights(D=6, R=5, E=3, dtype=torch.float64, eda=eda, grad=True, seed=1)
@@ -98,7 +109,7 @@ def test_handwritten_backward_gradcheck_float64(eda):
     def fn(x, z_prev, *weights):
         ws = dict(zip([k for k in w if w[k] is not None], weights))
         ws.setdefault("eda_scale", None)
-        logits, gate, _, z = _call(x, z_prev, ws, bias)
+        logits, gate, _, z = _call(x, z_prev, ws, bias, path=path)
         return logits, gate, z
 
     inputs = (x, z_prev, *[t for t in w.values() if t is not None])
@@ -119,16 +130,17 @@ def _gate_at(logits, choice):
     return logits.softmax(-1).gather(-1, choice[:, None]).squeeze(-1).masked_fill(choice == logits.shape[-1] - 1, 0)
 
 
+@PATHS
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T", [1, 16, 300])
-def test_kernel_matches_float64_reference_with_gradients(dtype, T):
-    """Forward and every gradient of the kernel op vs autograd through ref.zaya_router in float64; in bf16 within
-    twice the error of ref.zaya_router run in bf16."""
+def test_kernel_matches_float64_reference_with_gradients(dtype, T, path):
+    """Forward and every gradient of the op (the training form or the kernel with its recomputing backward) vs
+    autograd through ref.zaya_router in float64; in bf16 within twice the error of ref.zaya_router run in bf16."""
     w, bias = _weights(dtype=dtype, grad=True, seed=T)
     gen = torch.Generator().manual_seed(T)
     x = torch.randn(T, 48, generator=gen).to(dtype).requires_grad_()
     z_prev = torch.randn(T, 20, generator=gen).requires_grad_()
-    logits, gate, choice, z = _call(x, z_prev, w, bias)
+    logits, gate, choice, z = _call(x, z_prev, w, bias, path=path)
     leaves = {"x": x, "z_prev": z_prev, **w}
     refs = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
     peers = {k: v.detach().clone().requires_grad_() for k, v in leaves.items()}
@@ -162,9 +174,10 @@ def test_opcheck_and_compile():
     z_prev = torch.randn(9, 20, requires_grad=True)
     args = (x, z_prev, w["down_w"], w["down_b"], w["eda_scale"], w["norm_w"], w["fc1_w"], w["fc1_b"], w["fc2_w"],
             w["fc2_b"], w["out_w"], bias, 1e-5)
-    torch.library.opcheck(torch.ops.zaya_rt.zaya_router, args)
     first = (x, None, w["down_w"], w["down_b"], None, *args[5:])
-    torch.library.opcheck(torch.ops.zaya_rt.zaya_router, first)
+    for op in (torch.ops.zaya_rt.zaya_router, torch.ops.zaya_rt.zaya_router_train):
+        torch.library.opcheck(op, args)
+        torch.library.opcheck(op, first)
 
     def fn(*a):
         logits, gate, choice, z = zaya_rt.ops.zaya_router(*a)
@@ -204,6 +217,64 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_rejects_bad_input(case):
     assert_rejects(zaya_rt.ops.zaya_router, BAD, case)
+
+
+@pytest.mark.parametrize("case", ["x width", "z_prev without eda", "weight dtype", "bias count", "meta weight"])
+def test_training_form_rejects_bad_input(case):
+    """With a gradient wanted the op runs zaya_router_train: the same checks, the same messages."""
+    args, exc, pattern = BAD[case]
+    args = (args[0].clone().requires_grad_(), *args[1:])
+    with pytest.raises(exc, match=pattern):
+        zaya_rt.ops.zaya_router(*args)
+
+
+class _OpNames(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_fp32_with_gradients_keeps_the_kernel():
+    w, bias = _weights(dtype=torch.float32, grad=True, seed=20)
+    x = torch.randn(130, 48, requires_grad=True)
+    with _OpNames() as seen:
+        _call(x, torch.randn(130, 20), w, bias)
+    assert "zaya_router" in seen.names and "zaya_router_train" not in seen.names
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_form_keeps_activations_and_its_backward_recomputes_nothing(dtype):
+    """With a gradient wanted (bf16 through the op; fp32 calling it): zaya_router_train runs, its outputs equal the kernel's (logits and z up to the
+    rounding order of the products, the same choices where they are clear), and the backward runs no forward
+    product again (8 matrix products: 3 for the chain through the MLP, 5 for the x and weight gradients, against
+    10 in the recomputing backward). Without a gradient the kernel runs."""
+    w, bias = _weights(dtype=dtype, grad=True, seed=21)
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(130, 48, generator=gen).to(dtype).requires_grad_()
+    z_prev = torch.randn(130, 20, generator=gen)
+    form = "op" if dtype == torch.bfloat16 else "train"
+    with _OpNames() as fwd:
+        logits, gate, choice, z = _call(x, z_prev, w, bias, path=form)
+    assert "zaya_router_train" in fwd.names and "zaya_router" not in fwd.names
+    with torch.no_grad(), _OpNames() as plain:
+        k_logits, k_gate, k_choice, k_z = _call(x, z_prev, w, bias)
+    assert plain.names == ["zaya_router"]
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(logits.detach(), k_logits, **tol)
+    torch.testing.assert_close(z.detach(), k_z, **tol)
+    _assert_clear_choices_agree(choice, k_logits.double(), k_choice, bias, 1e-5 if dtype == torch.float32 else 5e-2)
+    products = {}
+    for path in (form, "recompute"):
+        out = _call(x, z_prev, w, bias, path=path)
+        with _OpNames() as bwd:
+            torch.autograd.backward([out[0], out[1], out[3]], [torch.ones_like(out[0]), torch.ones_like(out[1]),
+                                                               torch.ones_like(out[3])])
+        products[path] = sum(n in ("mm", "addmm", "linear") for n in bwd.names)
+    assert products == {form: 8, "recompute": 10}
 
 
 def test_c_api_rejects_a_precomputed_down_projection_on_cpu():

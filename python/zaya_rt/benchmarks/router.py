@@ -51,7 +51,8 @@ FWD_BWD_SHAPES = {"cpu": [(2048, 512), (2048, 2048)], "cuda": [(16384, 2048)]}
 def router_fwd_bwd_cases(device: str = "cpu", shapes=None, R: int = 256, E: int = 16,
                          dtypes=(torch.bfloat16, torch.float32)):
     """(T, D) shapes of a later layer (z_prev fp32, as the previous router returns it): zaya_router forward +
-    backward (gradients of logits, gate and z reaching x, z_prev and every weight) against zaya_rt.ref.zaya_router
+    backward (its training form, zaya_router_train; gradients of logits, gate and z reaching x, z_prev and every
+    weight) against zaya_rt.ref.zaya_router
     in the op's dtype under autograd."""
     cases = []
     for dtype in dtypes:

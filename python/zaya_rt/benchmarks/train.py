@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from zaya_rt.benchmarks.e2e import CONFIG_124M, _build, _sync, use_hf_implementation
 
 IGNORE_INDEX = -100
-_OURS = {"fused": "zaya_rt", "unfused": "zaya_rt (F.cross_entropy on full logits)"}
+_OURS = {"fused": "zaya_rt", "unfused": "zaya_rt (F.cross_entropy on full logits)",
+         "keep": "zaya_rt (kept MoE activations)"}
 
 
 @dataclass
@@ -66,11 +67,20 @@ def packed_batch(sequences: int, seq_len: int, vocab: int, seed: int, device: st
     return ids.to(device), ids.reshape(-1).to(device), labels.reshape(-1).to(device), cu.to(device)
 
 
-def ours_step_fn(model, ids_N, labels_N, cu, fused_loss: bool = True):
-    """One zaya_rt training step (grads zeroed, forward, summed loss / targets, backward); returns the loss."""
+def set_keep_activations(model, keep: bool) -> None:
+    """Sets the MoE blocks' kept-activation switch (ZayaExperts.keep_activations) throughout `model`."""
+    for module in model.modules():
+        if hasattr(module, "keep_activations"):
+            module.keep_activations = keep
+
+
+def ours_step_fn(model, ids_N, labels_N, cu, fused_loss: bool = True, keep_activations: bool = False):
+    """One zaya_rt training step (grads zeroed, forward, summed loss / targets, backward); returns the loss.
+    keep_activations: the MoE blocks keep their gate-up activations for the backward during this step."""
     targets = max(int((labels_N != IGNORE_INDEX).sum()), 1)
 
     def step():
+        set_keep_activations(model, keep_activations)
         model.zero_grad(set_to_none=True)
         if fused_loss:
             loss = model.loss(ids_N, labels_N, cu_seqlens=cu, reduction="sum")
@@ -128,9 +138,10 @@ def run_train(*, device: str = "cpu", config: dict | None = None, sequences: int
               losses=("fused",), profile: bool = False, log=print) -> list[TrainStepResult]:
     """Times ours and transformers' training step per dtype; logs the host, losses, times and ratios.
 
-    losses: zaya_rt's loss forms to time, "fused" and/or "unfused" (the first one's ratio is the result; both
-    in one run show what the fused loss gives). peers: (experts_implementation, attn_implementation) pairs
-    (default: all four of eager/grouped_mm x eager/sdpa)."""
+    losses: zaya_rt's step forms to time, "fused", "unfused" and/or "keep" (the fused loss with the MoE's kept
+    activations); the first one's ratio is the result, several in one run show what each choice gives.
+    peers: (experts_implementation, attn_implementation) pairs (default: all four of eager/grouped_mm x
+    eager/sdpa)."""
     config = dict(CONFIG_124M if config is None else config)
     if not losses or any(form not in _OURS for form in losses):
         raise ValueError(f"losses must name some of {tuple(_OURS)}, got {losses!r}")
@@ -144,7 +155,8 @@ def run_train(*, device: str = "cpu", config: dict | None = None, sequences: int
         ids_BT, ids_N, labels_N, cu = packed_batch(sequences, seq_len, config["vocab_size"], seed + 1, device)
         log(f"{dtype}: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, "
             f"{config['num_hidden_layers']} layers, {sequences} x {seq_len} tokens, device {device}")
-        steps = {_OURS[form]: ours_step_fn(ours, ids_N, labels_N, cu, form == "fused") for form in losses}
+        steps = {_OURS[form]: ours_step_fn(ours, ids_N, labels_N, cu, form != "unfused", form == "keep")
+                 for form in losses}
         for experts_impl, attn_impl in peers:
             if not use_hf_implementation(hf, experts_impl, attn_impl, log):
                 continue

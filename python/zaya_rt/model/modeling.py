@@ -142,10 +142,13 @@ class ZayaExperts(nn.Module):
         e, i, d = config.num_experts, config.moe_intermediate_size, config.hidden_size
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, d))
         self.down_proj = nn.Parameter(torch.empty(e, d, i))
+        # Training memory/speed switch: True keeps the gate-up activations for the backward (ops.moe_experts).
+        self.keep_activations = False
 
     def forward(self, x_TD, choice_T, gate_T):
         """x [T, D], choice [T] (E = skip), gate [T] -> [T, D]."""
-        return ops.moe_experts(x_TD, choice_T, gate_T, self.gate_up_proj, self.down_proj)
+        return ops.moe_experts(x_TD, choice_T, gate_T, self.gate_up_proj, self.down_proj,
+                               keep_activations=self.keep_activations)
 
 
 class ZayaSparseMoeBlock(nn.Module):

@@ -7,6 +7,9 @@ Ops (namespace `torch.ops.zaya_rt`):
   grouped_gemm_weight_grad(dy[M, N], a[M, K], offsets[G] int32) -> [G, N, K]
   moe_experts(hidden[T, D], expert_index, gate, gate_up_proj[E, 2I, D], down_proj[E, D, I]) -> [T, D]
                                                                              (autograd for hidden, gate, weights)
+  moe_experts_keep(same inputs) -> (out[T, D], offsets[E], sorted_slots[T*k], slot_rows[T*k], h[T*k, 2I])
+      the same block composed of dispatch and grouped GEMMs, returning what its backward reuses: the dispatch
+      and the gate-up products h in dispatch order (the kept-activation path of moe_experts(keep_activations=True))
 Offsets are cumulative group ends on the tensors' device (torch._grouped_mm's `offs`); nothing reads them on
 the host, so the ops are CUDA-graph friendly.
 """
@@ -14,6 +17,7 @@ the host, so the ops are CUDA-graph friendly.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
@@ -27,6 +31,10 @@ lib.define("grouped_gemm(Tensor a, Tensor b, Tensor offsets) -> Tensor")
 lib.define("grouped_gemm_weight_grad(Tensor dy, Tensor a, Tensor offsets) -> Tensor")
 lib.define(
     "moe_experts(Tensor hidden, Tensor expert_index, Tensor gate, Tensor gate_up_proj, Tensor down_proj) -> Tensor"
+)
+lib.define(
+    "moe_experts_keep(Tensor hidden, Tensor expert_index, Tensor gate, Tensor gate_up_proj, Tensor down_proj) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
 
@@ -261,39 +269,52 @@ def _moe_experts_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
+def _zero_width_grads(ctx, hidden, gate, w1, w2):
+    """Gradients of experts of width 0, whose output was constant zero."""
+    need = ctx.needs_input_grad
+    z = lambda i, t: torch.zeros_like(t) if need[i] else None  # noqa: E731
+    return z(0, hidden), None, z(2, gate), z(3, w1), z(4, w2)
+
+
 def _moe_experts_backward(ctx, grad_out):
     """Differentiates the expert block from its saved inputs (no activation memory kept by the forward): the
     gate-up GEMM is recomputed, everything else runs once. CPU: _backward_routed; elsewhere _backward_composed."""
     hidden, expert_index, gate, w1, w2 = ctx.saved_tensors
-    E, two_i, _ = w1.shape
-    if two_i == 0:  # experts of width 0: the output was constant zero
-        need = ctx.needs_input_grad
-        z = lambda i, t: torch.zeros_like(t) if need[i] else None  # noqa: E731
-        return z(0, hidden), None, z(2, gate), z(3, w1), z(4, w2)
+    if w1.shape[1] == 0:
+        return _zero_width_grads(ctx, hidden, gate, w1, w2)
     backward = _backward_routed if hidden.device.type == "cpu" else _backward_composed
     return backward(ctx, grad_out, hidden, expert_index, gate, w1, w2)
 
 
-def _backward_routed(ctx, grad_out, hidden, expert_index, gate, w1, w2):
-    """The CPU backward. With W2^T dout computed once before the gate is applied, the gate's gradient is
-    <W2^T dout, act> and the down GEMM is not recomputed; the SwiGLU backward runs in place in fp32; token and gate
-    gradients are gathered through slot_rows (no scatter-add). No data-dependent shapes (traceable)."""
+def _slot_tokens(sorted_slots: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot ids int64, their token rows int64) of a dispatch's sorted_slots."""
+    slots = sorted_slots.long()
+    return slots, slots if top_k == 1 else torch.div(slots, top_k, rounding_mode="floor")
+
+
+def _backward_routed(ctx, grad_out, hidden, expert_index, gate, w1, w2, dispatch=None, h=None):
+    """The CPU backward (and the kept-activation path's everywhere). With W2^T dout computed once before the gate
+    is applied, the gate's gradient is <W2^T dout, act> and the down GEMM is not recomputed; the SwiGLU backward
+    runs in place in fp32; token and gate gradients are gathered through slot_rows (no scatter-add). dispatch
+    (offsets, sorted_slots, slot_rows) and h [T*k, 2I] (the gate-up products in dispatch order) come from the
+    kept-activation forward, or are recomputed when None. No data-dependent shapes (traceable)."""
     need = ctx.needs_input_grad
     E, two_i, _ = w1.shape
     I = two_i // 2
     T, D = hidden.shape
     dtype = hidden.dtype
     top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
-    offsets, sorted_slots, slot_rows = torch.ops.zaya_rt.moe_dispatch(expert_index, E)
+    offsets, sorted_slots, slot_rows = dispatch or torch.ops.zaya_rt.moe_dispatch(expert_index, E)
     rows = T * top_k  # skipped slots sort last, past offsets[-1]: the GEMMs give them zero rows
-    slots = sorted_slots.long()
-    tokens = slots if top_k == 1 else torch.div(slots, top_k, rounding_mode="floor")
-    x = hidden[tokens]
+    slots, tokens = _slot_tokens(sorted_slots, top_k)
+    x = hidden[tokens] if h is None or need[3] else None
     dout = grad_out.to(dtype)[tokens]
-    h = torch.ops.zaya_rt.grouped_gemm(x, w1, offsets)
+    if h is None:
+        h = torch.ops.zaya_rt.grouped_gemm(x, w1, offsets)
     dact = torch.ops.zaya_rt.grouped_gemm(dout, w2.transpose(1, 2), offsets).float()  # W2^T dout, [rows, I]
     gate_rows = gate.reshape(-1)[slots].float()[:, None]
-    g, u = h[:, :I].float(), h[:, I:].float()
+    hf = h.float()  # one conversion for both halves (none in fp32)
+    g, u = hf[:, :I], hf[:, I:]
     s = torch.sigmoid(g)
     silu = g * s
     act = silu * u
@@ -353,10 +374,63 @@ def _backward_composed(ctx, grad_out, hidden, expert_index, gate, w1, w2):
     return grad_hidden, None, grad_gate, grad_w1, grad_w2
 
 
+# ---- moe_experts_keep: the kept-activation path ------------------------------------------------------------
+
+
+def _moe_experts_keep_impl(hidden, expert_index, gate, gate_up_proj, down_proj):
+    """The expert block as dispatch + gate-up grouped GEMM + SwiGLU (fp32, rounded once) + down grouped GEMM +
+    gate scaling and combine (fp32, rounded once), returning the dispatch and the gate-up products h for the
+    backward."""
+    _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj)
+    E, two_i, D = gate_up_proj.shape
+    T = hidden.shape[0]
+    top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
+    offsets, sorted_slots, slot_rows = torch.ops.zaya_rt.moe_dispatch(expert_index, E)
+    rows = T * top_k
+    slots, tokens = _slot_tokens(sorted_slots, top_k)
+    h = torch.ops.zaya_rt.grouped_gemm(hidden[tokens], gate_up_proj, offsets)
+    if two_i == 0:  # experts of width 0 contribute nothing
+        return torch.zeros((T, D), dtype=hidden.dtype, device=hidden.device), offsets, sorted_slots, slot_rows, h
+    hf = h.float()
+    I = two_i // 2
+    act = F.silu(hf[:, :I]).mul_(hf[:, I:]).to(hidden.dtype)
+    y = torch.ops.zaya_rt.grouped_gemm(act, down_proj, offsets)  # rows past offsets[-1] (skipped slots) are 0
+    gate_rows = gate.reshape(-1)[slots].float()[:, None]
+    weighted = torch.cat([y.float().mul_(gate_rows), y.new_zeros(1, D, dtype=torch.float32)])
+    gather_rows = torch.where(slot_rows < 0, rows, slot_rows).long()
+    per_slot = weighted[gather_rows]  # [T*k, D] fp32, slot order
+    out = per_slot if top_k == 1 else per_slot.view(T, top_k, D).sum(1)
+    return out.to(hidden.dtype), offsets, sorted_slots, slot_rows, h
+
+
+def _moe_experts_keep_fake(hidden, expert_index, gate, gate_up_proj, down_proj):
+    _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj)
+    E, two_i, _ = gate_up_proj.shape
+    n = expert_index.numel()
+    index = lambda: expert_index.new_empty(n, dtype=torch.int32)  # noqa: E731
+    return (hidden.new_empty(hidden.shape), expert_index.new_empty(E, dtype=torch.int32), index(), index(),
+            hidden.new_empty((n, two_i)))
+
+
+def _moe_experts_keep_setup(ctx, inputs, output):
+    _, offsets, sorted_slots, slot_rows, h = output
+    ctx.mark_non_differentiable(offsets, sorted_slots, slot_rows, h)
+    ctx.save_for_backward(*inputs, offsets, sorted_slots, slot_rows, h)
+
+
+def _moe_experts_keep_backward(ctx, grad_out, *_unused):
+    hidden, expert_index, gate, w1, w2, offsets, sorted_slots, slot_rows, h = ctx.saved_tensors
+    if w1.shape[1] == 0:
+        return _zero_width_grads(ctx, hidden, gate, w1, w2)
+    return _backward_routed(ctx, grad_out, hidden, expert_index, gate, w1, w2, (offsets, sorted_slots, slot_rows), h)
+
+
 register_kernels("moe_dispatch", _moe_dispatch_impl, _moe_dispatch_fake)
 register_kernels("grouped_gemm", _grouped_gemm_impl, _grouped_gemm_fake, (_grouped_gemm_setup, _grouped_gemm_backward))
 register_kernels("grouped_gemm_weight_grad", _weight_grad_impl, _weight_grad_fake)
 register_kernels("moe_experts", _moe_experts_impl, _moe_experts_fake, (_moe_experts_setup, _moe_experts_backward))
+register_kernels("moe_experts_keep", _moe_experts_keep_impl, _moe_experts_keep_fake,
+                 (_moe_experts_keep_setup, _moe_experts_keep_backward))
 
 
 def moe_dispatch(expert_index: torch.Tensor, num_experts: int):
@@ -384,14 +458,23 @@ def moe_experts(
     gate: torch.Tensor,
     gate_up_proj: torch.Tensor,
     down_proj: torch.Tensor,
+    keep_activations: bool = False,
 ) -> torch.Tensor:
     """The ZAYA1 expert block: y_t = sum_j gate[t, j] * down_e(SiLU(gate_e x_t) * up_e x_t), e = expert_index[t, j].
 
     hidden [T, D]; expert_index [T] or [T, k] int32/int64 where E (= gate_up_proj.shape[0]) means skip (no
     work, no output); gate same shape as expert_index, any float dtype; gate_up_proj [E, 2I, D] gate rows first;
     down_proj [E, D, I]; weights in hidden's dtype. Returns [T, D] in hidden's dtype. Differentiable in hidden,
-    gate and both weights."""
-    if not all(isinstance(t, torch.Tensor) for t in (hidden, expert_index, gate, gate_up_proj, down_proj)):
-        _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj)
-    return call_op(torch.ops.zaya_rt.moe_experts.default, (hidden, expert_index, gate, gate_up_proj, down_proj),
-                   cpu_impl=_moe_experts_impl)
+    gate and both weights.
+
+    keep_activations: when a gradient is wanted, keep the dispatch and the gate-up products ([T*k, 2I] in
+    hidden's dtype) from the forward (moe_experts_keep) so that the backward skips the dispatch and the gate-up
+    GEMM: memory for speed. Without a gradient it changes nothing."""
+    args = (hidden, expert_index, gate, gate_up_proj, down_proj)
+    if not isinstance(keep_activations, bool):
+        raise TypeError(f"zaya_rt.moe_experts: keep_activations must be a bool, got {type(keep_activations).__name__}")
+    if not all(isinstance(t, torch.Tensor) for t in args):
+        _check_experts(*args)
+    if keep_activations and torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        return torch.ops.zaya_rt.moe_experts_keep(*args)[0]
+    return call_op(torch.ops.zaya_rt.moe_experts.default, args, cpu_impl=_moe_experts_impl)

@@ -11,6 +11,11 @@ Fused kernels run on the CPU and, in a CUDA or HIP build, on the GPU (f32/f16/bf
 than _GPU_FUSED_DOWN_MAX_TOKENS tokens take the down projection from torch (a cuBLAS/hipBLAS GEMM) and the kernel
 does the rest; smaller ones (decode) run all of it in the kernels. float64 (for gradcheck) and GPUs without a GPU
 build of _C use the same math composed of PyTorch ops.
+
+Training: when a gradient is wanted for bf16 on the CPU, zaya_router() runs zaya_router_train instead, the same router composed of
+PyTorch products (oneDNN's bf16 GEMMs on the CPU) and zaya_rt's RMSNorm, which also returns rstd and the MLP's
+activations so that its backward recomputes nothing (torch.ops.zaya_rt.zaya_router under autograd keeps the
+kernel forward and recomputes the R-wide middle in its backward).
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ lib.define(
     "zaya_router(Tensor x, Tensor? z_prev, Tensor down_w, Tensor down_b, Tensor? eda_scale, Tensor norm_w, "
     "Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b, Tensor out_w, Tensor balancing_bias, float eps) "
     "-> (Tensor, Tensor, Tensor, Tensor)"
+)
+# The training form: the same outputs, then what the backward reuses instead of recomputing (see _train_impl).
+lib.define(
+    "zaya_router_train(Tensor x, Tensor? z_prev, Tensor down_w, Tensor down_b, Tensor? eda_scale, Tensor norm_w, "
+    "Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b, Tensor out_w, Tensor balancing_bias, float eps) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
 _ALL_FLOATS = (*FLOAT_DTYPES, torch.float64)
@@ -198,70 +209,155 @@ def _setup(ctx, inputs, output):
     ctx.mark_non_differentiable(choice)
 
 
+def _matmul_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Products take bf16 operands when the op's dtype is bf16 (fp32 accumulation), as the forward's do; else
+    max(dtype, fp32)."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.promote_types(dtype, torch.float32)
+
+
+def _fused_norm(z: torch.Tensor) -> bool:
+    """zaya_rt's norm kernels take the router's RMSNorm (fp32 z on the CPU); float64 and the GPU compose it."""
+    return z.is_cpu and z.dtype == torch.float32
+
+
 def _backward(ctx, g_logits, g_gate, _g_choice, g_z):
     """Differentiates by hand (no autograd inside backward, so torch.compile can trace it) from the saved outputs
     z and logits: only the R-wide middle (RMSNorm, fc1, fc2) is recomputed. Elementwise math in max(dtype, fp32);
     matrix products in x's dtype where that is bf16 (fp32 accumulation), else in fp32."""
     x, down_w, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, logits, choice, z, *prev = ctx.saved_tensors
+    md = _matmul_dtype(x.dtype)
+    if _fused_norm(z):
+        h0, rstd = torch.ops.zaya_rt.rms_norm(z, norm_w.to(md), ctx.eps)
+    else:
+        rstd = torch.rsqrt(z.pow(2).mean(-1) + ctx.eps)
+        h0 = (z * rstd[:, None] * norm_w.to(z.dtype)).to(md)
+    a1 = F.linear(h0, fc1_w.to(md), fc1_b.to(md))
+    h1 = F.gelu(a1)
+    a2 = F.linear(h1, fc2_w.to(md), fc2_b.to(md))
+    h2 = F.gelu(a2)
+    return _grads(ctx, g_logits, g_gate, g_z, x, prev, down_w, norm_w, fc1_w, fc2_w, out_w, logits, choice, z, rstd,
+                  h0, a1, h1, a2, h2)
+
+
+def _grads(ctx, g_logits, g_gate, g_z, x, prev, down_w, norm_w, fc1_w, fc2_w, out_w, logits, choice, z, rstd, h0, a1,
+           h1, a2, h2):
+    """The router's input and weight gradients from the forward's values: z [T, R] and logits [T, C] in
+    max(dtype, fp32), rstd [T] fp32, and h0 = RMSNorm(z), a1 = h0 W1^T + b1, h1 = GELU(a1), a2 = h1 W2^T + b2,
+    h2 = GELU(a2) [T, R] in the products' dtype md (_matmul_dtype). The chain through the MLP runs in md, as
+    autograd would run it on md tensors (bf16 products accumulate in fp32); the softmax, the RMSNorm backward,
+    bias and EDA gradients in max(dtype, fp32). Weights are used in their own dtype: no fp32 copy of a matrix."""
     z_prev, eda = prev if ctx.has_prev else (None, None)
     wide = torch.promote_types(x.dtype, torch.float32)
-    w = lambda t: t.to(wide)  # noqa: E731
-    # Products take bf16 operands when the op's dtype is bf16 (fp32 accumulation, fp32 result), as the forward's
-    # do; elementwise math stays in `wide`.
-    md = torch.bfloat16 if x.dtype == torch.bfloat16 else wide
-    mm = lambda a, b: (a.to(md) @ b.to(md)).to(wide)  # noqa: E731
-    z, nw = w(z), w(norm_w)
-    fused_norm = z.is_cpu and wide == torch.float32  # zaya_rt's norm kernels; float64 and GPU compose it
-    if fused_norm:
-        h0, rstd = torch.ops.zaya_rt.rms_norm(z, nw, ctx.eps)
-    else:
-        rstd = torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + ctx.eps)
-        n = z * rstd
-        h0 = n * nw
-    a1 = mm(h0, fc1_w.T).add_(w(fc1_b))
-    h1 = F.gelu(a1)
-    a2 = mm(h1, fc2_w.T).add_(w(fc2_b))
-    h2 = F.gelu(a2)
-    p = torch.softmax(w(logits), dim=-1)
+    md = _matmul_dtype(x.dtype)
+    mm = lambda a, b: torch.mm(a.to(md), b.to(md))  # noqa: E731
+    p = torch.softmax(logits.to(wide), dim=-1)
     # softmax backward of the gate term: dp is g_gate at the choice (0 for skip), so <dp, p> = g_gate * p[choice]
     g_gate = g_gate.to(wide).masked_fill(choice == p.shape[-1] - 1, 0)[:, None]
     dlogits = torch.addcmul(g_logits.to(wide), p, p.gather(-1, choice[:, None]) * g_gate, value=-1)
     dlogits.scatter_add_(-1, choice[:, None], p.gather(-1, choice[:, None]) * g_gate)
+    dlogits = dlogits.to(md)
     da2 = torch.ops.aten.gelu_backward(mm(dlogits, out_w), a2)
     da1 = torch.ops.aten.gelu_backward(mm(da2, fc2_w), a1)
     dh0 = mm(da1, fc1_w)
-    if fused_norm:
+    nw = norm_w.to(wide)  # a [R] vector
+    if _fused_norm(z):
         dz, g_norm_w = torch.ops.zaya_rt.rms_norm_backward(dh0, z, nw, rstd)
     else:
+        dh0 = dh0.to(wide)
+        n = z * rstd[:, None]
         dn = dh0 * nw
-        dz, g_norm_w = rstd * (dn - n * (dn * n).mean(-1, keepdim=True)), (dh0 * n).sum(0)
+        dz, g_norm_w = rstd[:, None] * (dn - n * (dn * n).mean(-1, keepdim=True)), (dh0 * n).sum(0)
     dz += g_z.to(wide)
     dz_x = dz.to(x.dtype)
     grads = {
         "x": dz_x @ down_w, "down_w": dz_x.T @ x, "down_b": dz.sum(0), "norm_w": g_norm_w,
-        "fc1_w": mm(da1.T, h0), "fc1_b": da1.sum(0), "fc2_w": mm(da2.T, h1), "fc2_b": da2.sum(0),
-        "out_w": mm(dlogits.T, h2),
+        "fc1_w": mm(da1.T, h0), "fc1_b": da1.sum(0, dtype=wide), "fc2_w": mm(da2.T, h1),
+        "fc2_b": da2.sum(0, dtype=wide), "out_w": mm(dlogits.T, h2),
     }
     dtype = {"x": x.dtype}
     if z_prev is not None:
-        grads["z_prev"], grads["eda_scale"] = dz * w(eda), (dz * w(z_prev)).sum(0)
+        grads["z_prev"], grads["eda_scale"] = dz * eda.to(wide), (dz * z_prev.to(wide)).sum(0)
         dtype["z_prev"] = z_prev.dtype
     out = [grads.get(name) for name in _NAMES[:11]]
     out = [None if g is None else g.to(dtype.get(name, x.dtype)) for g, name in zip(out, _NAMES[:11])]
     return (*out, None, None)
 
 
+def _train_impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias,
+                eps):
+    """The router composed of PyTorch products (oneDNN's bf16 GEMMs) and zaya_rt's RMSNorm, rounded as the
+    kernel rounds (each linear's result in x's dtype, z and the probabilities too), keeping the activations.
+
+    Returns (logits [T, C], gate [T], choice [T] int64, z [T, R]) as zaya_router, then rstd [T] fp32 and
+    h0 = RMSNorm(z), a1 = h0 W1^T + b1, h1 = GELU(a1), a2 = h1 W2^T + b2, h2 = GELU(a2), [T, R] each in the
+    products' dtype (bf16 for bf16, else max(dtype, fp32))."""
+    _check(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
+    dt, wide, md = x.dtype, torch.promote_types(x.dtype, torch.float32), _matmul_dtype(x.dtype)
+    z = F.linear(x, down_w, down_b)
+    if z_prev is not None:  # z + round(z_prev * eda), rounded to x's dtype (as the kernel's carry)
+        z = z + (z_prev * eda_scale).to(dt)
+    z = z.to(wide)
+    if _fused_norm(z):
+        h0, rstd = torch.ops.zaya_rt.rms_norm(z, norm_w.to(md), eps)
+    else:
+        rstd = torch.rsqrt(z.pow(2).mean(-1) + eps)
+        h0 = (z * rstd[:, None] * norm_w.to(wide)).to(md)
+    a1 = F.linear(h0, fc1_w.to(md), fc1_b.to(md))
+    h1 = F.gelu(a1)
+    a2 = F.linear(h1, fc2_w.to(md), fc2_b.to(md))
+    h2 = F.gelu(a2)
+    logits = F.linear(h2.to(dt), out_w).to(wide)
+    probs = torch.softmax(logits, dim=-1).to(dt).to(wide)
+    choice = (probs + balancing_bias.to(wide)).argmax(-1)
+    gate = probs.gather(-1, choice[:, None]).squeeze(-1).masked_fill(choice == logits.shape[-1] - 1, 0)
+    return logits, gate, choice, z, rstd, h0, a1, h1, a2, h2
+
+
+def _train_fake(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias,
+                eps):
+    logits, gate, choice, z = _fake(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
+                                    balancing_bias, eps)
+    T, R = z.shape
+    md = _matmul_dtype(x.dtype)
+    acts = [x.new_empty((T, R), dtype=md) for _ in range(5)]
+    rstd = x.new_empty((T,), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return logits, gate, choice, z, rstd, *acts
+
+
+def _train_setup(ctx, inputs, output):
+    x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, _, eps = inputs
+    logits, _, choice, z, *kept = output
+    ctx.has_prev = z_prev is not None
+    prev = (z_prev, eda_scale) if z_prev is not None else ()
+    ctx.mark_non_differentiable(choice, *kept)
+    ctx.save_for_backward(x, down_w, norm_w, fc1_w, fc2_w, out_w, logits, choice, z, *kept, *prev)
+
+
+def _train_backward(ctx, g_logits, g_gate, _g_choice, g_z, *_g_kept):
+    x, down_w, norm_w, fc1_w, fc2_w, out_w, logits, choice, z, rstd, h0, a1, h1, a2, h2, *prev = ctx.saved_tensors
+    return _grads(ctx, g_logits, g_gate, g_z, x, prev, down_w, norm_w, fc1_w, fc2_w, out_w, logits, choice, z, rstd,
+                  h0, a1, h1, a2, h2)
+
+
 register_kernels("zaya_router", _impl, _fake)
 register_autograd("zaya_router", _setup, _backward)
+register_kernels("zaya_router_train", _train_impl, _train_fake, (_train_setup, _train_backward))
 
 
 def zaya_router(x: torch.Tensor, z_prev: torch.Tensor | None, down_w: torch.Tensor, down_b: torch.Tensor,
                 eda_scale: torch.Tensor | None, norm_w: torch.Tensor, fc1_w: torch.Tensor, fc1_b: torch.Tensor,
                 fc2_w: torch.Tensor, fc2_b: torch.Tensor, out_w: torch.Tensor, balancing_bias: torch.Tensor,
                 eps: float = 1e-5):
-    """The ZAYA1 router; see the module docstring for shapes. Returns (logits, gate, choice, z)."""
+    """The ZAYA1 router; see the module docstring for shapes. Returns (logits, gate, choice, z).
+
+    When a gradient is wanted for bf16 on the CPU it runs zaya_router_train (oneDNN's bf16 products keeping the
+    activations, so that the backward recomputes nothing; faster there than the kernel's fp32-FMA forward plus
+    the recomputing backward, which other dtypes and devices keep)."""
     args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
     if not _TENSOR_OR_NONE.issuperset(map(type, args[:-1])):  # cheap test first: parameters are subclasses
         if not all(t is None or isinstance(t, torch.Tensor) for t in args[:-1]):
             _check(*args)
+    if (x.dtype is torch.bfloat16 and x.device.type == "cpu" and torch.is_grad_enabled()
+            and any(t is not None and t.requires_grad for t in args[:-1])):
+        return torch.ops.zaya_rt.zaya_router_train(*args)[:4]
     return call_op(torch.ops.zaya_rt.zaya_router.default, args, cpu_impl=_impl)
