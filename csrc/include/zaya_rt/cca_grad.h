@@ -1,6 +1,6 @@
-// The per-element pieces of the CCA prep backward (zaya_rt/cca.h), written once for host and device code: the
-// GPU backward (cuda/cca_bwd_kernels.cuh) uses them, and they are the formulas of the CPU backward
-// (csrc/cpu/cca.cpp: rope_backward, temperature_backward, qk_norm_backward, projection_grads).
+// The per-element pieces of the CCA prep backward (zaya_rt/cca.h), written once for host and device code (as
+// norm_rows.h is for the norms), so that the CPU backward (csrc/cpu/cca.cpp: rope_backward, qk_norm_backward,
+// projection_grads) and the GPU one (cuda/cca_bwd_kernels.cuh) cannot drift.
 #pragma once
 #include <cstdint>
 
