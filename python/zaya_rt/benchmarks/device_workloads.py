@@ -82,7 +82,8 @@ def _decode_rate(model, batch: int, context: int, steps: int, page: int, dry_run
     device = next(model.parameters()).device
     chunk = min(batch * context, 128 if dry_run else 32768)
     # Sequences whose prompt is in decode while the others prefill (one token per step): room for that too.
-    new_tokens = steps + 2 + -(-batch * context // chunk)
+    warmup = 2  # pure decode steps before the timed ones: the decode graph of this batch is captured there
+    new_tokens = warmup + steps + 2 + -(-batch * context // chunk)
     engine = zaya_rt.Engine(model, num_pages=batch * -(-(context + new_tokens) // page) + 8, page_size=page,
                             max_batch=batch, max_tokens_per_step=chunk)
     gen = torch.Generator().manual_seed(batch * 7 + context)
@@ -95,6 +96,9 @@ def _decode_rate(model, batch: int, context: int, steps: int, page: int, dry_run
         produced.update(rid for rid, _ in engine.step())
     _sync(device.type)
     prefill_s = time.perf_counter() - start
+    for _ in range(warmup):
+        engine.step()
+    _sync(device.type)
     start = time.perf_counter()
     n = sum(len(engine.step()) for _ in range(steps))
     _sync(device.type)
