@@ -3,12 +3,20 @@
 # backend, runs the GPU tests (and, with 2+ GPUs, the trainer on 2 NCCL ranks), then times the GPU kernels and
 # prints the tables last.
 #
-#   bash bench/device_check.sh
+#   bash bench/device_check.sh [--dry-run]
+#
+# Besides the kernels it measures what users run (zaya_rt/benchmarks/device_workloads.py): a training step of
+# ZAYA1-8B-shaped layers (bf16, packed 8K windows) against transformers' on the same GPU, and RSA's decode (batch
+# 16 and 64 after 8K-32K contexts: tokens/s and % of the HBM roofline); with 2+ GPUs, the trainer on 2 NCCL ranks.
+# --dry-run runs only those workloads' Python, on the CPU with tiny shapes (the 2-rank trainer on gloo, 3 steps),
+# and builds nothing: tests/test_device_workloads.py calls it so that the script cannot rot.
 #
 # Needs: Python with torch (CUDA build), cmake, ninja, pybind11, scikit-build-core, pytest; nvcc (CUDACXX, or
 # nvcc on PATH, or /usr/local/cuda/bin/nvcc). Environment: CUDA_ARCH (default 90a: H100/H200 only, to keep the
 # build short), OUT (if set, the log goes to $OUT/device_check.log and the build log to $OUT/build.log),
-# SKIP_BUILD=1 to test an already installed zaya_rt. Takes about 4-6 minutes on an H200 host (budget: 8).
+# SKIP_BUILD=1 to test an already installed zaya_rt. Took about 4-6 minutes on an H200 host before the
+# workloads (budget: 8); the workloads are capped at 4 minutes each (RSA skips cases past 100 s) and are not yet
+# timed on a GPU.
 #
 # The sm_90a CUTLASS grouped GEMM needs the nvidia-cutlass wheel (headers only) at build time, and the device
 # machine has no network: carry it in the repo-ignored folder .whl/ (`pip download nvidia-cutlass==4.2.0
@@ -18,6 +26,12 @@
 # the prefill attention timings also run each forward family (ZAYA_RT_CUDA_ATTENTION=sm90 / wmma).
 set -euo pipefail
 
+DRY_RUN=0
+case "${1:-}" in
+  --dry-run) DRY_RUN=1 ;;
+  "") ;;
+  *) echo "usage: bash bench/device_check.sh [--dry-run]"; exit 2 ;;
+esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 if [[ -n "${OUT:-}" ]]; then
@@ -38,6 +52,63 @@ print(f"torch {torch.__version__}, built for CUDA {torch.version.cuda}, GPU avai
 if torch.cuda.is_available():
     print("device 0:", torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0))
 PY
+# The trainer on 2 NCCL ranks (FSDP2, then FSDP2 + expert parallelism) against 1 CPU process; with DRY_RUN=1 the
+# same runs on 2 gloo CPU ranks for 3 steps.
+nccl_trainer() {
+  DRY_RUN=$DRY_RUN timeout 600 python - <<'PY'
+import json, os, subprocess, sys, tempfile
+sys.path.insert(0, "tests")
+from train_helpers import raw_config, runs_corpus, to_toml
+
+dry = os.environ.get("DRY_RUN") == "1"
+steps, warmup, decay = (3, 1, 2) if dry else (12, 2, 4)
+root = tempfile.mkdtemp(prefix="zaya_rt_nccl_")
+runs_corpus(f"{root}/runs.jsonl", docs=60, seed=1)
+env = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run(name, ep, nproc):
+    raw = raw_config(f"{root}/runs.jsonl", f"{root}/{name}", steps=steps, optimizer="muon", warmup_steps=warmup,
+                     decay_steps=decay, muon_ns_dtype="float32")
+    raw["parallel"] = {"expert_parallel": ep}
+    with open(f"{root}/{name}.toml", "w") as f:
+        f.write(to_toml(raw))
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc else []
+    cmd = [sys.executable, *launch, "-m", "zaya_rt", "train", "--config", f"{root}/{name}.toml", "--no-progress"]
+    subprocess.run(cmd, env=env if nproc and not dry else dict(env, CUDA_VISIBLE_DEVICES=""), check=True)
+    with open(f"{root}/{name}/metrics.jsonl") as f:
+        return [json.loads(line)["loss"] for line in f]
+
+
+cpu, fsdp, ep = run("cpu", 1, 0), run("fsdp", 1, 2), run("ep", 2, 2)
+rel = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))  # noqa: E731
+kind = "gloo (dry run)" if dry else "NCCL"
+print("per-step losses, 1 CPU process:", [round(v, 5) for v in cpu])
+print(f"{kind} FSDP2 vs {kind} FSDP2+EP2: max rel {rel(ep, fsdp):.2e} (same kernels; CPU gloo reaches ~1e-7)")
+print(f"{kind} FSDP2 vs 1 CPU process:  max rel {rel(fsdp, cpu):.2e} (GPU vs CPU kernels)")
+assert len(fsdp) == len(ep) == steps and rel(ep, fsdp) <= 1e-4 and rel(fsdp, cpu) <= 1e-2
+PY
+}
+
+# The training-step and RSA decode workloads (--dry-run: on the CPU, tiny shapes).
+workloads() {
+  local flag=()
+  (( DRY_RUN )) && flag=(--dry-run)
+  step "training step: 2 ZAYA1-8B-shaped layers, bf16, 4 x 2048 tokens packed (8K window); vs transformers"
+  timeout 240 python -m zaya_rt.benchmarks.device_workloads train "${flag[@]}" || bench_rc=$?
+  step "RSA decode: batch 16 / 64 after 8K / 32K contexts (Engine, CUDA graphs; % of HBM roofline)"
+  timeout 240 python -m zaya_rt.benchmarks.device_workloads rsa --budget-s 100 "${flag[@]}" || bench_rc=$?
+}
+
+if (( DRY_RUN )); then
+  step "dry run: the device workloads' Python on the CPU, tiny shapes (numbers mean nothing)"
+  train_rc=0 bench_rc=0
+  nccl_trainer || train_rc=$?
+  workloads
+  step "dry run done: trainer $([[ $train_rc == 0 ]] && echo passed || echo "FAILED (rc $train_rc)"), workloads $([[ $bench_rc == 0 ]] && echo ran || echo "FAILED (rc $bench_rc)")"
+  exit $(( train_rc != 0 || bench_rc != 0 ))
+fi
+
 NVCC=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 [[ -x "$NVCC" ]] || { echo "no nvcc (set CUDACXX)"; exit 1; }
 "$NVCC" --version | tail -n 1
@@ -78,36 +149,7 @@ python -m pytest -m cuda -q -p no:cacheprovider tests || tests_rc=$?
 step "trainer on 2 ranks with NCCL (torchrun; FSDP2, then FSDP2 + expert parallelism; fp32, 12 steps)"
 train_rc=0
 if (( $(nvidia-smi -L 2>/dev/null | wc -l) >= 2 )); then
-  timeout 600 python - <<'PY' || train_rc=$?
-import json, os, subprocess, sys, tempfile
-sys.path.insert(0, "tests")
-from train_helpers import raw_config, runs_corpus, to_toml
-
-root = tempfile.mkdtemp(prefix="zaya_rt_nccl_")
-runs_corpus(f"{root}/runs.jsonl", docs=60, seed=1)
-env = dict(os.environ, OMP_NUM_THREADS="1")
-
-
-def run(name, ep, nproc):
-    raw = raw_config(f"{root}/runs.jsonl", f"{root}/{name}", steps=12, optimizer="muon", warmup_steps=2,
-                     decay_steps=4, muon_ns_dtype="float32")
-    raw["parallel"] = {"expert_parallel": ep}
-    with open(f"{root}/{name}.toml", "w") as f:
-        f.write(to_toml(raw))
-    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc else []
-    cmd = [sys.executable, *launch, "-m", "zaya_rt", "train", "--config", f"{root}/{name}.toml", "--no-progress"]
-    subprocess.run(cmd, env=env if nproc else dict(env, CUDA_VISIBLE_DEVICES=""), check=True)
-    with open(f"{root}/{name}/metrics.jsonl") as f:
-        return [json.loads(line)["loss"] for line in f]
-
-
-cpu, fsdp, ep = run("cpu", 1, 0), run("fsdp", 1, 2), run("ep", 2, 2)
-rel = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))  # noqa: E731
-print("per-step losses, 1 CPU process:", [round(v, 5) for v in cpu])
-print(f"NCCL FSDP2 vs NCCL FSDP2+EP2: max rel {rel(ep, fsdp):.2e} (same kernels; CPU gloo reaches ~1e-7)")
-print(f"NCCL FSDP2 vs 1 CPU process:  max rel {rel(fsdp, cpu):.2e} (GPU vs CPU kernels)")
-assert len(fsdp) == len(ep) == 12 and rel(ep, fsdp) <= 1e-4 and rel(fsdp, cpu) <= 1e-2
-PY
+  nccl_trainer || train_rc=$?
 else
   echo "(fewer than 2 GPUs: skipped; the CPU gloo version is tests/test_train_distributed.py)"
 fi
@@ -350,6 +392,8 @@ for T in (16, 4096, 16384):
     if us is not None:
         print(f"{T:>15} {us:>9.1f} {nbytes / us / 1e3:>8.0f}")
 PY
+
+workloads
 
 step "zaya-rt bench --device cuda (ours vs PyTorch eager)"
 if command -v zaya-rt >/dev/null 2>&1; then

@@ -104,6 +104,10 @@ void cca_prep_bwd(const CcaPrepBwdParams& p, const Device& dev) {
                        {"grad_v_cur", p.grad_v_cur, p.gvc_row_stride, V},
                        {"grad_v_del", p.grad_v_del, p.gvd_row_stride, V}});
   if (p.grad_v) check_stride(op, "grad_v", p.gv_row_stride, kd, p.T);
+  require_device(op, dev);
+  if (dev.type == DeviceType::kGpu)  // cu_seqlens stay on the device: not read here (no sync)
+    need(op, p.workspace_bytes >= gpu::cca_prep_bwd_workspace(p.T, p.B, p.Hq, p.Hk, p.d, p.k0, p.k1, p.rd),
+         "workspace is too small");
   route(op, p, dev, [op](const CcaPrepBwdParams& q) {
     check_cpu(op, q, cpu::cca_prep_bwd_workspace(q.T, q.B, q.Hq, q.Hk, q.d, q.k0, q.k1, q.rd, 1));
     return cpu::cca_prep_bwd(q);

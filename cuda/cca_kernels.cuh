@@ -13,7 +13,7 @@
 //   v       one thread per (token, channel of Hk * d): concat(v_cur[t], v_del[t - 1] or v_state_in).
 //   state   one thread per (sequence, channel, column) of conv_state_out, and per (sequence, channel) of
 //           v_state_out.
-// The backward is not here yet: the op differentiates the float64 reference off the CPU (ops/cca.py).
+// The backward is in cuda/cca_bwd_kernels.cuh.
 //
 // No allocation, no host synchronisation, launch errors returned as messages: graph-capturable.
 #pragma once
@@ -64,9 +64,10 @@ ZAYA_RT_DEVICE_INLINE int64_t sequence_of(const int32_t* cu, int64_t B, int64_t 
   return lo;
 }
 
-// X[p, c] of sequence b (p < 0: state column K + p; channel c < Hq*d: qp, else kp).
-template <typename T>
-ZAYA_RT_DEVICE_INLINE float x_at(const CcaPrepFwdParams& p, int64_t b, int64_t row0, int64_t pos, int64_t c,
+// X[p, c] of sequence b (p < 0: state column K + p; channel c < Hq*d: qp, else kp). P: forward or backward
+// params (the same field names).
+template <typename T, typename P>
+ZAYA_RT_DEVICE_INLINE float x_at(const P& p, int64_t b, int64_t row0, int64_t pos, int64_t c,
                                  int64_t K) {
   if (pos >= 0) {
     const int64_t qd = p.Hq * p.d;
@@ -83,35 +84,31 @@ inline int tokens_per_block(int64_t d, int64_t k1) {
 }
 inline int64_t qk_smem_bytes(int64_t d, int64_t k1, int tb) { return 4 * (tb * d * (k1 + 1) + tb); }
 
-template <typename T, typename TW>
-__global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void cca_qk_kernel(CcaPrepFwdParams p, int tb) {
-  extern __shared__ float smem[];
-  const int64_t d = p.d, k0 = p.k0, k1 = p.k1, K = (k0 - 1) + (k1 - 1), G = p.Hq / p.Hk;
-  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * tb;
-  const int nt = static_cast<int>(std::min<int64_t>(tb, p.T - t0));
-  const int64_t head = blockIdx.y;  // conv head: q heads first, then kv heads
-  const bool is_k = head >= p.Hq;
-  const int64_t cbase = head * d;
-  float* A = smem;              // [tb][k1][d]
-  float* Y = A + tb * k1 * d;   // [tb][d]
-  float* fac = Y + tb * d;      // [tb]
+// A[t - (k1-1) + s1, cbase + j] for the nt tokens from t0, into A [tb][k1][d] (a whole block calls it).
+template <typename T, typename TW, typename P>
+ZAYA_RT_DEVICE_INLINE void conv0_lags(const P& p, int64_t t0, int nt, int64_t cbase, float* A) {
+  const int64_t d = p.d, k0 = p.k0, k1 = p.k1, K = (k0 - 1) + (k1 - 1);
   const TW* w0 = static_cast<const TW*>(p.conv0_w);
   const TW* b0 = static_cast<const TW*>(p.conv0_b);
-  const TW* w1 = static_cast<const TW*>(p.conv1_w);
-  const TW* b1 = static_cast<const TW*>(p.conv1_b);
-
-  // A[t - (k1-1) + s1, j] for the block's tokens.
   for (int64_t idx = threadIdx.x; idx < nt * k1 * d; idx += kThreads) {
     const int64_t j = idx % d, s1 = (idx / d) % k1, tt = idx / (d * k1);
     const int64_t t = t0 + tt, b = sequence_of(p.cu_seqlens, p.B, t), row0 = p.cu_seqlens[b];
     const int64_t pa = (t - row0) - (k1 - 1) + s1, c = cbase + j;
     float a = to_float(b0[c]);
-    for (int64_t s = 0; s < k0; ++s) a = fmaf(to_float(w0[c * k0 + s]), x_at<T>(p, b, row0, pa - (k0 - 1) + s, c, K), a);
+    for (int64_t s = 0; s < k0; ++s)
+      a = fmaf(to_float(w0[c * k0 + s]), x_at<T>(p, b, row0, pa - (k0 - 1) + s, c, K), a);
     A[idx] = a;
   }
-  __syncthreads();
+}
 
-  // Y = conv1 + residual path, a thread per output channel with tb register accumulators.
+// Y[tt, c] = conv1 + residual path (the norm's input) of conv head `head` for the block's tokens, from A; a
+// thread per output channel with tb register accumulators, so each conv1 weight is read once per block.
+template <typename T, typename TW, typename P>
+ZAYA_RT_DEVICE_INLINE void conv1_residual(const P& p, int64_t t0, int nt, int64_t head, const float* A, float* Y) {
+  const int64_t d = p.d, k1 = p.k1, G = p.Hq / p.Hk, cbase = head * d;
+  const bool is_k = head >= p.Hq;
+  const TW* w1 = static_cast<const TW*>(p.conv1_w);
+  const TW* b1 = static_cast<const TW*>(p.conv1_b);
   const T* qp = static_cast<const T*>(p.qp);
   const T* kp = static_cast<const T*>(p.kp);
   for (int64_t c = threadIdx.x; c < d; c += kThreads) {
@@ -144,6 +141,22 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void cca_qk_kernel(CcaPrepFwdParams p
       Y[tt * d + c] = acc[tt] + res;
     }
   }
+}
+
+template <typename T, typename TW>
+__global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void cca_qk_kernel(CcaPrepFwdParams p, int tb) {
+  extern __shared__ float smem[];
+  const int64_t d = p.d, k1 = p.k1;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * tb;
+  const int nt = static_cast<int>(std::min<int64_t>(tb, p.T - t0));
+  const int64_t head = blockIdx.y;  // conv head: q heads first, then kv heads
+  const bool is_k = head >= p.Hq;
+  float* A = smem;              // [tb][k1][d]
+  float* Y = A + tb * k1 * d;   // [tb][d]
+  float* fac = Y + tb * d;      // [tb]
+  conv0_lags<T, TW>(p, t0, nt, head * d, A);
+  __syncthreads();
+  conv1_residual<T, TW>(p, t0, nt, head, A, Y);
   __syncthreads();
 
   // Norm (a warp per token), temperature.
@@ -263,12 +276,7 @@ const char* cca_prep_fwd(const CcaPrepFwdParams& p, void* stream) {
   return nullptr;
 }
 
-const char* cca_prep_bwd(const CcaPrepBwdParams&, void*) {
-  return "the CCA prep backward has no GPU kernel yet (zaya_rt.ops.cca_prep differentiates the reference there)";
-}
-
 // The forward needs no workspace; a non-empty one keeps the dispatch's pointer check simple.
 int64_t cca_prep_fwd_workspace(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) { return 64; }
-int64_t cca_prep_bwd_workspace(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) { return 64; }
 
 }  // namespace zaya_rt::gpu

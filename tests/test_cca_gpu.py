@@ -61,6 +61,29 @@ def test_forward_matches_reference_and_cpu(dtype, case, w_f32):
         assert e_gpu <= 2 * e_cpu + tolerance(dtype) * scale, f"{name}: GPU error {e_gpu:.3g}, CPU kernel {e_cpu:.3g}"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_backward_matches_float64_reference(dtype, case):
+    lens, hq, hk, d, k0, k1, rd, state = case
+    gen = torch.Generator().manual_seed(11 * len(lens) + d)
+    a = _case(lens, hq, hk, d, k0, k1, dtype, dtype, state, torch.int64, gen)
+    kw = dict(num_q_heads=hq, num_kv_heads=hk, rope_dims=rd, rope_theta=1e4)
+    assert zaya_rt.ops.cca.route("cuda", dtype) == "kernel"
+    float_names = [n for n, t in a.items() if t is not None and t.is_floating_point()]
+    leaves = {n: (t.to(DEV).requires_grad_() if n in float_names else (None if t is None else t.to(DEV)))
+              for n, t in a.items()}
+    out = zaya_rt.ops.cca_prep(**leaves, **kw)
+    grads = [torch.randn(o.shape, generator=gen).to(o.dtype) for o in out]
+    torch.autograd.backward(list(out), [g.to(DEV) for g in grads])
+    l64 = {n: (t.double().requires_grad_() if n in float_names else t) for n, t in a.items()}
+    want = ref.cca_prep(**l64, **kw, norm_eps=torch.finfo(dtype).eps)
+    torch.autograd.backward([w.reshape(o.shape) for w, o in zip(want, out)], [g.double() for g in grads])
+    for n in float_names:
+        g, w = leaves[n].grad.cpu().double(), l64[n].grad
+        scale = max(w.abs().max().item(), 1e-6)
+        assert (g - w).abs().max().item() <= 4 * tolerance(dtype) * scale + 1e-5 * scale, n
+
+
 def test_backward_runs_on_gpu():
     gen = torch.Generator().manual_seed(3)
     a = _case([4, 9], 4, 2, 32, 2, 2, 16, torch.float32, torch.float32, True, torch.int32, gen)
@@ -88,3 +111,24 @@ def test_forward_cuda_graph_capture():
     cpu = zaya_rt.ops.cca_prep(**a, **kw)
     for g, c in zip(out, cpu):
         torch.testing.assert_close(g.cpu().float(), c.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_backward_cuda_graph_capture():
+    """The fused backward has no host sync or allocation of its own: it captures, and a replay equals eager."""
+    gen = torch.Generator().manual_seed(6)
+    a = _case([1, 0, 7, 3], 8, 2, 128, 2, 2, 64, torch.bfloat16, torch.bfloat16, True, torch.int64, gen)
+    d = {n: None if t is None else t.to(DEV) for n, t in a.items()}
+    T, Hk = a["qp"].shape[0], 2
+    gq = torch.randn(T, 8, 128, generator=gen).to(DEV, torch.bfloat16)
+    gk = torch.randn(T, Hk, 128, generator=gen).to(DEV, torch.bfloat16)
+    gv = torch.randn(T, Hk, 128, generator=gen).to(DEV, torch.bfloat16)
+    args = (gq, gk, gv, None, None, d["qp"], d["kp"], d["v_cur"], d["conv0_w"], d["conv0_b"], d["conv1_w"],
+            d["conv1_b"], d["temp"], d["positions"], d["cu_seqlens"], d["conv_state"], d["v_state"], 8, 2, 64, 1e4)
+    eager = torch.ops.zaya_rt.cca_prep_backward(*args)
+    graph, out = capture_cuda_graph(lambda: torch.ops.zaya_rt.cca_prep_backward(*args))
+    for o in out:
+        o.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for g, e in zip(out, eager):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)

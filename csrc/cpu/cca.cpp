@@ -20,6 +20,7 @@
 #include "cpu/isa_kernels.h"
 #include "cpu/numeric.h"
 #include "zaya_rt/cca.h"
+#include "zaya_rt/cca_grad.h"
 
 namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 namespace {
@@ -502,9 +503,7 @@ struct Backward {
     const int64_t hf = s.half;
 #pragma omp simd
     for (int64_t i = 0; i < hf; ++i) {
-      const float g1 = load(go, i), g2 = load(go, i + hf);
-      dyr[i] = g1 * cs[i] + g2 * cs[hf + i];
-      dyr[i + hf] = g2 * cs[i] - g1 * cs[hf + i];
+      cca_grad::rope_pair(load(go, i), load(go, i + hf), cs[i], cs[hf + i], dyr[i], dyr[i + hf]);
     }
 #pragma omp simd
     for (int64_t j = s.rd; j < s.d; ++j) dyr[j] = load(go, j);
@@ -522,21 +521,16 @@ struct Backward {
     for (int64_t j = 0; j < d; ++j) dyr[j] *= tv;
   }
 
-  // n = scale * pre with scale = sqrt(d) / max(|pre|, eps): dpre = scale * (dn - pre <dn, pre> / |pre|^2) while
-  // the norm is above eps, else scale * dn (in place on dyr).
+  // n = scale * pre with scale = sqrt(d) / max(|pre|, eps): cca_grad::qk_norm per element (in place on dyr).
   void qk_norm_backward(const float* pre, float nrm, float scale, float* dyr) const {
     const int64_t d = s.d;
+    float dot = 0.f;
     if (nrm > p.norm_eps) {
-      float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
       for (int64_t j = 0; j < d; ++j) dot += dyr[j] * pre[j];
-      const float k = dot / (nrm * nrm);
-#pragma omp simd
-      for (int64_t j = 0; j < d; ++j) dyr[j] = scale * (dyr[j] - pre[j] * k);
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < d; ++j) dyr[j] *= scale;
     }
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) dyr[j] = cca_grad::qk_norm(dyr[j], pre[j], dot, nrm, scale, p.norm_eps);
   }
 
   // The output gradient of head g at token t (nullptr when that output has none).
@@ -665,13 +659,13 @@ struct Backward {
       float g = dx_at(b, len, pt, c);
       const int64_t h = c / d, j = c % d;
       if (h < s.Hq) {
-        g += 0.5f * dyr[c] + 0.5f / static_cast<float>(G) * dyr[qd + (h / G) * d + j];
+        g += cca_grad::residual_qp(dyr[c], dyr[qd + (h / G) * d + j], G);
         store(gqp, t * p.gqp_row_stride + c, g);
       } else {
         const int64_t kh = h - s.Hq;
         float acc = 0.f;
         for (int64_t hq = kh * G; hq < (kh + 1) * G; ++hq) acc += dyr[hq * d + j];
-        g += 0.5f * acc + 0.5f * dyr[c];
+        g += cca_grad::residual_kp(acc, dyr[c]);
         store(gkp, t * p.gkp_row_stride + (c - qd), g);
       }
     }

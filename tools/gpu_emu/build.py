@@ -2,7 +2,7 @@
 
   python tools/gpu_emu/build.py OUT_DIR [--warp 32|64] [--source emu_lib|emu_moe_norms|emu_router]
                                 [--sanitize address,undefined]
-      ->  OUT_DIR/libzaya_gpu_emu_w{warp}.so (emu_lib.cpp: attention, CCA, runtime)
+      ->  OUT_DIR/libzaya_gpu_emu_w{warp}.so (emu_lib.cpp: attention, CCA forward and backward, runtime)
           OUT_DIR/libzaya_gpu_emu_moe_norms_w{warp}.so (emu_moe_norms.cpp: MoE, norms)
           OUT_DIR/libzaya_gpu_emu_router_w{warp}.so (emu_router.cpp: the router bodies of cuda/router_body.cuh,
           phase by phase with no threads; --sanitize builds at -O1 with the sanitizers, no recovery)
@@ -22,7 +22,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HEADERS = ("cuda/attention_kernels.cuh", "cuda/attention_tc.cuh", "hip/attention_mfma.h", "cuda/attention_sm90.cuh",
-           "cuda/cca_kernels.cuh", "cuda/runtime_kernels.cuh", "cuda/norms_kernels.cuh", "cuda/moe_kernels.cuh",
+           "cuda/cca_kernels.cuh", "cuda/cca_bwd_kernels.cuh", "cuda/runtime_kernels.cuh", "cuda/norms_kernels.cuh", "cuda/moe_kernels.cuh",
            "cuda/moe_common.cuh", "cuda/moe_dispatch.cuh", "cuda/moe_gemm_common.cuh", "cuda/moe_gemm_simt.cuh",
            "cuda/moe_gemm_launch.cuh", "cuda/moe_experts.cuh")
 

@@ -2,6 +2,7 @@
 // in the order of the params structs. Each returns the kernel's error message or null.
 #include "cuda/attention_kernels.cuh"
 #include "cuda/attention_sm90.cuh"
+#include "cuda/cca_bwd_kernels.cuh"
 #include "cuda/cca_kernels.cuh"
 #include "cuda/runtime_kernels.cuh"
 
@@ -117,6 +118,13 @@ const char* emu_cca_prep_fwd(const void* const* ptrs, const I* strides, const in
   p.k1 = sizes[6], p.rd = sizes[7];
   p.norm_eps = eps;
   return gpu::cca_prep_fwd(p, nullptr);
+}
+
+// The CCA prep backward (cuda/cca_bwd_kernels.cuh), its params struct filled by field name
+// (tools/gpu_emu/params.py), and its workspace bytes.
+const char* emu_cca_prep_bwd(const CcaPrepBwdParams* p) { return gpu::cca_prep_bwd(*p, nullptr); }
+I emu_cca_prep_bwd_workspace(const CcaPrepBwdParams* p) {
+  return gpu::cca_prep_bwd_workspace(p->T, p->B, p->Hq, p->Hk, p->d, p->k0, p->k1, p->rd);
 }
 
 // Runtime family (cuda/runtime_kernels.cuh): page operations and the sampler, arguments as in the params structs.

@@ -16,9 +16,8 @@ dtype or fp32; states come back in the states' dtype (the activations' when both
 Sequence start: a None state means zeros. When the model's `v_proj_delayed` has a bias, the value a new
 sequence shifts in is that bias (the projection of a zero input), so the caller passes v_state filled with it.
 
-The fused kernel runs on the CPU for float32/float16/bfloat16 (forward and backward) and on CUDA/HIP devices
-(forward; the GPU backward differentiates zaya_rt.ref.cca_prep until its kernel lands); float64 (gradcheck) and
-other devices use zaya_rt.ref.cca_prep.
+The fused kernels (forward and backward) run on the CPU and on CUDA/HIP devices for float32/float16/bfloat16;
+float64 (gradcheck), other devices and a _C without a GPU backend use zaya_rt.ref.cca_prep (see `route`).
 """
 
 from __future__ import annotations
@@ -253,7 +252,7 @@ def cca_prep_bwd_params(gq, gk, gv, gcs, gvs, qp, kp, weights, cs_in, positions,
     gcs [B, C, K], gvs [B, V] (unit inner stride, states' dtype), each or None; qp, kp, weights, cs_in,
     positions, cu_seqlens and inv_freq as in cca_prep_fwd_params; outgoing g_qp [T, Hq*d], g_kp [T, Hk*d],
     g_vc/g_vd [T, V], g_cs [B, C, K], g_vs [B, V] contiguous and param_grads = fp32 (conv0_w, conv0_b, conv1_w,
-    conv1_b, temp) gradients contiguous. No workspace yet."""
+    conv1_b, temp) gradients contiguous. The workspace is set by run_kernel."""
     p = _C.CcaPrepBwdParams()
     _set_common_fields(p, qp, kp, weights, cs_in, positions, cu_seqlens, inv_freq, g_cs.dtype)
     p.grad_q, p.gq_row_stride, p.gq_head_stride = _ptr(gq), _stride(gq, 0), _stride(gq, 1)
@@ -284,11 +283,20 @@ def _reference(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, p
     return q.to(qp.dtype), k.to(qp.dtype), v.to(qp.dtype), cs.to(sdt), vs.to(sdt)
 
 
+def route(device_type: str, dtype: torch.dtype, gpu_backend: str | None = None) -> str:
+    """Which implementation cca_prep (forward and backward alike) takes for activations of `dtype` on a device of
+    `device_type` ("cpu", "cuda", ...), with _C built for `gpu_backend` (default: this _C's): "kernel" (zaya_rt's
+    fused kernels) or "reference" (autograd through zaya_rt.ref.cca_prep)."""
+    backend = _C.gpu_backend if gpu_backend is None else gpu_backend
+    if dtype == torch.float64:
+        return "reference"
+    if device_type == "cpu" or (device_type == "cuda" and backend != "none"):
+        return "kernel"
+    return "reference"
+
+
 def _fused_forward(qp: torch.Tensor) -> bool:
-    """The fused forward runs on the CPU and, when _C has a GPU backend, on CUDA/HIP devices (float64: reference)."""
-    if qp.dtype == torch.float64:
-        return False
-    return qp.device.type == "cpu" or (qp.device.type == "cuda" and _C.gpu_backend != "none")
+    return route(qp.device.type, qp.dtype) == "kernel"
 
 
 def _impl(qp, kp, v_cur, v_del, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, conv_state,
@@ -405,7 +413,7 @@ def _setup(ctx, inputs, output):
 
 
 def _reference_grads(ctx, grads, saved):
-    """float64 and off-CPU: differentiate zaya_rt.ref.cca_prep with autograd."""
+    """Where route() says "reference": differentiate zaya_rt.ref.cca_prep with autograd."""
     qp, kp, v_cur, conv0_w, conv0_b, conv1_w, conv1_b, temp, positions, cu_seqlens, *states = saved
     conv_state = states.pop(0) if ctx.has_state[0] else None
     v_state = states.pop(0) if ctx.has_state[1] else None
@@ -427,7 +435,7 @@ def _reference_grads(ctx, grads, saved):
 def _backward(ctx, g_q, g_k, g_v, g_cs, g_vs):
     saved = ctx.saved_tensors
     qp = saved[0]
-    if qp.device.type != "cpu" or qp.dtype == torch.float64:
+    if not _fused_forward(qp):
         out = _reference_grads(ctx, (g_q, g_k, g_v, g_cs, g_vs), saved)
         g_qp, g_kp, g_vc, g_vd, g_w0, g_b0, g_w1, g_b1, g_t, g_cs_in, g_vs_in = out
     else:

@@ -124,11 +124,21 @@ def _well_formed_cpu(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b,
             and eda_scale.is_contiguous() and z_prev.is_contiguous())
 
 
+def route(device_type: str, dtype: torch.dtype, gpu_backend: str | None = None) -> str:
+    """The forward's implementation for x of `dtype` on a `device_type` device with _C built for `gpu_backend`
+    (default: this _C's): "kernel", or "reference" (float64, or no GPU backend off the CPU). The backward is
+    differentiated by hand (_backward) either way."""
+    backend = _C.gpu_backend if gpu_backend is None else gpu_backend
+    if dtype == torch.float64 or (device_type != "cpu" and backend == "none"):
+        return "reference"
+    return "kernel"
+
+
 def _impl(x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps):
     args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
     if not _well_formed_cpu(*args):
         _check(*args)
-        if x.dtype == torch.float64 or (x.device.type != "cpu" and _C.gpu_backend == "none"):
+        if route(x.device.type, x.dtype) == "reference":
             return _reference(*args)
         down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias = (
             t.contiguous() for t in (down_w, down_b, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias))
