@@ -138,9 +138,7 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void dy_kernel(CcaPrepBwdParams p, Bu
 
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   for (int tt = warp; tt < nt; tt += kWarps) {
-    float ss = 0.f;
-    for (int64_t c = lane; c < d; c += kWarpSize) ss = fmaf(Y[tt * d + c], Y[tt * d + c], ss);
-    ss = warp_sum(ss);
+    const float ss = warp_row_sumsq(Y, tt, d, lane);
     if (lane == 0) {
       nrm[tt] = sqrtf(ss);
       scale[tt] = sqrtf(static_cast<float>(d)) / fmaxf(nrm[tt], p.norm_eps);

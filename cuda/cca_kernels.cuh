@@ -143,6 +143,13 @@ ZAYA_RT_DEVICE_INLINE void conv1_residual(const P& p, int64_t t0, int nt, int64_
   }
 }
 
+// Sum of squares of row Y[tt] (d wide), reduced over the calling warp: every lane gets it.
+ZAYA_RT_DEVICE_INLINE float warp_row_sumsq(const float* Y, int tt, int64_t d, int lane) {
+  float ss = 0.f;
+  for (int64_t c = lane; c < d; c += kWarpSize) ss = fmaf(Y[tt * d + c], Y[tt * d + c], ss);
+  return warp_sum(ss);
+}
+
 template <typename T, typename TW>
 __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void cca_qk_kernel(CcaPrepFwdParams p, int tb) {
   extern __shared__ float smem[];
@@ -162,9 +169,7 @@ __global__ ZAYA_RT_LAUNCH_BOUNDS(kThreads) void cca_qk_kernel(CcaPrepFwdParams p
   // Norm (a warp per token), temperature.
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   for (int tt = warp; tt < nt; tt += kWarps) {
-    float ss = 0.f;
-    for (int64_t c = lane; c < d; c += kWarpSize) ss = fmaf(Y[tt * d + c], Y[tt * d + c], ss);
-    ss = warp_sum(ss);
+    const float ss = warp_row_sumsq(Y, tt, d, lane);
     if (lane == 0) {
       float f = sqrtf(static_cast<float>(d)) / fmaxf(sqrtf(ss), p.norm_eps);
       if (is_k) f *= to_float(static_cast<const TW*>(p.temp)[head - p.Hq]);
