@@ -29,7 +29,7 @@ class Recipe:
     modulus: int = 11
     train_steps: tuple[int, int] = (1, 6)  # operations per training problem (inclusive range)
     seed: int = 0  # training data, tokenizer and initialisation
-    vocab_size: int = 512  # a cap: the BPE runs out of merges near 350
+    vocab_size: int = 512  # a cap: the BPE runs out of merges near 380 (modulus 11)
     model: dict = field(default_factory=lambda: dict(
         hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
         moe_intermediate_size=384, num_experts=4, router_hidden_size=64, max_position_embeddings=1024))
