@@ -123,3 +123,14 @@ def test_shipped_model_fits_the_package_budget():
     files = sorted(os.listdir(folder))
     assert files == ["config.json", "demo.json", "model.safetensors", "tokenizer.json"]
     assert sum(os.path.getsize(os.path.join(folder, f)) for f in files) <= 10 * 2**20
+
+
+def test_shipped_model_solves_dev_problems():
+    """The shipped model matches the task format in task.py and solves it: most single samples on dev problems
+    (seed 7, never the held-out seed) are right, far above chance (1 / modulus)."""
+    from zaya_rt.demo.evaluate import evaluate, load_demo_model
+
+    model, tokenizer, recipe = load_demo_model()
+    report = evaluate(model, tokenizer, recipe, seed=7, problems=8, population=2, tails=2, rounds=0)
+    assert report["single"]["samples"] == 16
+    assert report["single"]["accuracy"] >= 0.5

@@ -15,11 +15,12 @@ from zaya_rt.train.data import render_chat
 
 def _reference_answer(text: str) -> int:
     """Independent of task.py: parses the statement and folds the operations with Python's own arithmetic."""
-    m = re.fullmatch(r"Work modulo (\d+)\. Start with (\d+), then apply: ([-+*\d ]+)\.", text)
+    m = re.fullmatch(r"Work modulo (\d+)\. Start with (\d+), then apply:((?:\n[A-Z][+*]\d+)+)", text)
     assert m, text
     modulus, x = int(m.group(1)), int(m.group(2))
-    for op in m.group(3).split():
-        x = eval(f"({x}){op}") % modulus  # noqa: S307 - digits and one operator, parsed above
+    for i, line in enumerate(m.group(3).split()):
+        assert line[0] == chr(ord("A") + i)  # steps are lettered A, B, C, ... in order
+        x = eval(f"({x}){line[1:]}") % modulus  # noqa: S307 - digits and one operator, parsed above
     return x
 
 
@@ -31,8 +32,10 @@ def test_answers_match_an_independent_evaluation(steps, modulus):
         assert int(p.answer()) == _reference_answer(p.text())
         assert extract_boxed(task.solution(p)) == p.answer()
         lines = task.solution(p).splitlines()[:-1]
-        for line in lines:  # every written step is right
-            a, op, k, b = re.fullmatch(r"(\d+)([+*])(\d+)=(\d+)", line).groups()
+        stated = p.text().splitlines()[1:]
+        for line, step in zip(lines, stated, strict=True):  # every step restates the problem's, and is right
+            label, op1, k1, a, op, k, b = re.fullmatch(r"([A-Z])([+*])(\d+): (\d+)([+*])(\d+)=(\d+)", line).groups()
+            assert f"{label}{op1}{k1}" == step and (op1, k1) == (op, k)
             assert int(b) == eval(f"{a}{op}{k}") % modulus  # noqa: S307
 
 
@@ -77,6 +80,7 @@ def test_corrupted_solutions_carry_one_error_forward():
 @pytest.mark.parametrize("kwargs,error", [
     (dict(split="test", seed=0, index=0, steps=3), ValueError),
     (dict(split="eval", seed=0, index=0, steps=0), ValueError),
+    (dict(split="eval", seed=0, index=0, steps=27), ValueError),
     (dict(split="eval", seed=0, index=0, steps=3, modulus=2), ValueError),
     (dict(split="eval", seed="0", index=0, steps=3), TypeError),
     (dict(split="eval", seed=0, index=1.5, steps=3), TypeError),
@@ -90,15 +94,15 @@ def test_rsa_prompts_tokenise_as_the_trainer_renders_them(tmp_path):
     """The RSA template encodes its text pieces one by one around the candidates' generated ids; the trainer
     encodes the whole chat. The demo tokenizer must give the same ids both ways, or SFT would teach a prompt
     the evaluation never shows."""
-    texts = corpus.pretrain_texts(0, 300, steps=(2, 9), modulus=11)
-    chats = corpus.sft_chats(0, 200, steps=(2, 9), modulus=11, tails=4, aggregate_share=0.5)
+    texts = corpus.pretrain_texts(0, 300, steps=(1, 6), modulus=11)
+    chats = corpus.sft_chats(0, 200, steps=(1, 6), modulus=11, tails=4, aggregate_share=0.5)
     train_tokenizer(texts + [m["content"] for c in chats for m in c] + ["<|user|>\n", "<|assistant|>\n"], 512,
                     tmp_path / "tokenizer.json")
     tok = DemoTokenizer(tmp_path)
     template = DefaultTemplate(tok)
     rng = random.Random(1)
     for i in range(20):
-        p = task.make_problem("eval", 9, i, steps=rng.randint(2, 9), modulus=11)
+        p = task.make_problem("eval", 9, i, steps=rng.randint(1, 6), modulus=11)
         cands = [task.corrupt(p, rng) if rng.random() < 0.5 else task.solution(p) for _ in range(4)]
         answer = task.solution(p)
         for user, prompt in ((corpus.aggregate_text(p, cands), template.aggregate(p.text(), [tok.encode(c) for c in cands])),
@@ -107,6 +111,8 @@ def test_rsa_prompts_tokenise_as_the_trainer_renders_them(tmp_path):
             assert chat.input_ids[:len(prompt)] == prompt
             assert chat.input_ids[len(prompt):] == tok.encode(answer) + [tok.eos_token_id] + tok.encode("\n")
             assert tok.decode(tok.encode(answer)) == answer
+        for label, (op, k) in zip(task.LABELS, p.ops):  # a step is one token, the same in problem and solution
+            assert tok.encode(f"{op}{k}") == tok.encode(f"{label}{op}{k}")[1:] and len(tok.encode(f"{op}{k}")) == 1
 
 
 def test_demo_tokenizer_needs_its_special_tokens(tmp_path):

@@ -27,16 +27,16 @@ class Stage:
 @dataclass(frozen=True)
 class Recipe:
     modulus: int = 11
-    train_steps: tuple[int, int] = (2, 9)  # operations per training problem (inclusive range)
+    train_steps: tuple[int, int] = (1, 6)  # operations per training problem (inclusive range)
     seed: int = 0  # training data, tokenizer and initialisation
-    vocab_size: int = 512  # a cap: the BPE runs out of merges near 350
+    vocab_size: int = 512  # a cap: the BPE runs out of merges near 380 (modulus 11)
     model: dict = field(default_factory=lambda: dict(
         hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
         moe_intermediate_size=384, num_experts=4, router_hidden_size=64, max_position_embeddings=1024))
-    pretrain: Stage = Stage(steps=30, batch_windows=8, window=1024, lr=3e-3, warmup_steps=3, decay_steps=6)
+    pretrain: Stage = Stage(steps=150, batch_windows=4, window=1024, lr=1e-2, warmup_steps=5, decay_steps=30)
     sft: tuple[Stage, ...] = (  # SFT stages, each from the previous one's model, each on fresh chats
-        Stage(steps=50, batch_windows=8, window=1024, lr=2e-3, warmup_steps=3, decay_steps=15),
-        Stage(steps=40, batch_windows=8, window=1024, lr=1.5e-3, warmup_steps=2, decay_steps=15))
+        Stage(steps=150, batch_windows=4, window=1024, lr=5e-3, warmup_steps=3, decay_steps=30),
+        Stage(steps=80, batch_windows=4, window=1024, lr=3e-3, warmup_steps=2, decay_steps=30))
     aggregate_share: float = 0.5  # of SFT chats
     tails: int = 4  # C of the aggregation chats and of the evaluation
     eval_steps: int = 3  # operations per evaluation problem (chosen on dev seed 7, never on the held-out seed)

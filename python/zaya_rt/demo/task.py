@@ -1,7 +1,9 @@
 """The demo's verifiable reasoning task: a chain of modular arithmetic steps with a worked solution.
 
-A problem starts from a number and applies `steps` operations (`+k` or `*k`) modulo `modulus`; the solution
-writes one line per step (`a*b=c`, every value already reduced) and ends with `\\boxed{answer}`. Problems come
+A problem starts from a number and applies `steps` operations (`+k` or `*k`) modulo `modulus`, each named by a
+letter (`A*5 B+7 C*9`); the solution writes one line per step that first restates the step as the problem names
+it, then applies it (`B+7: 3+7=10`, every value already reduced), and ends with `\\boxed{answer}`. The restated
+step makes reading the problem a copy of the tokens after the step's letter, which a small model learns quickly. Problems come
 from a seed (the same seed and split give the same problems); the training and evaluation splits draw from
 different seed namespaces, so evaluation problems are never training problems' seeds. `check` is exact: it
 recomputes the answer, it never trusts a candidate. `corrupt` writes the kind of wrong solution a small model
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from zaya_rt.rsa.answers import extract_boxed
 
 OPS = ("+", "*")
+LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # step i is named LABELS[i]
 SPLITS = ("train", "eval")
 
 
@@ -28,9 +31,10 @@ class Problem:
     modulus: int
 
     def text(self) -> str:
-        """The problem statement, e.g. 'Work modulo 23. Start with 14, then apply: *5 +17 *9.'"""
-        steps = " ".join(f"{op}{k}" for op, k in self.ops)
-        return f"Work modulo {self.modulus}. Start with {self.start}, then apply: {steps}."
+        """The problem statement, e.g. 'Work modulo 23. Start with 14, then apply:\nA*5\nB+17\nC*9' (one
+        step a line, so a step's letter is the same token in the problem and in the solution)."""
+        steps = "".join(f"\n{LABELS[i]}{op}{k}" for i, (op, k) in enumerate(self.ops))
+        return f"Work modulo {self.modulus}. Start with {self.start}, then apply:{steps}"
 
     def values(self) -> list[int]:
         """The running value after each step (len(ops) numbers)."""
@@ -64,8 +68,8 @@ def _rng(split: str, seed: int, index: int) -> random.Random:
 def make_problem(split: str, seed: int, index: int, *, steps: int, modulus: int = 23) -> Problem:
     """Problem `index` of `split` ('train' or 'eval') under `seed`, with `steps` operations modulo `modulus`.
     Operands of `*` are 2..modulus-1 and of `+` 1..modulus-1, so no step is a no-op."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= len(LABELS):
+        raise ValueError(f"steps must be an int in [1, {len(LABELS)}], got {steps!r}")
     if not isinstance(modulus, int) or isinstance(modulus, bool) or modulus < 3:
         raise ValueError(f"modulus must be an int >= 3, got {modulus!r}")
     rng = _rng(split, seed, index)
@@ -85,12 +89,12 @@ def make_problems(split: str, seed: int, count: int, *, steps: int, modulus: int
 
 
 def solution(problem: Problem, values: list[int] | None = None) -> str:
-    """The worked solution: one line `a op k=b` per step, then `\\boxed{final}`. values: the running values to
+    """The worked solution: one line `L op k: a op k=b` per step (L its letter), then `\\boxed{final}`. values: the running values to
     write (default: the right ones); a wrong list gives a solution whose steps follow it."""
     values = problem.values() if values is None else values
     lines, x = [], problem.start
-    for (op, k), y in zip(problem.ops, values, strict=True):
-        lines.append(f"{x}{op}{k}={y}")
+    for i, ((op, k), y) in enumerate(zip(problem.ops, values, strict=True)):
+        lines.append(f"{LABELS[i]}{op}{k}: {x}{op}{k}={y}")
         x = y
     return "\n".join(lines) + f"\nSo the answer is \\boxed{{{x}}}."
 

@@ -1,6 +1,7 @@
 """The demo model's tokenizer: a BPE trained with Hugging Face `tokenizers` on the demo's own texts.
 
-Pre-tokens are digit runs, runs of letters and spaces, and single other characters, so frequent template
+Pre-tokens are an operation with its operand (`*5`, `+10`: one token each once BPE has merged them), digit runs,
+runs of letters and spaces, and single other characters, so frequent template
 phrases and numbers become single tokens while every boundary where RSA splices generated ids into a prompt
 (newlines, punctuation) is a pre-token boundary: encoding pieces one by one gives the ids of the whole text.
 `DemoTokenizer` adds what Markovian RSA and the trainer's chat format need: `eos_token_id` (`<|end|>`) and a
@@ -16,7 +17,7 @@ from zaya_rt.runtime.tokenizer import HFTokenizer
 from zaya_rt.train.data import END_OF_MESSAGE
 
 SPECIAL_TOKENS = ("<|end|>", "<|user|>", "<|assistant|>")
-_PRETOKENS = r"\d+|[A-Za-z ]+|\s|[^\sA-Za-z\d]"
+_PRETOKENS = r"[+*]\d+|\d+|[A-Za-z ]+|\s|[^\sA-Za-z\d]"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str | os.PathLike) -> str:
