@@ -4,18 +4,18 @@ script cannot rot between GPU runs. Checks the exit status and that every worklo
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_device_script_dry_run_runs_every_workload():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     env.pop("OUT", None)
     proc = subprocess.run(["bash", str(ROOT / "bench/device_check.sh"), "--dry-run"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -34,7 +34,7 @@ def test_device_workloads_refuse_a_real_run_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     proc = subprocess.run([sys.executable, "-m", "zaya_rt.benchmarks.device_workloads", "rsa"], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT / "python")), capture_output=True, text=True)
+                          env=subprocess_env(), capture_output=True, text=True)
     assert proc.returncode != 0 and "no GPU visible" in proc.stderr
 
 
