@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 
@@ -20,6 +21,15 @@ def subprocess_env(**extra: str) -> dict:
     if os.environ.get("PYTHONPATH"):
         path.append(os.environ["PYTHONPATH"])
     return dict(os.environ, PYTHONPATH=os.pathsep.join(path), **extra)
+
+
+def load_gpu_emu_params():
+    """tools/gpu_emu/params.py (fills the emulated kernels' params structs by field name), loaded as a module."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "gpu_emu", "params.py")
+    spec = importlib.util.spec_from_file_location("zaya_gpu_emu_params", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(params=CPU_ISAS)

@@ -10,7 +10,6 @@ shows up. This checks index math, tiling edges and numerics, not memory ordering
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import load_gpu_emu_params
 import zaya_rt  # noqa: F401  (registers torch.ops.zaya_rt for the CPU kernel)
 from zaya_rt import ref
 
@@ -26,14 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ for the GPU kernel emulator")
 
 
-def _load_params():
-    spec = importlib.util.spec_from_file_location("zaya_gpu_emu_params", ROOT / "tools/gpu_emu/params.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-params = _load_params()
+params = load_gpu_emu_params()
 
 
 @pytest.fixture(scope="module", params=(32, 64), ids=("warp32", "warp64"))

@@ -10,7 +10,6 @@ tiling edges and numerics, not memory ordering or timing."""
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -19,20 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import load_gpu_emu_params
 from zaya_rt import ref
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ for the GPU kernel emulator")
 
 
-def _load_params():
-    spec = importlib.util.spec_from_file_location("zaya_gpu_emu_params", ROOT / "tools/gpu_emu/params.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-params = _load_params()
+params = load_gpu_emu_params()
 ENTRIES = ("emu_moe_dispatch", "emu_grouped_gemm", "emu_grouped_gemm_weight_grad", "emu_moe_experts",
            "emu_rms_norm_fwd", "emu_rms_norm_bwd", "emu_residual_rms_norm_fwd", "emu_residual_rms_norm_bwd")
 
