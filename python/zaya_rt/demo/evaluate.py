@@ -18,6 +18,7 @@ from zaya_rt.demo.batching import SharedRoundEngine, run_threads
 from zaya_rt.demo.recipe import Recipe
 from zaya_rt.demo.task import Problem, check, make_problems
 from zaya_rt.demo.tokenizer import DemoTokenizer
+from zaya_rt.plotting import headless_pyplot
 
 
 def packaged_model_dir() -> str:
@@ -121,12 +122,7 @@ def format_table(report: dict) -> str:
 
 def plot(report: dict, path: str) -> None:
     """PNG: accuracy vs round and accuracy vs cumulative generated tokens (per problem)."""
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ImportError("--plot needs matplotlib: pip install zaya_rt[plot]") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     rows = report["rsa"]
     rounds = [r["round"] for r in rows]

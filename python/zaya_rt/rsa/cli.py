@@ -10,6 +10,7 @@ import os
 import sys
 
 from zaya_rt.jsonl import read_jsonl
+from zaya_rt.plotting import headless_pyplot
 
 
 def add_rsa_parser(sub) -> None:
@@ -94,12 +95,7 @@ def _summary(entries: list[dict], rounds: int) -> list[dict]:
 
 def plot_report(report: dict, path: str) -> None:
     """Accuracy (mean, majority vote, pass@N over the problems) and tokens per round, as a PNG."""
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ImportError("--plot needs matplotlib: pip install zaya_rt[plot]") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     rows = report["summary"]
     rounds = [r["round"] for r in rows]
