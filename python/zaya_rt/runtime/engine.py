@@ -635,28 +635,23 @@ class Engine:
 
     def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int | None]:
         """Token of each row of logits [len(seqs), vocab] (any float dtype); None where the row's request failed
-        (NaN logits, no logit above -inf, or the sampler raised for that row alone): it is finished with the error."""
-        live = []
-        for i, ok in enumerate((logits.amax(-1) > float("-inf")).tolist()):  # False for NaN anywhere in the row
-            if ok:
-                live.append(i)
-            else:
-                self._fail(seqs[i], ValueError(f"the logits of request {seqs[i].request_id} hold NaN or no value "
-                                               f"above -inf"))
-        tokens: list[int | None] = [None] * len(seqs)
-        if not live:
-            return tokens
-        rows = logits if len(live) == len(seqs) else logits.index_select(
-            0, torch.tensor(live, dtype=torch.long, device=logits.device))
+        (NaN logits, no logit above -inf, or the sampler raised for that row alone): it is finished with the error.
+        The whole batch is sampled at once (every sampling path raises on a row without a finite maximum); only
+        when that raises are the rows sampled one by one to find the failing ones."""
         try:
-            for i, token in zip(live, self._sample_rows(rows, [seqs[i] for i in live])):
-                tokens[i] = token
+            return list(self._sample_rows(logits, seqs))
         except Exception:  # noqa: BLE001 - find the row(s) it failed for; a row's token does not depend on the batch
-            for i in live:
-                try:
-                    tokens[i] = self._sample_rows(logits[i : i + 1], [seqs[i]])[0]
-                except Exception as exc:  # noqa: BLE001
-                    self._fail(seqs[i], exc)
+            pass
+        tokens: list[int | None] = [None] * len(seqs)
+        for i, seq in enumerate(seqs):
+            row = logits[i : i + 1]
+            if not bool(row.amax(-1)[0] > float("-inf")):  # False for NaN anywhere in the row
+                self._fail(seq, ValueError(f"the logits of request {seq.request_id} hold NaN or no value above -inf"))
+                continue
+            try:
+                tokens[i] = self._sample_rows(row, [seq])[0]
+            except Exception as exc:  # noqa: BLE001
+                self._fail(seq, exc)
         return tokens
 
     @staticmethod
@@ -677,7 +672,9 @@ class Engine:
         dev = logits.device
         if all(p.temperature == 0 for p in params):
             if self._greedy is not None and logits.stride(-1) == 1:
-                return self._greedy(logits).tolist()
+                return self._greedy(logits).tolist()  # raises on a row without a finite maximum
+            if not bool((logits.amax(-1) > float("-inf")).all()):
+                raise ValueError("a row of logits holds NaN or no value above -inf")
             return logits.argmax(-1).tolist()
         vocab = logits.shape[-1]
         tokens = ops.sample_tokens(
