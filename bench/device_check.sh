@@ -14,9 +14,11 @@
 # Needs: Python with torch (CUDA build), cmake, ninja, pybind11, scikit-build-core, pytest; nvcc (CUDACXX, or
 # nvcc on PATH, or /usr/local/cuda/bin/nvcc). Environment: CUDA_ARCH (default 90a: H100/H200 only, to keep the
 # build short), OUT (if set, the log goes to $OUT/device_check.log and the build log to $OUT/build.log),
-# SKIP_BUILD=1 to test an already installed zaya_rt. Took about 4-6 minutes on an H200 host before the
-# workloads (budget: 8); the workloads are capped at 4 minutes each (RSA skips cases past 100 s) and are not yet
-# timed on a GPU.
+# SKIP_BUILD=1 to test an already installed zaya_rt, BUDGET_S (default 450): the whole run's time budget in
+# seconds. Every step after the build runs under `timeout` with the smaller of its own cap and the budget left,
+# in this order of value: GPU tests, kernel timings, the workloads, `zaya-rt bench`, e2e; a step that finds less
+# than 20 s left is skipped and says so. The build took about 4-6 minutes on an H200 host (never run since the
+# workloads were added).
 #
 # The sm_90a CUTLASS grouped GEMM needs the nvidia-cutlass wheel (headers only) at build time, and the device
 # machine has no network: carry it in the repo-ignored folder .whl/ (`pip download nvidia-cutlass==4.2.0
@@ -42,7 +44,21 @@ else
   BUILD_LOG=$(mktemp "${TMPDIR:-/tmp}/zaya_rt_build.XXXXXX.log")
 fi
 START=$SECONDS
+BUDGET_S=${BUDGET_S:-450}
+(( DRY_RUN )) && BUDGET_S=1800
 step() { echo; echo "=== [$((SECONDS - START)) s] $*"; }
+# capped CAP CMD...: CMD under `timeout` of min(CAP, budget left); skipped (status 0, said so) under 20 s left.
+capped() {
+  local cap=$1 left=$((BUDGET_S - (SECONDS - START)))
+  shift
+  (( DRY_RUN )) && cap=600  # the CPU stand-in's time says nothing about a GPU's: only a hang is stopped
+  (( left < cap )) && cap=$left
+  if (( cap < 20 )); then
+    echo "(skipped: the ${BUDGET_S} s budget is spent)"
+    return 0
+  fi
+  timeout "$cap" "$@"
+}
 
 step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
@@ -55,7 +71,7 @@ PY
 # The trainer on 2 NCCL ranks (FSDP2, then FSDP2 + expert parallelism) against 1 CPU process; with DRY_RUN=1 the
 # same runs on 2 gloo CPU ranks for 3 steps.
 nccl_trainer() {
-  DRY_RUN=$DRY_RUN timeout 600 python - <<'PY'
+  DRY_RUN=$DRY_RUN capped 300 python - <<'PY'
 import json, os, subprocess, sys, tempfile
 sys.path.insert(0, "tests")
 from train_helpers import raw_config, runs_corpus, to_toml
@@ -95,9 +111,9 @@ workloads() {
   local flag=()
   (( DRY_RUN )) && flag=(--dry-run)
   step "training step: 2 ZAYA1-8B-shaped layers, bf16, 4 x 2048 tokens packed (8K window); vs transformers"
-  timeout 240 python -m zaya_rt.benchmarks.device_workloads train "${flag[@]}" || bench_rc=$?
+  capped 150 python -m zaya_rt.benchmarks.device_workloads train "${flag[@]}" || bench_rc=$?
   step "RSA decode: batch 16 / 64 after 8K / 32K contexts (Engine, CUDA graphs; % of HBM roofline)"
-  timeout 240 python -m zaya_rt.benchmarks.device_workloads rsa --budget-s 100 "${flag[@]}" || bench_rc=$?
+  capped 150 python -m zaya_rt.benchmarks.device_workloads rsa --budget-s 80 "${flag[@]}" || bench_rc=$?
 }
 
 if (( DRY_RUN )); then
@@ -144,7 +160,7 @@ assert _C.gpu_backend == 'cuda', 'this zaya_rt._C has no CUDA backend'
 
 step "GPU tests: pytest -m cuda tests"
 tests_rc=0
-python -m pytest -m cuda -q -p no:cacheprovider tests || tests_rc=$?
+capped 180 python -m pytest -m cuda -q -p no:cacheprovider tests || tests_rc=$?
 
 step "trainer on 2 ranks with NCCL (torchrun; FSDP2, then FSDP2 + expert parallelism; fp32, 12 steps)"
 train_rc=0
@@ -156,7 +172,7 @@ fi
 
 step "GPU kernel timings (CUDA graphs, bytes each op must move / time)"
 bench_rc=0
-python - <<'PY' || bench_rc=$?
+capped 90 python - <<'PY' || bench_rc=$?
 import torch
 import zaya_rt  # noqa: F401  registers torch.ops.zaya_rt
 from zaya_rt.benchmarks.harness import cuda_graph_time_us
@@ -203,7 +219,7 @@ for op, shape, dt, us, gbs, frac in rows:
 PY
 
 step "MoE GEMM timings (CUDA graphs, ZAYA1-8B expert shapes D = I = 2048, E = 16, bf16; TFLOP/s of the useful work)"
-python - <<'PY' || bench_rc=$?
+capped 90 python - <<'PY' || bench_rc=$?
 import os
 
 import torch
@@ -286,7 +302,7 @@ print("GB/s counts the expert weights each case must read (what bounds decode); 
 PY
 
 step "router timings (CUDA graphs, ZAYA1-8B router D = 2048, R = 256, E = 16; peer: unfused PyTorch composition)"
-python - <<'PY' || bench_rc=$?
+capped 90 python - <<'PY' || bench_rc=$?
 import torch
 import zaya_rt  # noqa: F401  registers torch.ops.zaya_rt
 from zaya_rt.benchmarks.harness import cuda_graph_time_us
@@ -302,7 +318,7 @@ with torch.inference_mode():
 PY
 
 step "attention + CCA prep timings (CUDA graphs; prefill TFLOP/s vs SDPA, decode GB/s of the K/V it must read)"
-python - <<'PY' || bench_rc=$?
+capped 90 python - <<'PY' || bench_rc=$?
 import os
 
 import torch
@@ -397,16 +413,16 @@ workloads
 
 step "zaya-rt bench --device cuda (ours vs PyTorch eager)"
 if command -v zaya-rt >/dev/null 2>&1; then
-  zaya-rt bench --device cuda --ops norms,moe,router,sampling,pages --min-time 0.1 || bench_rc=$?
+  capped 90 zaya-rt bench --device cuda --ops norms,moe,router,sampling,pages --min-time 0.1 || bench_rc=$?
 elif python -c "import zaya_rt.cli" 2>/dev/null; then
-  python -m zaya_rt.cli bench --device cuda --ops norms,moe,router,sampling,pages --min-time 0.1 || bench_rc=$?
+  capped 90 python -m zaya_rt.cli bench --device cuda --ops norms,moe,router,sampling,pages --min-time 0.1 || bench_rc=$?
 else
   echo "(no zaya-rt bench command in this checkout: skipped)"
 fi
 
 step "zaya-rt bench e2e --device cuda (ZAYA1-8B-shaped random weights, 4 of 40 layers; Engine vs transformers generate)"
 if python -c "import zaya_rt.benchmarks.e2e" 2>/dev/null; then
-  timeout 900 python -m zaya_rt.cli bench e2e --device cuda --layers 4 --batches 1,16 --new-tokens 64 --repeats 3 \
+  capped 240 python -m zaya_rt.cli bench e2e --device cuda --layers 4 --batches 1,16 --new-tokens 64 --repeats 3 \
     || bench_rc=$?
 else
   echo "(no e2e benchmark in this checkout: skipped)"
