@@ -16,6 +16,19 @@ SHAPES = [  # (M, N, K): single row, chunk edges (8 rows), blocked/unblocked chu
 ]
 
 
+# bf16 runs both ways a bf16 x meets the packed bf16 pairs: widened to fp32 for FMAs (0), or vdpbf16ps (1, where
+# the ISA build has it; the override is ignored elsewhere).
+DTYPE_PATHS = [pytest.param(torch.float32, -1, id="float32"), pytest.param(torch.float16, -1, id="float16"),
+               pytest.param(torch.bfloat16, 0, id="bfloat16-fma"), pytest.param(torch.bfloat16, 1, id="bfloat16-dot")]
+
+
+@pytest.fixture
+def bf16_dot_restored():
+    previous = _C.cpu_bf16_dot()
+    yield _C.set_cpu_bf16_dot
+    _C.set_cpu_bf16_dot(previous)
+
+
 def _aligned(nbytes: int) -> torch.Tensor:
     buf = torch.empty(nbytes + 64, dtype=torch.uint8)
     return buf[(-buf.data_ptr()) % 64:][:nbytes]
@@ -47,9 +60,10 @@ def _check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | 
     assert (err <= bound).all(), f"max excess {(err - bound).max().item():.3e}"
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype,bf16_dot", DTYPE_PATHS)
 @pytest.mark.parametrize("M,N,K", SHAPES)
-def test_packed_linear_matches_reference(cpu_isa, dtype, M, N, K):
+def test_packed_linear_matches_reference(cpu_isa, bf16_dot_restored, dtype, bf16_dot, M, N, K):
+    bf16_dot_restored(bf16_dot)
     gen = torch.Generator().manual_seed(hash((M, N, K, str(dtype))) % 2**31)
     w = torch.randn(N, K, generator=gen).to(dtype)
     b = torch.randn(N, generator=gen).to(dtype) if (M + N) % 2 else None
@@ -146,9 +160,10 @@ def test_zero_rows_is_a_no_op():
     _call(M=0, x=0, out=0)  # nothing to read or write: no pointer is touched
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_packed_linear_decode_shape(dtype):
+@pytest.mark.parametrize("dtype,bf16_dot", DTYPE_PATHS)
+def test_packed_linear_decode_shape(bf16_dot_restored, dtype, bf16_dot):
     """The 124M config's qkv projection at batch 16 (several threads share the panels)."""
+    bf16_dot_restored(bf16_dot)
     M, N, K = 16, 768, 512
     gen = torch.Generator().manual_seed(16)
     w, x = torch.randn(N, K, generator=gen).to(dtype), torch.randn(M, K, generator=gen).to(dtype)

@@ -1,8 +1,10 @@
 // Linear layer over weights packed once into column panels (layout in zaya_rt/packed_linear.h): the CPU
 // runtime's GEMM for decode-sized batches. Each panel of 48 output columns is read once per 8 rows of x and
 // multiplied as outer products (x values broadcast, 16 columns per vector) into 24 fp32 accumulators, so
-// no horizontal sums and no per-call packing of W are needed; bf16 pairs are widened to fp32 in registers.
-// Compiled once per ISA; the layout does not depend on it.
+// no horizontal sums and no per-call packing of W are needed. A bf16 weight is stored as bf16 pairs along K:
+// on hosts whose bf16 GEMMs take vdpbf16ps (bf16_gemm_rates().dot_chosen) a bf16 x multiplies them with one
+// vdpbf16ps per pair, elsewhere the pairs are widened to fp32 in registers for FMAs. Compiled once per ISA; the
+// layout does not depend on it.
 #include <omp.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #endif
 
 #include "cpu/epilogue.h"
+#include "cpu/gemm_core.h"
 #include "cpu/isa_kernels.h"
 #include "cpu/numeric.h"
 #include "zaya_rt/packed_linear.h"
@@ -123,6 +126,60 @@ void panel_chunk(const float* a, int64_t lda, const void* panel, int64_t j0, int
       store_vec(out + m * out_stride + 16 * v, _mm512_add_ps(acc[m * 3 + v], _mm512_loadu_ps(bias + 16 * v)),
                    masks[v]);
 }
+
+#if defined(__AVX512BF16__)
+// panel_chunk for a bf16 x and weight through vdpbf16ps: a holds MR rows of x as bf16 pairs (lda pairs apart).
+template <int MR>
+void panel_chunk_dot(const uint32_t* a, int64_t lda, const void* panel, int64_t j0, int64_t j1, float* tile,
+                     bool first, bool last, const float* bias, bf16* out, int64_t out_stride, int cols) {
+  __m512 acc[MR * 3];
+#pragma GCC unroll 24
+  for (int i = 0; i < MR * 3; ++i) acc[i] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(tile + 16 * i);
+  const uint32_t* b = static_cast<const uint32_t*>(panel) + j0 * kPanel;
+  for (int64_t j = j0; j < j1; ++j, b += kPanel) {
+    __m512bh pairs[3];
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) {
+      _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetchRows * kPanel + 16 * v), _MM_HINT_T0);
+      pairs[v] = (__m512bh)_mm512_loadu_si512(b + 16 * v);
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[m * lda + j]));
+#pragma GCC unroll 3
+      for (int v = 0; v < 3; ++v) acc[m * 3 + v] = _mm512_dpbf16_ps(acc[m * 3 + v], av, pairs[v]);
+    }
+  }
+  if (!last) {
+#pragma GCC unroll 24
+    for (int i = 0; i < MR * 3; ++i) _mm512_storeu_ps(tile + 16 * i, acc[i]);
+    return;
+  }
+  __mmask16 masks[3];
+  for (int v = 0; v < 3; ++v) {
+    const int n = std::clamp(cols - 16 * v, 0, 16);
+    masks[v] = static_cast<__mmask16>((1u << n) - 1u);
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v)
+      store_vec(out + m * out_stride + 16 * v, _mm512_add_ps(acc[m * 3 + v], _mm512_loadu_ps(bias + 16 * v)),
+                masks[v]);
+}
+
+void chunk_dispatch_dot(int mr, const uint32_t* a, int64_t lda, const void* panel, int64_t j0, int64_t j1,
+                        float* tile, bool first, bool last, const float* bias, bf16* out, int64_t out_stride,
+                        int cols) {
+  switch (mr) {
+#define ZAYA_RT_PANEL_CASE(R) \
+  case R: return panel_chunk_dot<R>(a, lda, panel, j0, j1, tile, first, last, bias, out, out_stride, cols);
+    ZAYA_RT_PANEL_CASE(1) ZAYA_RT_PANEL_CASE(2) ZAYA_RT_PANEL_CASE(3) ZAYA_RT_PANEL_CASE(4)
+    ZAYA_RT_PANEL_CASE(5) ZAYA_RT_PANEL_CASE(6) ZAYA_RT_PANEL_CASE(7) ZAYA_RT_PANEL_CASE(8)
+#undef ZAYA_RT_PANEL_CASE
+  }
+}
+#endif
 #else
 template <typename T, int MR>
 void panel_chunk(const float* a, int64_t lda, const void* panel, int64_t j0, int64_t j1, float* tile, bool first,
@@ -173,15 +230,31 @@ void chunk_dispatch(int mr, const float* a, int64_t lda, const void* panel, int6
   }
 }
 
-template <typename T> void linear_t(const PackedLinearParams& p) {
+// Whether a bf16 linear takes vdpbf16ps: the choice the bf16 GEMMs make on this host (measured once).
+template <typename T> bool use_dot() {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, bf16>) return bf16_gemm_rates().dot_chosen;
+#endif
+  return false;
+}
+
+template <typename T, bool Dot> void linear_t(const PackedLinearParams& p) {
+  constexpr bool kDot = Dot && std::is_same_v<T, bf16> && kHasBf16Dot;
   const int64_t M = p.M, N = p.N, K = p.K;
   const int64_t lda = (K + 1) / 2 * 2;
   float* a = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p.workspace) + 63) & ~uintptr_t{63});
+  uint32_t* a_pairs = reinterpret_cast<uint32_t*>(a);  // kDot: x rows as bf16 pairs, lda / 2 pairs apart
   const T* x = static_cast<const T*>(p.x);
 #pragma omp parallel for schedule(static) if (M * K >= kParallelMinFlops)
   for (int64_t m = 0; m < M; ++m) {
-    for (int64_t k = 0; k < K; ++k) a[m * lda + k] = load(x + m * p.x_row_stride, k);
-    if (lda > K) a[m * lda + K] = 0.f;
+    const T* row = x + m * p.x_row_stride;
+    if constexpr (kDot) {
+      for (int64_t j = 0; j < lda / 2; ++j)
+        a_pairs[m * (lda / 2) + j] = bits16(row[2 * j]) | (2 * j + 1 < K ? bits16(row[2 * j + 1]) << 16 : 0u);
+    } else {
+      for (int64_t k = 0; k < K; ++k) a[m * lda + k] = load(row, k);
+      if (lda > K) a[m * lda + K] = 0.f;
+    }
   }
   const int64_t panels = packed_linear_panels(N), rows = packed_linear_rows(p.dtype, K);
   const int64_t panel_floats = rows * kPanel;
@@ -201,8 +274,18 @@ template <typename T> void linear_t(const PackedLinearParams& p) {
       const int64_t j1 = std::min(rows, j0 + block);
       for (int64_t c = 0, m0 = 0; c < chunks; ++c) {
         const int mr = static_cast<int>(M / chunks + (c < M % chunks ? 1 : 0));
-        chunk_dispatch<T>(mr, a + m0 * lda, lda, b, j0, j1, block < rows ? tile[c] : nullptr, j0 == 0, j1 == rows,
-                          bias + panel * kPanel, out + m0 * p.out_row_stride + panel * kPanel, p.out_row_stride, cols);
+        float* t = block < rows ? tile[c] : nullptr;
+        T* o = out + m0 * p.out_row_stride + panel * kPanel;
+#if defined(__AVX512BF16__)
+        if constexpr (kDot) {
+          chunk_dispatch_dot(mr, a_pairs + m0 * (lda / 2), lda / 2, b, j0, j1, t, j0 == 0, j1 == rows,
+                             bias + panel * kPanel, o, p.out_row_stride, cols);
+          m0 += mr;
+          continue;
+        }
+#endif
+        chunk_dispatch<T>(mr, a + m0 * lda, lda, b, j0, j1, t, j0 == 0, j1 == rows, bias + panel * kPanel, o,
+                          p.out_row_stride, cols);
         m0 += mr;
       }
     }
@@ -218,7 +301,7 @@ const char* pack_linear_weight(const PackLinearParams& p) {
 
 const char* packed_linear(const PackedLinearParams& p) {
   if (p.M == 0) return nullptr;
-  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, linear_t<T>(p));
+  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, use_dot<T>() ? linear_t<T, true>(p) : linear_t<T, false>(p));
   return nullptr;
 }
 
