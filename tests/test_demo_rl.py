@@ -50,7 +50,8 @@ def test_config_renders_prompts_as_the_demo_evaluation_does(tmp_path):
     problem = trainer.prompts[0]["problem"]
     expected = DefaultTemplate(tokenizer).rollout(problem)
     assert trainer.template.rollout(problem) == expected
-    assert tokenizer.decode(expected).startswith("<|user|>\n") and tokenizer.decode(expected).endswith("<|assistant|>\n")
+    text = tokenizer.decode(expected)
+    assert text.startswith("<|user|>\n") and text.endswith("<|assistant|>\n")
 
 
 def test_tiny_rl_run_writes_model_metrics_and_config(tmp_path):
