@@ -126,3 +126,25 @@ def test_rl_raises_a_verifiable_reward(prompts_path, tmp_path):
     t.run()
     reward = [m["reward"] for m in metrics(tmp_path)]
     assert sum(reward[-4:]) / 4 > sum(reward[:4]) / 4 + 0.3, reward
+
+
+def test_chat_prompts_are_the_sft_user_turn(prompts_path, tmp_path):
+    """[data] chat = true: a rollout prompt is the user turn as zaya_rt.train.data renders SFT chats (header, the
+    rollout text, end marker, assistant header); chat = false leaves the text bare."""
+    from zaya_rt.rsa.templates import DefaultTemplate
+    from zaya_rt.runtime.tokenizer import ByteTokenizer
+    from zaya_rt.train.data import render_chat
+
+    raw = raw_config(prompts_path, tmp_path, steps=1)
+    bare = ByteTokenizer().decode(DefaultTemplate(ByteTokenizer(), use_chat_template=False).rollout("What?"))
+    raw["data"]["chat"] = True
+    chat = trainer(raw)
+    sft = render_chat([{"role": "user", "content": bare}, {"role": "assistant", "content": "x"}], ByteTokenizer())
+    ids = chat.template.rollout("What?")
+    assert ids == sft.input_ids[:len(ids)] and not any(sft.loss_mask[:len(ids)])
+    assert ByteTokenizer().decode(ids).endswith("<|assistant|>\n")
+    raw["data"]["chat"] = False
+    assert trainer(raw).template.rollout("What?") == ByteTokenizer().encode(bare)
+    raw["data"]["chat"] = "yes"
+    with pytest.raises(TypeError, match="data.chat"):
+        parse_rl_config(raw)

@@ -1,5 +1,5 @@
 """The README's first command: a tiny ZAYA1-shaped reasoning model trained by zaya_rt's trainer (shipped in
-model/), evaluated with Markovian RSA on held-out modular-arithmetic chains (`zaya-rt demo`, `--train`)."""
+model/), evaluated with Markovian RSA on held-out modular-arithmetic chains (`zaya-rt demo`, `--train`, `--rl`)."""
 
 from zaya_rt.demo.evaluate import evaluate, load_demo_model, packaged_model_dir
 from zaya_rt.demo.recipe import RECIPE, Recipe, Stage

@@ -1,6 +1,7 @@
 """The RL trainer's TOML configuration (`zaya-rt rl --config FILE.toml`), parsed strictly like the trainer's
 (zaya_rt.train.config): [model] (ZayaConfig fields, or `init_from = DIR`, e.g. the SFT checkpoint), [data]
-(`path`: jsonl with `problem` and `answer` per line; `tokenizer`), [rl], [balancer]. Unknown sections or keys
+(`path`: jsonl with `problem` and `answer` per line; `tokenizer`; `chat`: prompts as one user turn of the SFT chat
+format), [rl], [balancer]. Unknown sections or keys
 raise ValueError, wrong types TypeError, out-of-range values ValueError, each naming the key.
 """
 
@@ -21,6 +22,7 @@ from zaya_rt.train.rl.rewards import REWARD_KINDS
 class PromptDataConfig:
     path: str
     tokenizer: str = "bytes"
+    chat: bool = False  # render each prompt as a user turn of zaya_rt.train.data's chat format (an SFT model's)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from zaya_rt.runtime.params import SamplingParams
 from zaya_rt.train.activation import checkpoint_layers
 from zaya_rt.train.balancing import RouterBalancer, collect_router_loads
 from zaya_rt.train.checkpoint import clear_run_dir, save_final_model, latest_checkpoint, save_checkpoint
-from zaya_rt.train.data import load_tokenizer
+from zaya_rt.train.data import END_OF_MESSAGE, load_tokenizer
 from zaya_rt.train.muon import Muon
 from zaya_rt.train.params import param_groups
 from zaya_rt.train.rl.config import RLRunConfig
@@ -76,6 +76,31 @@ def build_optimizers(model: torch.nn.Module, kind: str, lr: float, weight_decay:
     return optimizers
 
 
+class ChatFormat:
+    """`tokenizer` with zaya_rt.train.data's chat format as its chat template, so that a prompt becomes the user
+    turn `<|user|>\\n PROMPT <|end|>\\n<|assistant|>\\n` that SFT rendered (rsa.templates wraps prompts with it)."""
+
+    chat_template = "zaya_rt.train.data chat format"
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = getattr(tokenizer, "vocab_size", None)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def apply_chat_template(self, messages: list[dict], *, tokenize: bool = False,
+                            add_generation_prompt: bool = True) -> str:
+        """The chat as text (only tokenize=False is offered)."""
+        if tokenize:
+            raise ValueError("ChatFormat.apply_chat_template: only tokenize=False is offered")
+        text = "".join(f"<|{m['role']}|>\n{m['content']}{END_OF_MESSAGE}" for m in messages)
+        return text + ("<|assistant|>\n" if add_generation_prompt else "")
+
+
 class RLTrainer:
     """RL on Engine rollouts as `config` (an RLRunConfig) says; `run()` trains to `config.rl.steps`, resuming
     from the newest complete checkpoint in out_dir unless `fresh`. The policy trains in float32."""
@@ -89,7 +114,9 @@ class RLTrainer:
         torch.manual_seed(rc.seed)
         random.seed(rc.seed)
         self.tokenizer = load_tokenizer(config.data.tokenizer)
-        self.template = DefaultTemplate(self.tokenizer, use_chat_template=False)
+        if config.data.chat:
+            self.tokenizer = ChatFormat(self.tokenizer)
+        self.template = DefaultTemplate(self.tokenizer, use_chat_template=config.data.chat)
         self.prompts = load_prompts(config.data.path)
         self.rewards = [make_reward(rc.reward, row["answer"]) for row in self.prompts]
         self.model = self._build_model()
