@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 
 from zaya_rt.runtime.tokenizer import HFTokenizer
-from zaya_rt.train.data import END_OF_MESSAGE
+from zaya_rt.train.data import chat_text
 
 SPECIAL_TOKENS = ("<|end|>", "<|user|>", "<|assistant|>")
 _PRETOKENS = r"[+*]\d+|\d+|[A-Za-z ]+|\s|[^\sA-Za-z\d]"
@@ -51,5 +51,4 @@ class DemoTokenizer(HFTokenizer):
         """The chat as text in zaya_rt.train.data's format (only tokenize=False is offered)."""
         if tokenize:
             raise ValueError("DemoTokenizer.apply_chat_template: only tokenize=False is offered")
-        text = "".join(f"<|{m['role']}|>\n{m['content']}{END_OF_MESSAGE}" for m in messages)
-        return text + ("<|assistant|>\n" if add_generation_prompt else "")
+        return chat_text(messages, add_generation_prompt=add_generation_prompt)

@@ -53,6 +53,13 @@ class Window:
     cu_seqlens: torch.Tensor
 
 
+def chat_text(messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+    """The chat as text in this module's format, ending with an open assistant header when add_generation_prompt
+    (what a model SFT-trained on `render_chat` samples continue from)."""
+    text = "".join(f"<|{m['role']}|>\n{m['content']}{END_OF_MESSAGE}" for m in messages)
+    return text + ("<|assistant|>\n" if add_generation_prompt else "")
+
+
 def render_chat(messages: list[dict], tokenizer) -> Sample:
     """Token ids of a chat with the loss mask set on assistant contents and their end markers."""
     ids: list[int] = []

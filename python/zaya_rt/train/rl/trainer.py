@@ -35,7 +35,7 @@ from zaya_rt.runtime.params import SamplingParams
 from zaya_rt.train.activation import checkpoint_layers
 from zaya_rt.train.balancing import RouterBalancer, collect_router_loads
 from zaya_rt.train.checkpoint import clear_run_dir, save_final_model, latest_checkpoint, save_checkpoint
-from zaya_rt.train.data import END_OF_MESSAGE, load_tokenizer
+from zaya_rt.train.data import chat_text, load_tokenizer
 from zaya_rt.train.muon import Muon
 from zaya_rt.train.params import param_groups
 from zaya_rt.train.rl.config import RLRunConfig
@@ -97,8 +97,7 @@ class ChatFormat:
         """The chat as text (only tokenize=False is offered)."""
         if tokenize:
             raise ValueError("ChatFormat.apply_chat_template: only tokenize=False is offered")
-        text = "".join(f"<|{m['role']}|>\n{m['content']}{END_OF_MESSAGE}" for m in messages)
-        return text + ("<|assistant|>\n" if add_generation_prompt else "")
+        return chat_text(messages, add_generation_prompt=add_generation_prompt)
 
 
 class RLTrainer:
