@@ -15,6 +15,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "cpu/cca_decode_tile.h"
 #include "cpu/cca_layout.h"
 #include "cpu/gemm_core.h"
 #include "cpu/isa_kernels.h"
@@ -168,8 +169,9 @@ struct Shared {
   }
 
   // y[r][0..d) = conv1 of head g over n window rows (bias included): a register-tiled GEMM against the packed
-  // weights, or (decode-sized inputs) dot products that read each weight row once for all rows.
-  void grouped_conv(int64_t g, int64_t n, const float* arows, float* y, float* pa, float* tile) const {
+  // weights, or (decode-sized inputs) dot products that read each weight row once for all rows (the AVX-512 ones
+  // rearrange arows in place).
+  void grouped_conv(int64_t g, int64_t n, float* arows, float* y, float* pa, float* tile) const {
     const int64_t d = s.d, Kq = s.Kq;
     const float* bias = b1 + g * d;
     if (s.packed) {
@@ -189,9 +191,15 @@ struct Shared {
       }
       return;
     }
+    const W* w = conv1_w + g * d * Kq;
+#if defined(__AVX512F__)
+    if (conv_rows_take(d, Kq)) {
+      conv_rows(arows, n, w, bias, d, Kq, y);
+      return;
+    }
+#endif
     // Groups of kMR weight rows (independent accumulators) against each window row; pa holds the
     // fp32 copy of a group when the weights are 16-bit.
-    const W* w = conv1_w + g * d * Kq;
     const float* wrows[kMR];
     float dots[kMR];
     for (int64_t c0 = 0; c0 < d; c0 += kMR) {
