@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "cpu/attention_decode_tile.h"
 #include "cpu/attention_tile.h"
@@ -27,6 +28,7 @@ struct DecodeItem {
   const int32_t* pages;
   int64_t h, L, n, G, rows, d, t_begin, t_end;
   int shift;
+  float score_scale;  // what the register tiles multiply q.k by (1 where qf is pre-scaled)
   const float* qf;
   float *o, *m, *l;
 
@@ -90,7 +92,9 @@ void run_item_tiles(const DecodeItem<T>& it, float* sc, const T** row_ptrs) {
       const int R = static_cast<int>(std::min<int64_t>(RT, it.rows - r0));
       const float* q = it.qf + r0 * it.d;
       float* s = sc + r0 * kChunk;
-      auto scores = [&](auto r) { decode_scores<T, ND, decltype(r)::value>(q, k_rows[buf], cnt, s, kChunk); };
+      auto scores = [&](auto r) {
+        decode_scores<T, ND, decltype(r)::value>(q, k_rows[buf], cnt, it.score_scale, s, kChunk);
+      };
       switch (R) {
         case 1: scores(std::integral_constant<int, 1>{}); break;
         case 2: if constexpr (RT >= 2) scores(std::integral_constant<int, 2>{}); break;
@@ -164,8 +168,9 @@ const char* decode_t(const AttnPagedDecodeParams& p) {
   while ((int64_t{1} << shift) < p.page_size) ++shift;
 #if defined(__AVX512F__)
   const bool tiles = decode_tiles_take(d);
+  const bool q_bf16 = tiles && kDecodeBf16Dot<T>;  // queries stay bf16 (see decode_scores)
 #else
-  const bool tiles = false;
+  const bool tiles = false, q_bf16 = false;
 #endif
 
   const T* q = static_cast<const T*>(p.q);
@@ -211,6 +216,10 @@ const char* decode_t(const AttnPagedDecodeParams& p) {
             const T* src = q + b * p.q_batch_stride + i * p.q_token_stride + (h * G + g) * p.q_head_stride;
             float* dst = qf + (i * G + g) * d;
 #if defined(__AVX512F__)
+            if (q_bf16) {
+              std::memcpy(dst, src, d * sizeof(T));
+              continue;
+            }
             if (tiles) {
               row_to_lanes(src, d, p.scale, dst);
               continue;
@@ -220,7 +229,7 @@ const char* decode_t(const AttnPagedDecodeParams& p) {
           }
         const DecodeItem<T> it{p, static_cast<const T*>(p.k_cache), static_cast<const T*>(p.v_cache),
                                p.block_table + b * p.block_table_stride, h, L, n, G, rows, d, t_begin, t_end,
-                               shift, qf, o, m, l};
+                               shift, q_bf16 ? p.scale : 1.f, qf, o, m, l};
 #if defined(__AVX512F__)
         const T** row_ptrs = reinterpret_cast<const T**>(kf);
         switch (tiles ? d : 0) {

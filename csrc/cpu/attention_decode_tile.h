@@ -15,10 +15,36 @@ namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 // Head dims the register tiles take: d = 16 * ND with ND one of 2, 4, 8, 16.
 inline bool decode_tiles_take(int64_t d) { return d == 32 || d == 64 || d == 128 || d == 256; }
 
-// sc[r * ld + j] = <q_r, k_j> for R query rows (q [R][16 * ND], lane order) and the cnt keys k_rows[j].
+// Queries of bf16 rows are kept as bf16 (the inputs' own values) and meet K rows in vdpbf16ps, whose products
+// are exact and whose sums are fp32 like an FMA chain's; the softmax scale then multiplies the dot products.
+template <typename T> constexpr bool kDecodeBf16Dot = std::is_same_v<T, bf16> && kHasBf16Dot;
+
+// sc[r * ld + j] = scale * <q_r, k_j> for R query rows and the cnt keys k_rows[j]. q is [R][16 * ND] floats: fp32
+// in lane order, or (kDecodeBf16Dot) each row's bf16 values at its start.
 template <typename T, int ND, int R>
-inline void decode_scores(const float* q, const T* const* k_rows, int64_t cnt, float* sc, int64_t ld) {
+inline void decode_scores(const float* q, const T* const* k_rows, int64_t cnt, float scale, float* sc, int64_t ld) {
   static_assert(R >= 1 && R <= 4 && ND % 2 == 0, "rows per pass, whole 32-element blocks");
+  alignas(16) float dots[4];
+  const __m128 sv = _mm_set1_ps(scale);
+#if defined(__AVX512BF16__)
+  if constexpr (kDecodeBf16Dot<T>) {
+    __m512bh qv[R][ND / 2];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < ND / 2; ++c) qv[r][c] = (__m512bh)_mm512_loadu_si512(q + r * 16 * ND + 16 * c);
+    for (int64_t j = 0; j < cnt; ++j) {
+      const T* kr = k_rows[j];
+      __m512 acc[4];
+      for (int r = 0; r < 4; ++r) acc[r] = _mm512_setzero_ps();
+      for (int c = 0; c < ND / 2; ++c) {
+        const __m512bh kv = (__m512bh)_mm512_loadu_si512(kr + 32 * c);
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], qv[r][c], kv);
+      }
+      _mm_store_ps(dots, _mm_mul_ps(sv, hsum4(acc[0], acc[1], acc[2], acc[3])));
+      for (int r = 0; r < R; ++r) sc[r * ld + j] = dots[r];
+    }
+    return;
+  }
+#endif
   __m512 qv[R][ND];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < ND; ++c) qv[r][c] = _mm512_loadu_ps(q + r * 16 * ND + 16 * c);
@@ -35,8 +61,7 @@ inline void decode_scores(const float* q, const T* const* k_rows, int64_t cnt, f
       }
     }
     for (int r = 0; r < R; ++r) acc[r] = _mm512_add_ps(acc[r], acc2[r]);
-    alignas(16) float dots[4];
-    _mm_store_ps(dots, hsum4(acc[0], acc[1], acc[2], acc[3]));
+    _mm_store_ps(dots, _mm_mul_ps(sv, hsum4(acc[0], acc[1], acc[2], acc[3])));
     for (int r = 0; r < R; ++r) sc[r * ld + j] = dots[r];
   }
 }
