@@ -159,6 +159,19 @@ struct Shared {
   // abuf[r + s][j], the layout of a conv1 weight row.
   void windows(int64_t n, const float* abuf, float* arows) const {
     const int64_t d = s.d, k1 = s.k1;
+#if defined(__AVX512F__)
+    if (k1 == 2 && d % 16 == 0) {  // the model's conv: interleave each row with the next
+      const __m512i first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+      const __m512i second = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < d; j += 16) {
+          const __m512 a = _mm512_loadu_ps(abuf + r * d + j), b = _mm512_loadu_ps(abuf + (r + 1) * d + j);
+          _mm512_storeu_ps(arows + r * s.Kq + 2 * j, _mm512_permutex2var_ps(a, first, b));
+          _mm512_storeu_ps(arows + r * s.Kq + 2 * j + 16, _mm512_permutex2var_ps(a, second, b));
+        }
+      return;
+    }
+#endif
     for (int64_t r = 0; r < n; ++r) {
       float* ar = arows + r * s.Kq;
       for (int64_t k = 0; k < k1; ++k) {
@@ -234,15 +247,17 @@ struct Shared {
       for (int64_t j = 0; j < d; ++j) pre[j] += (load(q, j) + load(k, j)) * 0.5f;
       return;
     }
+    // the mean over the group's q heads of (q_h + k) / 2
     const int64_t kh = g - s.Hq;
     const T* k = kp + t * kp_rs + kh * d;
-    const float inv_g = 1.f / static_cast<float>(s.G);
-    for (int64_t j = 0; j < d; ++j) {
-      float acc = 0.f;
-      const float kv = load(k, j);
-      for (int64_t h = kh * s.G; h < (kh + 1) * s.G; ++h) acc += (load(qp, t * qp_rs + h * d + j) + kv) * 0.5f;
-      pre[j] += acc * inv_g;
+    const float w = 0.5f / static_cast<float>(s.G);
+    for (int64_t h = kh * s.G; h < (kh + 1) * s.G; ++h) {
+      const T* q = qp + t * qp_rs + h * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) pre[j] += w * load(q, j);
     }
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) pre[j] += 0.5f * load(k, j);
   }
 
   // sqrt(d) / max(|pre|, eps); also returns |pre|.
