@@ -92,15 +92,9 @@ void run_item_tiles(const DecodeItem<T>& it, float* sc, const T** row_ptrs) {
       const int R = static_cast<int>(std::min<int64_t>(RT, it.rows - r0));
       const float* q = it.qf + r0 * it.d;
       float* s = sc + r0 * kChunk;
-      auto scores = [&](auto r) {
+      with_tile_rows<RT>(R, [&](auto r) {
         decode_scores<T, ND, decltype(r)::value>(q, k_rows[buf], cnt, it.score_scale, s, kChunk);
-      };
-      switch (R) {
-        case 1: scores(std::integral_constant<int, 1>{}); break;
-        case 2: if constexpr (RT >= 2) scores(std::integral_constant<int, 2>{}); break;
-        case 3: if constexpr (RT >= 3) scores(std::integral_constant<int, 3>{}); break;
-        default: if constexpr (RT >= 4) scores(std::integral_constant<int, 4>{}); break;
-      }
+      });
       float alpha[RT];
       int64_t j0 = cnt, j1 = 0;  // the keys any row of the tile sees
       for (int r = 0; r < R; ++r) {
@@ -108,17 +102,11 @@ void run_item_tiles(const DecodeItem<T>& it, float* sc, const T** row_ptrs) {
         alpha[r] = it.softmax_step(r0 + r, s + r * kChunk, cnt, kr);
         if (kr.lo < kr.hi) j0 = std::min(j0, kr.lo), j1 = std::max(j1, kr.hi);
       }
-      if (j0 >= j1) {
-        continue;  // no key of this chunk for these rows: their outputs keep their scale (alpha is 1)
-      }
+      if (j0 >= j1) continue;  // no key of this chunk for these rows: their outputs keep their scale (alpha 1)
       float* o = it.o + r0 * it.d;
-      auto pv = [&](auto r) { decode_pv<T, ND, decltype(r)::value>(s, kChunk, v_rows[buf], j0, j1, alpha, o); };
-      switch (R) {
-        case 1: pv(std::integral_constant<int, 1>{}); break;
-        case 2: if constexpr (RT >= 2) pv(std::integral_constant<int, 2>{}); break;
-        case 3: if constexpr (RT >= 3) pv(std::integral_constant<int, 3>{}); break;
-        default: if constexpr (RT >= 4) pv(std::integral_constant<int, 4>{}); break;
-      }
+      with_tile_rows<RT>(R, [&](auto r) {
+        decode_pv<T, ND, decltype(r)::value>(s, kChunk, v_rows[buf], j0, j1, alpha, o);
+      });
     }
   }
 }

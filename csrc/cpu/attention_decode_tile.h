@@ -95,6 +95,16 @@ inline void decode_pv(const float* p, int64_t ld, const T* const* v_rows, int64_
 
 // Query rows per register tile for 16 * ND columns: the R x ND outputs fill at most 16 registers.
 template <int ND> constexpr int kDecodeTileRows = ND <= 4 ? 4 : 16 / ND;
+
+// f(std::integral_constant<int, R>{}) for a tile of R rows, 1 <= R <= RT <= 4.
+template <int RT, typename F> inline void with_tile_rows(int R, F&& f) {
+  switch (R) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: if constexpr (RT >= 2) f(std::integral_constant<int, 2>{}); break;
+    case 3: if constexpr (RT >= 3) f(std::integral_constant<int, 3>{}); break;
+    default: if constexpr (RT >= 4) f(std::integral_constant<int, 4>{}); break;
+  }
+}
 #endif
 
 }  // namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA

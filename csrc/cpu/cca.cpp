@@ -160,15 +160,11 @@ struct Shared {
   void windows(int64_t n, const float* abuf, float* arows) const {
     const int64_t d = s.d, k1 = s.k1;
 #if defined(__AVX512F__)
-    if (k1 == 2 && d % 16 == 0) {  // the model's conv: interleave each row with the next
-      const __m512i first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-      const __m512i second = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    if (k1 == 2 && d % 16 == 0) {  // the model's conv: each row interleaved with the next
       for (int64_t r = 0; r < n; ++r)
-        for (int64_t j = 0; j < d; j += 16) {
-          const __m512 a = _mm512_loadu_ps(abuf + r * d + j), b = _mm512_loadu_ps(abuf + (r + 1) * d + j);
-          _mm512_storeu_ps(arows + r * s.Kq + 2 * j, _mm512_permutex2var_ps(a, first, b));
-          _mm512_storeu_ps(arows + r * s.Kq + 2 * j + 16, _mm512_permutex2var_ps(a, second, b));
-        }
+        for (int64_t j = 0; j < d; j += 16)
+          store_interleaved(_mm512_loadu_ps(abuf + r * d + j), _mm512_loadu_ps(abuf + (r + 1) * d + j),
+                            arows + r * s.Kq + 2 * j);
       return;
     }
 #endif

@@ -40,15 +40,20 @@ template <typename T> inline void row_to_lanes(const T* src, int64_t d, float sc
   }
 }
 
+// dst[0, 32) = a0 b0 a1 b1 ... a15 b15.
+inline void store_interleaved(__m512 a, __m512 b, float* dst) {
+  const __m512i first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i second = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  _mm512_storeu_ps(dst, _mm512_permutex2var_ps(a, first, b));
+  _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(a, second, b));
+}
+
 // dst[0, d) = src[0, d) back in element order (the inverse of row_to_lanes for storage type T).
 template <typename T> inline void lanes_to_row(const float* src, int64_t d, float* dst) {
   for (int c = 0; c < d / 32; ++c) {
     const __m512 lo = _mm512_loadu_ps(src + 32 * c), hi = _mm512_loadu_ps(src + 32 * c + 16);
     if constexpr (std::is_same_v<T, bf16>) {
-      const __m512i first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-      const __m512i second = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-      _mm512_storeu_ps(dst + 32 * c, _mm512_permutex2var_ps(lo, first, hi));
-      _mm512_storeu_ps(dst + 32 * c + 16, _mm512_permutex2var_ps(lo, second, hi));
+      store_interleaved(lo, hi, dst + 32 * c);
     } else {
       _mm512_storeu_ps(dst + 32 * c, lo);
       _mm512_storeu_ps(dst + 32 * c + 16, hi);
