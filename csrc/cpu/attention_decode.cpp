@@ -18,6 +18,12 @@ namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 namespace {
 
 constexpr int64_t kChunk = kAttnDecodeChunk;
+constexpr int64_t kDecodeL2Keys = 256;  // keys per item prefetched into L2 up front
+
+template <typename T> inline void prefetch_row_l2(const T* row, int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(bytes + off, 0, 2);
+}
 
 // One work item: query rows [rows][d] (pre-scaled fp32, in the kernel's column order) against the keys
 // [t_begin, t_end) of sequence b, kv head h; o [rows][d], m [rows], l [rows] are its running softmax state.
@@ -84,9 +90,19 @@ void run_item_tiles(const DecodeItem<T>& it, float* sc, const T** row_ptrs) {
       prefetch_row(v_rows[buf][j], it.d);
     }
   };
+  // Decode reads each K/V row once, from memory: ask for the rows kDecodeL2Keys ahead into L2 (the item's first
+  // ones all at once: many misses in flight), and for the next chunk's rows into L1.
+  auto to_l2 = [&](int64_t t_lo, int64_t t_hi) {
+    for (int64_t t = t_lo; t < std::min(it.t_end, t_hi); ++t) {
+      prefetch_row_l2(it.k_row(t), it.d);
+      prefetch_row_l2(it.v_row(t), it.d);
+    }
+  };
+  to_l2(it.t_begin, it.t_begin + kDecodeL2Keys);
   look_up(it.t_begin, 0);
   for (int64_t t0 = it.t_begin, buf = 0; t0 < it.t_end; t0 += kChunk, buf ^= 1) {
     const int64_t cnt = std::min(kChunk, it.t_end - t0);
+    to_l2(t0 + kDecodeL2Keys, t0 + kDecodeL2Keys + kChunk);
     if (t0 + kChunk < it.t_end) look_up(t0 + kChunk, static_cast<int>(buf ^ 1));
     for (int64_t r0 = 0; r0 < it.rows; r0 += RT) {
       const int R = static_cast<int>(std::min<int64_t>(RT, it.rows - r0));
