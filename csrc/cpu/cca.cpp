@@ -203,7 +203,7 @@ struct Shared {
     const W* w = conv1_w + g * d * Kq;
 #if defined(__AVX512F__)
     if (conv_rows_take(d, Kq)) {
-      conv_rows(arows, n, w, bias, d, Kq, y);
+      conv_rows(arows, n, w, g + 1 < s.H ? w + d * Kq : nullptr, bias, d, Kq, y);  // tasks run heads in order
       return;
     }
 #endif

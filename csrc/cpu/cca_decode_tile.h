@@ -41,10 +41,20 @@ inline void conv_dot_tile(const float* a, const W* w, int64_t K, float* out) {
 // Whether conv_rows takes these sizes: whole 32-element blocks per window row, whole 16-row weight groups.
 inline bool conv_rows_take(int64_t d, int64_t K) { return d % 16 == 0 && K % 32 == 0; }
 
+// Asks for bytes [0, n) of p in L2: a decode step finds the weights evicted by the layers in between, and
+// sequential rows alone keep too few misses in flight.
+inline void prefetch_l2(const void* p, int64_t n) {
+  for (int64_t off = 0; off < n; off += 64) __builtin_prefetch(static_cast<const char*>(p) + off, 0, 2);
+}
+
 // y[r * d + c] = bias[c] + <arows_r, w_c> for n window rows (arows [n][K] fp32 in element order; rearranged in
-// place) and the d weight rows of w ([d][K], storage type W).
+// place) and the d weight rows of w ([d][K], storage type W). next_w: the weights of the caller's next call (or
+// null), requested into L2 meanwhile.
 template <typename W>
-void conv_rows(float* arows, int64_t n, const W* w, const float* bias, int64_t d, int64_t K, float* y) {
+void conv_rows(float* arows, int64_t n, const W* w, const W* next_w, const float* bias, int64_t d, int64_t K,
+               float* y) {
+  prefetch_l2(w, d * K * static_cast<int64_t>(sizeof(W)));
+  if (next_w != nullptr) prefetch_l2(next_w, d * K * static_cast<int64_t>(sizeof(W)));
   floats_to_lanes<W>(arows, n, K);
   float out[16];
   for (int64_t r0 = 0; r0 < n;) {
