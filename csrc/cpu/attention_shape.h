@@ -87,7 +87,8 @@ inline int64_t attn_decode_splits(int64_t batch, int64_t hk, int64_t max_context
   return std::max<int64_t>(1, std::min(want, attn_ceil(max_context, kAttnDecodeMinSplitKeys)));
 }
 // Partials (o [d], max, sum) per (sequence, query, head, split), then per thread the group's query rows in
-// fp32, their scores for a chunk of keys, and the chunk's K and V rows in fp32.
+// fp32, their scores for a chunk of keys, and the chunk's K and V rows in fp32 (the register tiles keep the
+// chunk's K/V row addresses and one output row there instead).
 constexpr int64_t kAttnDecodeChunk = 32;
 inline int64_t attn_decode_partials_floats(int64_t batch, int64_t n, int64_t hq, int64_t d, int64_t splits) {
   return batch * n * hq * splits * (d + 2);

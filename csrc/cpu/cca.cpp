@@ -15,6 +15,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "cpu/cca_decode_tile.h"
 #include "cpu/cca_layout.h"
 #include "cpu/gemm_core.h"
 #include "cpu/isa_kernels.h"
@@ -158,6 +159,15 @@ struct Shared {
   // abuf[r + s][j], the layout of a conv1 weight row.
   void windows(int64_t n, const float* abuf, float* arows) const {
     const int64_t d = s.d, k1 = s.k1;
+#if defined(__AVX512F__)
+    if (k1 == 2 && d % 16 == 0) {  // the model's conv: each row interleaved with the next
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < d; j += 16)
+          store_interleaved(_mm512_loadu_ps(abuf + r * d + j), _mm512_loadu_ps(abuf + (r + 1) * d + j),
+                            arows + r * s.Kq + 2 * j);
+      return;
+    }
+#endif
     for (int64_t r = 0; r < n; ++r) {
       float* ar = arows + r * s.Kq;
       for (int64_t k = 0; k < k1; ++k) {
@@ -168,8 +178,9 @@ struct Shared {
   }
 
   // y[r][0..d) = conv1 of head g over n window rows (bias included): a register-tiled GEMM against the packed
-  // weights, or (decode-sized inputs) dot products that read each weight row once for all rows.
-  void grouped_conv(int64_t g, int64_t n, const float* arows, float* y, float* pa, float* tile) const {
+  // weights, or (decode-sized inputs) dot products that read each weight row once for all rows (the AVX-512 ones
+  // rearrange arows in place).
+  void grouped_conv(int64_t g, int64_t n, float* arows, float* y, float* pa, float* tile) const {
     const int64_t d = s.d, Kq = s.Kq;
     const float* bias = b1 + g * d;
     if (s.packed) {
@@ -189,9 +200,15 @@ struct Shared {
       }
       return;
     }
+    const W* w = conv1_w + g * d * Kq;
+#if defined(__AVX512F__)
+    if (conv_rows_take(d, Kq)) {
+      conv_rows(arows, n, w, g + 1 < s.H ? w + d * Kq : nullptr, bias, d, Kq, y);  // tasks run heads in order
+      return;
+    }
+#endif
     // Groups of kMR weight rows (independent accumulators) against each window row; pa holds the
     // fp32 copy of a group when the weights are 16-bit.
-    const W* w = conv1_w + g * d * Kq;
     const float* wrows[kMR];
     float dots[kMR];
     for (int64_t c0 = 0; c0 < d; c0 += kMR) {
@@ -226,15 +243,17 @@ struct Shared {
       for (int64_t j = 0; j < d; ++j) pre[j] += (load(q, j) + load(k, j)) * 0.5f;
       return;
     }
+    // the mean over the group's q heads of (q_h + k) / 2
     const int64_t kh = g - s.Hq;
     const T* k = kp + t * kp_rs + kh * d;
-    const float inv_g = 1.f / static_cast<float>(s.G);
-    for (int64_t j = 0; j < d; ++j) {
-      float acc = 0.f;
-      const float kv = load(k, j);
-      for (int64_t h = kh * s.G; h < (kh + 1) * s.G; ++h) acc += (load(qp, t * qp_rs + h * d + j) + kv) * 0.5f;
-      pre[j] += acc * inv_g;
+    const float w = 0.5f / static_cast<float>(s.G);
+    for (int64_t h = kh * s.G; h < (kh + 1) * s.G; ++h) {
+      const T* q = qp + t * qp_rs + h * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) pre[j] += w * load(q, j);
     }
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) pre[j] += 0.5f * load(k, j);
   }
 
   // sqrt(d) / max(|pre|, eps); also returns |pre|.
