@@ -22,8 +22,6 @@ namespace zaya_rt::cpu::ZAYA_RT_CPU_ISA {
 #if defined(__AVX512F__)
 namespace {
 
-constexpr int kRowsPerTile = 6;      // weight rows per tile: 3 gate/up pairs, or 6 down rows
-constexpr int kPairsPerTile = kRowsPerTile / 2;
 constexpr int64_t kSliceCols = 48;   // output columns whose partial results wait in a thread's buffers
 constexpr int64_t kSplitAlign = 16;  // thread slices start on whole vectors of the output rows
 constexpr int64_t kMinMacsPerThread = 1 << 17;
@@ -69,9 +67,11 @@ template <> struct Mode<bf16, true> {
 };
 #endif
 
-// Rows of x per tile. With 3 rows (18 accumulators, 9 row pointers) GCC 12 keeps the accumulators' home on the
-// stack and stores all of them on every step; bf16 widened by FMAs needs two registers per weight vector.
-constexpr int kMaxTileRows = 2;
+// Tile shapes: G weight rows (G / 2 gate/up pairs, or G down rows) by up to tile_x_rows<G> rows of x. An
+// expert with one row takes 8 weight rows, whose 8 independent sums keep the FMA pipes busy while the weights
+// stream in; more rows take 4 by 4, so each weight vector feeds 4 products and each x vector 4 (4 by 6 runs out
+// of registers: GCC 12 then keeps the accumulators' home on the stack and stores them on every step).
+template <int G> constexpr int tile_x_rows = G == 8 ? 1 : 4;
 
 // out[m * G + g] = <x[m], w[g]> over K for M rows of x and G rows of w, all contiguous along K. The rows
 // pf_ahead elements after each w row (the next tile's) are prefetched while this one computes.
@@ -81,7 +81,7 @@ __attribute__((noinline)) void dot_tile(const T* const* x, const T* const* w, in
   using V = Mode<T, Dot>;
   constexpr int64_t step = V::step;
   __m512 acc[M * G];
-#pragma GCC unroll 24
+#pragma GCC unroll 32
   for (int i = 0; i < M * G; ++i) acc[i] = _mm512_setzero_ps();
   constexpr uint32_t full = step == 32 ? 0xffffffffu : 0xffffu;
   const uint32_t tail = (1u << (K % step)) - 1u;
@@ -89,7 +89,7 @@ __attribute__((noinline)) void dot_tile(const T* const* x, const T* const* w, in
     // A full mask costs what an unmasked load does; one loop body serves the K tail as well.
     const uint32_t mask = K - k >= step ? full : tail;
     typename V::Vec wv[G];
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (int g = 0; g < G; ++g) {
       wv[g] = V::load(w[g] + k, mask);
       _mm_prefetch(reinterpret_cast<const char*>(w[g] + pf_ahead + k), _MM_HINT_T0);
@@ -97,19 +97,26 @@ __attribute__((noinline)) void dot_tile(const T* const* x, const T* const* w, in
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) {
       const typename V::Vec xv = V::load(x[m] + k, mask);
-#pragma GCC unroll 6
+#pragma GCC unroll 8
       for (int g = 0; g < G; ++g) acc[m * G + g] = V::fma(acc[m * G + g], xv, wv[g]);
     }
   }
   hsum_vectors<M * G>(acc, out);
 }
 
-// dot_tile for m (1 or 2) rows of x.
-template <typename T, bool Dot>
+// dot_tile for m (1 .. tile_x_rows<G>) rows of x.
+template <typename T, bool Dot, int G>
 void dot_tile_rows(int m, const T* const* x, const T* const* w, int64_t K, int64_t pf_ahead, float* out) {
-  constexpr int G = kRowsPerTile;
-  if (m == 2) dot_tile<T, Dot, 2, G>(x, w, K, pf_ahead, out);
-  else dot_tile<T, Dot, 1, G>(x, w, K, pf_ahead, out);
+  if constexpr (tile_x_rows<G> == 1) {
+    dot_tile<T, Dot, 1, G>(x, w, K, pf_ahead, out);
+  } else {
+    switch (m) {
+      case 4: return dot_tile<T, Dot, 4, G>(x, w, K, pf_ahead, out);
+      case 3: return dot_tile<T, Dot, 3, G>(x, w, K, pf_ahead, out);
+      case 2: return dot_tile<T, Dot, 2, G>(x, w, K, pf_ahead, out);
+      default: return dot_tile<T, Dot, 1, G>(x, w, K, pf_ahead, out);
+    }
+  }
 }
 
 // [begin, end) of n split over `parts`, slices a multiple of kSplitAlign long (the last one shorter).
@@ -121,30 +128,30 @@ inline Slice thread_slice(int64_t n, int parts, int part) {
 
 // One expert's gate_up product and SwiGLU for its rows [r0, r1) over intermediate columns [i0, i1): act[r] =
 // SiLU(gate . x_r) * (up . x_r) rounded to T, as the general path's epilogue computes it.
-template <typename T, bool Dot>
+template <typename T, bool Dot, int G>
 void gate_up_rows(const MoeExpertsParams& p, const T* w1, const T* const* x, int64_t rows, int64_t i0, int64_t i1,
                   T* act) {
-  constexpr int MR = kMaxTileRows;
+  constexpr int MR = tile_x_rows<G>, kPairs = G / 2;
   const int64_t I = p.I, ld = p.gate_up_row_stride;
   alignas(64) float gate[kMoeDecodeMaxSlots][kSliceCols], up[kMoeDecodeMaxSlots][kSliceCols];
-  float tile[MR * kRowsPerTile];
-  const T* w[kRowsPerTile];
+  float tile[MR * G];
+  const T* w[G];
   for (int64_t s0 = i0; s0 < i1; s0 += kSliceCols) {
     const int64_t s1 = std::min(i1, s0 + kSliceCols);
-    for (int64_t i = s0; i < s1; i += kPairsPerTile) {
+    for (int64_t i = s0; i < s1; i += kPairs) {
       // A short last tile repeats its last column; the repeats are not stored.
-      for (int j = 0; j < kPairsPerTile; ++j) {
+      for (int j = 0; j < kPairs; ++j) {
         const int64_t c = std::min(i + j, s1 - 1);
         w[j] = w1 + c * ld;
-        w[kPairsPerTile + j] = w1 + (I + c) * ld;
+        w[kPairs + j] = w1 + (I + c) * ld;
       }
       for (int64_t m0 = 0; m0 < rows; m0 += MR) {
         const int mr = static_cast<int>(std::min<int64_t>(MR, rows - m0));
-        dot_tile_rows<T, Dot>(mr, x + m0, w, p.D, m0 == 0 ? kPairsPerTile * ld : 0, tile);
+        dot_tile_rows<T, Dot, G>(mr, x + m0, w, p.D, m0 == 0 ? kPairs * ld : 0, tile);
         for (int m = 0; m < mr; ++m)
-          for (int j = 0; j < kPairsPerTile && i + j < s1; ++j) {
-            gate[m0 + m][i + j - s0] = tile[m * kRowsPerTile + j];
-            up[m0 + m][i + j - s0] = tile[m * kRowsPerTile + kPairsPerTile + j];
+          for (int j = 0; j < kPairs && i + j < s1; ++j) {
+            gate[m0 + m][i + j - s0] = tile[m * G + j];
+            up[m0 + m][i + j - s0] = tile[m * G + kPairs + j];
           }
       }
     }
@@ -154,25 +161,25 @@ void gate_up_rows(const MoeExpertsParams& p, const T* w1, const T* const* x, int
 
 // One expert's down product for its rows [r0, r0 + rows) over output columns [d0, d1), scaled by each slot's
 // gate: written to the token's output row (top-1) or to the row's fp32 y row (top-k, summed later).
-template <typename T, bool Dot, typename TG>
+template <typename T, bool Dot, typename TG, int G>
 void down_rows(const MoeExpertsParams& p, const MoeDecodeRows& rr, const T* w2, const T* const* a, int64_t r0,
                int64_t rows, int64_t d0, int64_t d1) {
-  constexpr int MR = kMaxTileRows;
+  constexpr int MR = tile_x_rows<G>;
   const int64_t ld = p.down_row_stride;
   alignas(64) float y[kMoeDecodeMaxSlots][kSliceCols];
-  float tile[MR * kRowsPerTile];
-  const T* w[kRowsPerTile];
+  float tile[MR * G];
+  const T* w[G];
   T* out = static_cast<T*>(p.out);
   const TG* gate = static_cast<const TG*>(p.gate);
   for (int64_t s0 = d0; s0 < d1; s0 += kSliceCols) {
     const int64_t s1 = std::min(d1, s0 + kSliceCols);
-    for (int64_t d = s0; d < s1; d += kRowsPerTile) {
-      for (int j = 0; j < kRowsPerTile; ++j) w[j] = w2 + std::min(d + j, s1 - 1) * ld;
+    for (int64_t d = s0; d < s1; d += G) {
+      for (int j = 0; j < G; ++j) w[j] = w2 + std::min(d + j, s1 - 1) * ld;
       for (int64_t m0 = 0; m0 < rows; m0 += MR) {
         const int mr = static_cast<int>(std::min<int64_t>(MR, rows - m0));
-        dot_tile_rows<T, Dot>(mr, a + m0, w, p.I, m0 == 0 ? kRowsPerTile * ld : 0, tile);
+        dot_tile_rows<T, Dot, G>(mr, a + m0, w, p.I, m0 == 0 ? G * ld : 0, tile);
         for (int m = 0; m < mr; ++m)
-          for (int j = 0; j < kRowsPerTile && d + j < s1; ++j) y[m0 + m][d + j - s0] = tile[m * kRowsPerTile + j];
+          for (int j = 0; j < G && d + j < s1; ++j) y[m0 + m][d + j - s0] = tile[m * G + j];
       }
     }
     for (int64_t m = 0; m < rows; ++m) {
@@ -233,17 +240,17 @@ const char* decode_t(const MoeExpertsParams& p, const MoeDecodeRows& rr) {
     int64_t start = 0;
     for (int64_t e = 0; e < E; start = rr.offsets[e++]) {
       const int64_t n = rr.offsets[e] - start;
-      if (n > 0)
-        gate_up_rows<T, Dot>(p, w1 + e * p.gate_up_expert_stride, x_rows + start, n, cols_i.begin, cols_i.end,
-                             act + start * I);
+      const T* w = w1 + e * p.gate_up_expert_stride;
+      if (n == 1) gate_up_rows<T, Dot, 8>(p, w, x_rows + start, n, cols_i.begin, cols_i.end, act + start * I);
+      else if (n > 1) gate_up_rows<T, Dot, 4>(p, w, x_rows + start, n, cols_i.begin, cols_i.end, act + start * I);
     }
 #pragma omp barrier
     start = 0;
     for (int64_t e = 0; e < E; start = rr.offsets[e++]) {
       const int64_t n = rr.offsets[e] - start;
-      if (n > 0)
-        down_rows<T, Dot, TG>(p, rr, w2 + e * p.down_expert_stride, a_rows + start, start, n, cols_d.begin,
-                              cols_d.end);
+      const T* w = w2 + e * p.down_expert_stride;
+      if (n == 1) down_rows<T, Dot, TG, 8>(p, rr, w, a_rows + start, start, n, cols_d.begin, cols_d.end);
+      else if (n > 1) down_rows<T, Dot, TG, 4>(p, rr, w, a_rows + start, start, n, cols_d.begin, cols_d.end);
     }
     finish_columns<T>(p, rr, cols_d.begin, cols_d.end);
   }
