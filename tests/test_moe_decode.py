@@ -1,5 +1,6 @@
-"""moe_experts at decode shapes (at most 64 token slots: the CPU kernel's decode path, csrc/cpu/moe_decode.cpp)
-vs the float64 reference, on both sides of the path's threshold: one token to 64, peaked and random routing,
+"""moe_experts at decode shapes (at most 64 token slots, at most 32 on one expert: the CPU kernel's decode path,
+csrc/cpu/moe_decode.cpp) vs the float64 reference, on both sides of both limits: one token to 80, 32 and 33 on
+one expert, peaked and random routing,
 zero-token experts, skipped tokens, all tokens on one expert, top-k > 1, each dtype and bf16 product path, row
 strides of x and of the weights other than their widths, sizes that leave tails of every tile, poisoned outputs
 and workspace. Tolerance as in test_moe.py (conftest.assert_close_to_peer)."""
@@ -13,7 +14,7 @@ from zaya_rt import _C, ref
 from zaya_rt.ops.moe import moe_experts_params
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-DECODE_MAX_SLOTS = 64  # kMoeDecodeMaxSlots
+DECODE_MAX_SLOTS = 64  # kMoeDecodeMaxSlots (and at most kMoeDecodeMaxExpertRows = 32 on one expert)
 
 
 @pytest.fixture(params=[(torch.float32, -1), (torch.float16, -1), (torch.bfloat16, 0), (torch.bfloat16, 1)],
@@ -56,7 +57,7 @@ def _check(hidden, index, gate, w1, w2, what):
     return got
 
 
-@pytest.mark.parametrize("T", [1, 2, 3, 7, 16, 33, 63, 64, 65, 80])
+@pytest.mark.parametrize("T", [1, 2, 3, 7, 16, 32, 33, 63, 64, 65, 80])
 @pytest.mark.parametrize("route", ["peaked", "random", "one_expert"])
 def test_decode_shapes_match_reference(dtype_path, T, route):
     dtype = dtype_path

@@ -159,7 +159,7 @@ const char* moe_experts_t(const MoeExpertsParams& p) {
   if (const char* err = dispatch_impl(p.expert_index, p.index_dtype, slots, E, counts, offsets, sorted_slots,
                                       slot_rows))
     return err;
-  if (has_moe_decode() && slots <= kMoeDecodeMaxSlots)
+  if (has_moe_decode() && use_moe_decode(slots, offsets, E))
     return moe_experts_decode(p, MoeDecodeRows{offsets, sorted_slots, slot_rows, act, y_rows}, Dot);
   const int64_t rows = E ? offsets[E - 1] : 0;
   for (int64_t r = 0; r < rows; ++r) row_tokens[r] = sorted_slots[r] / static_cast<int32_t>(p.top_k);

@@ -1,4 +1,4 @@
-// Decode path of the fused expert block: few token slots (T * top_k <= kMoeDecodeMaxSlots). Each used expert's
+// Decode path of the fused expert block: few token slots (use_moe_decode in moe_decode.h). Each used expert's
 // weights are streamed once in their stored layout (gate_up [2I, D], down [D, I], rows contiguous along K) as
 // dot products with all of that expert's rows at once; no B packing. Threads split the output rows (gate/up
 // pairs over I, then down rows over D) of every used expert, so the whole call is one parallel region with
