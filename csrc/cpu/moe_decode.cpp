@@ -26,7 +26,8 @@ constexpr int64_t kSliceCols = 48;   // output columns whose partial results wai
 constexpr int64_t kSplitAlign = 16;  // thread slices start on whole vectors of the output rows
 constexpr int64_t kMinMacsPerThread = 1 << 17;
 
-// How a dtype's K vectors are read and multiplied: Mode::step elements per vector; fma(acc, x, w, mask).
+// How a dtype's K vectors are read and multiplied: Mode::step elements per vector, load(p, lane mask),
+// fma(acc, x, w) (fp32 accumulation; vdpbf16ps flushes denormals, as the packed GEMM's bf16 path does).
 // fp32 and fp16 (widened by vcvtph2ps) use FMAs; bf16 uses vdpbf16ps on pairs (Dot) or widens each pair's
 // halves into two fp32 vectors (lane j holds elements 2j and 2j + 1 in both, so sums pair up the same way).
 template <typename T, bool Dot> struct Mode;
@@ -69,7 +70,7 @@ template <> struct Mode<bf16, true> {
 
 // Tile shapes: G weight rows (G / 2 gate/up pairs, or G down rows) by up to tile_x_rows<G> rows of x. An
 // expert with one row takes 8 weight rows, whose 8 independent sums keep the FMA pipes busy while the weights
-// stream in; more rows take 4 by 4, so each weight vector feeds 4 products and each x vector 4 (4 by 6 runs out
+// stream in; more rows take 4 by 4, so each weight vector feeds 4 products and each x vector 4 (3 or 4 by 6 run out
 // of registers: GCC 12 then keeps the accumulators' home on the stack and stores them on every step).
 template <int G> constexpr int tile_x_rows = G == 8 ? 1 : 4;
 
@@ -126,14 +127,14 @@ inline Slice thread_slice(int64_t n, int parts, int part) {
   return {std::min(n, part * per), std::min(n, (part + 1) * per)};
 }
 
-// One expert's gate_up product and SwiGLU for its rows [r0, r1) over intermediate columns [i0, i1): act[r] =
-// SiLU(gate . x_r) * (up . x_r) rounded to T, as the general path's epilogue computes it.
+// One expert's gate_up product and SwiGLU for its `rows` rows of x over intermediate columns [i0, i1):
+// act[r] = SiLU(gate . x_r) * (up . x_r) rounded to T, as the general path's epilogue computes it.
 template <typename T, bool Dot, int G>
 void gate_up_rows(const MoeExpertsParams& p, const T* w1, const T* const* x, int64_t rows, int64_t i0, int64_t i1,
                   T* act) {
   constexpr int MR = tile_x_rows<G>, kPairs = G / 2;
   const int64_t I = p.I, ld = p.gate_up_row_stride;
-  alignas(64) float gate[kMoeDecodeMaxSlots][kSliceCols], up[kMoeDecodeMaxSlots][kSliceCols];
+  alignas(64) float gate[kMoeDecodeMaxExpertRows][kSliceCols], up[kMoeDecodeMaxExpertRows][kSliceCols];
   float tile[MR * G];
   const T* w[G];
   for (int64_t s0 = i0; s0 < i1; s0 += kSliceCols) {
@@ -166,7 +167,7 @@ void down_rows(const MoeExpertsParams& p, const MoeDecodeRows& rr, const T* w2, 
                int64_t rows, int64_t d0, int64_t d1) {
   constexpr int MR = tile_x_rows<G>;
   const int64_t ld = p.down_row_stride;
-  alignas(64) float y[kMoeDecodeMaxSlots][kSliceCols];
+  alignas(64) float y[kMoeDecodeMaxExpertRows][kSliceCols];
   float tile[MR * G];
   const T* w[G];
   T* out = static_cast<T*>(p.out);
@@ -262,7 +263,9 @@ const char* decode_t(const MoeExpertsParams& p, const MoeDecodeRows& rr) {
 bool has_moe_decode() { return true; }
 
 const char* moe_experts_decode(const MoeExpertsParams& p, const MoeDecodeRows& rows, bool bf16_dot) {
-  if (p.T * p.top_k > kMoeDecodeMaxSlots) return "moe_experts_decode: too many token slots";
+  // The row buffers are sized by these limits.
+  if (!use_moe_decode(p.T * p.top_k, rows.offsets, p.E))
+    return "moe_experts_decode: more token slots, or rows on one expert, than the decode path takes";
   ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, ZAYA_RT_DISPATCH_FLOAT(p.gate_dtype, TG, {
     if constexpr (std::is_same_v<T, bf16> && kHasBf16Dot) {
       if (bf16_dot) return decode_t<T, true, TG>(p, rows);
