@@ -3,6 +3,7 @@
 set(ZAYA_RT_CPU_KERNEL_SOURCES
   csrc/cpu/norms.cpp
   csrc/cpu/moe.cpp
+  csrc/cpu/moe_decode.cpp
   csrc/cpu/router.cpp
   csrc/cpu/router_blocked.cpp
   csrc/cpu/attention_varlen.cpp

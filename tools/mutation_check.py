@@ -83,6 +83,13 @@ MUTATIONS = {
         ("tests/test_moe.py",),
         "fused expert block's down projection ignores the last intermediate column",
     ),
+    "moe_decode_drop_k_tail": Mutation(
+        "csrc/cpu/moe_decode.cpp",
+        "const uint32_t tail = (1u << (K % step)) - 1u;",
+        "const uint32_t tail = ((1u << (K % step)) - 1u) >> 1;",
+        ("tests/test_moe_decode.py",),
+        "decode path of the expert block drops the last element of a partial K vector (both products)",
+    ),
 }
 
 

@@ -1,6 +1,6 @@
 // CPU MoE kernels: dispatch (counting sort of token slots by expert), grouped GEMM and its weight gradient,
 // and the fused expert block (gather -> gate_up GEMM with SwiGLU epilogue -> down GEMM with gate-scaled
-// scatter). Compiled once per ISA.
+// scatter; few token slots take the decode path of cpu/moe_decode.cpp after the dispatch). Compiled once per ISA.
 #include <omp.h>
 
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include "cpu/gemm_driver.h"
 #include "cpu/gemm_peak.h"
 #include "cpu/isa_kernels.h"
+#include "cpu/moe_decode.h"
 #include "cpu/numeric.h"
 #include "cpu/workspace_carve.h"
 #include "zaya_rt/moe.h"
@@ -158,6 +159,8 @@ const char* moe_experts_t(const MoeExpertsParams& p) {
   if (const char* err = dispatch_impl(p.expert_index, p.index_dtype, slots, E, counts, offsets, sorted_slots,
                                       slot_rows))
     return err;
+  if (has_moe_decode() && use_moe_decode(slots, offsets, E))
+    return moe_experts_decode(p, MoeDecodeRows{offsets, sorted_slots, slot_rows, act, y_rows}, Dot);
   const int64_t rows = E ? offsets[E - 1] : 0;
   for (int64_t r = 0; r < rows; ++r) row_tokens[r] = sorted_slots[r] / static_cast<int32_t>(p.top_k);
   for (int64_t blk = 0; blk < i_blocks; ++blk)
