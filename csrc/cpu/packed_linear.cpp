@@ -61,6 +61,29 @@ template <typename T> void pack_t(const PackLinearParams& p) {
 }
 
 #if defined(__AVX512F__)
+// The end of a chunk: its MR x 48 accumulators go back to `tile` (more blocks follow) or, on the last block, to
+// out (the first `cols` columns) plus the bias.
+template <typename T, int MR>
+inline void finish_chunk(const __m512* acc, float* tile, bool last, const float* bias, T* out, int64_t out_stride,
+                         int cols) {
+  if (!last) {
+#pragma GCC unroll 24
+    for (int i = 0; i < MR * 3; ++i) _mm512_storeu_ps(tile + 16 * i, acc[i]);
+    return;
+  }
+  __mmask16 masks[3];
+  for (int v = 0; v < 3; ++v) {
+    const int n = std::clamp(cols - 16 * v, 0, 16);
+    masks[v] = static_cast<__mmask16>((1u << n) - 1u);
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v)
+      store_vec(out + m * out_stride + 16 * v, _mm512_add_ps(acc[m * 3 + v], _mm512_loadu_ps(bias + 16 * v)),
+                masks[v]);
+}
+
 // Rows [j0, j1) of one panel for MR rows of x (a: MR fp32 rows of lda floats, indexed by absolute k). The
 // accumulators start from zero (first) or `tile`, and end in `tile` or, on the last block, in out (48 columns,
 // the first `cols` valid) plus the bias.
@@ -109,22 +132,7 @@ void panel_chunk(const float* a, int64_t lda, const void* panel, int64_t j0, int
       }
     }
   }
-  if (!last) {
-#pragma GCC unroll 24
-    for (int i = 0; i < MR * 3; ++i) _mm512_storeu_ps(tile + 16 * i, acc[i]);
-    return;
-  }
-  __mmask16 masks[3];
-  for (int v = 0; v < 3; ++v) {
-    const int n = std::clamp(cols - 16 * v, 0, 16);
-    masks[v] = static_cast<__mmask16>((1u << n) - 1u);
-  }
-#pragma GCC unroll 8
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 3
-    for (int v = 0; v < 3; ++v)
-      store_vec(out + m * out_stride + 16 * v, _mm512_add_ps(acc[m * 3 + v], _mm512_loadu_ps(bias + 16 * v)),
-                   masks[v]);
+  finish_chunk<T, MR>(acc, tile, last, bias, out, out_stride, cols);
 }
 
 #if defined(__AVX512BF16__)
@@ -150,22 +158,7 @@ void panel_chunk_dot(const uint32_t* a, int64_t lda, const void* panel, int64_t 
       for (int v = 0; v < 3; ++v) acc[m * 3 + v] = _mm512_dpbf16_ps(acc[m * 3 + v], av, pairs[v]);
     }
   }
-  if (!last) {
-#pragma GCC unroll 24
-    for (int i = 0; i < MR * 3; ++i) _mm512_storeu_ps(tile + 16 * i, acc[i]);
-    return;
-  }
-  __mmask16 masks[3];
-  for (int v = 0; v < 3; ++v) {
-    const int n = std::clamp(cols - 16 * v, 0, 16);
-    masks[v] = static_cast<__mmask16>((1u << n) - 1u);
-  }
-#pragma GCC unroll 8
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 3
-    for (int v = 0; v < 3; ++v)
-      store_vec(out + m * out_stride + 16 * v, _mm512_add_ps(acc[m * 3 + v], _mm512_loadu_ps(bias + 16 * v)),
-                masks[v]);
+  finish_chunk<bf16, MR>(acc, tile, last, bias, out, out_stride, cols);
 }
 
 void chunk_dispatch_dot(int mr, const uint32_t* a, int64_t lda, const void* panel, int64_t j0, int64_t j1,
