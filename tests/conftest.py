@@ -1,3 +1,4 @@
+import contextlib
 import importlib.util
 import os
 import sys
@@ -100,3 +101,25 @@ def assert_compiles_like_eager(fn, *args) -> None:
     """torch.compile(fn, fullgraph=True, backend="aot_eager") gives what fn gives on args."""
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(*args), fn(*args))
+
+
+@contextlib.contextmanager
+def poisoned_empty(module):
+    """Within the block, `module`'s torch.empty returns float tensors filled with NaN and uint8 ones (workspaces)
+    with 0xFF (NaN bit patterns as float32), so a kernel that leaves an output element unwritten or reads scratch
+    it did not write shows it."""
+    real_empty = module.torch.empty
+
+    def nan_empty(*shape, **kw):
+        t = real_empty(*shape, **kw)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        elif t.dtype == torch.uint8:
+            t.fill_(0xFF)
+        return t
+
+    module.torch.empty = nan_empty
+    try:
+        yield
+    finally:
+        module.torch.empty = real_empty

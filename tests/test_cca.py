@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import zaya_rt
 from cca_helpers import make_inputs, max_err, reference
-from conftest import assert_close_to_peer
+from conftest import assert_close_to_peer, poisoned_empty
 
 NAMES = ("q", "k", "v", "conv_state", "v_state")
 
@@ -174,27 +174,16 @@ def test_poisoned_outputs_and_workspace():
 
     args, attrs = make_inputs([9, 0, 50, 1], Hq=4, Hk=2, d=64, k0=2, k1=3, seed=21)
     clean = _run(args, attrs)
-    real_empty = torch.empty
-
-    def nan_empty(*shape, **kw):
-        t = real_empty(*shape, **kw)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        elif t.dtype == torch.uint8:
-            t.fill_(0xFF)  # NaN bit patterns as float32
-        return t
-
     real_new_empty = torch.Tensor.new_empty
     _poison = lambda t: t.fill_(float("nan")) if t.is_floating_point() else t  # noqa: E731
     try:
-        cca_ops.torch.empty = nan_empty
         torch.Tensor.new_empty = lambda self, *s, **kw: _poison(real_new_empty(self, *s, **kw))
-        poisoned = _run(args, attrs)
-        leaves = {k: v.detach().clone().requires_grad_() for k, v in _grad_inputs(args).items()}
-        out = _run(dict(args, **leaves), attrs)
-        torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+        with poisoned_empty(cca_ops):
+            poisoned = _run(args, attrs)
+            leaves = {k: v.detach().clone().requires_grad_() for k, v in _grad_inputs(args).items()}
+            out = _run(dict(args, **leaves), attrs)
+            torch.autograd.backward(out, [torch.ones_like(o) for o in out])
     finally:
-        cca_ops.torch.empty = real_empty
         torch.Tensor.new_empty = real_new_empty
     for a, b in zip(poisoned, clean):
         assert torch.equal(a, b)

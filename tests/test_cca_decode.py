@@ -11,7 +11,7 @@ import torch
 
 import zaya_rt
 from cca_helpers import make_inputs, reference
-from conftest import assert_close_to_peer
+from conftest import assert_close_to_peer, poisoned_empty
 
 NAMES = ("q", "k", "v", "conv_state", "v_state")
 
@@ -20,21 +20,8 @@ def _run_poisoned(args, attrs):
     """cca_prep with outputs and workspace NaN-filled before the kernel writes them."""
     from zaya_rt.ops import cca as cca_ops
 
-    real_empty = torch.empty
-
-    def nan_empty(*shape, **kw):
-        t = real_empty(*shape, **kw)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        elif t.dtype == torch.uint8:
-            t.fill_(0xFF)
-        return t
-
-    try:
-        cca_ops.torch.empty = nan_empty
+    with poisoned_empty(cca_ops):
         return zaya_rt.ops.cca_prep(**args, **attrs)
-    finally:
-        cca_ops.torch.empty = real_empty
 
 
 @pytest.mark.parametrize("dtype,w_dtype", [(torch.bfloat16, None), (torch.float16, None), (torch.float32, None),
