@@ -1,5 +1,5 @@
 """The static-buffer, batch-bucketed decode path (runtime/decode_graph.py; CUDA graphs on a GPU) run eagerly on
-the CPU (`Engine(cuda_graphs=True)` on a CPU model): greedy tokens equal the normal path's token for token and
+the CPU, and recorded there as step tapes (runtime/step_tape.py): greedy tokens equal the normal path's token for token and
 the logits agree, for batch sizes that are not bucket sizes, requests finishing at different steps, requests
 joining mid-flight, preemption under a small page budget and a weight refresh; every page is free afterwards.
 Both runner paths are covered: the CPU's direct `_C` calls (the default) and the checked `zaya_rt.ops` path
@@ -17,7 +17,7 @@ import zaya_rt
 from zaya_rt.model import ZayaConfig, ZayaForCausalLM
 from zaya_rt.runtime.decode_graph import ENV_VAR, DecodeGraphs, bucket_sizes, graphs_enabled
 from zaya_rt.runtime.kv_cache import PagedKVCache
-from zaya_rt.runtime.runner import ModelRunner
+from zaya_rt.runtime.runner import ModelRunner, PagedState
 
 from engine_helpers import assert_matches, model_pair, record_logits
 
@@ -69,7 +69,11 @@ def _engine(model, path: str, static: bool | str, **kw) -> zaya_rt.Engine:
     if path == "ops":  # the checked zaya_rt.ops path, as on a GPU
         engine.runner = ModelRunner(model, engine.cache, direct_calls=False)
         engine._greedy = None
-    if static:
+    if static == "taped":  # the CPU's recorded step tapes, one per batch size, as the Engine sets them up
+        engine.decode_graphs = DecodeGraphs(engine.runner, max_batch=engine.max_batch, capture=True,
+                                            buckets=range(1, engine.max_batch + 1))
+        assert engine.decode_graphs.tapes
+    elif static:
         kind = _ReplayedGraphs if static == "replayed" else DecodeGraphs
         engine.decode_graphs = kind(engine.runner, max_batch=engine.max_batch, capture=static == "replayed")
     assert (engine.decode_graphs is not None) == bool(static)
@@ -111,7 +115,7 @@ def _compare(model, path, schedule, static=True, **kw):
         assert engine.num_free_pages == engine.num_pages
         assert engine.cache.num_free_slots == engine.max_batch
     stats = static_engine.decode_graphs.stats
-    if static == "replayed":
+    if static in ("replayed", "taped"):
         assert stats["eager"] == 0 and stats["replays"] > 0
         assert stats["captures"] == len(static_engine.decode_graphs.captured) > 0
     else:
@@ -181,15 +185,17 @@ def test_failed_capture_falls_back_to_the_eager_padded_path(model):
     assert engine.num_free_pages == engine.num_pages
 
 
+@pytest.mark.parametrize("static", ["replayed", "taped"])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_static_path_matches_transformers(tmp_path, head_dim):
-    """The static decode path (replayed steps) on the attention kernels: greedy tokens are transformers' and the
-    logits match transformers' to 2e-5 relative, for a ragged batch with a sliding-window layer."""
+def test_static_path_matches_transformers(tmp_path, head_dim, static):
+    """The static decode path (replayed steps; recorded CPU step tapes) on the attention kernels: greedy tokens
+    are transformers' and the logits match transformers' to 2e-5 relative, for a ragged batch with a
+    sliding-window layer."""
     hf, ours = model_pair(tmp_path, seed=head_dim, head_dim=head_dim, num_hidden_layers=3, sliding_window=5,
                           layer_types=["hybrid", "hybrid_sliding", "hybrid"])
     prompts = _prompts(hf.config.vocab_size, [3, 9, 6], seed=12)
     params = _params([6, 4, 7])
-    engine = _engine(ours, "direct", "replayed", page_size=4, max_batch=4)
+    engine = _engine(ours, "direct", static, page_size=4, max_batch=4)
     (got, logits) = _run(engine, {0: list(zip(prompts, params))})
     assert engine.decode_graphs.stats["replays"] > 0
     for prompt, tokens, rows in zip(prompts, got, logits):
@@ -315,6 +321,7 @@ def test_graphs_enabled(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert graphs_enabled(None, cuda) and not graphs_enabled(None, cpu)
+    assert graphs_enabled(None, cpu, cpu_tapes=True) and not graphs_enabled(False, cpu, cpu_tapes=True)
     assert graphs_enabled(True, cpu) and not graphs_enabled(False, cuda)
     monkeypatch.setenv(ENV_VAR, "0")
     assert not graphs_enabled(None, cuda) and graphs_enabled(True, cuda)
@@ -334,10 +341,104 @@ def test_bad_setups(model):
     padded = PagedKVCache(model.config, 4, 4, 2, dtype=torch.float32, padding=True)
     assert padded.padding_page == 4 and padded.padding_slot == 2 and padded.num_free_pages == 4
     assert padded.k_pages.shape[1] == 5 and padded.conv_state.shape[1] == 3 and padded.num_free_slots == 2
-    with pytest.raises(ValueError, match="CUDA device"):
-        DecodeGraphs(ModelRunner(model, padded), max_batch=2, capture=True)
+    with pytest.raises(ValueError, match="CUDA device"):  # the checked ops path cannot be recorded on the CPU
+        DecodeGraphs(ModelRunner(model, padded, direct_calls=False), max_batch=2, capture=True)
+    taped = DecodeGraphs(ModelRunner(model, padded), max_batch=2, capture=True) if model.model.layers[
+        0].self_attn.kernel_attention else None
+    assert taped is None or taped.tapes
     graphs = DecodeGraphs(ModelRunner(model, padded), max_batch=2, capture=False)
     with pytest.raises(ValueError, match="largest bucket"):
         graphs.bucket(3)
     with pytest.raises(TypeError):
         zaya_rt.Engine(model, cuda_graphs="on")
+
+
+# ---- CPU step tapes (DecodeGraphs with capture=True on the CPU's direct path) --------------------------------
+
+
+@pytest.fixture(scope="module", params=[torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def kernel_model(request):
+    """The configuration whose layers all take the attention kernels (their decode steps record as tapes)."""
+    cfg = ZayaConfig(**CONFIGS["kernels_d64_sliding"], bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return ZayaForCausalLM(cfg).init_random(seed=21, std=0.2).eval().to(request.param)
+
+
+def test_taped_steps_match_the_normal_path(kernel_model):
+    """Ragged prompts finishing at different steps, requests joining mid-flight (every batch size gets its own
+    tape), sequences crossing page boundaries (page_size 4): tokens equal and logits agree with the normal path."""
+    vocab = kernel_model.config.vocab_size
+    prompts = _prompts(vocab, [3, 9, 1, 14, 6, 5, 2], seed=31)
+    params = _params([17, 2, 11, 5, 19, 9, 6])
+    schedule = {0: list(zip(prompts[:4], params[:4])), 4: list(zip(prompts[4:], params[4:]))}
+    engine, _ = _compare(kernel_model, "direct", schedule, static="taped", page_size=4, max_batch=8,
+                         max_tokens_per_step=16)
+    assert len(engine.decode_graphs.captured) >= 4
+
+
+def test_taped_steps_under_preemption(kernel_model):
+    vocab = kernel_model.config.vocab_size
+    prompts = _prompts(vocab, [6, 10, 3, 8, 5], seed=32)
+    engine, _ = _compare(kernel_model, "direct", {0: list(zip(prompts, _params([9, 7, 10, 6, 8])))},
+                         static="taped", page_size=4, num_pages=9, max_batch=5, max_tokens_per_step=12)
+    assert engine.stats["preemptions"] > 0
+
+
+def test_the_default_cpu_engine_records_tapes(kernel_model, monkeypatch):
+    """Engine() on a CPU model takes the taped decode path unless ZAYA_RT_CUDA_GRAPHS=0 or cuda_graphs=False;
+    its tokens are the eager engine's."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    prompts = _prompts(kernel_model.config.vocab_size, [4, 7], seed=33)
+    params = _params([12, 9])
+    default = zaya_rt.Engine(kernel_model, page_size=4, max_batch=4)
+    eager = zaya_rt.Engine(kernel_model, page_size=4, max_batch=4, cuda_graphs=False)
+    assert default.decode_graphs is not None and default.decode_graphs.tapes and eager.decode_graphs is None
+    assert default.decode_graphs.buckets == [1, 2, 3, 4]  # no padding rows on the CPU
+    assert default.generate(prompts, params) == eager.generate(prompts, params)
+    assert default.decode_graphs.stats["replays"] > 0 and default.decode_graphs.stats["eager"] == 0
+    monkeypatch.setenv(ENV_VAR, "0")
+    assert zaya_rt.Engine(kernel_model, page_size=4, max_batch=4).decode_graphs is None
+
+
+def test_taped_steps_follow_a_weight_refresh(kernel_model):
+    vocab = kernel_model.config.vocab_size
+    schedule = {0: list(zip(_prompts(vocab, [4, 7, 2], seed=34), _params([6, 6, 6])))}
+    ref_engine = _engine(kernel_model, "direct", False, page_size=4)
+    taped = _engine(kernel_model, "direct", "taped", page_size=4)
+    before, _ = _run(taped, schedule)
+    weight = kernel_model.model.layers[0].self_attn.qkv_proj.q_proj.weight
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(-1.5)
+        for engine in (ref_engine, taped):
+            engine.runner.refresh_weights()
+            engine.cache.clear_prefix_cache()
+        captures = taped.decode_graphs.stats["captures"]
+        got, _ = _run(taped, schedule)
+        want, _ = _run(ref_engine, schedule)
+        assert taped.decode_graphs.stats["captures"] > captures
+        assert got == want and got != before
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+
+
+def test_an_unreplayable_step_falls_back_to_the_eager_path(kernel_model, monkeypatch):
+    """A step that reads a value back to Python cannot be replayed: recording warns, the step's result is still
+    used, and later steps run the static path eagerly; tokens stay the normal path's."""
+    vocab = kernel_model.config.vocab_size
+    schedule = {0: list(zip(_prompts(vocab, [5, 3, 9], seed=35), _params([6, 4, 7])))}
+    want, _ = _run(_engine(kernel_model, "direct", False, page_size=4), schedule)
+    finish = PagedState.finish
+
+    def reading_finish(self):
+        float(self.cache.conv_state.sum())  # a read-back, as a data-dependent branch would do
+        return finish(self)
+
+    monkeypatch.setattr(PagedState, "finish", reading_finish)
+    engine = _engine(kernel_model, "direct", "taped", page_size=4)
+    with pytest.warns(RuntimeWarning, match="recording a decode step failed"):
+        got, _ = _run(engine, schedule)
+    assert got == want
+    graphs = engine.decode_graphs
+    assert not graphs.capture and "value to Python" in graphs.capture_error and graphs.stats["eager"] > 0

@@ -10,10 +10,12 @@ import torch
 import zaya_rt
 from zaya_rt import ops
 from zaya_rt.runtime import tiny_model
+from zaya_rt.runtime.step_tape import StepTape
 
 PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], [27, 18, 28], [14, 142, 135, 62, 37, 30, 95, 4, 8, 8, 41, 9, 7, 1]]
 LENGTHS = [7, 9, 8]
 ENGINE_ARGS = dict(num_pages=24, page_size=4, max_batch=3)
+EAGER = dict(ENGINE_ARGS, cuda_graphs=False)  # every step through the model's Python (for _KernelFault)
 
 
 def _params(seed_base: int = 100):
@@ -132,9 +134,12 @@ def test_nan_logits_fail_only_their_request(clean):
 
 
 class _KernelFault:
-    """Makes layer 2's expert kernel raise mid-forward whenever `when(batch)` holds for the step's batch."""
+    """Makes layer 2's expert kernel raise mid-forward whenever `when(batch)` holds for the step's batch. The
+    fault is injected into the model's Python, so the engine must run every step eagerly (cuda_graphs=False:
+    a replayed step tape runs none of that Python; see test_a_failing_step_tape_is_contained)."""
 
     def __init__(self, engine, when):
+        assert engine.decode_graphs is None, "build the engine with cuda_graphs=False"
         self.engine, self.when, self.armed, self.raised = engine, when, False, 0
         runner = engine.runner
         forward, experts = runner.forward, runner.kernels.experts
@@ -157,7 +162,7 @@ class _KernelFault:
 def test_kernel_error_for_one_request_mid_step(model, clean):
     """The batched forward cannot name its culprit: the batch is rerun one sequence at a time; only the
     request that fails alone finishes with the error."""
-    engine = zaya_rt.Engine(model, **ENGINE_ARGS)
+    engine = zaya_rt.Engine(model, **EAGER)
     ids = []
 
     def target_in(batch):
@@ -176,7 +181,7 @@ def test_kernel_error_for_one_request_mid_step(model, clean):
 def test_kernel_error_for_every_request(model, clean):
     """A kernel that fails for any batch (after the first token) fails every request; pages return; once the
     kernel works again the engine gives the clean tokens."""
-    engine = zaya_rt.Engine(model, **ENGINE_ARGS)
+    engine = zaya_rt.Engine(model, **EAGER)
     fault = _KernelFault(engine, lambda batch: int(batch.seq_lens.min()) > len(PROMPTS[1]) + 1)
     with pytest.raises(RuntimeError, match="3 of 3 requests failed") as info:
         engine.generate(PROMPTS, _params())
@@ -188,6 +193,49 @@ def test_kernel_error_for_every_request(model, clean):
     fault.when = lambda batch: False
     assert engine.generate(PROMPTS, _params()) == clean
     assert engine.num_free_pages == engine.num_pages
+
+
+def test_a_failing_step_tape_is_contained(model, clean, monkeypatch):
+    """A replayed decode step that raises part-way through its tape (as a `_C` entry does on bad data) is
+    contained like an eager kernel failure: with a fault that strikes whenever request 0 (after two tokens) is
+    in the step, taped or eager, its batch fails inside the replay, the rerun alone fails too, and only that
+    request finishes with the error; the others get the clean run's tokens."""
+    engine = zaya_rt.Engine(model, **ENGINE_ARGS)  # the CPU default: decode steps replay step tapes
+    assert engine.decode_graphs is not None and engine.decode_graphs.tapes
+    ids, raised, current = [], [], {"seqs": []}
+    engine_forward, runner_forward, replay = engine._forward, engine.runner.forward, StepTape.replay
+
+    def armed() -> bool:
+        seq = engine._results[ids[0]]
+        return len(seq.generated) >= 2 and seq in current["seqs"]
+
+    def noting_forward(scheduled):
+        current["seqs"] = [seq for seq, _ in scheduled]
+        return engine_forward(scheduled)
+
+    def faulty_runner_forward(batch, **kw):
+        if armed():
+            raised.append(("eager", len(current["seqs"])))
+            raise RuntimeError("tape kernel failed")
+        return runner_forward(batch, **kw)
+
+    def faulty_replay(tape):
+        if armed():
+            for call in tape._calls[: len(tape._calls) // 2]:  # K/V of the first layers written, then it fails
+                call()
+            raised.append(("tape", len(current["seqs"])))
+            raise RuntimeError("tape kernel failed")
+        replay(tape)
+
+    monkeypatch.setattr(engine, "_forward", noting_forward)
+    monkeypatch.setattr(engine.runner, "forward", faulty_runner_forward)
+    monkeypatch.setattr(StepTape, "replay", faulty_replay)
+    ids.extend(engine.add_request(p, sp) for p, sp in zip(PROMPTS, _params()))
+    while engine.has_unfinished():
+        engine.step()
+    assert raised[0] == ("tape", 3) and len(raised) == 2 and raised[1][1] == 1  # in the batch, then alone
+    monkeypatch.undo()
+    _check_contained(engine, ids, clean, bad=0, reason="RuntimeError: tape kernel failed", kept=2)
 
 
 def test_page_size_the_kernels_cannot_read_is_refused(model):
@@ -240,7 +288,7 @@ def test_fault_soak_under_a_tight_page_budget(model, monkeypatch):
     callback_at = {i: int(rng.integers(0, 4)) for i in range(0, 60, 9)}   # raises on this token index
     sampler_at = {i: int(rng.integers(0, 4)) for i in range(4, 60, 9)}    # sampled (i % 3 = 1): raises at this step
     kernel_at = {i: int(rng.integers(0, 4)) for i in range(6, 60, 9)}     # fails with this many tokens so far
-    engine = zaya_rt.Engine(model, **args)
+    engine = zaya_rt.Engine(model, **args, cuda_graphs=False)  # for _KernelFault
     real_sampler = ops.sample_tokens
     bad_rows = {(params[i].seed, step) for i, step in sampler_at.items()}
 

@@ -8,8 +8,9 @@ batch bucket, and the step runs on the first `bucket` rows of those buffers, `bu
 records it without running it again) into a `torch.cuda.CUDAGraph`; later steps copy their inputs into the
 buffers and replay it. All buckets share one private memory pool; the logits a replay returns are valid
 until the next step. A capture that fails warns and leaves the padded step running eagerly (`capture_error`).
-`capture=False` runs the very same padded static-buffer step eagerly, which is how the CPU tests check this
-path.
+`capture=False` runs the very same padded static-buffer step eagerly. On the CPU's direct path the step of each
+bucket is recorded instead as a step tape (runtime/step_tape.py): the warm-up runs it, the CCA states it advanced
+are put back, and the recording runs it again; later steps replay the tape.
 
 Padding rows (bucket - batch of them) are harmless: token 0 at position 0, K/V written to the cache's padding
 page (never handed out) and read back from it with seq_len 1, CCA state read from and written to the cache's
@@ -48,7 +49,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from zaya_rt.runtime.kv_cache import PagedKVCache
-from zaya_rt.runtime.runner import ModelRunner, StepBatch
+from zaya_rt.runtime.runner import DIRECT_DTYPES, ModelRunner, StepBatch
+from zaya_rt.runtime.step_tape import record_step
 
 ENV_VAR = "ZAYA_RT_CUDA_GRAPHS"  # "0" / "1": default of Engine(cuda_graphs=None)
 
@@ -61,9 +63,10 @@ def bucket_sizes(max_batch: int) -> list[int]:
     return sizes + [max_batch]
 
 
-def graphs_enabled(cuda_graphs: bool | None, device: torch.device) -> bool:
+def graphs_enabled(cuda_graphs: bool | None, device: torch.device, cpu_tapes: bool = False) -> bool:
     """Whether an Engine on `device` takes the static decode path: cuda_graphs if given, else the
-    ZAYA_RT_CUDA_GRAPHS environment variable ("0" / "1") if set, else on for CUDA devices."""
+    ZAYA_RT_CUDA_GRAPHS environment variable ("0" / "1") if set, else on for CUDA devices and, when its steps can
+    be recorded as step tapes (`cpu_tapes`, see `tapes_possible`), for the CPU."""
     if cuda_graphs is not None:
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool or None, got {type(cuda_graphs).__name__}")
@@ -73,13 +76,23 @@ def graphs_enabled(cuda_graphs: bool | None, device: torch.device) -> bool:
         if env.strip() not in ("0", "1"):
             raise ValueError(f"{ENV_VAR} must be 0 or 1, got {env!r}")
         return env.strip() == "1"
-    return device.type == "cuda"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_tapes)
+
+
+def tapes_possible(model, direct: bool = True) -> bool:
+    """Whether an Engine's decode steps over `model` can be recorded as CPU step tapes: the CPU's direct `_C`
+    calls (a float32/bfloat16/float16 model on the CPU, `direct` unless turned off) with every layer on the
+    attention kernels (the reference attention for other head dims reads sequence lengths back to Python)."""
+    weight = model.lm_head.weight
+    return (direct and weight.device.type == "cpu" and weight.dtype in DIRECT_DTYPES
+            and all(layer.self_attn.kernel_attention for layer in model.model.layers))
 
 
 class DecodeGraphs:
     """Static-buffer, batch-bucketed decode steps over `runner` (its cache must have `padding=True`).
 
-    capture: record and replay CUDA graphs (CUDA devices only); False runs the padded step eagerly.
+    capture: record and replay CUDA graphs on CUDA devices, step tapes on the CPU (`tapes_possible`); False runs
+    the padded step eagerly.
     buckets: batch sizes to pad to (default `bucket_sizes(max_batch)`); batches above the largest are for the
     caller to run eagerly (`fits`).
     """
@@ -92,8 +105,10 @@ class DecodeGraphs:
         if cache.padding_page is None or cache.padding_slot is None:
             raise ValueError("DecodeGraphs needs a PagedKVCache built with padding=True")
         device = cache.k_pages.device
-        if capture and device.type != "cuda" and self.records_cuda_graphs:
-            raise ValueError(f"CUDA graphs need a CUDA device, the cache is on {device}")
+        self.tapes = tapes_possible(runner.model, runner.direct) and self.records_cuda_graphs
+        if capture and device.type != "cuda" and self.records_cuda_graphs and not self.tapes:
+            raise ValueError(f"CUDA graphs need a CUDA device (or the CPU's direct calls, which record step tapes), "
+                             f"the cache is on {device}")
         self.runner, self.cache, self.capture, self.device = runner, cache, capture, device
         self.buckets = sorted(set(bucket_sizes(max_batch) if buckets is None else buckets))
         if not self.buckets or self.buckets[0] < 1:
@@ -234,6 +249,8 @@ class DecodeGraphs:
     def _capture(self, bucket: int) -> torch.Tensor:
         """Runs this step eagerly (the warm-up: lazy initialisation happens outside the capture, and its
         logits are this step's), then records the bucket's graph without running it."""
+        if self.tapes:
+            return self._capture_tape(bucket)
         logits = self._step(bucket)
         try:
             self._graphs[bucket], self._outputs[bucket] = self._record(lambda: self._step(bucket))
@@ -245,6 +262,27 @@ class DecodeGraphs:
             return logits
         self.stats["captures"] += 1
         return logits
+
+    def _capture_tape(self, bucket: int) -> torch.Tensor:
+        """The CPU's capture: runs the step eagerly (the warm-up: lazy initialisation, workspace growth), puts
+        back the CCA states it advanced, then runs it again while recording its tape (K/V are written again with
+        the same values). Both runs compute the same logits; the recorded run's are returned."""
+        slots = self.index64[2, :bucket]
+        conv, v = self.cache.conv_state.index_select(1, slots), self.cache.v_state.index_select(1, slots)
+        logits = self._step(bucket)
+        self.cache.conv_state.index_copy_(1, slots, conv)
+        self.cache.v_state.index_copy_(1, slots, v)
+        try:
+            tape, out = record_step(lambda: self._step(bucket), self.runner._ws)
+        except RuntimeError as exc:  # not replayable: the recorded run has still run this step to its end
+            self.capture, self.capture_error = False, f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"zaya_rt: recording a decode step failed, decode runs eagerly ({self.capture_error})",
+                          RuntimeWarning, stacklevel=3)
+            self.reset()
+            return logits
+        self._graphs[bucket], self._outputs[bucket] = tape, out
+        self.stats["captures"] += 1
+        return out
 
     def _record(self, step: Callable[[], torch.Tensor]):
         """(graph, its static output): `step` captured into a CUDA graph in the shared memory pool."""

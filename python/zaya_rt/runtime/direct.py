@@ -15,6 +15,8 @@ with the params (`REUSE_MAX_ROWS`), so a decode step allocates no kernel outputs
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from zaya_rt import _C
@@ -28,6 +30,31 @@ from zaya_rt.ops.runtime import kv_write_params
 from zaya_rt.ops.sampling import sample_tokens_params
 
 _CPU = (0, 0, 0)
+_recording = threading.local()  # .tape: the step_tape.StepTape recording this thread's step, if any
+
+
+def start_recording(tape) -> None:
+    """Every `_C` call this thread makes through this module is also appended to `tape` until
+    `stop_recording()`."""
+    _recording.tape = tape
+
+
+def stop_recording() -> None:
+    _recording.tape = None
+
+
+def recording():
+    """The tape recording this thread's calls, or None."""
+    return getattr(_recording, "tape", None)
+
+
+def _call(entry, p, keep: tuple = ()) -> None:
+    """entry(p) on the CPU; while a step is recorded, also onto its tape with `keep`, the tensors p's addresses
+    point into that the tape may not otherwise hold (outputs kept by a wrapper, the workspace)."""
+    entry(p, *_CPU)
+    tape = getattr(_recording, "tape", None)
+    if tape is not None:
+        tape.add_entry(entry, p, keep)
 
 
 class Workspace:
@@ -43,6 +70,11 @@ class Workspace:
             self._buf = torch.empty(max(int(nbytes), 64), dtype=torch.uint8)
             self._ptr, self._size = self._buf.data_ptr(), self._buf.numel()
         return self._ptr, self._size
+
+    @property
+    def buffer(self) -> torch.Tensor:
+        """The current buffer (replaced when a call needs more)."""
+        return self._buf
 
 
 _MAX_CACHED = 64
@@ -112,17 +144,17 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
-        p, nbytes, out, _ = _params_for(self._params, (T, _row_stride(x), x.dtype), lambda: self._build(x))
+        p, nbytes, out, offsets = _params_for(self._params, (T, _row_stride(x), x.dtype), lambda: self._build(x))
         if out is None or not self.reuse_out:
             out = torch.empty((T, self.N), dtype=self.weight.dtype)
             p.out = out.data_ptr()
         p.workspace, p.workspace_bytes = self.ws.get(nbytes)
         if T <= self.PACKED_MAX_ROWS:
             p.x = x.data_ptr()
-            _C.packed_linear(p, *_CPU)
+            _call(_C.packed_linear, p, (self._packed, out, self.ws.buffer))
             return out
         p.a = x.data_ptr()
-        _C.grouped_gemm(p, *_CPU)
+        _call(_C.grouped_gemm, p, (self.weight, out, offsets, self.ws.buffer))
         if self.bias is not None:
             out += self.bias
         return out
@@ -162,7 +194,7 @@ class ResidualNorm:
             outs = self._outputs(*y.shape)
             p.r, p.out = outs[0].data_ptr(), outs[1].data_ptr()
         p.y, p.h = y.data_ptr(), h.data_ptr()
-        _C.residual_rms_norm_fwd(p, *_CPU)
+        _call(_C.residual_rms_norm_fwd, p, (self.params, outs, self._rstd))
         return outs
 
 
@@ -204,7 +236,7 @@ class Router:
             p.logits, p.gate, p.choice, p.z = (t.data_ptr() for t in outs)
         p.x, p.z_prev = x.data_ptr(), 0 if z_prev is None else z_prev.data_ptr()
         p.workspace, p.workspace_bytes = self.ws.get(nbytes)
-        _C.zaya_router(p, *_CPU)
+        _call(_C.zaya_router, p, (self.tensors, self.eda, outs, self.ws.buffer))
         return outs
 
 
@@ -231,7 +263,7 @@ class Experts:
             p.out = out.data_ptr()
         p.hidden, p.expert_index, p.gate = x.data_ptr(), choice.data_ptr(), gate.data_ptr()
         p.workspace, p.workspace_bytes = self.ws.get(nbytes)
-        _C.moe_experts(p, *_CPU)
+        _call(_C.moe_experts, p, (self.w1, self.w2, out, self.ws.buffer))
         return out
 
 
@@ -249,7 +281,7 @@ def kv_write(k: torch.Tensor, v: torch.Tensor, k_pages: torch.Tensor, v_pages: t
     key = (T, k_pages.data_ptr(), v_pages.data_ptr(), k_pages.shape, k_pages.dtype)
     p = _params_for(_KV_WRITE, key, lambda: kv_write_params(k.view(T, -1), v.view(T, -1), k_pages, v_pages, slot_mapping))
     p.k_new, p.v_new, p.slot_mapping = k.data_ptr(), v.data_ptr(), slot_mapping.data_ptr()
-    _C.kv_write(p, *_CPU)
+    _call(_C.kv_write, p, (k_pages, v_pages))
 
 
 def attention_decode(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
@@ -268,7 +300,7 @@ def attention_decode(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tens
     p, nbytes, out = _params_for(_DECODE, key, build)
     p.q, p.block_table, p.seq_lens = q.data_ptr(), block_table.data_ptr(), seq_lens.data_ptr()
     p.workspace, p.workspace_bytes = ws.get(nbytes)
-    _C.attention_decode(p, *_CPU)
+    _call(_C.attention_decode, p, (k_pages, v_pages, out, ws.buffer))
     return out
 
 
@@ -315,7 +347,7 @@ class CcaPrep:
         p.conv_state_in, p.v_state_in = conv_in.data_ptr(), v_in.data_ptr()
         p.conv_state_out, p.v_state_out = conv_out.data_ptr(), v_out.data_ptr()
         p.workspace, p.workspace_bytes = self.ws.get(nbytes)
-        _C.cca_prep_fwd(p, *_CPU)
+        _call(_C.cca_prep_fwd, p, (self.tensors, self.inv_freq, outs, self.ws.buffer))
         return q, k, v
 
 
@@ -340,5 +372,5 @@ class Greedy:
         p = _params_for(self._cached, (logits.shape, logits.dtype, logits.stride(0)),
                     lambda: sample_tokens_params(logits, (zero, zero, one, zero, zero, zero), out))
         p.logits, p.out = logits.data_ptr(), out.data_ptr()
-        _C.sample_tokens(p, *_CPU)
+        _call(_C.sample_tokens, p, (zero, one, out))
         return out

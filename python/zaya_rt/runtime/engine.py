@@ -28,8 +28,9 @@ pages that have them. `SamplingParams(logprobs=True)` records each sampled token
 Pure decode steps (every scheduled sequence adds one token to cached pages, no prompt chunk, no prefix
 snapshot, at most max_batch sequences) run on CUDA devices as CUDA graphs, one per batch bucket
 (runtime/decode_graph.py): the batch is padded to the bucket with rows that touch only the cache's padding
-page and slot. Every other step (prefill, chunked prompts, mixed batches) runs eagerly. `cuda_graphs=True` on
-the CPU runs the same padded static-buffer path without capture (used by the tests).
+page and slot. On the CPU (float32/bfloat16/float16, the direct `_C` calls) the same static-buffer step is
+recorded once per batch size as a step tape (runtime/step_tape.py: its `_C` calls and torch ops, replayed
+without the model's Python). Every other step (prefill, chunked prompts, mixed batches) runs eagerly.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import torch
 from zaya_rt import ops
 from zaya_rt.ops.attention import kernel_takes_head_dim
 from zaya_rt.runtime import direct
-from zaya_rt.runtime.decode_graph import DecodeGraphs, graphs_enabled
+from zaya_rt.runtime.decode_graph import DecodeGraphs, graphs_enabled, tapes_possible
 from zaya_rt.runtime.kv_cache import PagedKVCache, PrefixEntry
 from zaya_rt.runtime.params import Completion, SamplingParams
 from zaya_rt.runtime.runner import ModelRunner, StepBatch
@@ -88,9 +89,10 @@ class Engine:
     max_batch sequences of 2048 tokens, or what cache_bytes allows); page_size: tokens per page; max_batch:
     sequences running at once; max_tokens_per_step: packed tokens per step (prefill chunking budget).
     cuda_graphs: run pure decode steps through the static-buffer bucketed path (`DecodeGraphs`), captured as
-    CUDA graphs on CUDA devices and run eagerly elsewhere; None: the ZAYA_RT_CUDA_GRAPHS environment variable
-    (0/1) if set, else on exactly for CUDA devices. That path adds one padding page and one padding state slot
-    to the cache, beyond num_pages (or cache_bytes) and max_batch.
+    CUDA graphs on CUDA devices, recorded as step tapes on the CPU's direct path and run eagerly otherwise;
+    None: the ZAYA_RT_CUDA_GRAPHS environment variable (0/1) if set, else on for CUDA devices and where the CPU
+    records step tapes (`decode_graph.tapes_possible`). That path adds one padding page
+    and one padding state slot to the cache, beyond num_pages (or cache_bytes) and max_batch.
     """
 
     def __init__(self, model, *, num_pages: int | None = None, page_size: int = 16, max_batch: int = 64,
@@ -118,12 +120,15 @@ class Engine:
                 num_pages = cache_bytes // per_page
         elif cache_bytes is not None:
             raise ValueError("Engine: give num_pages or cache_bytes, not both")
-        static_decode = graphs_enabled(cuda_graphs, self.device)
+        static_decode = graphs_enabled(cuda_graphs, self.device, tapes_possible(model))
         self.cache = PagedKVCache(self.config, num_pages, page_size, max_batch, dtype=self.dtype, device=self.device,
                                   padding=static_decode)
         self.runner = ModelRunner(model, self.cache)
-        self.decode_graphs = DecodeGraphs(self.runner, max_batch=max_batch,
-                                          capture=self.device.type == "cuda") if static_decode else None
+        # CPU tapes cost no padding compute to record per batch size, so every size is a bucket there
+        tapes = tapes_possible(model, self.runner.direct)
+        self.decode_graphs = DecodeGraphs(
+            self.runner, max_batch=max_batch, capture=self.device.type == "cuda" or tapes,
+            buckets=range(1, max_batch + 1) if tapes else None) if static_decode else None
         self._greedy = direct.Greedy() if self.runner.direct else None
         self._v_state0 = self.runner.initial_v_state().to(self.device)
         self.page_size, self.max_batch, self.max_tokens_per_step = page_size, max_batch, max_tokens_per_step

@@ -41,7 +41,7 @@ class StepBatch:
     snapshots: list[tuple[int, int]] = field(default_factory=list)  # (sequence, tokens of its chunk before a page end)
 
 
-_DIRECT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DIRECT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the CPU's direct `_C` calls
 
 
 class ModelRunner:
@@ -66,7 +66,7 @@ class ModelRunner:
         """Re-reads the model's weights (concatenations, casts, kernel addresses); captured graphs go stale."""
         self.weight_version += 1
         dtype = self.model.lm_head.weight.dtype
-        self.direct = self.model.lm_head.weight.device.type == "cpu" and dtype in _DIRECT_DTYPES
+        self.direct = self.model.lm_head.weight.device.type == "cpu" and dtype in DIRECT_DTYPES
         if self._direct_calls is not None:
             self.direct = self.direct and self._direct_calls
         if self.direct:
