@@ -11,7 +11,8 @@ set(ZAYA_RT_CPU_KERNEL_SOURCES
   csrc/cpu/attention_decode.cpp
   csrc/cpu/cca.cpp
   csrc/cpu/packed_linear.cpp
-  csrc/cpu/newton_schulz.cpp)
+  csrc/cpu/newton_schulz.cpp
+  csrc/cpu/cross_entropy.cpp)
 
 set(ZAYA_RT_CPU_ISAS base avx2 avx512)
 set(ZAYA_RT_CPU_FLAGS_base "")

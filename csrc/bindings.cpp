@@ -21,6 +21,7 @@ void bind_cca(py::module_& m);             // csrc/bindings_cca.cpp
 void bind_runtime(py::module_& m);         // csrc/bindings_runtime.cpp
 void bind_packed_linear(py::module_& m);   // csrc/bindings_packed_linear.cpp
 void bind_newton_schulz(py::module_& m);   // csrc/bindings_newton_schulz.cpp
+void bind_cross_entropy(py::module_& m);   // csrc/bindings_cross_entropy.cpp
 
 PYBIND11_MODULE(_C, m) {
   bind_runtime(m);
@@ -65,4 +66,5 @@ PYBIND11_MODULE(_C, m) {
   bind_packed_linear(m);
   bind_attention_gpu(m);
   bind_newton_schulz(m);
+  bind_cross_entropy(m);
 }

@@ -9,6 +9,7 @@
 #include "zaya_rt/attention.h"
 #include "zaya_rt/cca.h"
 #include "zaya_rt/common.h"
+#include "zaya_rt/cross_entropy.h"
 #include "zaya_rt/moe.h"
 #include "zaya_rt/newton_schulz.h"
 #include "zaya_rt/norms.h"
@@ -70,5 +71,8 @@ int64_t packed_linear_workspace(const PackedLinearParams& p, const Device& d);
 // Batched Newton-Schulz (zaya_rt/newton_schulz.h).
 void newton_schulz(const NewtonSchulzParams& p, const Device& d);
 int64_t newton_schulz_workspace(const NewtonSchulzParams& p, const Device& d);
+
+// Fused softmax-cross-entropy rows (zaya_rt/cross_entropy.h), CPU only.
+void cross_entropy_rows(const CrossEntropyRowsParams& p, const Device& d);
 
 }  // namespace zaya_rt

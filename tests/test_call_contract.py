@@ -13,6 +13,7 @@ from zaya_rt import _C
 
 attention = importlib.import_module("zaya_rt.ops.attention")
 cca = importlib.import_module("zaya_rt.ops.cca")
+cross_entropy = importlib.import_module("zaya_rt.ops.cross_entropy")
 moe = importlib.import_module("zaya_rt.ops.moe")
 newton_schulz = importlib.import_module("zaya_rt.ops.newton_schulz")
 norms = importlib.import_module("zaya_rt.ops.norms")
@@ -154,6 +155,8 @@ BUILDERS = {  # _C params class -> a call of its one builder on small tensors
     "PackedLinearParams": lambda: packed_linear.packed_linear_params(_e(3, 8), _e(64, dtype=torch.uint8), _e(3, 5)),
     "NewtonSchulzParams": lambda: newton_schulz.newton_schulz_params(_e(2, 3, 5), _e(2, 3, 5), 5, (3.0, -4.0, 2.0),
                                                                      1e-7),
+    "CrossEntropyRowsParams": lambda: cross_entropy.cross_entropy_rows_params(_e(3, 7), _e(3, dtype=I64), _e(3),
+                                                                              -100, 0.5),
 }
 
 

@@ -2,6 +2,7 @@
 
 from zaya_rt.ops.attention import attention_decode, attention_varlen
 from zaya_rt.ops.cca import cca_prep
+from zaya_rt.ops.cross_entropy import cross_entropy_rows
 from zaya_rt.ops.moe import grouped_gemm, moe_dispatch, moe_experts
 from zaya_rt.ops.newton_schulz import newton_schulz
 from zaya_rt.ops.norms import residual_rms_norm, rms_norm
@@ -14,6 +15,7 @@ __all__ = [
     "attention_varlen",
     "cca_prep",
     "copy_pages",
+    "cross_entropy_rows",
     "gather_tail",
     "kv_write",
     "sample_tokens",
