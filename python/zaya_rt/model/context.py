@@ -27,6 +27,11 @@ class OpsKernels:
     """The default kernel set: each module's own forward (zaya_rt.ops with autograd; ref where no kernel takes
     the shape). Inputs and outputs are flat rows [N, ...]."""
 
+    def embed(self, model, input_ids_N: torch.Tensor):
+        """(h [N, D] fp32, the first layer's input_layernorm(h)) of `model` (a ZayaModel), see ZayaModel.embed."""
+        h = model.embed(input_ids_N)
+        return h, model.layers[0].input_layernorm(h)
+
     def qkv(self, proj, x_ND: torch.Tensor):
         """(qp [N, Hq*d], kp [N, Hk*d], v_cur [N, Hk*d/2], v_del [N, Hk*d/2])."""
         return proj.q_proj(x_ND), proj.k_proj(x_ND), proj.v_proj_current(x_ND), proj.v_proj_delayed(x_ND)

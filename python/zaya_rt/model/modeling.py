@@ -214,15 +214,18 @@ class ZayaModel(nn.Module):
         self.layers = nn.ModuleList(ZayaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = ZayaRMSNorm(config.hidden_size, config.rms_norm_eps)
 
+    def embed(self, input_ids_N: torch.Tensor) -> torch.Tensor:
+        """The fp32 residual stream entering the first layer: (embedding + input bias) * input scale, [N, D]."""
+        return (self.embed_tokens(input_ids_N).float() + self.input_hidden_states_bias.float()) * (
+            self.input_hidden_states_scale.float()
+        )
+
     def run(self, input_ids_N: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """The layer stack over flat token rows: input_ids [N] -> final-normed hidden states [N, D] in the
         weights' dtype. ctx says where the rows sit and supplies the kernels and the state adapter."""
-        h = (self.embed_tokens(input_ids_N).float() + self.input_hidden_states_bias.float()) * (
-            self.input_hidden_states_scale.float()
-        )
+        h, x = ctx.kernels.embed(self, input_ids_N)
         layers = list(self.layers)
         next_norms = [layer.input_layernorm for layer in layers[1:]] + [self.norm]
-        x = layers[0].input_layernorm(h)
         z = None
         for layer, next_norm in zip(layers, next_norms):
             h, x, z = layer(x, h, z, next_norm, ctx)

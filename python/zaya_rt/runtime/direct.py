@@ -194,7 +194,7 @@ class ResidualNorm:
             outs = self._outputs(*y.shape)
             p.r, p.out = outs[0].data_ptr(), outs[1].data_ptr()
         p.y, p.h = y.data_ptr(), h.data_ptr()
-        _call(_C.residual_rms_norm_fwd, p, (self.params, outs, self._rstd))
+        _call(_C.residual_rms_norm_fwd, p, (self.params, outs, self._rstd, y, h))
         return outs
 
 

@@ -9,6 +9,8 @@ Legend: T rows, D hidden, B sequences.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 
@@ -70,6 +72,25 @@ class DirectKernels:
                 self._experts[mlp.experts] = direct.Experts(mlp.experts, ws)
             self._linear[model.lm_head] = direct.Linear(model.lm_head.weight, model.lm_head.bias, ws,
                                                          reuse_out=False)  # the step's logits outlive it
+            # ZayaModel.embed is the residual scaling of the embedding rows with no residual: (y + b) * s + 0
+            body = model.model
+            zero = torch.zeros_like(body.input_hidden_states_bias)
+            self._embed = direct.ResidualNorm(
+                SimpleNamespace(hidden_states_bias=body.input_hidden_states_bias,
+                                hidden_states_scale=body.input_hidden_states_scale, residual_bias=zero,
+                                residual_scale=zero), layers[0].input_layernorm)
+            self._embed_weight = body.embed_tokens.weight.detach()
+            self._zero_rows = torch.zeros(0, cfg.hidden_size, dtype=torch.float32)
+
+    def embed(self, model, input_ids_N):
+        T = input_ids_N.shape[0]
+        if T > direct.REUSE_MAX_ROWS:
+            zeros = torch.zeros(T, self._zero_rows.shape[1], dtype=torch.float32)
+        else:
+            if self._zero_rows.shape[0] < T:
+                self._zero_rows = torch.zeros(direct.REUSE_MAX_ROWS, self._zero_rows.shape[1], dtype=torch.float32)
+            zeros = self._zero_rows[:T]
+        return self._embed(self._embed_weight.index_select(0, input_ids_N), zeros)
 
     def qkv(self, proj, x_TD):
         linear, splits = self._qkv[proj]
