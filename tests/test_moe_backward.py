@@ -8,7 +8,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import zaya_rt
-from conftest import assert_close_to_peer
+import importlib
+
+from conftest import assert_close_to_peer, poisoned_empty
 from zaya_rt import ref
 
 NAMES = ("hidden", "gate", "gate_up_proj", "down_proj")
@@ -95,6 +97,25 @@ def test_all_slots_skipped_or_zero_width_gives_zero_gradients(I, keep):
     out.backward(grad)
     for t in leaves:
         assert t.grad is not None and torch.all(t.grad == 0)
+
+
+@KEEP
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_outputs_allocated_poisoned_are_all_written(top_k, keep):
+    """Every output element of moe_experts_backward (and of the kept forward: h, the dispatch) is written: the
+    op's outputs start as NaN, skipped slots and an expert without tokens included."""
+    T, D, I, E = 29, 24, 40, 4
+    gen = torch.Generator().manual_seed(40 + top_k)
+    index = torch.tensor([0, 1, 3, E])[torch.randint(0, 4, (T, top_k), generator=gen)].squeeze(-1)
+    with poisoned_empty(importlib.import_module("zaya_rt.ops.moe")):
+        _check(index, *_inputs(T, D, I, E, index, torch.bfloat16, seed=50 + top_k)[:5], keep=keep)
+        if keep:  # the kept products are grouped_gemm's over the dispatch (rows of skipped slots zero)
+            hidden, gate, w1, w2, _, _ = _inputs(T, D, I, E, index, torch.bfloat16, seed=50 + top_k)
+            _, offsets, sorted_slots, slot_rows, h = torch.ops.zaya_rt.moe_experts_keep(hidden, index, gate, w1, w2)
+            want = zaya_rt.ops.moe_dispatch(index, E)
+            assert all(torch.equal(a, b) for a, b in zip((offsets, sorted_slots, slot_rows), want))
+            tokens = sorted_slots.long() // top_k
+            torch.testing.assert_close(h, zaya_rt.ops.grouped_gemm(hidden[tokens], w1, offsets), rtol=0, atol=0)
 
 
 class _OpCounter(TorchDispatchMode):

@@ -453,7 +453,8 @@ def _check_experts_backward(hidden, grad_out, gate, w1, w2, offsets, sorted_slot
 def _backward_outputs(hidden, gate, w1, w2, needs):
     """(grad_hidden, grad_gate, grad_gate_up, grad_down) in their inputs' shapes and dtypes, or empty where
     needs says a gradient is not wanted."""
-    return tuple(t.new_empty(t.shape if n else (0,)) for t, n in zip((hidden, gate, w1, w2), needs))
+    return tuple(torch.empty(t.shape if n else (0,), dtype=t.dtype, device=t.device)
+                 for t, n in zip((hidden, gate, w1, w2), needs))
 
 
 def _moe_experts_backward_impl(hidden, grad_out, gate, gate_up_proj, down_proj, offsets, sorted_slots, slot_rows,
