@@ -1,7 +1,8 @@
 // The CPU backward of the fused expert block (MoeExpertsBackwardParams), included by csrc/cpu/moe.cpp once per
-// ISA. Five GEMM passes over the dispatched rows, the elementwise work in their epilogues:
-//   (h = x W1^T when not kept) -> dact = dout W2 with the SwiGLU backward, act and the gate's gradient in its
-//   epilogue -> grad_W2 = (gate dout)^T act, grad_W1 = dh^T x -> dx = dh W1 scattered to the tokens' rows.
+// ISA. Up to three GEMM passes over the dispatched rows, the elementwise work in their epilogues:
+//   (h = x W1^T when not kept) -> dact = dout W2, with the SwiGLU backward, act and the gate's gradient in its
+//   epilogue -> one job list of grad_W2 = (gate dout)^T act, grad_W1 = dh^T x and dx = dh W1 (scattered to the
+//   tokens' rows).
 #pragma once
 #include <omp.h>
 
@@ -12,6 +13,7 @@
 
 #include "cpu/epilogue.h"
 #include "cpu/gemm_driver.h"
+#include "cpu/moe_backward_shape.h"
 #include "cpu/numeric.h"
 #include "cpu/workspace_carve.h"
 #include "zaya_rt/moe.h"
@@ -58,29 +60,6 @@ inline float swiglu_backward_row(const float* dact, const T* hg, const T* hu, fl
   return dot;
 }
 
-// grad[g] ([N, K] row-major, contiguous groups) = A_g^T B_g over each group's rows, where A_g = rows of `a`
-// ([rows, N], row stride N) and B_g rows of `b` ([rows, K], row stride K). Empty groups get zeros.
-template <typename T, bool Dot>
-void moe_weight_grad(const T* a, int64_t N, const T* b, int64_t K, const int32_t* offsets, int64_t E, T* grad,
-                     typename PackMode<T, Dot>::Entry* packed_a, typename PackMode<T, Dot>::Entry* b_blocks,
-                     int threads) {
-  std::vector<GemmJob<T>> jobs;
-  for (int64_t e = 0, start = 0; e < E; start = offsets[e++]) {
-    const int64_t rows = offsets[e] - start;
-    // A = a_g^T (element (n, r) at n + r * N), B = b_g^T, inner dimension = the group's rows.
-    jobs.push_back({Source<T>{a + start * N, 1, N}, Source<T>{b + start * K, 1, K}, rows ? N : 0, K, rows});
-  }
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t e = 0; e < E; ++e)
-    if (jobs[e].K == 0)
-      for (int64_t i = 0; i < N * K; ++i) store(grad + e * N * K, i, 0.f);
-  run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads,
-                        [&](int64_t e, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
-                          for (int r = 0; r < mr; ++r)
-                            store_scaled(grad + e * N * K + (m0 + r) * K + n0, tile + r * kNR, 1.f, nr);
-                        });
-}
-
 template <typename T, bool Dot, typename TG>
 const char* moe_experts_backward_t(const MoeExpertsBackwardParams& p) {
   using Entry = typename PackMode<T, Dot>::Entry;
@@ -96,13 +75,12 @@ const char* moe_experts_backward_t(const MoeExpertsBackwardParams& p) {
   int32_t* row_tokens = carve<int32_t>(cursor, slots);
   T* x = carve<T>(cursor, need_x ? slots * D : 0);
   T* h_buf = carve<T>(cursor, p.h ? 0 : slots * I2);
-  T* dy = carve<T>(cursor, slots * D);
+  T* dy = carve<T>(cursor, p.grad_down ? slots * D : 0);
   T* act = carve<T>(cursor, slots * I);
   T* dh = carve<T>(cursor, slots * I2);
   float* partials = carve<float>(cursor, slots * col_blocks);
   float* dx_rows = carve<float>(cursor, p.top_k > 1 ? slots * D : 0);
-  Entry* packed_a = carve<Entry>(cursor, std::max(gemm_packed_a_entries(slots, E, packed_k<T, Dot>(width)),
-                                                  (width + kMR) * (slots + E)));
+  Entry* packed_a = carve<Entry>(cursor, moe_backward_packed_a_entries(slots, E, D, I, kMR));
   const int64_t kp_max = std::max(packed_k<T, Dot>(width), packed_k<T, Dot>(slots));
   const int64_t room = (static_cast<char*>(p.workspace) + p.workspace_bytes - cursor) /
                        (gemm_b_block_entries(std::max<int64_t>(kp_max, 1)) * static_cast<int64_t>(sizeof(Entry)));
@@ -123,6 +101,7 @@ const char* moe_experts_backward_t(const MoeExpertsBackwardParams& p) {
     const int64_t token = sorted_slots[r] / p.top_k;
     row_tokens[r] = static_cast<int32_t>(token);
     if (need_x) std::memcpy(x + r * D, hidden + token * p.hidden_row_stride, D * sizeof(T));
+    if (p.grad_down == nullptr) continue;
     const float g = load(gate, sorted_slots[r]);
     const T* src = dout + token * p.grad_out_row_stride;
     T* dst = dy + r * D;
@@ -182,29 +161,54 @@ const char* moe_experts_backward_t(const MoeExpertsBackwardParams& p) {
       store(grad_gate, s, v);
     }
   }
-  if (p.grad_down != nullptr)
-    moe_weight_grad<T, Dot>(dy, D, act, I, p.offsets, E, static_cast<T*>(p.grad_down), packed_a, b_blocks, threads);
-  if (p.grad_gate_up != nullptr)
-    moe_weight_grad<T, Dot>(dh, I2, x, D, p.offsets, E, static_cast<T*>(p.grad_gate_up), packed_a, b_blocks,
-                            threads);
-  if (p.grad_hidden == nullptr) return nullptr;
-
-  // dx = dh W1 (B = W1^T: element (d, j) at d + j * row stride): top-1 rows go straight to their token's row.
+  // The last pass, one job list: grad_W2[e] = dy_e^T act_e, grad_W1[e] = dh_e^T x_e (A and B transposed views,
+  // inner dimension = the expert's rows), and dx = dh W1 (B = W1^T: element (d, j) at d + j * row stride), whose
+  // top-1 rows go straight to their token's row. Weight gradients of experts without rows are zeros.
+  enum Kind { kGradDown, kGradGateUp, kDx };
+  std::vector<GemmJob<T>> last;
+  std::vector<Kind> kind;
+  std::vector<int64_t> group;
+  T* grad_down = static_cast<T*>(p.grad_down);
+  T* grad_gate_up = static_cast<T*>(p.grad_gate_up);
   T* grad_hidden = static_cast<T*>(p.grad_hidden);
-  for (int64_t e = 0; e < E; ++e) jobs[e].M = p.offsets[e] - row0[e];
-  set_jobs([&](int64_t e) { return Source<T>{dh + row0[e] * I2, I2, 1}; },
-           [&](int64_t e) { return Source<T>{w1 + e * p.gate_up_expert_stride, 1, p.gate_up_row_stride}; }, D, I2);
-  run_gemm_jobs<T, Dot>(jobs, packed_a, b_blocks, threads,
-                        [&](int64_t j, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
-                          for (int r = 0; r < mr; ++r) {
-                            const int64_t row = row0[j] + m0 + r;
-                            if (p.top_k == 1)
-                              store_scaled(grad_hidden + row_tokens[row] * p.grad_hidden_row_stride + n0,
-                                           tile + r * kNR, 1.f, nr);
-                            else
-                              store_scaled(dx_rows + row * D + n0, tile + r * kNR, 1.f, nr);
-                          }
-                        });
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t start = row0[e], n = p.offsets[e] - start;
+    auto add = [&](Kind k, Source<T> a, Source<T> b, int64_t M, int64_t N, int64_t K) {
+      last.push_back({a, b, M, N, K});
+      kind.push_back(k);
+      group.push_back(e);
+    };
+    if (grad_down) add(kGradDown, {dy + start * D, 1, D}, {act + start * I, 1, I}, n ? D : 0, I, n);
+    if (grad_gate_up) add(kGradGateUp, {dh + start * I2, 1, I2}, {x + start * D, 1, D}, n ? I2 : 0, D, n);
+    if (grad_hidden) add(kDx, {dh + start * I2, I2, 1}, {w1 + e * p.gate_up_expert_stride, 1, p.gate_up_row_stride}, n,
+                         D, I2);
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t e = 0; e < E; ++e) {
+    if (p.offsets[e] != row0[e]) continue;
+    if (grad_down)
+      for (int64_t i = 0; i < D * I; ++i) store(grad_down + e * D * I, i, 0.f);
+    if (grad_gate_up)
+      for (int64_t i = 0; i < I2 * D; ++i) store(grad_gate_up + e * I2 * D, i, 0.f);
+  }
+  run_gemm_jobs<T, Dot>(
+      last, packed_a, b_blocks, threads, [&](int64_t j, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
+        const int64_t e = group[j];
+        for (int r = 0; r < mr; ++r) {
+          const float* src = tile + r * kNR;
+          if (kind[j] == kGradDown) {
+            store_scaled(grad_down + e * D * I + (m0 + r) * I + n0, src, 1.f, nr);
+          } else if (kind[j] == kGradGateUp) {
+            store_scaled(grad_gate_up + e * I2 * D + (m0 + r) * D + n0, src, 1.f, nr);
+          } else {
+            const int64_t row = row0[e] + m0 + r;
+            if (p.top_k == 1) store_scaled(grad_hidden + row_tokens[row] * p.grad_hidden_row_stride + n0, src, 1.f, nr);
+            else store_scaled(dx_rows + row * D + n0, src, 1.f, nr);
+          }
+        }
+      });
+  if (grad_hidden == nullptr) return nullptr;
+
   // Tokens without a routed slot get zeros; with top-k each token sums its slots' rows in slot order (fp32).
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t t = 0; t < p.T; ++t) {

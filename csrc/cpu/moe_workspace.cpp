@@ -5,6 +5,7 @@
 
 #include "cpu/gemm_shape.h"
 #include "cpu/isa_kernels.h"
+#include "cpu/moe_backward_shape.h"
 #include "cpu/router_blocks.h"
 #include "cpu/router_decode.h"
 #include "zaya_rt/moe.h"
@@ -42,7 +43,7 @@ int64_t moe_experts_backward_workspace(int64_t T, int64_t top_k, int64_t D, int6
   const int64_t elem = dtype == DType::kFloat32 ? 4 : 2;
   int64_t bytes = aligned(slots * 4) + 2 * aligned(slots * D * elem) + 2 * aligned(slots * I2 * elem) +
                   aligned(slots * I * elem) + aligned(slots * col_blocks * 4) + aligned(slots * D * 4);
-  bytes += aligned(std::max((slots + E * kGemmMR) * width, (width + kGemmMR) * (slots + E)) * kPackedEntryBytes);
+  bytes += aligned(moe_backward_packed_a_entries(slots, E, D, I, kGemmMR) * kPackedEntryBytes);
   return bytes + threads() * std::max<int64_t>({width, slots, 1}) * kGemmNC * kPackedEntryBytes;
 }
 
