@@ -1,8 +1,7 @@
 // The CPU backward of the fused expert block (MoeExpertsBackwardParams), included by csrc/cpu/moe.cpp once per
-// ISA. Up to three GEMM passes over the dispatched rows, the elementwise work in their epilogues:
+// ISA. Up to five GEMM passes over the dispatched rows, the elementwise work in their epilogues:
 //   (h = x W1^T when not kept) -> dact = dout W2, with the SwiGLU backward, act and the gate's gradient in its
-//   epilogue -> one job list of grad_W2 = (gate dout)^T act, grad_W1 = dh^T x and dx = dh W1 (scattered to the
-//   tokens' rows).
+//   epilogue -> grad_W2 = (gate dout)^T act, grad_W1 = dh^T x and dx = dh W1 (scattered to the tokens' rows).
 #pragma once
 #include <omp.h>
 
@@ -161,52 +160,46 @@ const char* moe_experts_backward_t(const MoeExpertsBackwardParams& p) {
       store(grad_gate, s, v);
     }
   }
-  // The last pass, one job list: grad_W2[e] = dy_e^T act_e, grad_W1[e] = dh_e^T x_e (A and B transposed views,
-  // inner dimension = the expert's rows), and dx = dh W1 (B = W1^T: element (d, j) at d + j * row stride), whose
-  // top-1 rows go straight to their token's row. Weight gradients of experts without rows are zeros.
+  // The last passes: grad_W2[e] = dy_e^T act_e, grad_W1[e] = dh_e^T x_e (A and B transposed views, inner
+  // dimension = the expert's rows; experts without rows get zeros) and dx = dh W1 (B = W1^T: element (d, j) at
+  // d + j * row stride), whose top-1 rows go straight to their token's row.
   enum Kind { kGradDown, kGradGateUp, kDx };
-  std::vector<GemmJob<T>> last;
-  std::vector<Kind> kind;
-  std::vector<int64_t> group;
   T* grad_down = static_cast<T*>(p.grad_down);
   T* grad_gate_up = static_cast<T*>(p.grad_gate_up);
   T* grad_hidden = static_cast<T*>(p.grad_hidden);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t start = row0[e], n = p.offsets[e] - start;
-    auto add = [&](Kind k, Source<T> a, Source<T> b, int64_t M, int64_t N, int64_t K) {
-      last.push_back({a, b, M, N, K});
-      kind.push_back(k);
-      group.push_back(e);
-    };
-    if (grad_down) add(kGradDown, {dy + start * D, 1, D}, {act + start * I, 1, I}, n ? D : 0, I, n);
-    if (grad_gate_up) add(kGradGateUp, {dh + start * I2, 1, I2}, {x + start * D, 1, D}, n ? I2 : 0, D, n);
-    if (grad_hidden) add(kDx, {dh + start * I2, I2, 1}, {w1 + e * p.gate_up_expert_stride, 1, p.gate_up_row_stride}, n,
-                         D, I2);
-  }
+  auto run_pass = [&](Kind kind) {
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t start = row0[e], n = p.offsets[e] - start;
+      if (kind == kGradDown) jobs[e] = {{dy + start * D, 1, D}, {act + start * I, 1, I}, n ? D : 0, I, n};
+      if (kind == kGradGateUp) jobs[e] = {{dh + start * I2, 1, I2}, {x + start * D, 1, D}, n ? I2 : 0, D, n};
+      if (kind == kDx)
+        jobs[e] = {{dh + start * I2, I2, 1}, {w1 + e * p.gate_up_expert_stride, 1, p.gate_up_row_stride}, n, D, I2};
+    }
+    T* grad = kind == kGradDown ? grad_down : grad_gate_up;
+    const int64_t size = kind == kGradDown ? D * I : I2 * D, ld = kind == kGradDown ? I : D;
+    if (kind != kDx) {
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t e = 0; e < E; ++e) {
-    if (p.offsets[e] != row0[e]) continue;
-    if (grad_down)
-      for (int64_t i = 0; i < D * I; ++i) store(grad_down + e * D * I, i, 0.f);
-    if (grad_gate_up)
-      for (int64_t i = 0; i < I2 * D; ++i) store(grad_gate_up + e * I2 * D, i, 0.f);
-  }
-  run_gemm_jobs<T, Dot>(
-      last, packed_a, b_blocks, threads, [&](int64_t j, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
-        const int64_t e = group[j];
-        for (int r = 0; r < mr; ++r) {
-          const float* src = tile + r * kNR;
-          if (kind[j] == kGradDown) {
-            store_scaled(grad_down + e * D * I + (m0 + r) * I + n0, src, 1.f, nr);
-          } else if (kind[j] == kGradGateUp) {
-            store_scaled(grad_gate_up + e * I2 * D + (m0 + r) * D + n0, src, 1.f, nr);
-          } else {
-            const int64_t row = row0[e] + m0 + r;
-            if (p.top_k == 1) store_scaled(grad_hidden + row_tokens[row] * p.grad_hidden_row_stride + n0, src, 1.f, nr);
-            else store_scaled(dx_rows + row * D + n0, src, 1.f, nr);
+      for (int64_t e = 0; e < E; ++e)
+        if (p.offsets[e] == row0[e])
+          for (int64_t i = 0; i < size; ++i) store(grad + e * size, i, 0.f);
+    }
+    run_gemm_jobs<T, Dot>(
+        jobs, packed_a, b_blocks, threads, [&](int64_t e, const float* tile, int64_t m0, int mr, int64_t n0, int nr, int) {
+          for (int r = 0; r < mr; ++r) {
+            const float* src = tile + r * kNR;
+            if (kind != kDx) {
+              store_scaled(grad + e * size + (m0 + r) * ld + n0, src, 1.f, nr);
+            } else {
+              const int64_t row = row0[e] + m0 + r;
+              if (p.top_k == 1) store_scaled(grad_hidden + row_tokens[row] * p.grad_hidden_row_stride + n0, src, 1.f, nr);
+              else store_scaled(dx_rows + row * D + n0, src, 1.f, nr);
+            }
           }
-        }
-      });
+        });
+  };
+  if (grad_down) run_pass(kGradDown);
+  if (grad_gate_up) run_pass(kGradGateUp);
+  if (grad_hidden) run_pass(kDx);
   if (grad_hidden == nullptr) return nullptr;
 
   // Tokens without a routed slot get zeros; with top-k each token sums its slots' rows in slot order (fp32).

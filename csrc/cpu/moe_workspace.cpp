@@ -42,7 +42,7 @@ int64_t moe_experts_backward_workspace(int64_t T, int64_t top_k, int64_t D, int6
   const int64_t slots = T * top_k, I2 = 2 * I, width = std::max(D, I2), col_blocks = (I + kGemmNR - 1) / kGemmNR;
   const int64_t elem = dtype == DType::kFloat32 ? 4 : 2;
   int64_t bytes = aligned(slots * 4) + 2 * aligned(slots * D * elem) + 2 * aligned(slots * I2 * elem) +
-                  aligned(slots * I * elem) + aligned(slots * col_blocks * 4) + aligned(slots * D * 4);
+                  aligned(slots * I * elem) + aligned(slots * col_blocks * 4) + (top_k > 1 ? aligned(slots * D * 4) : 0);
   bytes += aligned(moe_backward_packed_a_entries(slots, E, D, I, kGemmMR) * kPackedEntryBytes);
   return bytes + threads() * std::max<int64_t>({width, slots, 1}) * kGemmNC * kPackedEntryBytes;
 }
