@@ -19,12 +19,15 @@ the host, so the ops are CUDA-graph friendly.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
     DTYPE_CODES, call_op, check_same_device, check_tensor, device_args, lib, register_kernels, run_kernel,
+    set_workspace,
 )
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -471,8 +474,26 @@ def _moe_experts_backward_impl(hidden, grad_out, gate, gate_up_proj, down_proj, 
     h = None if h is None else h.contiguous()
     p = moe_experts_backward_params(hidden, grad_out, gate, w1, w2, offsets, sorted_slots, slot_rows, h,
                                     *(o if n else None for o, n in zip(outs, needs)))
-    run_kernel(_C.moe_experts_backward, _C.moe_experts_backward_workspace, p, hidden)
+    dev = device_args(hidden)
+    ws = _backward_workspace(_C.moe_experts_backward_workspace(p, dev[0]))
+    _C.moe_experts_backward(set_workspace(p, ws), *dev)
     return outs
+
+
+BACKWARD_SCRATCH_MAX_BYTES = 256 << 20
+_backward_scratch = threading.local()
+
+
+def _backward_workspace(nbytes: int) -> torch.Tensor:
+    """moe_experts_backward's CPU workspace (uint8, >= nbytes), reused by the thread's next call up to
+    BACKWARD_SCRATCH_MAX_BYTES. It holds the backward's row buffers, tens of MB at training sizes (39 MB at T 2048,
+    D = I = 512, fp32): past glibc's 32 MB mmap threshold a fresh buffer costs page faults on every call."""
+    if nbytes > BACKWARD_SCRATCH_MAX_BYTES:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    buf = getattr(_backward_scratch, "buf", None)
+    if buf is None or buf.numel() < nbytes:
+        buf = _backward_scratch.buf = torch.empty(max(nbytes, 64), dtype=torch.uint8)
+    return buf
 
 
 def _moe_experts_backward_fake(hidden, grad_out, gate, gate_up_proj, down_proj, offsets, sorted_slots, slot_rows,
