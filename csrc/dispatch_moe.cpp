@@ -125,7 +125,13 @@ void moe_experts_backward(const MoeExpertsBackwardParams& p, const Device& d) {
                         static_cast<const void*>(p.sorted_slots), static_cast<const void*>(p.slot_rows)})
     check_ptr(op, "input", q, true);
   check_ptr(op, "workspace", p.workspace, true);
-  check_host_offsets(op, d, p.offsets, p.E, p.T * p.top_k);
+  const int64_t slots = p.T * p.top_k;
+  check_host_offsets(op, d, p.offsets, p.E, slots);
+  for (int64_t i = 0; i < slots; ++i)  // the kernel indexes rows and slots through them
+    if (p.sorted_slots[i] < 0 || p.sorted_slots[i] >= slots || p.slot_rows[i] < -1 || p.slot_rows[i] >= slots)
+      bad(op, "sorted_slots must lie in [0, T * top_k) and slot_rows in [-1, T * top_k) (moe_dispatch's outputs); "
+                  "entry " + std::to_string(i) + " has " + std::to_string(p.sorted_slots[i]) + " and " +
+                  std::to_string(p.slot_rows[i]));
   finish(op, cpu::moe_experts_backward(p));
 }
 

@@ -221,6 +221,8 @@ BAD_BACKWARD = {
     "needs length": (_bad_backward(9, [True]), ValueError, "needs"),
     "weight dtype": (_bad_backward(4, lambda t: t.double()), TypeError, "down_proj"),
     "offsets past rows": (_bad_backward(5, lambda t: torch.full_like(t, 99)), ValueError, "offsets"),
+    "sorted_slots out of range": (_bad_backward(6, lambda t: t + 1000), ValueError, "sorted_slots must lie"),
+    "slot_rows out of range": (_bad_backward(7, lambda t: t - 5), ValueError, "slot_rows"),
 }
 
 
