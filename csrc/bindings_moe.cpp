@@ -55,9 +55,32 @@ void bind_moe(py::module_& m) {
         .ptr("down", &P::down).value("down_expert_stride", &P::down_expert_stride)
         .value("down_row_stride", &P::down_row_stride)
         .ptr("out", &P::out).value("out_row_stride", &P::out_row_stride)
+        .ptr("keep_offsets", &P::keep_offsets).ptr("keep_sorted_slots", &P::keep_sorted_slots)
+        .ptr("keep_slot_rows", &P::keep_slot_rows).ptr("keep_h", &P::keep_h)
         .dtype("dtype", &P::dtype).value("T", &P::T).value("D", &P::D).value("I", &P::I).value("E", &P::E)
         .ptr("workspace", &P::workspace).value("workspace_bytes", &P::workspace_bytes);
     def_entry<P>(m, "moe_experts", &zaya_rt::moe_experts, "The fused SwiGLU experts of T tokens (zaya_rt/moe.h).");
     def_size<P>(m, "moe_experts_workspace", &zaya_rt::moe_experts_workspace, "Workspace bytes of moe_experts.");
+  }
+  {
+    using P = zaya_rt::MoeExpertsBackwardParams;
+    ParamsClass<P>(m, "MoeExpertsBackwardParams", "Arguments of moe_experts_backward (zaya_rt/moe.h), by field name.")
+        .ptr("hidden", &P::hidden).value("hidden_row_stride", &P::hidden_row_stride)
+        .ptr("grad_out", &P::grad_out).value("grad_out_row_stride", &P::grad_out_row_stride)
+        .ptr("gate", &P::gate).dtype("gate_dtype", &P::gate_dtype).value("top_k", &P::top_k)
+        .ptr("gate_up", &P::gate_up).value("gate_up_expert_stride", &P::gate_up_expert_stride)
+        .value("gate_up_row_stride", &P::gate_up_row_stride)
+        .ptr("down", &P::down).value("down_expert_stride", &P::down_expert_stride)
+        .value("down_row_stride", &P::down_row_stride)
+        .ptr("offsets", &P::offsets).ptr("sorted_slots", &P::sorted_slots).ptr("slot_rows", &P::slot_rows)
+        .ptr("h", &P::h)
+        .ptr("grad_hidden", &P::grad_hidden).value("grad_hidden_row_stride", &P::grad_hidden_row_stride)
+        .ptr("grad_gate", &P::grad_gate).ptr("grad_gate_up", &P::grad_gate_up).ptr("grad_down", &P::grad_down)
+        .dtype("dtype", &P::dtype).value("T", &P::T).value("D", &P::D).value("I", &P::I).value("E", &P::E)
+        .ptr("workspace", &P::workspace).value("workspace_bytes", &P::workspace_bytes);
+    def_entry<P>(m, "moe_experts_backward", &zaya_rt::moe_experts_backward,
+                 "Gradients of the fused SwiGLU experts (CPU; zaya_rt/moe.h).");
+    def_size<P>(m, "moe_experts_backward_workspace", &zaya_rt::moe_experts_backward_workspace,
+                "Workspace bytes of moe_experts_backward.");
   }
 }

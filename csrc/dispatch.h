@@ -31,9 +31,11 @@ void moe_dispatch(const MoeDispatchParams& p, const Device& d);
 void grouped_gemm(const GroupedGemmParams& p, const Device& d);
 void grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p, const Device& d);
 void moe_experts(const MoeExpertsParams& p, const Device& d);
+void moe_experts_backward(const MoeExpertsBackwardParams& p, const Device& d);  // CPU only
 int64_t grouped_gemm_workspace(const GroupedGemmParams& p, const Device& d);
 int64_t grouped_gemm_weight_grad_workspace(const GroupedGemmWeightGradParams& p, const Device& d);
 int64_t moe_experts_workspace(const MoeExpertsParams& p, const Device& d);
+int64_t moe_experts_backward_workspace(const MoeExpertsBackwardParams& p, const Device& d);
 
 // Router (zaya_rt/router.h): the GPU kernel needs no workspace (0).
 void zaya_router(const RouterParams& p, const Device& d);

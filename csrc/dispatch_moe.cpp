@@ -101,9 +101,38 @@ void moe_experts(const MoeExpertsParams& p, const Device& d) {
   check_ptr(op, "workspace", p.workspace, true);
   if (p.T * p.D == 0) return;
   check_host_expert_ids(op, d, p.expert_index, p.index_dtype, p.T * p.top_k, p.E);
+  const bool keep = p.keep_h != nullptr;
+  if (keep != (p.keep_offsets != nullptr) || keep != (p.keep_sorted_slots != nullptr) ||
+      keep != (p.keep_slot_rows != nullptr))
+    bad(op, "keep_offsets, keep_sorted_slots, keep_slot_rows and keep_h must be all set or all null");
+  if (keep && d.type != DeviceType::kCpu) bad(op, "the kept outputs (keep_h, ...) are CPU only");
   if (p.I == 0)  // zaya_rt.ops.moe_experts returns the zeros itself
     bad(op, "I = 0 (experts of width 0): the kernels need I >= 1 where the output is not empty");
   route(op, p, d, cpu::moe_experts, gpu::moe_experts);
+}
+
+void moe_experts_backward(const MoeExpertsBackwardParams& p, const Device& d) {
+  const char* op = "moe_experts_backward";
+  require_device(op, d);
+  if (d.type != DeviceType::kCpu) bad(op, "CPU only (the GPU backward composes grouped GEMMs in Python)");
+  check_sizes(op, {{"T", p.T}, {"D", p.D}, {"I", p.I}});
+  if (p.E < 1 || p.top_k < 1) bad(op, "need at least one expert and one slot per token");
+  check_float_dtype(op, "hidden", p.dtype);
+  check_float_dtype(op, "gate", p.gate_dtype);
+  if (p.T * p.D * p.I == 0)  // zaya_rt.ops.moe_experts' backward returns the zeros itself
+    bad(op, "T, D and I must be positive (empty blocks have all-zero gradients)");
+  for (const void* q : {p.hidden, p.grad_out, p.gate, p.gate_up, p.down, static_cast<const void*>(p.offsets),
+                        static_cast<const void*>(p.sorted_slots), static_cast<const void*>(p.slot_rows)})
+    check_ptr(op, "input", q, true);
+  check_ptr(op, "workspace", p.workspace, true);
+  const int64_t slots = p.T * p.top_k;
+  check_host_offsets(op, d, p.offsets, p.E, slots);
+  for (int64_t i = 0; i < slots; ++i)  // the kernel indexes rows and slots through them
+    if (p.sorted_slots[i] < 0 || p.sorted_slots[i] >= slots || p.slot_rows[i] < -1 || p.slot_rows[i] >= slots)
+      bad(op, "sorted_slots must lie in [0, T * top_k) and slot_rows in [-1, T * top_k) (moe_dispatch's outputs); "
+                  "entry " + std::to_string(i) + " has " + std::to_string(p.sorted_slots[i]) + " and " +
+                  std::to_string(p.slot_rows[i]));
+  finish(op, cpu::moe_experts_backward(p));
 }
 
 int64_t grouped_gemm_workspace(const GroupedGemmParams& p, const Device& d) {
@@ -122,6 +151,11 @@ int64_t moe_experts_workspace(const MoeExpertsParams& p, const Device& d) {
   require_device("moe_experts_workspace", d);
   if (d.type == DeviceType::kGpu) return gpu::moe_experts_workspace(p.T, p.top_k, p.D, p.I, p.E, p.dtype);
   return cpu::moe_experts_workspace(p.T, p.top_k, p.D, p.I, p.E, p.dtype);
+}
+
+int64_t moe_experts_backward_workspace(const MoeExpertsBackwardParams& p, const Device& d) {
+  require_device("moe_experts_backward_workspace", d);
+  return cpu::moe_experts_backward_workspace(p.T, p.top_k, p.D, p.I, p.E, p.dtype);
 }
 
 }  // namespace zaya_rt

@@ -137,7 +137,12 @@ BUILDERS = {  # _C params class -> a call of its one builder on small tensors
     "GroupedGemmWeightGradParams": lambda: moe.grouped_gemm_weight_grad_params(_e(4, 5), _e(4, 8), _e(2, dtype=I32),
                                                                                 _e(2, 5, 8)),
     "MoeExpertsParams": lambda: moe.moe_experts_params(_e(3, 8), torch.zeros(3, 2, dtype=I64), _e(3, 2),
-                                                       _e(2, 8, 8), _e(2, 8, 4), _e(3, 8)),
+                                                       _e(2, 8, 8), _e(2, 8, 4), _e(3, 8),
+                                                       (_e(2, dtype=I32), _e(6, dtype=I32), _e(6, dtype=I32),
+                                                        _e(6, 8))),
+    "MoeExpertsBackwardParams": lambda: moe.moe_experts_backward_params(
+        _e(3, 8), _e(3, 8), _e(3, 2), _e(2, 8, 8), _e(2, 8, 4), _e(2, dtype=I32), _e(6, dtype=I32), _e(6, dtype=I32),
+        _e(6, 8), _e(3, 8), _e(3, 2), _e(2, 8, 8), _e(2, 8, 4)),
     "RouterParams": _router,
     "AttnVarlenFwdParams": _attn_fwd,
     "AttnVarlenBwdParams": _attn_bwd,

@@ -8,7 +8,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import zaya_rt
-from conftest import assert_close_to_peer
+import importlib
+
+from conftest import assert_close_to_peer, poisoned_empty
 from zaya_rt import ref
 
 NAMES = ("hidden", "gate", "gate_up_proj", "down_proj")
@@ -97,32 +99,69 @@ def test_all_slots_skipped_or_zero_width_gives_zero_gradients(I, keep):
         assert t.grad is not None and torch.all(t.grad == 0)
 
 
+@KEEP
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_outputs_allocated_poisoned_are_all_written(top_k, keep):
+    """Every output element of moe_experts_backward (and of the kept forward: h, the dispatch) is written: the
+    op's outputs start as NaN, skipped slots and an expert without tokens included."""
+    T, D, I, E = 29, 24, 40, 4
+    gen = torch.Generator().manual_seed(40 + top_k)
+    index = torch.tensor([0, 1, 3, E])[torch.randint(0, 4, (T, top_k), generator=gen)].squeeze(-1)
+    with poisoned_empty(importlib.import_module("zaya_rt.ops.moe")):
+        _check(index, *_inputs(T, D, I, E, index, torch.bfloat16, seed=50 + top_k)[:5], keep=keep)
+        if keep:  # the kept products are grouped_gemm's over the dispatch (rows of skipped slots zero)
+            hidden, gate, w1, w2, _, _ = _inputs(T, D, I, E, index, torch.bfloat16, seed=50 + top_k)
+            _, offsets, sorted_slots, slot_rows, h = torch.ops.zaya_rt.moe_experts_keep(hidden, index, gate, w1, w2)
+            want = zaya_rt.ops.moe_dispatch(index, E)
+            assert all(torch.equal(a, b) for a, b in zip((offsets, sorted_slots, slot_rows), want))
+            tokens = sorted_slots.long() // top_k
+            torch.testing.assert_close(h, zaya_rt.ops.grouped_gemm(hidden[tokens], w1, offsets), rtol=0, atol=0)
+
+
 class _OpCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
-        self.calls = []
+        self.calls, self.h_args = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.calls.append(func._overloadpacket.__name__)
+        if self.calls[-1] == "moe_experts_backward":
+            self.h_args.append(args[8])
         return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
 def test_kept_activations_skip_the_dispatch_and_gate_up_gemm_in_backward(top_k):
-    """The kept path's backward reuses the forward's dispatch and gate-up products: two grouped GEMMs (W2^T dout,
-    dh W1) and no moe_dispatch, where the recomputing backward runs three and a dispatch."""
+    """The CPU backward is one moe_experts_backward call. The kept path hands it the forward's gate-up products
+    (h) and runs no dispatch; the recomputing path runs a dispatch and passes no h (the kernel recomputes it)."""
     T, D, I, E = 12, 16, 8, 4
     index = torch.randint(0, E + 1, (T, top_k), generator=torch.Generator().manual_seed(5)).squeeze(-1)
     hidden, gate, w1, w2, grad, _ = _inputs(T, D, I, E, index, torch.float32, seed=6)
-    counts = {}
+    counts, h_args = {}, {}
     for keep in (False, True):
         leaves = [t.detach().clone().requires_grad_() for t in (hidden, gate, w1, w2)]
         out = zaya_rt.ops.moe_experts(leaves[0], index, *leaves[1:], keep_activations=keep)
         with _OpCounter() as counter:
             out.backward(grad)
-        counts[keep] = counter.calls
-    assert counts[False].count("moe_dispatch") == 1 and counts[False].count("grouped_gemm") == 3
-    assert counts[True].count("moe_dispatch") == 0 and counts[True].count("grouped_gemm") == 2
+        counts[keep], h_args[keep] = counter.calls, counter.h_args
+    assert counts[False].count("moe_dispatch") == 1 and counts[False].count("moe_experts_backward") == 1
+    assert counts[True].count("moe_dispatch") == 0 and counts[True].count("moe_experts_backward") == 1
+    assert "grouped_gemm" not in counts[False] + counts[True]
+    assert h_args[False] == [None] and isinstance(h_args[True][0], torch.Tensor)
+    assert h_args[True][0].shape == (T * top_k, 2 * I)
+
+
+@KEEP
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_gemm_sized_blocks_with_ragged_tails(dtype, top_k, keep):
+    """Sizes past one register tile, one B block and one column block of the kernel's epilogue, none of them
+    multiples of the tiles (D 200, I 72, groups of ~50-150 rows), so that every tail and the per-column-block
+    gate partials are exercised; one expert gets no token."""
+    T, D, I, E = 130, 200, 72, 5
+    gen = torch.Generator().manual_seed(20 + top_k)
+    index = torch.tensor([0, 1, 3, 4, E])[torch.randint(0, 5, (T, top_k), generator=gen)].squeeze(-1)
+    _check(index, *_inputs(T, D, I, E, index, dtype, seed=30 + top_k)[:5], keep=keep)
 
 
 def test_keep_activations_without_grad_matches_the_fused_forward():

@@ -188,3 +188,44 @@ def test_direct_moe_experts_rejects_out_of_range_expert_ids(bad_id):
         _C.moe_experts(set_workspace(p, ws), 0, 0, 0)
     with pytest.raises(ValueError, match=rf"expert_index\[1\] = {bad_id}"):  # the op: the same one check
         zaya_rt.ops.moe_experts(x, choice, gate, w1, w2)
+
+
+def _backward_args(k=2, dtype=torch.float32, keep=True, needs=(True, True, True, True)):
+    hidden, index, gate, w1, w2 = _experts(k=k, dtype=dtype)
+    offsets, sorted_slots, slot_rows = zaya_rt.ops.moe_dispatch(index, w1.shape[0])
+    grad_out = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    h = torch.randn(index.numel(), w1.shape[1]).to(dtype) if keep else None
+    return [hidden, grad_out, gate, w1, w2, offsets, sorted_slots, slot_rows, h, list(needs)]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("needs", [(True, True, True, True), (False, True, False, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_moe_experts_backward(dtype, needs, keep):
+    torch.library.opcheck(torch.ops.zaya_rt.moe_experts_backward, tuple(_backward_args(dtype=dtype, keep=keep,
+                                                                                     needs=needs)))
+
+
+def _bad_backward(i, value):
+    args = _backward_args()
+    args[i] = value(args[i]) if callable(value) else value
+    return args
+
+
+BAD_BACKWARD = {
+    "grad_out shape": (_bad_backward(1, lambda t: t[:, :4]), ValueError, "grad_out"),
+    "offsets dtype": (_bad_backward(5, lambda t: t.long()), TypeError, "offsets"),
+    "sorted_slots length": (_bad_backward(6, lambda t: t[:-1]), ValueError, "sorted_slots"),
+    "h shape": (_bad_backward(8, lambda t: t[:, :4]), ValueError, "h must be"),
+    "h dtype": (_bad_backward(8, lambda t: t.to(torch.bfloat16)), ValueError, "h must be"),
+    "needs length": (_bad_backward(9, [True]), ValueError, "needs"),
+    "weight dtype": (_bad_backward(4, lambda t: t.double()), TypeError, "down_proj"),
+    "offsets past rows": (_bad_backward(5, lambda t: torch.full_like(t, 99)), ValueError, "offsets"),
+    "sorted_slots out of range": (_bad_backward(6, lambda t: t + 1000), ValueError, "sorted_slots must lie"),
+    "slot_rows out of range": (_bad_backward(7, lambda t: t - 5), ValueError, "slot_rows"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BACKWARD))
+def test_moe_experts_backward_rejects_bad_input(case):
+    assert_rejects(torch.ops.zaya_rt.moe_experts_backward, BAD_BACKWARD, case)

@@ -11,6 +11,7 @@
 #include "cpu/gemm_driver.h"
 #include "cpu/gemm_peak.h"
 #include "cpu/isa_kernels.h"
+#include "cpu/moe_backward.h"
 #include "cpu/moe_decode.h"
 #include "cpu/numeric.h"
 #include "cpu/workspace_carve.h"
@@ -159,7 +160,14 @@ const char* moe_experts_t(const MoeExpertsParams& p) {
   if (const char* err = dispatch_impl(p.expert_index, p.index_dtype, slots, E, counts, offsets, sorted_slots,
                                       slot_rows))
     return err;
-  if (has_moe_decode() && use_moe_decode(slots, offsets, E))
+  T* keep_h = static_cast<T*>(p.keep_h);
+  if (keep_h != nullptr) {  // the backward's dispatch, and zero h rows for the skipped slots
+    std::copy(offsets, offsets + E, p.keep_offsets);
+    std::copy(sorted_slots, sorted_slots + slots, p.keep_sorted_slots);
+    std::copy(slot_rows, slot_rows + slots, p.keep_slot_rows);
+    for (int64_t i = (E ? offsets[E - 1] : 0) * 2 * I; i < slots * 2 * I; ++i) store(keep_h, i, 0.f);
+  }
+  if (keep_h == nullptr && has_moe_decode() && use_moe_decode(slots, offsets, E))
     return moe_experts_decode(p, MoeDecodeRows{offsets, sorted_slots, slot_rows, act, y_rows}, Dot);
   const int64_t rows = E ? offsets[E - 1] : 0;
   for (int64_t r = 0; r < rows; ++r) row_tokens[r] = sorted_slots[r] / static_cast<int32_t>(p.top_k);
@@ -200,8 +208,14 @@ const char* moe_experts_t(const MoeExpertsParams& p) {
                      }
                      const int64_t i0 = (n0 / kNR - 1) / 2 * kNR;
                      const int nr = static_cast<int>(std::min<int64_t>(kNR, I - i0));
-                     for (int r = 0; r < mr; ++r)
-                       store_swiglu(act + (row0[j] + m0 + r) * I + i0, gate_tile + r * kNR, tile + r * kNR, nr);
+                     for (int r = 0; r < mr; ++r) {
+                       const int64_t row = row0[j] + m0 + r;
+                       store_swiglu(act + row * I + i0, gate_tile + r * kNR, tile + r * kNR, nr);
+                       if (keep_h != nullptr) {
+                         store_scaled(keep_h + row * 2 * I + i0, gate_tile + r * kNR, 1.f, nr);
+                         store_scaled(keep_h + row * 2 * I + I + i0, tile + r * kNR, 1.f, nr);
+                       }
+                     }
                    });
 
   // down GEMM; the epilogue scales by the gate and writes each token's row (or its slot's row for top-k).
@@ -337,6 +351,12 @@ const char* grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p) {
 const char* moe_experts(const MoeExpertsParams& p) {
   ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, ZAYA_RT_DISPATCH_FLOAT(p.gate_dtype, TG, ZAYA_RT_WITH_DOT(
       T, Dot, return moe_experts_t<T, Dot, TG>(p))));
+  return nullptr;
+}
+
+const char* moe_experts_backward(const MoeExpertsBackwardParams& p) {
+  ZAYA_RT_DISPATCH_FLOAT(p.dtype, T, ZAYA_RT_DISPATCH_FLOAT(p.gate_dtype, TG, ZAYA_RT_WITH_DOT(
+      T, Dot, return moe_experts_backward_t<T, Dot, TG>(p))));
   return nullptr;
 }
 

@@ -55,6 +55,33 @@ struct MoeExpertsParams {
   const void* gate_up; int64_t gate_up_expert_stride, gate_up_row_stride;
   const void* down; int64_t down_expert_stride, down_row_stride;
   void* out; int64_t out_row_stride;
+  // Optional (all null or all set; CPU): what the backward reuses, as moe_dispatch and grouped_gemm give them:
+  // offsets [E], sorted_slots and slot_rows [T * top_k] int32, and h [T * top_k, 2I] contiguous in dtype, the
+  // gate-up products in dispatch order (rows of skipped slots zero).
+  int32_t* keep_offsets; int32_t* keep_sorted_slots; int32_t* keep_slot_rows; void* keep_h;
+  DType dtype;
+  int64_t T, D, I, E;
+  void* workspace; int64_t workspace_bytes;
+};
+
+// Gradients of moe_experts (CPU only) from its inputs, its dispatch (moe_dispatch's outputs, or those the
+// kept-activation forward stored), the incoming gradient and optionally the kept gate-up products h. The
+// SwiGLU backward and the gate's gradient run in the epilogue of the W2^T dout GEMM (fp32 tiles); token rows are
+// gathered and scattered in place. A null output pointer means that gradient is not wanted.
+struct MoeExpertsBackwardParams {
+  const void* hidden; int64_t hidden_row_stride;        // [T, D], unit inner stride
+  const void* grad_out; int64_t grad_out_row_stride;    // [T, D] in dtype, unit inner stride
+  const void* gate; DType gate_dtype; int64_t top_k;     // [T * top_k] contiguous, any float dtype
+  const void* gate_up; int64_t gate_up_expert_stride, gate_up_row_stride;
+  const void* down; int64_t down_expert_stride, down_row_stride;
+  const int32_t* offsets;       // [E] cumulative row ends
+  const int32_t* sorted_slots;  // [T * top_k] slot of each row, skipped slots last
+  const int32_t* slot_rows;     // [T * top_k] row of each slot, -1 when skipped
+  const void* h;                // [T * top_k, 2I] contiguous in dtype (dispatch order), or null: recomputed
+  void* grad_hidden; int64_t grad_hidden_row_stride;    // [T, D] in dtype, unit inner stride
+  void* grad_gate;              // [T * top_k] in gate_dtype
+  void* grad_gate_up;           // [E, 2I, D] contiguous in dtype
+  void* grad_down;              // [E, D, I] contiguous in dtype
   DType dtype;
   int64_t T, D, I, E;
   void* workspace; int64_t workspace_bytes;
@@ -65,10 +92,12 @@ const char* moe_dispatch(const MoeDispatchParams& p);
 const char* grouped_gemm(const GroupedGemmParams& p);
 const char* grouped_gemm_weight_grad(const GroupedGemmWeightGradParams& p);
 const char* moe_experts(const MoeExpertsParams& p);
+const char* moe_experts_backward(const MoeExpertsBackwardParams& p);
 // Workspace bytes the CPU kernels need (upper bounds, host-side sizes only).
 int64_t grouped_gemm_workspace(int64_t M, int64_t N, int64_t K, int64_t G, DType dtype);
 int64_t grouped_gemm_weight_grad_workspace(int64_t M, int64_t N, int64_t K, int64_t G, DType dtype);
 int64_t moe_experts_workspace(int64_t T, int64_t top_k, int64_t D, int64_t I, int64_t E, DType dtype);
+int64_t moe_experts_backward_workspace(int64_t T, int64_t top_k, int64_t D, int64_t I, int64_t E, DType dtype);
 }  // namespace cpu
 
 namespace gpu {

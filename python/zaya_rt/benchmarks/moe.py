@@ -157,6 +157,11 @@ def _grouped_mm_block(x, index, gate, w1, w2):
     return torch.zeros_like(x).index_add(0, kept, y)
 
 
+def _moe_experts_kept(x, index, gate, w1, w2):
+    """moe_experts with its gate-up activations kept for the backward (memory [T*k, 2I] for speed)."""
+    return ops.moe_experts(x, index, gate, w1, w2, keep_activations=True)
+
+
 def moe_fwd_bwd_cases(device: str = "cpu", shapes=None, dtypes=(torch.bfloat16, torch.float32)):
     """(T, D, I, E) shapes, top-1 routing with about one token in E + 1 skipped: moe_experts forward + backward
     (gradients of hidden, gate and both weights) against the torch._grouped_mm composition under autograd."""
@@ -171,9 +176,11 @@ def moe_fwd_bwd_cases(device: str = "cpu", shapes=None, dtypes=(torch.bfloat16, 
             gate = torch.rand(T, generator=gen).to(device=device, dtype=dtype)
             kept = int((index < E).sum())
             inputs = (x, index, gate, w1, w2)
-            cases.append(Case(
-                "moe_experts fwd+bwd", f"T{T} D{D} I{I} E{E}", str(dtype).removeprefix("torch."),
-                ours=fwd_bwd_call(ops.moe_experts, inputs), peer=fwd_bwd_call(_grouped_mm_block, inputs),
-                peer_name="torch._grouped_mm under autograd", bytes_moved=3 * 3 * E * I * D * x.element_size(),
-                flops=3 * 2 * kept * D * 3 * I))
+            for label, forward in (("moe_experts fwd+bwd", ops.moe_experts),
+                                   ("moe_experts fwd+bwd keep_activations", _moe_experts_kept)):
+                cases.append(Case(
+                    label, f"T{T} D{D} I{I} E{E}", str(dtype).removeprefix("torch."),
+                    ours=fwd_bwd_call(forward, inputs), peer=fwd_bwd_call(_grouped_mm_block, inputs),
+                    peer_name="torch._grouped_mm under autograd", bytes_moved=3 * 3 * E * I * D * x.element_size(),
+                    flops=3 * 2 * kept * D * 3 * I))
     return cases

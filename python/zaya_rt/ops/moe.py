@@ -8,13 +8,18 @@ Ops (namespace `torch.ops.zaya_rt`):
   moe_experts(hidden[T, D], expert_index, gate, gate_up_proj[E, 2I, D], down_proj[E, D, I]) -> [T, D]
                                                                              (autograd for hidden, gate, weights)
   moe_experts_keep(same inputs) -> (out[T, D], offsets[E], sorted_slots[T*k], slot_rows[T*k], h[T*k, 2I])
-      the same block composed of dispatch and grouped GEMMs, returning what its backward reuses: the dispatch
-      and the gate-up products h in dispatch order (the kept-activation path of moe_experts(keep_activations=True))
+      the same block returning what its backward reuses: the dispatch and the gate-up products h in dispatch
+      order (the kept-activation path of moe_experts(keep_activations=True)); on CPU the fused kernel stores them
+  moe_experts_backward(hidden, grad_out, gate, gate_up_proj, down_proj, offsets, sorted_slots, slot_rows, h?,
+                       needs[4]) -> (grad_hidden, grad_gate, grad_gate_up, grad_down)
+      the CPU backward of both in one call (an unwanted gradient comes back as an empty tensor)
 Offsets are cumulative group ends on the tensors' device (torch._grouped_mm's `offs`); nothing reads them on
 the host, so the ops are CUDA-graph friendly.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
     DTYPE_CODES, call_op, check_same_device, check_tensor, device_args, lib, register_kernels, run_kernel,
+    set_workspace,
 )
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -35,6 +41,10 @@ lib.define(
 lib.define(
     "moe_experts_keep(Tensor hidden, Tensor expert_index, Tensor gate, Tensor gate_up_proj, Tensor down_proj) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+lib.define(
+    "moe_experts_backward(Tensor hidden, Tensor grad_out, Tensor gate, Tensor gate_up_proj, Tensor down_proj, "
+    "Tensor offsets, Tensor sorted_slots, Tensor slot_rows, Tensor? h, bool[] needs) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 
 
@@ -88,11 +98,14 @@ def grouped_gemm_weight_grad_params(dy: torch.Tensor, a: torch.Tensor, offsets: 
 
 
 def moe_experts_params(hidden: torch.Tensor, idx: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor,
-                       w2: torch.Tensor, out: torch.Tensor) -> _C.MoeExpertsParams:
+                       w2: torch.Tensor, out: torch.Tensor, keep: tuple | None = None) -> _C.MoeExpertsParams:
     """hidden [T, D] and out [T, D] (unit inner stride), idx [T] or [T, k] int32/int64 and gate (its shape, any
     float dtype) contiguous, w1 = gate_up_proj [E, 2I, D] and w2 = down_proj [E, D, I] with unit inner stride;
-    no workspace yet."""
+    keep: None, or (offsets [E], sorted_slots [T*k], slot_rows [T*k] int32, h [T*k, 2I] in hidden's dtype), all
+    contiguous, for the CPU kernel to store the dispatch and the gate-up products in. No workspace yet."""
     p = _C.MoeExpertsParams()
+    keep_ptrs = (0, 0, 0, 0) if keep is None else tuple(t.data_ptr() for t in keep)
+    p.keep_offsets, p.keep_sorted_slots, p.keep_slot_rows, p.keep_h = keep_ptrs
     T, D = hidden.shape
     p.hidden, p.hidden_row_stride = hidden.data_ptr(), hidden.stride(0) if T > 1 else D
     p.expert_index, p.index_dtype = idx.data_ptr(), DTYPE_CODES[idx.dtype]
@@ -101,6 +114,35 @@ def moe_experts_params(hidden: torch.Tensor, idx: torch.Tensor, gate: torch.Tens
     p.gate_up, p.gate_up_expert_stride, p.gate_up_row_stride = w1.data_ptr(), w1.stride(0), w1.stride(1)
     p.down, p.down_expert_stride, p.down_row_stride = w2.data_ptr(), w2.stride(0), w2.stride(1)
     p.out, p.out_row_stride = out.data_ptr(), out.stride(0) if T > 1 else D
+    p.dtype = DTYPE_CODES[hidden.dtype]
+    p.T, p.D, p.I, p.E = T, D, w2.shape[2], w1.shape[0]
+    p.workspace, p.workspace_bytes = 0, 0
+    return p
+
+
+def moe_experts_backward_params(hidden: torch.Tensor, grad_out: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor,
+                                w2: torch.Tensor, offsets: torch.Tensor, sorted_slots: torch.Tensor,
+                                slot_rows: torch.Tensor, h: torch.Tensor | None, grad_hidden: torch.Tensor | None,
+                                grad_gate: torch.Tensor | None, grad_w1: torch.Tensor | None,
+                                grad_w2: torch.Tensor | None) -> _C.MoeExpertsBackwardParams:
+    """hidden, grad_out [T, D] and grad_hidden [T, D] (unit inner stride), gate [T] or [T, k] contiguous (any
+    float dtype) and grad_gate its shape and dtype, w1 [E, 2I, D] and w2 [E, D, I] with unit inner stride,
+    offsets [E], sorted_slots and slot_rows [T*k] int32 contiguous, h [T*k, 2I] contiguous or None, grad_w1
+    and grad_w2 contiguous in the weights' shapes; a None gradient is not computed. No workspace yet."""
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    p = _C.MoeExpertsBackwardParams()
+    T, D = hidden.shape
+    p.hidden, p.hidden_row_stride = hidden.data_ptr(), hidden.stride(0) if T > 1 else D
+    p.grad_out, p.grad_out_row_stride = grad_out.data_ptr(), grad_out.stride(0) if T > 1 else D
+    p.gate, p.gate_dtype = gate.data_ptr(), DTYPE_CODES[gate.dtype]
+    p.top_k = 1 if gate.dim() == 1 else gate.shape[1]
+    p.gate_up, p.gate_up_expert_stride, p.gate_up_row_stride = w1.data_ptr(), w1.stride(0), w1.stride(1)
+    p.down, p.down_expert_stride, p.down_row_stride = w2.data_ptr(), w2.stride(0), w2.stride(1)
+    p.offsets, p.sorted_slots, p.slot_rows = offsets.data_ptr(), sorted_slots.data_ptr(), slot_rows.data_ptr()
+    p.h = ptr(h)
+    p.grad_hidden = ptr(grad_hidden)
+    p.grad_hidden_row_stride = D if grad_hidden is None or T <= 1 else grad_hidden.stride(0)
+    p.grad_gate, p.grad_gate_up, p.grad_down = ptr(grad_gate), ptr(grad_w1), ptr(grad_w2)
     p.dtype = DTYPE_CODES[hidden.dtype]
     p.T, p.D, p.I, p.E = T, D, w2.shape[2], w1.shape[0]
     p.workspace, p.workspace_bytes = 0, 0
@@ -282,8 +324,19 @@ def _moe_experts_backward(ctx, grad_out):
     hidden, expert_index, gate, w1, w2 = ctx.saved_tensors
     if w1.shape[1] == 0:
         return _zero_width_grads(ctx, hidden, gate, w1, w2)
-    backward = _backward_routed if hidden.device.type == "cpu" else _backward_composed
-    return backward(ctx, grad_out, hidden, expert_index, gate, w1, w2)
+    if hidden.device.type == "cpu":
+        dispatch = torch.ops.zaya_rt.moe_dispatch(expert_index, w1.shape[0])
+        return _backward_fused(ctx, grad_out, hidden, gate, w1, w2, dispatch, None)
+    return _backward_composed(ctx, grad_out, hidden, expert_index, gate, w1, w2)
+
+
+def _backward_fused(ctx, grad_out, hidden, gate, w1, w2, dispatch, h):
+    """The CPU backward: one moe_experts_backward call over the dispatch (and the kept h, or None)."""
+    need = ctx.needs_input_grad
+    wanted = [need[0], need[2], need[3], need[4]]
+    grads = torch.ops.zaya_rt.moe_experts_backward(hidden, grad_out, gate, w1, w2, *dispatch, h, wanted)
+    grad_hidden, grad_gate, grad_w1, grad_w2 = (g if n else None for g, n in zip(grads, wanted))
+    return grad_hidden, None, grad_gate, grad_w1, grad_w2
 
 
 def _slot_tokens(sorted_slots: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,6 +427,82 @@ def _backward_composed(ctx, grad_out, hidden, expert_index, gate, w1, w2):
     return grad_hidden, None, grad_gate, grad_w1, grad_w2
 
 
+# ---- moe_experts_backward: the CPU backward in one call ---------------------------------------------------
+
+
+def _check_experts_backward(hidden, grad_out, gate, w1, w2, offsets, sorted_slots, slot_rows, h, needs):
+    op = "moe_experts_backward"
+    slots = gate.numel()
+    for name, t, n in (("offsets", offsets, w1.shape[0]), ("sorted_slots", sorted_slots, slots),
+                       ("slot_rows", slot_rows, slots)):
+        check_tensor(op, name, t, dtypes=(torch.int32,), ndim=1)
+        if t.shape[0] != n:
+            raise ValueError(f"zaya_rt.{op}: {name} must have {n} entries, got {t.shape[0]}")
+    _check_experts(hidden, slot_rows.view(gate.shape), gate, w1, w2)  # slot_rows stands in for the expert ids
+    check_tensor(op, "grad_out", grad_out, ndim=2)
+    if grad_out.shape != hidden.shape:
+        raise ValueError(f"zaya_rt.{op}: grad_out {tuple(grad_out.shape)} must match hidden {tuple(hidden.shape)}")
+    if h is not None:
+        check_tensor(op, "h", h, ndim=2)
+        if h.shape != (slots, w1.shape[1]) or h.dtype != hidden.dtype:
+            raise ValueError(f"zaya_rt.{op}: h must be [{slots}, {w1.shape[1]}] in {hidden.dtype}, got "
+                             f"{tuple(h.shape)} {h.dtype}")
+    if len(needs) != 4:
+        raise ValueError(f"zaya_rt.{op}: needs must name 4 gradients (hidden, gate, gate_up_proj, down_proj)")
+    check_same_device(op, hidden=hidden, grad_out=grad_out, offsets=offsets, sorted_slots=sorted_slots,
+                      slot_rows=slot_rows)
+
+
+def _backward_outputs(hidden, gate, w1, w2, needs):
+    """(grad_hidden, grad_gate, grad_gate_up, grad_down) in their inputs' shapes and dtypes, or empty where
+    needs says a gradient is not wanted."""
+    return tuple(torch.empty(t.shape if n else (0,), dtype=t.dtype, device=t.device)
+                 for t, n in zip((hidden, gate, w1, w2), needs))
+
+
+def _moe_experts_backward_impl(hidden, grad_out, gate, gate_up_proj, down_proj, offsets, sorted_slots, slot_rows,
+                               h, needs):
+    _check_experts_backward(hidden, grad_out, gate, gate_up_proj, down_proj, offsets, sorted_slots, slot_rows, h,
+                            needs)
+    outs = _backward_outputs(hidden, gate, gate_up_proj, down_proj, needs)
+    if hidden.numel() == 0 or gate_up_proj.shape[1] == 0:  # no tokens, D = 0 or I = 0: all-zero gradients
+        return tuple(o.zero_() for o in outs)
+    hidden, w1, w2 = _unit_inner(hidden), _unit_inner(gate_up_proj), _unit_inner(down_proj)
+    grad_out = _unit_inner(grad_out.to(hidden.dtype))
+    gate = gate.contiguous()
+    offsets, sorted_slots, slot_rows = offsets.contiguous(), sorted_slots.contiguous(), slot_rows.contiguous()
+    h = None if h is None else h.contiguous()
+    p = moe_experts_backward_params(hidden, grad_out, gate, w1, w2, offsets, sorted_slots, slot_rows, h,
+                                    *(o if n else None for o, n in zip(outs, needs)))
+    dev = device_args(hidden)
+    ws = _backward_workspace(_C.moe_experts_backward_workspace(p, dev[0]))
+    _C.moe_experts_backward(set_workspace(p, ws), *dev)
+    return outs
+
+
+BACKWARD_SCRATCH_MAX_BYTES = 256 << 20
+_backward_scratch = threading.local()
+
+
+def _backward_workspace(nbytes: int) -> torch.Tensor:
+    """moe_experts_backward's CPU workspace (uint8, >= nbytes), reused by the thread's next call up to
+    BACKWARD_SCRATCH_MAX_BYTES. It holds the backward's row buffers, tens of MB at training sizes (39 MB at T 2048,
+    D = I = 512, fp32): past glibc's 32 MB mmap threshold a fresh buffer costs page faults on every call."""
+    if nbytes > BACKWARD_SCRATCH_MAX_BYTES:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    buf = getattr(_backward_scratch, "buf", None)
+    if buf is None or buf.numel() < nbytes:
+        buf = _backward_scratch.buf = torch.empty(max(nbytes, 64), dtype=torch.uint8)
+    return buf
+
+
+def _moe_experts_backward_fake(hidden, grad_out, gate, gate_up_proj, down_proj, offsets, sorted_slots, slot_rows,
+                               h, needs):
+    _check_experts_backward(hidden, grad_out, gate, gate_up_proj, down_proj, offsets, sorted_slots, slot_rows, h,
+                            needs)
+    return _backward_outputs(hidden, gate, gate_up_proj, down_proj, needs)
+
+
 # ---- moe_experts_keep: the kept-activation path ------------------------------------------------------------
 
 
@@ -384,6 +513,8 @@ def _moe_experts_keep_impl(hidden, expert_index, gate, gate_up_proj, down_proj):
     _check_experts(hidden, expert_index, gate, gate_up_proj, down_proj)
     E, two_i, D = gate_up_proj.shape
     T = hidden.shape[0]
+    if hidden.is_cpu and hidden.numel() > 0 and two_i > 0:
+        return _moe_experts_keep_fused(hidden, expert_index, gate, gate_up_proj, down_proj)
     top_k = 1 if expert_index.dim() == 1 else expert_index.shape[1]
     offsets, sorted_slots, slot_rows = torch.ops.zaya_rt.moe_dispatch(expert_index, E)
     rows = T * top_k
@@ -401,6 +532,20 @@ def _moe_experts_keep_impl(hidden, expert_index, gate, gate_up_proj, down_proj):
     per_slot = weighted[gather_rows]  # [T*k, D] fp32, slot order
     out = per_slot if top_k == 1 else per_slot.view(T, top_k, D).sum(1)
     return out.to(hidden.dtype), offsets, sorted_slots, slot_rows, h
+
+
+def _moe_experts_keep_fused(hidden, expert_index, gate, gate_up_proj, down_proj):
+    """The CPU kept-activation forward: the fused moe_experts kernel, storing its dispatch and h as it goes."""
+    hidden, w1, w2 = _unit_inner(hidden), _unit_inner(gate_up_proj), _unit_inner(down_proj)
+    idx, gate = expert_index.contiguous(), gate.contiguous()
+    E, two_i, _ = w1.shape
+    n = idx.numel()
+    out = torch.empty(hidden.shape, dtype=hidden.dtype)
+    keep = (torch.empty(E, dtype=torch.int32), torch.empty(n, dtype=torch.int32), torch.empty(n, dtype=torch.int32),
+            torch.empty((n, two_i), dtype=hidden.dtype))
+    run_kernel(_C.moe_experts, _C.moe_experts_workspace, moe_experts_params(hidden, idx, gate, w1, w2, out, keep),
+               hidden)
+    return (out, *keep)
 
 
 def _moe_experts_keep_fake(hidden, expert_index, gate, gate_up_proj, down_proj):
@@ -422,13 +567,17 @@ def _moe_experts_keep_backward(ctx, grad_out, *_unused):
     hidden, expert_index, gate, w1, w2, offsets, sorted_slots, slot_rows, h = ctx.saved_tensors
     if w1.shape[1] == 0:
         return _zero_width_grads(ctx, hidden, gate, w1, w2)
-    return _backward_routed(ctx, grad_out, hidden, expert_index, gate, w1, w2, (offsets, sorted_slots, slot_rows), h)
+    dispatch = (offsets, sorted_slots, slot_rows)
+    if hidden.device.type == "cpu":
+        return _backward_fused(ctx, grad_out, hidden, gate, w1, w2, dispatch, h)
+    return _backward_routed(ctx, grad_out, hidden, expert_index, gate, w1, w2, dispatch, h)
 
 
 register_kernels("moe_dispatch", _moe_dispatch_impl, _moe_dispatch_fake)
 register_kernels("grouped_gemm", _grouped_gemm_impl, _grouped_gemm_fake, (_grouped_gemm_setup, _grouped_gemm_backward))
 register_kernels("grouped_gemm_weight_grad", _weight_grad_impl, _weight_grad_fake)
 register_kernels("moe_experts", _moe_experts_impl, _moe_experts_fake, (_moe_experts_setup, _moe_experts_backward))
+register_kernels("moe_experts_backward", _moe_experts_backward_impl, _moe_experts_backward_fake)
 register_kernels("moe_experts_keep", _moe_experts_keep_impl, _moe_experts_keep_fake,
                  (_moe_experts_keep_setup, _moe_experts_keep_backward))
 
