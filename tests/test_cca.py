@@ -130,6 +130,8 @@ def _grads(args, attrs, fn, gouts):
     dict(lens=[33], state=False, k0=3, k1=1, d=32, Hq=2, Hk=2),
     dict(lens=[2, 19], state=True, k0=1, k1=3, d=128, Hq=4, Hk=1),
     dict(lens=[3, 0], state=True, k0=1, k1=1, d=32, Hq=2, Hk=1),
+    # d not a multiple of 16 or 12: weight-gradient lanes that straddle two window shifts, a partial row panel
+    dict(lens=[7, 30], state=True, k0=2, k1=2, d=40, Hq=4, Hk=2),
 ])
 def test_backward_matches_reference(dtype, case):
     case = dict(case)
