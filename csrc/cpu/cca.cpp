@@ -599,6 +599,17 @@ struct Backward {
     const int64_t npa = L.wa_panels, npb = L.wb_panels, r_end = L.rows - L.guard;
     float* db = p.grad_conv1_b + g * d;
     for (int64_t j = 0; j < d; ++j) db[j] = 0.f;
+    // Each 16-lane group of a B panel row: its first n = s0*d + j0 and how many lanes hold entries (0: padding);
+    // a group within one A row is one copy (the straddling ones are filled per lane).
+    struct Group { int64_t s0, j0; int valid; bool one_row; };
+    constexpr int64_t kMaxGroups = 64;
+    Group groups[kMaxGroups];
+    const int64_t ngroups = npb * kGroups;
+    const bool grouped = ngroups <= kMaxGroups;
+    for (int64_t grp = 0; grouped && grp < ngroups; ++grp) {
+      const int64_t n0 = grp * 16, valid = std::clamp<int64_t>(Kq - n0, 0, 16);
+      groups[grp] = {n0 / d, n0 % d, static_cast<int>(valid), n0 % d + valid <= d};
+    }
     bool first = true;
     for (int64_t r0 = L.guard; r0 < r_end; r0 += kKC) {
       const int64_t kc = std::min(kKC, r_end - r0);
@@ -610,28 +621,28 @@ struct Backward {
           copy_padded(dyr + i * kMR, static_cast<int>(std::min<int64_t>(kMR, d - i * kMR)), kMR,
                       wa + (i * kKC + q) * kMR);
         const float* a_rows = abuf_all + (r0 + q - (k1 - 1)) * C + g * d;  // A row of window shift s: + s*C
-        for (int64_t grp = 0; grp < npb * kGroups; ++grp) {
+        for (int64_t grp = 0; grp < ngroups; ++grp) {
           float* e = wb + ((grp / kGroups) * kKC + q) * kNR + (grp % kGroups) * 16;
-          const int64_t n0 = grp * 16, valid = std::clamp<int64_t>(Kq - n0, 0, 16), s0 = n0 / d, j0 = n0 % d;
-          if (j0 + valid <= d) {
-            copy_padded(a_rows + s0 * C + j0, static_cast<int>(valid), 16, e);
+          if (grouped && groups[grp].one_row) {
+            copy_padded(a_rows + groups[grp].s0 * C + groups[grp].j0, groups[grp].valid, 16, e);
           } else {
-            for (int64_t l = 0; l < 16; ++l)
-              e[l] = n0 + l < Kq ? a_rows[((n0 + l) / d) * C + (n0 + l) % d] : 0.f;
+            for (int64_t l = 0, n = grp * 16; l < 16; ++l, ++n) e[l] = n < Kq ? a_rows[(n / d) * C + n % d] : 0.f;
           }
         }
       }
-      for (int64_t i = 0; i < npa; ++i)
-        for (int64_t jn = 0; jn < npb; ++jn)
+      for (int64_t jn = 0; jn < npb; ++jn)  // a B panel stays in L1 while the smaller A panels pass
+        for (int64_t i = 0; i < npa; ++i)
           micro_kernel<float, false>(kc, wa + i * kMR * kKC, wb + jn * kNR * kKC,
                                      wtiles + (i * npb + jn) * kMR * kNR, !first);
       first = false;
     }
     float* gw = p.grad_conv1_w + g * d * Kq;
-    for (int64_t c = 0; c < d; ++c)
-      for (int64_t n = 0; n < Kq; ++n)
-        gw[c * Kq + (n % d) * k1 + n / d] =
-            first ? 0.f : wtiles[((c / kMR) * npb + n / kNR) * kMR * kNR + (c % kMR) * kNR + n % kNR];
+    for (int64_t c = 0; c < d; ++c) {
+      const float* tiles_c = wtiles + (c / kMR) * npb * kMR * kNR + (c % kMR) * kNR;
+      for (int64_t sp = 0; sp < k1; ++sp)
+        for (int64_t j = 0, n = sp * d; j < d; ++j, ++n)
+          gw[c * Kq + j * k1 + sp] = first ? 0.f : tiles_c[(n / kNR) * kMR * kNR + n % kNR];
+    }
   }
 
   // dA = conv1^T dY for head g over the tokens of block tblock (and the k1-1 rows before each sequence).
