@@ -156,6 +156,14 @@ def test_backward_matches_reference(dtype, case):
         assert_close_to_peer(g, w, p, f"grad {name}", scale=scale, floor=floor)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_every_isa(cpu_isa, dtype):
+    """The backward kernel of each CPU build (the AVX-512 packing and its portable fallback) on the case with
+    straddling weight-gradient lanes and a partial row panel, and on a longer-window one."""
+    test_backward_matches_reference(dtype, dict(lens=[7, 30], state=True, k0=2, k1=2, d=40, Hq=4, Hk=2))
+    test_backward_matches_reference(dtype, dict(lens=[2, 19], state=True, k0=1, k1=3, d=128, Hq=4, Hk=1))
+
+
 def test_float64_path_is_the_differentiable_reference():
     """float64 cca_prep runs zaya_rt.ref.cca_prep (forward, and autograd through it for the backward): this
     gradcheck covers that op path's wiring, not the kernel, whose fused backward test_backward_matches_reference
