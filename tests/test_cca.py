@@ -130,6 +130,8 @@ def _grads(args, attrs, fn, gouts):
     dict(lens=[33], state=False, k0=3, k1=1, d=32, Hq=2, Hk=2),
     dict(lens=[2, 19], state=True, k0=1, k1=3, d=128, Hq=4, Hk=1),
     dict(lens=[3, 0], state=True, k0=1, k1=1, d=32, Hq=2, Hk=1),
+    # d not a multiple of 16 or 12: weight-gradient lanes that straddle two window shifts, a partial row panel
+    dict(lens=[7, 30], state=True, k0=2, k1=2, d=40, Hq=4, Hk=2),
 ])
 def test_backward_matches_reference(dtype, case):
     case = dict(case)
@@ -152,6 +154,14 @@ def test_backward_matches_reference(dtype, case):
         scale = max(1.0, w.abs().max().item()) if w.numel() else 1.0
         floor = 4 * (2e-6 if dtype == torch.float32 else torch.finfo(dtype).eps)
         assert_close_to_peer(g, w, p, f"grad {name}", scale=scale, floor=floor)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_every_isa(cpu_isa, dtype):
+    """The backward kernel of each CPU build (the AVX-512 packing and its portable fallback) on the case with
+    straddling weight-gradient lanes and a partial row panel, and on a longer-window one."""
+    test_backward_matches_reference(dtype, dict(lens=[7, 30], state=True, k0=2, k1=2, d=40, Hq=4, Hk=2))
+    test_backward_matches_reference(dtype, dict(lens=[2, 19], state=True, k0=1, k1=3, d=128, Hq=4, Hk=1))
 
 
 def test_float64_path_is_the_differentiable_reference():

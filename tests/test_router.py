@@ -277,6 +277,32 @@ def test_training_form_keeps_activations_and_its_backward_recomputes_nothing(dty
     assert products == {form: 8, "recompute": 10}
 
 
+@pytest.mark.parametrize("outputs", [(0,), (1,), (3,), (1, 3)])
+def test_training_form_with_gradients_on_some_outputs(outputs):
+    """The training form's backward when only some of logits, gate and z get a gradient (it takes the missing
+    ones as None, not as zero tensors): every input gradient equals float64 autograd through ref.zaya_router
+    with the same outputs used."""
+    w, bias = _weights(grad=True, seed=31)
+    gen = torch.Generator().manual_seed(32)
+    x = torch.randn(40, 48, generator=gen).requires_grad_()
+    z_prev = torch.randn(40, 20, generator=gen).requires_grad_()
+    out = _call(x, z_prev, w, bias, path="train")
+    leaves = {"x": x, "z_prev": z_prev, **w}
+    refs = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
+    r_logits, _, _, r_z = _ref(refs["x"], refs["z_prev"], refs, bias, torch.float64)
+    r_out = (r_logits, _gate_at(r_logits, out[2]), None, r_z)
+    g = [torch.randn(out[i].shape, generator=gen, dtype=torch.float64) for i in outputs]
+    torch.autograd.backward([out[i] for i in outputs], [t.float() for t in g])
+    torch.autograd.backward([r_out[i] for i in outputs], g)
+    for name, t in leaves.items():
+        want = refs[name].grad
+        if want is None:  # z_prev and eda_scale only reach z's and the MLP's gradients through z
+            assert t.grad is None or not t.grad.any(), name
+            continue
+        err = (t.grad.double() - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
+        assert err <= 1e-4, f"grad {name} from outputs {outputs}: {err}"
+
+
 def test_c_api_rejects_a_precomputed_down_projection_on_cpu():
     """z0 (x W_down^T + b computed elsewhere) is a GPU-kernel input; the CPU kernel refuses it by name."""
     from zaya_rt import _C

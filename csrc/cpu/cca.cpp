@@ -52,17 +52,17 @@ int64_t seq_of(const int32_t* cu, int64_t B, int64_t t) {
   return std::upper_bound(cu, cu + B + 1, static_cast<int32_t>(t)) - cu - 1;
 }
 
-// Packs rows r0 .. r0+cnt-1 of a sliding window over buf into a GEMM A panel [width*k][LANES]:
-// entry (q = j*k + s, lane i) = buf[(r0 + i + s) * ld + j].
-template <int LANES>
-void pack_window(const float* buf, int64_t ld, int64_t r0, int cnt, int64_t width, int64_t k, float* dst) {
-  for (int64_t j = 0; j < width; ++j)
-    for (int64_t s = 0; s < k; ++s) {
-      float* e = dst + (j * k + s) * LANES;
-      const float* src = buf + (r0 + s) * ld + j;
-      for (int i = 0; i < cnt; ++i) e[i] = src[i * ld];
-      for (int i = cnt; i < LANES; ++i) e[i] = 0.f;
-    }
+// dst[0, width) = src[0, n) followed by zeros (n <= width <= 16 on AVX-512).
+inline void copy_padded(const float* src, int n, int width, float* dst) {
+#if defined(__AVX512F__)
+  if (width <= 16) {
+    const auto mask = [](int k) { return static_cast<__mmask16>((1u << k) - 1u); };
+    _mm512_mask_storeu_ps(dst, mask(width), _mm512_maskz_loadu_ps(mask(n), src));
+    return;
+  }
+#endif
+  for (int i = 0; i < n; ++i) dst[i] = src[i];
+  for (int i = n; i < width; ++i) dst[i] = 0.f;
 }
 
 // What forward and backward share: sizes, inputs, and the fp32 copies in the workspace.
@@ -435,7 +435,7 @@ const char* fwd_impl(const CcaPrepFwdParams& p) {
 // ----------------------------------------------------------------------------------------------- backward
 //
 // Steps, in the order bwd_impl runs them (each an omp-for over its tasks, a barrier between phases):
-//   0. transpose_conv1, the gather list, zero_padding_rows;
+//   0. transpose_conv1, zero_padding_rows;
 //   1. recompute_block (A into the padded buffer, Y), then output_grads_to_dy: per row, rope_backward,
 //      temperature_backward and qk_norm_backward turn grad_q / grad_k into dY = d(pre);
 //   2. conv1_weight_grad (dW1, db1 per head) and conv1_input_grad (dA per block and head);
@@ -449,7 +449,6 @@ struct Backward {
   const CcaBwdLayout& L;
   const CcaDims& s;
   float *abuf_all, *dy, *da, *packed_wt;
-  int32_t* gather;
 
   Backward(const CcaPrepBwdParams& p_, const Shared<T, W>& x_, const CcaBwdLayout& L_)
       : p(p_), x(x_), L(L_), s(x_.s) {
@@ -458,7 +457,6 @@ struct Backward {
     dy = ws + L.dy;
     da = ws + L.da;
     packed_wt = ws + L.packed_wt;
-    gather = reinterpret_cast<int32_t*>(ws + L.gather);
   }
 
   // Row of position pp (>= -(k1-1)) of sequence b in the padded buffers.
@@ -466,15 +464,15 @@ struct Backward {
 
   // --- phase 0
 
-  // Panel gp of the transposed conv1: B'[j, c*k1 + s'] = W1[c, j, k1-1-s'].
+  // Panel gp of the transposed conv1: B'[j, s'*d + c] = W1[c, j, k1-1-s'] (dY's window rows shift by s').
   void transpose_conv1(int64_t gp) const {
     const int64_t d = s.d, Kq = s.Kq, k1 = s.k1;
     const int64_t g = gp / s.npan, j0 = (gp % s.npan) * kNR;
     float* dst = packed_wt + gp * Kq * kNR;
     const W* w = x.conv1_w + g * d * Kq;
-    for (int64_t c = 0; c < d; ++c)
-      for (int64_t sp = 0; sp < k1; ++sp) {
-        float* e = dst + (c * k1 + sp) * kNR;
+    for (int64_t sp = 0; sp < k1; ++sp)
+      for (int64_t c = 0; c < d; ++c) {
+        float* e = dst + (sp * d + c) * kNR;
         for (int64_t i = 0; i < kNR; ++i) e[i] = j0 + i < d ? load(w, c * Kq + (j0 + i) * k1 + (k1 - 1 - sp)) : 0.f;
       }
   }
@@ -591,36 +589,59 @@ struct Backward {
 
   // --- phase 2
 
-  // dW1 = dY^T A-windows and db1 = column sums of dY for head g, as GEMMs over chunks of dY rows.
-  void conv1_weight_grad(int64_t g, float* wa, float* wb, float* tile) const {
+  // dW1 and db1 of head g: dW1[c, j*k1 + s] = sum over rows r of dY[r, c] A[r + s - (k1-1), j], a GEMM over
+  // chunks of dY rows with M = c and N = s*d + j, so that each 16-lane group of a B panel is (mostly) a piece of
+  // one A row; its tiles accumulate over the chunks and are written out permuted. db1 sums dY's rows on the way.
+  void conv1_weight_grad(int64_t g, float* wa, float* wb, float* wtiles) const {
     constexpr int64_t kKC = CcaBwdLayout::kWeightGradChunk;
+    constexpr int kGroups = kNR / 16;  // 16-lane groups per B panel row
     const int64_t d = s.d, C = s.C, Kq = s.Kq, k1 = s.k1;
-    const int64_t w_rows_end = L.rows - L.guard;  // padded rows that can hold a nonzero dY end here
-    float* gw = p.grad_conv1_w + g * d * Kq;
-    for (int64_t i = 0; i < d * Kq; ++i) gw[i] = 0.f;
-    for (int64_t c = 0; c < d; ++c) {
-      float acc = 0.f;
-      for (int64_t r = L.guard; r < w_rows_end; ++r) acc += dy[r * C + g * d + c];
-      p.grad_conv1_b[g * d + c] = acc;
+    const int64_t npa = L.wa_panels, npb = L.wb_panels, r_end = L.rows - L.guard;
+    float* db = p.grad_conv1_b + g * d;
+    for (int64_t j = 0; j < d; ++j) db[j] = 0.f;
+    // Each 16-lane group of a B panel row: its first n = s0*d + j0 and how many lanes hold entries (0: padding);
+    // a group within one A row is one copy (the straddling ones are filled per lane).
+    struct Group { int64_t s0, j0; int valid; bool one_row; };
+    constexpr int64_t kMaxGroups = 64;
+    Group groups[kMaxGroups];
+    const int64_t ngroups = npb * kGroups;
+    const bool grouped = ngroups <= kMaxGroups;
+    for (int64_t grp = 0; grouped && grp < ngroups; ++grp) {
+      const int64_t n0 = grp * 16, valid = std::clamp<int64_t>(Kq - n0, 0, 16);
+      groups[grp] = {n0 / d, n0 % d, static_cast<int>(valid), n0 % d + valid <= d};
     }
-    const int64_t npa = (d + kMR - 1) / kMR, npb = (Kq + kNR - 1) / kNR;
-    for (int64_t r0 = L.guard; r0 < w_rows_end; r0 += kKC) {
-      const int64_t kc = std::min(kKC, w_rows_end - r0);
-      const Source<float> src_a{dy + r0 * C + g * d, 1, C};
-      const Source<float> src_b{abuf_all + (r0 - (k1 - 1)) * C + g * d, 1, C, gather};
-      for (int64_t i = 0; i < npa; ++i)
-        pack_rows<kMR, float, false>(src_a, i * kMR, static_cast<int>(std::min<int64_t>(kMR, d - i * kMR)), kc,
-                                     wa + i * kMR * kKC);
-      for (int64_t i = 0; i < npb; ++i)
-        pack_rows<kNR, float, false>(src_b, i * kNR, static_cast<int>(std::min<int64_t>(kNR, Kq - i * kNR)), kc,
-                                     wb + i * kNR * kKC);
-      for (int64_t i = 0; i < npa; ++i)
-        for (int64_t jn = 0; jn < npb; ++jn) {
-          micro_kernel<float, false>(kc, wa + i * kMR * kKC, wb + jn * kNR * kKC, tile, false);
-          const int64_t mr = std::min<int64_t>(kMR, d - i * kMR), nr = std::min<int64_t>(kNR, Kq - jn * kNR);
-          for (int64_t a = 0; a < mr; ++a)
-            for (int64_t c = 0; c < nr; ++c) gw[(i * kMR + a) * Kq + jn * kNR + c] += tile[a * kNR + c];
+    bool first = true;
+    for (int64_t r0 = L.guard; r0 < r_end; r0 += kKC) {
+      const int64_t kc = std::min(kKC, r_end - r0);
+      for (int64_t q = 0; q < kc; ++q) {
+        const float* dyr = dy + (r0 + q) * C + g * d;
+#pragma omp simd
+        for (int64_t j = 0; j < d; ++j) db[j] += dyr[j];
+        for (int64_t i = 0; i < npa; ++i)
+          copy_padded(dyr + i * kMR, static_cast<int>(std::min<int64_t>(kMR, d - i * kMR)), kMR,
+                      wa + (i * kKC + q) * kMR);
+        const float* a_rows = abuf_all + (r0 + q - (k1 - 1)) * C + g * d;  // A row of window shift s: + s*C
+        for (int64_t grp = 0; grp < ngroups; ++grp) {
+          float* e = wb + ((grp / kGroups) * kKC + q) * kNR + (grp % kGroups) * 16;
+          if (grouped && groups[grp].one_row) {
+            copy_padded(a_rows + groups[grp].s0 * C + groups[grp].j0, groups[grp].valid, 16, e);
+          } else {
+            for (int64_t l = 0, n = grp * 16; l < 16; ++l, ++n) e[l] = n < Kq ? a_rows[(n / d) * C + n % d] : 0.f;
+          }
         }
+      }
+      for (int64_t jn = 0; jn < npb; ++jn)  // a B panel stays in L1 while the smaller A panels pass
+        for (int64_t i = 0; i < npa; ++i)
+          micro_kernel<float, false>(kc, wa + i * kMR * kKC, wb + jn * kNR * kKC,
+                                     wtiles + (i * npb + jn) * kMR * kNR, !first);
+      first = false;
+    }
+    float* gw = p.grad_conv1_w + g * d * Kq;
+    for (int64_t c = 0; c < d; ++c) {
+      const float* tiles_c = wtiles + (c / kMR) * npb * kMR * kNR + (c % kMR) * kNR;
+      for (int64_t sp = 0; sp < k1; ++sp)
+        for (int64_t j = 0, n = sp * d; j < d; ++j, ++n)
+          gw[c * Kq + j * k1 + sp] = first ? 0.f : tiles_c[(n / kNR) * kMR * kNR + n % kNR];
     }
   }
 
@@ -635,7 +656,9 @@ struct Backward {
       const int64_t plo = p0 == 0 ? -(k1 - 1) : p0, n = (t1 - cu[b]) - plo, r_base = row_of(b, plo);
       for (int64_t r0 = 0; r0 < n; r0 += kMR) {
         const int cnt = static_cast<int>(std::min<int64_t>(kMR, n - r0));
-        pack_window<kMR>(dy + g * d, C, r_base + r0, cnt, d, k1, pa2);
+        for (int64_t sp = 0; sp < k1; ++sp)  // K entries s'*d + c: dY's rows shifted by s'
+          pack_rows<kMR, float, false>(Source<float>{dy + (r_base + r0 + sp) * C + g * d, C, 1}, 0, cnt, d,
+                                       pa2 + sp * d * kMR);
         for (int64_t pn = 0; pn < s.npan; ++pn) {
           micro_kernel<float, false>(Kq, pa2, packed_wt + (g * s.npan + pn) * Kq * kNR, tile, false);
           const int64_t nc = std::min<int64_t>(kNR, d - pn * kNR);
@@ -667,25 +690,39 @@ struct Backward {
     return acc;
   }
 
-  // grad_qp / grad_kp of token t: the conv path plus the residual path (q head h: (q_h + k_{h/G}) / 2; k head:
-  // the mean over its G q heads of (q + k) / 2).
-  void projection_grads(int64_t t, int64_t b, int64_t len, int64_t pt) const {
+  // grad_qp / grad_kp of token t: the conv path (dx_at's sum, for a whole row into gx [C]) plus the residual path
+  // (q head h: (q_h + k_{h/G}) / 2; k head: the mean over its G q heads of (q + k) / 2).
+  void projection_grads(int64_t t, int64_t b, int64_t len, int64_t pt, float* gx) const {
     const int64_t d = s.d, C = s.C, G = s.G, qd = s.Hq * d;
-    T* gqp = static_cast<T*>(p.grad_qp);
-    T* gkp = static_cast<T*>(p.grad_kp);
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) gx[c] = 0.f;
+    for (int64_t k = 0; k < s.k0; ++k) {
+      const int64_t pa_ = pt + (s.k0 - 1) - k;  // >= pt >= 0
+      if (pa_ >= len) continue;
+      const float* w = x.w0t + k * C;
+      const float* dar = da + row_of(b, pa_) * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) gx[c] += w[c] * dar[c];
+    }
+    if (pt >= len - s.K && p.grad_conv_state_out)
+      for (int64_t c = 0; c < C; ++c)
+        gx[c] += load_dyn(p.grad_conv_state_out, p.state_dtype,
+                          b * p.gcs_batch_stride + c * p.gcs_channel_stride + (pt - (len - s.K)));
     const float* dyr = dy + row_of(b, pt) * C;
-    for (int64_t c = 0; c < C; ++c) {
-      float g = dx_at(b, len, pt, c);
-      const int64_t h = c / d, j = c % d;
-      if (h < s.Hq) {
-        g += cca_grad::residual_qp(dyr[c], dyr[qd + (h / G) * d + j], G);
-        store(gqp, t * p.gqp_row_stride + c, g);
-      } else {
-        const int64_t kh = h - s.Hq;
+    T* gq = static_cast<T*>(p.grad_qp) + t * p.gqp_row_stride;
+    T* gk = static_cast<T*>(p.grad_kp) + t * p.gkp_row_stride;
+    for (int64_t h = 0; h < s.Hq; ++h) {
+      const float *dq = dyr + h * d, *dk = dyr + qd + (h / G) * d, *gh = gx + h * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) store(gq, h * d + j, gh[j] + cca_grad::residual_qp(dq[j], dk[j], G));
+    }
+    for (int64_t kh = 0; kh < s.Hk; ++kh) {
+      const float *dk = dyr + qd + kh * d, *gh = gx + qd + kh * d, *dq0 = dyr + kh * G * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) {
         float acc = 0.f;
-        for (int64_t hq = kh * G; hq < (kh + 1) * G; ++hq) acc += dyr[hq * d + j];
-        g += cca_grad::residual_kp(acc, dyr[c]);
-        store(gkp, t * p.gkp_row_stride + (c - qd), g);
+        for (int64_t i = 0; i < G; ++i) acc += dq0[i * d + j];
+        store(gk, kh * d + j, gh[j] + cca_grad::residual_kp(acc, dk[j]));
       }
     }
   }
@@ -695,21 +732,30 @@ struct Backward {
   void value_shift_grads(int64_t t, int64_t b, int64_t len, int64_t pt) const {
     const int64_t V = s.V;
     const T* gv = static_cast<const T*>(p.grad_v);
-    T* gvc = static_cast<T*>(p.grad_v_cur);
-    T* gvd = static_cast<T*>(p.grad_v_del);
-    for (int64_t i = 0; i < V; ++i) {
-      store(gvc, t * p.gvc_row_stride + i, gv ? load(gv, t * p.gv_row_stride + i) : 0.f);
-      float g = (gv && pt + 1 < len) ? load(gv, (t + 1) * p.gv_row_stride + V + i) : 0.f;
-      if (pt + 1 == len && p.grad_v_state_out)
-        g += load_dyn(p.grad_v_state_out, p.state_dtype, b * p.gvs_batch_stride + i);
-      store(gvd, t * p.gvd_row_stride + i, g);
+    T* gvc = static_cast<T*>(p.grad_v_cur) + t * p.gvc_row_stride;
+    T* gvd = static_cast<T*>(p.grad_v_del) + t * p.gvd_row_stride;
+    if (gv) {
+      const T* src = gv + t * p.gv_row_stride;
+#pragma omp simd
+      for (int64_t i = 0; i < V; ++i) gvc[i] = src[i];
+    } else {
+      for (int64_t i = 0; i < V; ++i) store(gvc, i, 0.f);
+    }
+    if (gv && pt + 1 < len) {
+      const T* src = gv + (t + 1) * p.gv_row_stride + V;
+#pragma omp simd
+      for (int64_t i = 0; i < V; ++i) gvd[i] = src[i];
+    } else {
+      for (int64_t i = 0; i < V; ++i)
+        store(gvd, i, pt + 1 == len && p.grad_v_state_out
+                          ? load_dyn(p.grad_v_state_out, p.state_dtype, b * p.gvs_batch_stride + i) : 0.f);
     }
   }
 
-  void token_grads(int64_t t) const {
+  void token_grads(int64_t t, float* gx) const {
     const int32_t* cu = x.cu;
     const int64_t b = seq_of(cu, s.B, t), len = cu[b + 1] - cu[b], pt = t - cu[b];
-    projection_grads(t, b, len, pt);
+    projection_grads(t, b, len, pt, gx);
     value_shift_grads(t, b, len, pt);
   }
 
@@ -793,18 +839,19 @@ const char* bwd_impl(const CcaPrepBwdParams& p) {
 #pragma omp parallel num_threads(threads)
   {
     x.prepare();
-    // Per thread: dtemp partials | forward scratch | dA's A panel | dW1's A and B panels.
+    // Per thread: dtemp partials | forward scratch | dA's A panel | dW1's A and B panels and tiles | a row.
+    constexpr int64_t kKC = CcaBwdLayout::kWeightGradChunk;
     float* dtemp = ws + L.thread0 + omp_get_thread_num() * L.per_thread;
     const ConvScratch sc(dtemp + cca_round16(s.Hk), s);
     float* pa2 = sc.end();
     float* wa = pa2 + cca_round16(Kq * kMR);
-    float* wb = wa + cca_round16(((s.d + kMR - 1) / kMR) * kMR * CcaBwdLayout::kWeightGradChunk);
+    float* wb = wa + cca_round16(L.wa_panels * kMR * kKC);
+    float* wtiles = wb + cca_round16(L.wb_panels * kNR * kKC);
+    float* row_buf = wtiles + L.wa_panels * L.wb_panels * kMR * kNR;
     for (int64_t i = 0; i < s.Hk; ++i) dtemp[i] = 0.f;
 
 #pragma omp for schedule(static) nowait
     for (int64_t gp = 0; gp < H * s.npan; ++gp) bw.transpose_conv1(gp);
-#pragma omp for schedule(static) nowait
-    for (int64_t n = 0; n < Kq; ++n) bw.gather[n] = static_cast<int32_t>((n % s.k1) * s.C + n / s.k1);
 #pragma omp for schedule(static)
     for (int64_t b = -1; b <= s.B; ++b) bw.zero_padding_rows(b);
 
@@ -818,12 +865,12 @@ const char* bwd_impl(const CcaPrepBwdParams& p) {
     // The first H tasks (the weight gradients) are the longest.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < H + nblocks * H; ++task) {
-      if (task < H) bw.conv1_weight_grad(task, wa, wb, sc.tile);
+      if (task < H) bw.conv1_weight_grad(task, wa, wb, wtiles);
       else bw.conv1_input_grad((task - H) % H, (task - H) / H, pa2, sc.tile);
     }
 
 #pragma omp for schedule(static) nowait
-    for (int64_t t = 0; t < s.T; ++t) bw.token_grads(t);
+    for (int64_t t = 0; t < s.T; ++t) bw.token_grads(t, row_buf);
 #pragma omp for schedule(static) nowait
     for (int64_t b = 0; b < s.B; ++b) bw.state_grads(b);
 #pragma omp for schedule(static) nowait

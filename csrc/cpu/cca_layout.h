@@ -53,11 +53,13 @@ struct CcaFwdLayout : CcaInputsLayout {
 
 // Backward: the inputs' part, packed conv1, the transposed packed conv1 (for the input gradient), three padded
 // [P, C] buffers (A, dY, dA; sequence b's rows start at g + b*(k1-1) + cu[b] with (k1-1) guard rows g front and
-// back), a gather list for the weight gradient, per-thread partials of dtemp, and per-thread GEMM scratch.
+// back), then per thread: partials of dtemp, the forward's scratch, the input gradient's A panel, the weight
+// gradient's A and B panels and its tiles, and a row of C floats for the token gradients.
 struct CcaBwdLayout : CcaInputsLayout {
-  static constexpr int64_t kWeightGradChunk = 256;  // rows of dY per weight-gradient GEMM step
-  int64_t packed_wt, rows, a, dy, da, gather, dtemp, thread0, per_thread;
+  static constexpr int64_t kWeightGradChunk = 128;  // rows of dY per weight-gradient GEMM step
+  int64_t packed_wt, rows, a, dy, da, thread0, per_thread;
   int64_t guard;
+  int64_t wa_panels, wb_panels;  // the weight gradient's A panels (dY^T: d rows) and B panels (A windows: Kq)
   explicit CcaBwdLayout(const CcaDims& s) : CcaInputsLayout(s) {
     guard = s.k1 - 1;
     rows = s.T + s.B * (s.k1 - 1) + 2 * guard;
@@ -65,13 +67,13 @@ struct CcaBwdLayout : CcaInputsLayout {
     a = packed_wt + packed_entries(s);
     dy = a + cca_round16(rows * s.C);
     da = dy + cca_round16(rows * s.C);
-    gather = da + cca_round16(rows * s.C);
-    dtemp = gather + cca_round16(s.Kq);
-    thread0 = dtemp;  // per thread: dtemp (Hk) | forward scratch | weight-grad panels
+    thread0 = da + cca_round16(rows * s.C);
+    wa_panels = (s.d + kGemmMR - 1) / kGemmMR;
+    wb_panels = (s.Kq + kGemmNR - 1) / kGemmNR;
     const int64_t kc = kWeightGradChunk;
     per_thread = cca_round16(s.Hk) + CcaFwdLayout(s).per_thread + cca_round16(s.Kq * kGemmMR) +
-                 cca_round16(((s.d + kGemmMR - 1) / kGemmMR) * kGemmMR * kc) +
-                 cca_round16(((s.Kq + kGemmNR - 1) / kGemmNR) * kGemmNR * kc);
+                 cca_round16(wa_panels * kGemmMR * kc) + cca_round16(wb_panels * kGemmNR * kc) +
+                 wa_panels * wb_panels * kGemmMR * kGemmNR + cca_round16(s.C);
   }
   int64_t entries(int threads) const { return thread0 + threads * per_thread; }
 };

@@ -251,7 +251,8 @@ def _backward(ctx, g_logits, g_gate, _g_choice, g_z):
 
 def _grads(ctx, g_logits, g_gate, g_z, x, prev, down_w, norm_w, fc1_w, fc2_w, out_w, logits, choice, z, rstd, h0, a1,
            h1, a2, h2):
-    """The router's input and weight gradients from the forward's values: z [T, R] and logits [T, C] in
+    """The router's input and weight gradients from the forward's values (g_logits, g_gate, g_z may be None:
+    no gradient reached that output): z [T, R] and logits [T, C] in
     max(dtype, fp32), rstd [T] fp32, and h0 = RMSNorm(z), a1 = h0 W1^T + b1, h1 = GELU(a1), a2 = h1 W2^T + b2,
     h2 = GELU(a2) [T, R] in the products' dtype md (_matmul_dtype). The chain through the MLP runs in md, as
     autograd would run it on md tensors (bf16 products accumulate in fp32); the softmax, the RMSNorm backward,
@@ -260,11 +261,13 @@ def _grads(ctx, g_logits, g_gate, g_z, x, prev, down_w, norm_w, fc1_w, fc2_w, ou
     wide = torch.promote_types(x.dtype, torch.float32)
     md = _matmul_dtype(x.dtype)
     mm = lambda a, b: torch.mm(a.to(md), b.to(md))  # noqa: E731
-    p = torch.softmax(logits.to(wide), dim=-1)
-    # softmax backward of the gate term: dp is g_gate at the choice (0 for skip), so <dp, p> = g_gate * p[choice]
-    g_gate = g_gate.to(wide).masked_fill(choice == p.shape[-1] - 1, 0)[:, None]
-    dlogits = torch.addcmul(g_logits.to(wide), p, p.gather(-1, choice[:, None]) * g_gate, value=-1)
-    dlogits.scatter_add_(-1, choice[:, None], p.gather(-1, choice[:, None]) * g_gate)
+    dlogits = torch.zeros_like(logits, dtype=wide) if g_logits is None else g_logits.to(wide)
+    if g_gate is not None:
+        p = torch.softmax(logits.to(wide), dim=-1)
+        # softmax backward of the gate term: dp is g_gate at the choice (0 for skip), so <dp, p> = g_gate * p[choice]
+        g_gate = g_gate.to(wide).masked_fill(choice == p.shape[-1] - 1, 0)[:, None]
+        dlogits = torch.addcmul(dlogits, p, p.gather(-1, choice[:, None]) * g_gate, value=-1)
+        dlogits.scatter_add_(-1, choice[:, None], p.gather(-1, choice[:, None]) * g_gate)
     dlogits = dlogits.to(md)
     da2 = torch.ops.aten.gelu_backward(mm(dlogits, out_w), a2)
     da1 = torch.ops.aten.gelu_backward(mm(da2, fc2_w), a1)
@@ -277,7 +280,8 @@ def _grads(ctx, g_logits, g_gate, g_z, x, prev, down_w, norm_w, fc1_w, fc2_w, ou
         n = z * rstd[:, None]
         dn = dh0 * nw
         dz, g_norm_w = rstd[:, None] * (dn - n * (dn * n).mean(-1, keepdim=True)), (dh0 * n).sum(0)
-    dz += g_z.to(wide)
+    if g_z is not None:
+        dz += g_z.to(wide)
     dz_x = dz.to(x.dtype)
     grads = {
         "x": dz_x @ down_w, "down_w": dz_x.T @ x, "down_b": dz.sum(0), "norm_w": g_norm_w,
@@ -340,6 +344,8 @@ def _train_setup(ctx, inputs, output):
     ctx.has_prev = z_prev is not None
     prev = (z_prev, eda_scale) if z_prev is not None else ()
     ctx.mark_non_differentiable(choice, *kept)
+    # The kept activations never get a gradient: no [T, R] zero tensors for them (_grads takes None as zero).
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, down_w, norm_w, fc1_w, fc2_w, out_w, logits, choice, z, *kept, *prev)
 
 
