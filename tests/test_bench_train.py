@@ -62,8 +62,8 @@ def test_run_train_rejects_unknown_loss_form():
 
 
 def test_kept_moe_activations_step_matches_and_uses_the_kept_op():
-    """The "keep" form: the model's MoE blocks run moe_experts_keep, and the step's loss and gradients equal the
-    recomputing step's (fp32, up to rounding order)."""
+    """The kept form (the model's default): the model's MoE blocks run moe_experts_keep, and the step's loss and
+    gradients equal the recomputing step's (fp32, up to rounding order)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from zaya_rt.benchmarks.e2e import _build

@@ -96,7 +96,7 @@ def _bench_train(args: argparse.Namespace) -> int:
         if any(len(pair) != 2 for pair in peers):
             print(f"zaya-rt bench train: --peers takes experts/attn pairs, got {args.peers!r}", file=sys.stderr)
             return 2
-    losses = {"both": ("fused", "unfused"), "keep": ("fused", "keep")}.get(args.loss, (args.loss,))
+    losses = {"both": ("fused", "unfused"), "recompute": ("fused", "recompute")}.get(args.loss, (args.loss,))
     run_train(device=args.device, config=config, sequences=args.sequences, seq_len=args.seq_len,
               dtypes=dtypes, repeats=args.repeats, losses=losses, profile=args.profile, peers=peers)
     return 0
@@ -278,10 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="train and --mode fwd_bwd: comma-separated bfloat16, float32")
     bench.add_argument("--cca-shapes", default=None,
                        help="--mode fwd_bwd: semicolon-separated B,T,d shapes of the cca cases (default 4,512,64;1,2048,128)")
-    bench.add_argument("--loss", choices=["fused", "unfused", "both", "keep"], default="fused",
+    bench.add_argument("--loss", choices=["fused", "unfused", "both", "recompute"], default="fused",
                        help="train: zaya_rt's loss, the chunked fused cross-entropy over the LM head (default), "
-                       "F.cross_entropy on full logits, or both timed in the same run; keep: the fused loss with and "
-                       "without the MoE's kept activations (moe_experts keep_activations) in the same run")
+                       "F.cross_entropy on full logits, or both timed in the same run; recompute: the fused loss "
+                       "with the MoE's kept gate-up activations (the model's default) and with them recomputed in "
+                       "the backward (ZayaExperts.keep_activations = False) in the same run")
     bench.add_argument("--peers", default=None, help="train: comma-separated experts/attn implementation pairs of "
                        "transformers (default: eager/eager,eager/sdpa,grouped_mm/eager,grouped_mm/sdpa)")
     bench.add_argument("--profile", action="store_true",

@@ -24,7 +24,7 @@ from zaya_rt.benchmarks.e2e import CONFIG_124M, _build, _sync, use_hf_implementa
 
 IGNORE_INDEX = -100
 _OURS = {"fused": "zaya_rt", "unfused": "zaya_rt (F.cross_entropy on full logits)",
-         "keep": "zaya_rt (kept MoE activations)"}
+         "recompute": "zaya_rt (MoE gate-up recomputed in the backward)"}
 
 
 @dataclass
@@ -74,9 +74,10 @@ def set_keep_activations(model, keep: bool) -> None:
             module.keep_activations = keep
 
 
-def ours_step_fn(model, ids_N, labels_N, cu, fused_loss: bool = True, keep_activations: bool = False):
+def ours_step_fn(model, ids_N, labels_N, cu, fused_loss: bool = True, keep_activations: bool = True):
     """One zaya_rt training step (grads zeroed, forward, summed loss / targets, backward); returns the loss.
-    keep_activations: the MoE blocks keep their gate-up activations for the backward during this step."""
+    keep_activations: the MoE blocks keep their gate-up activations for the backward during this step (the
+    model's default); False recomputes them."""
     targets = max(int((labels_N != IGNORE_INDEX).sum()), 1)
 
     def step():
@@ -138,8 +139,9 @@ def run_train(*, device: str = "cpu", config: dict | None = None, sequences: int
               losses=("fused",), profile: bool = False, log=print) -> list[TrainStepResult]:
     """Times ours and transformers' training step per dtype; logs the host, losses, times and ratios.
 
-    losses: zaya_rt's step forms to time, "fused", "unfused" and/or "keep" (the fused loss with the MoE's kept
-    activations); the first one's ratio is the result, several in one run show what each choice gives.
+    losses: zaya_rt's step forms to time, "fused", "unfused" and/or "recompute" (the fused loss with the MoE's
+    gate-up activations recomputed in the backward instead of kept); the first one's ratio is the result, several
+    in one run show what each choice gives.
     peers: (experts_implementation, attn_implementation) pairs (default: all four of eager/grouped_mm x
     eager/sdpa)."""
     config = dict(CONFIG_124M if config is None else config)
@@ -155,7 +157,7 @@ def run_train(*, device: str = "cpu", config: dict | None = None, sequences: int
         ids_BT, ids_N, labels_N, cu = packed_batch(sequences, seq_len, config["vocab_size"], seed + 1, device)
         log(f"{dtype}: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, "
             f"{config['num_hidden_layers']} layers, {sequences} x {seq_len} tokens, device {device}")
-        steps = {_OURS[form]: ours_step_fn(ours, ids_N, labels_N, cu, form != "unfused", form == "keep")
+        steps = {_OURS[form]: ours_step_fn(ours, ids_N, labels_N, cu, form != "unfused", form != "recompute")
                  for form in losses}
         for experts_impl, attn_impl in peers:
             if not use_hf_implementation(hf, experts_impl, attn_impl, log):

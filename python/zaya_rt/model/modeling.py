@@ -142,8 +142,9 @@ class ZayaExperts(nn.Module):
         e, i, d = config.num_experts, config.moe_intermediate_size, config.hidden_size
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, d))
         self.down_proj = nn.Parameter(torch.empty(e, d, i))
-        # Training memory/speed switch: True keeps the gate-up activations for the backward (ops.moe_experts).
-        self.keep_activations = False
+        # Training memory/speed switch (ops.moe_experts): True (default) keeps the gate-up products [T*k, 2I] for
+        # the backward, which then skips recomputing them; False saves that memory. Inference is not affected.
+        self.keep_activations = True
 
     def forward(self, x_TD, choice_T, gate_T):
         """x [T, D], choice [T] (E = skip), gate [T] -> [T, D]."""
