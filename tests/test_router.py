@@ -44,7 +44,7 @@ _WEIGHTS = ("down_w", "down_b", "eda_scale", "norm_w", "fc1_w", "fc1_b", "fc2_w"
 
 
 def _call(x, z_prev, w, bias, eps=1e-5, path="op"):
-    """The router through zaya_rt.ops.zaya_router (path "op": for bf16 on the CPU with a gradient wanted, the
+    """The router through zaya_rt.ops.zaya_router (path "op": for bf16/fp32 on the CPU with a gradient wanted, the
     training form), torch.ops.zaya_rt.zaya_router itself (path "recompute": the fused kernel, whose backward
     recomputes the MLP) or torch.ops.zaya_rt.zaya_router_train (path "train", any dtype)."""
     args = (x, z_prev, w["down_w"], w["down_b"], w["eda_scale"], w["norm_w"], w["fc1_w"], w["fc1_b"], w["fc2_w"],
@@ -238,9 +238,9 @@ class _OpNames(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_fp32_with_gradients_keeps_the_kernel():
-    w, bias = _weights(dtype=torch.float32, grad=True, seed=20)
-    x = torch.randn(130, 48, requires_grad=True)
+def test_fp16_with_gradients_keeps_the_kernel():
+    w, bias = _weights(dtype=torch.float16, grad=True, seed=20)
+    x = torch.randn(130, 48).half().requires_grad_()
     with _OpNames() as seen:
         _call(x, torch.randn(130, 20), w, bias)
     assert "zaya_router" in seen.names and "zaya_router_train" not in seen.names
@@ -248,7 +248,7 @@ def test_fp32_with_gradients_keeps_the_kernel():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_training_form_keeps_activations_and_its_backward_recomputes_nothing(dtype):
-    """With a gradient wanted (bf16 through the op; fp32 calling it): zaya_router_train runs, its outputs equal the kernel's (logits and z up to the
+    """With a gradient wanted (bf16 and fp32 through the op): zaya_router_train runs, its outputs equal the kernel's (logits and z up to the
     rounding order of the products, the same choices where they are clear), and the backward runs no forward
     product again (8 matrix products: 3 for the chain through the MLP, 5 for the x and weight gradients, against
     10 in the recomputing backward). Without a gradient the kernel runs."""
@@ -256,7 +256,7 @@ def test_training_form_keeps_activations_and_its_backward_recomputes_nothing(dty
     gen = torch.Generator().manual_seed(22)
     x = torch.randn(130, 48, generator=gen).to(dtype).requires_grad_()
     z_prev = torch.randn(130, 20, generator=gen)
-    form = "op" if dtype == torch.bfloat16 else "train"
+    form = "op"
     with _OpNames() as fwd:
         logits, gate, choice, z = _call(x, z_prev, w, bias, path=form)
     assert "zaya_router_train" in fwd.names and "zaya_router" not in fwd.names

@@ -12,8 +12,8 @@ than _GPU_FUSED_DOWN_MAX_TOKENS tokens take the down projection from torch (a cu
 does the rest; smaller ones (decode) run all of it in the kernels. float64 (for gradcheck) and GPUs without a GPU
 build of _C use the same math composed of PyTorch ops.
 
-Training: when a gradient is wanted for bf16 on the CPU, zaya_router() runs zaya_router_train instead, the same router composed of
-PyTorch products (oneDNN's bf16 GEMMs on the CPU) and zaya_rt's RMSNorm, which also returns rstd and the MLP's
+Training: when a gradient is wanted for bf16 or fp32 on the CPU, zaya_router() runs zaya_router_train instead, the same router
+composed of PyTorch products (oneDNN's GEMMs on the CPU) and zaya_rt's RMSNorm, which also returns rstd and the MLP's
 activations so that its backward recomputes nothing (torch.ops.zaya_rt.zaya_router under autograd keeps the
 kernel forward and recomputes the R-wide middle in its backward).
 """
@@ -366,14 +366,14 @@ def zaya_router(x: torch.Tensor, z_prev: torch.Tensor | None, down_w: torch.Tens
                 eps: float = 1e-5):
     """The ZAYA1 router; see the module docstring for shapes. Returns (logits, gate, choice, z).
 
-    When a gradient is wanted for bf16 on the CPU it runs zaya_router_train (oneDNN's bf16 products keeping the
-    activations, so that the backward recomputes nothing; faster there than the kernel's fp32-FMA forward plus
-    the recomputing backward, which other dtypes and devices keep)."""
+    When a gradient is wanted for bf16 or fp32 on the CPU it runs zaya_router_train (oneDNN's products keeping
+    the activations, so that the backward recomputes nothing; faster there than the kernel's forward plus the
+    recomputing backward, which fp16 and other devices keep)."""
     args = (x, z_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps)
     if not _TENSOR_OR_NONE.issuperset(map(type, args[:-1])):  # cheap test first: parameters are subclasses
         if not all(t is None or isinstance(t, torch.Tensor) for t in args[:-1]):
             _check(*args)
-    if (x.dtype is torch.bfloat16 and x.device.type == "cpu" and torch.is_grad_enabled()
+    if ((x.dtype is torch.bfloat16 or x.dtype is torch.float32) and x.device.type == "cpu" and torch.is_grad_enabled()
             and any(t is not None and t.requires_grad for t in args[:-1])):
         return torch.ops.zaya_rt.zaya_router_train(*args)[:4]
     return call_op(torch.ops.zaya_rt.zaya_router.default, args, cpu_impl=_impl)
