@@ -82,7 +82,6 @@ class StepTape:
 
         self._calls.append(rerun)
 
-
     def _refuse(self, why: str) -> None:
         """Marks the tape unreplayable (the step being recorded still runs to its end)."""
         if self.error is None:
