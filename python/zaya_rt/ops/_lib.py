@@ -31,15 +31,17 @@ SCRATCH_MAX_BYTES = 32 << 20
 _scratch = threading.local()
 
 
-def workspace(nbytes: int, device: torch.device) -> torch.Tensor:
+def workspace(nbytes: int, device: torch.device, reuse_max_bytes: int = SCRATCH_MAX_BYTES) -> torch.Tensor:
     """A uint8 scratch tensor of at least max(nbytes, 64) bytes for one kernel call on `device`.
 
-    CPU kernels run synchronously, so each thread reuses one growing buffer of up to SCRATCH_MAX_BYTES: a fresh
-    allocation of a few MB costs an mmap/munmap pair per call (tens of microseconds on a small VM). Larger CPU
+    CPU kernels run synchronously, so each thread reuses one growing buffer for calls of up to reuse_max_bytes
+    (default SCRATCH_MAX_BYTES): a fresh allocation of a few MB costs an mmap/munmap pair per call (tens of
+    microseconds on a small VM), and one past glibc's 32 MB mmap threshold page faults on every call. A kernel
+    whose training-size workspace is larger may raise the cap (the buffer then stays that large). Larger CPU
     workspaces and device workspaces (stream-ordered by the caching allocator) are allocated per call.
     """
     nbytes = max(int(nbytes), 64)
-    if device.type != "cpu" or nbytes > SCRATCH_MAX_BYTES:
+    if device.type != "cpu" or nbytes > reuse_max_bytes:
         return torch.empty(nbytes, dtype=torch.uint8, device=device)
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.numel() < nbytes:

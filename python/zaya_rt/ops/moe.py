@@ -19,7 +19,6 @@ the host, so the ops are CUDA-graph friendly.
 
 from __future__ import annotations
 
-import threading
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from zaya_rt import _C
 from zaya_rt.ops._lib import (
     DTYPE_CODES, call_op, check_same_device, check_tensor, device_args, lib, register_kernels, run_kernel,
-    set_workspace,
+    set_workspace, workspace,
 )
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -475,25 +474,14 @@ def _moe_experts_backward_impl(hidden, grad_out, gate, gate_up_proj, down_proj, 
     p = moe_experts_backward_params(hidden, grad_out, gate, w1, w2, offsets, sorted_slots, slot_rows, h,
                                     *(o if n else None for o, n in zip(outs, needs)))
     dev = device_args(hidden)
-    ws = _backward_workspace(_C.moe_experts_backward_workspace(p, dev[0]))
+    ws = workspace(_C.moe_experts_backward_workspace(p, dev[0]), hidden.device, BACKWARD_SCRATCH_MAX_BYTES)
     _C.moe_experts_backward(set_workspace(p, ws), *dev)
     return outs
 
 
+# moe_experts_backward's workspace holds the backward's row buffers, tens of MB at training sizes (39 MB at T 2048,
+# D = I = 512, fp32): the shared scratch is reused up to this size for it.
 BACKWARD_SCRATCH_MAX_BYTES = 256 << 20
-_backward_scratch = threading.local()
-
-
-def _backward_workspace(nbytes: int) -> torch.Tensor:
-    """moe_experts_backward's CPU workspace (uint8, >= nbytes), reused by the thread's next call up to
-    BACKWARD_SCRATCH_MAX_BYTES. It holds the backward's row buffers, tens of MB at training sizes (39 MB at T 2048,
-    D = I = 512, fp32): past glibc's 32 MB mmap threshold a fresh buffer costs page faults on every call."""
-    if nbytes > BACKWARD_SCRATCH_MAX_BYTES:
-        return torch.empty(nbytes, dtype=torch.uint8)
-    buf = getattr(_backward_scratch, "buf", None)
-    if buf is None or buf.numel() < nbytes:
-        buf = _backward_scratch.buf = torch.empty(max(nbytes, 64), dtype=torch.uint8)
-    return buf
 
 
 def _moe_experts_backward_fake(hidden, grad_out, gate, gate_up_proj, down_proj, offsets, sorted_slots, slot_rows,
